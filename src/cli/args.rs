@@ -1,0 +1,260 @@
+//! The command line, parsed and validated without I/O.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{LogFormat, OutputFormat};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  error (connection, SQL, invalid input); the message says what and where
+  2  usage error (unknown option, missing argument)
+  3  init: a server prerequisite is not met (each failed check is printed with its fix)
+  4  slot status / slot drop: the slot does not exist
+  5  slot status: the slot is lost (wal_status = lost): its WAL is gone";
+
+/// ds-sync keeps PostgreSQL and a Durable Streams server in sync: row changes flow from a
+/// logical replication slot into DS streams, and events from DS streams flow into Postgres.
+#[derive(Debug, Parser)]
+#[command(name = "ds-sync", version, about, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every command. Each one can also come from an environment variable and
+/// from the `--config` file (precedence: flag > env > file > default).
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// TOML file with defaults for the options below (keys: postgres_url, ds_server_url,
+    /// slot, publication, log_format, output)
+    #[arg(long, global = true, env = "DS_SYNC_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Postgres URL, e.g. postgres://user:password@localhost:5432/app (DATABASE_URL is also
+    /// accepted; PGPASSWORD supplies a password the URL lacks)
+    #[arg(
+        long,
+        global = true,
+        env = "POSTGRES_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub postgres_url: Option<String>,
+
+    /// Durable Streams server base URL [default: http://127.0.0.1:4437]
+    #[arg(long, global = true, env = "DS_SERVER_URL", value_name = "URL")]
+    pub ds_server_url: Option<String>,
+
+    /// Replication slot ds-sync consumes [default: ds_sync]
+    #[arg(long, global = true, env = "DS_SYNC_SLOT", value_name = "NAME")]
+    pub slot: Option<String>,
+
+    /// Publication ds-sync decodes [default: ds_sync]
+    #[arg(long, global = true, env = "DS_SYNC_PUBLICATION", value_name = "NAME")]
+    pub publication: Option<String>,
+
+    /// Log line format (filter with RUST_LOG, e.g. RUST_LOG=ds_sync=debug) [default: text]
+    #[arg(long, global = true, env = "DS_SYNC_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Output format of commands that print results [default: table]
+    #[arg(long, global = true, env = "DS_SYNC_OUTPUT", value_enum)]
+    pub output: Option<OutputFormat>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage logical replication slots
+    #[command(subcommand)]
+    Slot(SlotCommand),
+    /// Manage publications (which tables, rows and columns are decoded)
+    #[command(subcommand)]
+    Publication(PublicationCommand),
+    /// Create the sink table and ds-sync's schema, and check the server's prerequisites
+    #[command(after_help = "\
+Applies sql/ (embedded) idempotently: public.session_events and the ds_sync schema. Then checks
+wal_level, max_replication_slots, max_wal_senders, the role's REPLICATION attribute and the
+server version, printing each failed check with its fix; exits 3 when one fails.
+
+Example:
+  ds-sync init --postgres-url postgres://app@localhost/app")]
+    Init,
+    /// Show the effective configuration and where each value came from
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print every setting with its source (flag, env, file, default); passwords are hidden
+    #[command(
+        after_help = "Example:\n  POSTGRES_URL=postgres://app@db/app ds-sync config show --output json"
+    )]
+    Show,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SlotCommand {
+    /// Create a logical pgoutput slot
+    #[command(after_help = "\
+Examples:
+  ds-sync slot create                      # the configured slot (--slot, default ds_sync)
+  ds-sync slot create items_slot --if-not-exists
+  ds-sync slot create probe --temporary    # dropped again when the command exits: checks that slots can be created")]
+    Create {
+        /// Slot name ([a-z0-9_]{1,63}); defaults to --slot
+        name: Option<String>,
+        /// Create a temporary slot that the server drops when this command's session ends
+        #[arg(long)]
+        temporary: bool,
+        /// Succeed when a compatible slot of that name already exists
+        #[arg(long)]
+        if_not_exists: bool,
+    },
+    /// Drop a slot (refused while a consumer holds it, unless --force)
+    #[command(after_help = "\
+Examples:
+  ds-sync slot drop items_slot
+  ds-sync slot drop items_slot --force     # terminates the walsender holding it first")]
+    Drop {
+        /// Slot name
+        name: String,
+        /// Terminate the walsender that holds an active slot, then drop it
+        #[arg(long)]
+        force: bool,
+    },
+    /// List every slot with its lag, WAL status and safe WAL size
+    #[command(after_help = "Example:\n  ds-sync slot list --output json")]
+    List,
+    /// Show one slot; exits 4 when it does not exist and 5 when it is lost
+    #[command(after_help = "\
+Example:
+  ds-sync slot status ds_sync || echo \"slot missing (4) or lost (5)\"")]
+    Status {
+        /// Slot name; defaults to --slot
+        name: Option<String>,
+    },
+}
+
+/// Tables and their per-table options.
+#[derive(Debug, Args, Clone)]
+pub struct TableArgs {
+    /// Tables, comma separated (schema-qualified or resolved through search_path)
+    #[arg(long, value_delimiter = ',', required = true, value_name = "TABLE,...")]
+    pub tables: Vec<String>,
+    /// Row filter for one table (PostgreSQL 15+): TABLE=EXPR, e.g. "orders=status <> 'draft'";
+    /// repeat for more tables
+    #[arg(long = "row-filter", value_name = "TABLE=EXPR", value_parser = parse_table_option)]
+    pub row_filters: Vec<(String, String)>,
+    /// Column list for one table (PostgreSQL 15+): TABLE=COL,COL, e.g. "users=id,email";
+    /// repeat for more tables
+    #[arg(long = "columns", value_name = "TABLE=COLS", value_parser = parse_table_option)]
+    pub column_lists: Vec<(String, String)>,
+}
+
+fn parse_table_option(raw: &str) -> Result<(String, String), String> {
+    crate::publication::split_table_option(raw)
+        .ok_or_else(|| format!("expected TABLE=VALUE, got '{raw}'"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PublicationCommand {
+    /// Create a publication for some tables
+    #[command(after_help = "\
+Examples:
+  ds-sync publication create ds_sync --tables items,orders
+  ds-sync publication create ds_sync --tables items,orders \\
+      --row-filter \"orders=status <> 'draft'\" --columns \"items=id,title\"")]
+    Create {
+        /// Publication name; defaults to --publication
+        name: Option<String>,
+        #[command(flatten)]
+        tables: TableArgs,
+    },
+    /// Add tables to a publication
+    #[command(after_help = "Example:\n  ds-sync publication add ds_sync --tables invoices")]
+    Add {
+        /// Publication name; defaults to --publication
+        name: Option<String>,
+        #[command(flatten)]
+        tables: TableArgs,
+    },
+    /// Remove tables from a publication
+    #[command(after_help = "Example:\n  ds-sync publication remove ds_sync --tables invoices")]
+    Remove {
+        /// Publication name; defaults to --publication
+        name: Option<String>,
+        /// Tables, comma separated
+        #[arg(long, value_delimiter = ',', required = true, value_name = "TABLE,...")]
+        tables: Vec<String>,
+    },
+    /// Show a publication: tables, row filters, column lists and replica identities
+    #[command(after_help = "Example:\n  ds-sync publication show ds_sync --output json")]
+    Show {
+        /// Publication name; defaults to --publication
+        name: Option<String>,
+    },
+    /// Drop a publication
+    #[command(after_help = "Example:\n  ds-sync publication drop ds_sync")]
+    Drop {
+        /// Publication name; defaults to --publication
+        name: Option<String>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn globals_may_follow_the_subcommand() {
+        let cli = Cli::try_parse_from(["ds-sync", "slot", "list", "--output", "json"]).unwrap();
+        assert_eq!(cli.global.output, Some(OutputFormat::Json));
+    }
+
+    #[test]
+    fn row_filter_needs_table_equals_expr() {
+        let err = Cli::try_parse_from([
+            "ds-sync",
+            "publication",
+            "create",
+            "p",
+            "--tables",
+            "a",
+            "--row-filter",
+            "nonsense",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("TABLE=VALUE"), "{err}");
+        let cli = Cli::try_parse_from([
+            "ds-sync",
+            "publication",
+            "create",
+            "p",
+            "--tables",
+            "a,b",
+            "--row-filter",
+            "a=x > 1",
+        ])
+        .unwrap();
+        let Command::Publication(PublicationCommand::Create { tables, .. }) = cli.command else {
+            panic!("parsed into the wrong command");
+        };
+        assert_eq!(tables.tables, vec!["a", "b"]);
+        assert_eq!(
+            tables.row_filters,
+            vec![("a".to_string(), "x > 1".to_string())]
+        );
+    }
+}

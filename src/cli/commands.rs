@@ -1,0 +1,127 @@
+//! What each subcommand does: connect, call the layer that owns the work, print the result.
+
+use crate::config::Settings;
+use crate::pg::PgTarget;
+use crate::{publication, schema, slot};
+
+use super::CliError;
+use super::args::{Command, ConfigCommand, PublicationCommand, SlotCommand, TableArgs};
+use super::output::Printer;
+
+/// Runs one subcommand.
+pub async fn run(command: Command, settings: &Settings) -> Result<(), CliError> {
+    let out = Printer::new(settings.output.value);
+    match command {
+        Command::Slot(cmd) => slot_command(cmd, settings, &out).await,
+        Command::Publication(cmd) => publication_command(cmd, settings, &out).await,
+        Command::Init => init(settings, &out).await,
+        Command::Config(ConfigCommand::Show) => config_show(settings, &out),
+    }
+}
+
+fn target(settings: &Settings) -> Result<PgTarget, CliError> {
+    let env = |k: &str| std::env::var(k).ok();
+    Ok(settings.postgres(&env)?)
+}
+
+async fn slot_command(
+    cmd: SlotCommand,
+    settings: &Settings,
+    out: &Printer,
+) -> Result<(), CliError> {
+    let client = target(settings)?.connect().await?;
+    let default_slot = || settings.slot.value.clone();
+    match cmd {
+        SlotCommand::Create {
+            name,
+            temporary,
+            if_not_exists,
+        } => {
+            let name = name.unwrap_or_else(default_slot);
+            let created = slot::create(&client, &name, temporary, if_not_exists).await?;
+            out.created_slot(&created)
+        }
+        SlotCommand::Drop { name, force } => {
+            let dropped = slot::drop(&client, &name, force).await?;
+            out.dropped_slot(&dropped)
+        }
+        SlotCommand::List => out.slots(&slot::list(&client).await?),
+        SlotCommand::Status { name } => {
+            let name = name.unwrap_or_else(default_slot);
+            let info = slot::status(&client, &name).await?;
+            out.slots(std::slice::from_ref(&info))?;
+            if info.is_lost() {
+                return Err(CliError::SlotLost(name));
+            }
+            if info.wal_status.as_deref() == Some("unreserved") {
+                tracing::warn!(slot = %name, "slot is about to lose WAL it needs (wal_status = unreserved)");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn publication_command(
+    cmd: PublicationCommand,
+    settings: &Settings,
+    out: &Printer,
+) -> Result<(), CliError> {
+    let client = target(settings)?.connect().await?;
+    let pick = |name: Option<String>| name.unwrap_or_else(|| settings.publication.value.clone());
+    let specs =
+        |t: &TableArgs| publication::build_specs(&t.tables, &t.row_filters, &t.column_lists);
+    match cmd {
+        PublicationCommand::Create { name, tables } => {
+            let name = pick(name);
+            publication::create(&client, &name, &specs(&tables)?).await?;
+            out.message(&format!("created publication {name}"), &name)
+        }
+        PublicationCommand::Add { name, tables } => {
+            let name = pick(name);
+            publication::add(&client, &name, &specs(&tables)?).await?;
+            out.message(
+                &format!("added {} to publication {name}", tables.tables.join(", ")),
+                &name,
+            )
+        }
+        PublicationCommand::Remove { name, tables } => {
+            let name = pick(name);
+            publication::remove(&client, &name, &tables).await?;
+            out.message(
+                &format!("removed {} from publication {name}", tables.join(", ")),
+                &name,
+            )
+        }
+        PublicationCommand::Show { name } => {
+            out.publication(&publication::show(&client, &pick(name)).await?)
+        }
+        PublicationCommand::Drop { name } => {
+            let name = pick(name);
+            publication::drop(&client, &name).await?;
+            out.message(&format!("dropped publication {name}"), &name)
+        }
+    }
+}
+
+async fn init(settings: &Settings, out: &Printer) -> Result<(), CliError> {
+    let mut client = target(settings)?.connect().await?;
+    let migrations = schema::apply(&mut client).await?;
+    let facts = schema::server_facts(&client).await?;
+    let checks = schema::checks(&facts);
+    out.init_report(&migrations, &checks)?;
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if failed > 0 {
+        return Err(CliError::Prerequisites { failed });
+    }
+    Ok(())
+}
+
+fn config_show(settings: &Settings, out: &Printer) -> Result<(), CliError> {
+    let env = |k: &str| std::env::var(k).ok();
+    let postgres = match settings.postgres(&env) {
+        Ok(t) => Some(t.to_string()),
+        Err(crate::config::ConfigError::MissingPostgresUrl) => None,
+        Err(e) => return Err(e.into()),
+    };
+    out.config(settings, postgres.as_deref())
+}

@@ -1,0 +1,167 @@
+//! The `ds-sync` command: argument parsing, configuration, logging, dispatch and exit codes.
+//!
+//! Layer errors are typed; this is the edge where they become a message, an optional hint
+//! and a documented exit code (see `ds-sync --help`).
+
+pub mod args;
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+
+use crate::config::{CliValue, CliValues, ConfigError, FileConfig, LogFormat, Settings, Source};
+use crate::publication::PublicationError;
+use crate::slot::SlotError;
+use args::{Cli, GlobalArgs};
+
+/// Documented exit codes.
+pub mod exit {
+    pub const ERROR: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const PREREQUISITES: u8 = 3;
+    pub const SLOT_NOT_FOUND: u8 = 4;
+    pub const SLOT_LOST: u8 = 5;
+}
+
+/// Everything a command can fail with, at the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Pg(#[from] crate::pg::PgError),
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    #[error(transparent)]
+    Publication(#[from] PublicationError),
+    #[error(
+        "{failed} prerequisite check(s) failed; the schema was applied, but capture will not work until they are fixed"
+    )]
+    Prerequisites { failed: usize },
+    #[error("replication slot '{0}' is lost: the server removed WAL it still needed")]
+    SlotLost(String),
+    #[error("cannot write output: {0}")]
+    Output(String),
+}
+
+impl CliError {
+    /// The documented exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Slot(SlotError::NotFound(_)) => exit::SLOT_NOT_FOUND,
+            CliError::SlotLost(_) => exit::SLOT_LOST,
+            CliError::Prerequisites { .. } => exit::PREREQUISITES,
+            _ => exit::ERROR,
+        }
+    }
+
+    /// A sentence saying what to do next.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            CliError::Config(e) => e.hint(),
+            CliError::Slot(e) => e.hint(),
+            CliError::Publication(e) => e.hint(),
+            CliError::SlotLost(name) => Some(format!(
+                "A lost slot cannot be resumed: drop it (`ds-sync slot drop {name}`), create it again and re-snapshot the tables."
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let env = |k: &str| std::env::var(k).ok();
+    let settings = match settings(&cli.global, &matches, &env) {
+        Ok(s) => s,
+        Err(e) => return report(&e.into()),
+    };
+    init_logging(settings.log_format.value);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::ERROR);
+        }
+    };
+    match runtime.block_on(commands::run(cli.command, &settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e),
+    }
+}
+
+fn report(e: &CliError) -> ExitCode {
+    eprintln!("error: {e}");
+    if let Some(hint) = e.hint() {
+        eprintln!("hint: {hint}");
+    }
+    ExitCode::from(e.exit_code())
+}
+
+/// Resolves settings from the parsed command line, the environment and the config file.
+fn settings(
+    global: &GlobalArgs,
+    matches: &ArgMatches,
+    env: crate::config::EnvLookup<'_>,
+) -> Result<Settings, ConfigError> {
+    let file = match &global.config {
+        Some(path) => crate::config::load_file(path)?,
+        None => FileConfig::default(),
+    };
+    let cli = CliValues {
+        postgres_url: cli_value(matches, "postgres_url", global.postgres_url.clone()),
+        ds_server_url: cli_value(matches, "ds_server_url", global.ds_server_url.clone()),
+        slot: cli_value(matches, "slot", global.slot.clone()),
+        publication: cli_value(matches, "publication", global.publication.clone()),
+        log_format: cli_value(matches, "log_format", global.log_format),
+        output: cli_value(matches, "output", global.output),
+    };
+    Ok(Settings::resolve(cli, file, env))
+}
+
+/// Global options may be given after the subcommand; clap records their source on the
+/// deepest matches, so look there first.
+fn cli_value<T>(matches: &ArgMatches, id: &str, value: Option<T>) -> CliValue<T> {
+    let mut m = matches;
+    let mut source = m.value_source(id);
+    while let Some((_, sub)) = m.subcommand() {
+        m = sub;
+        if let Some(s) = m.value_source(id) {
+            source = Some(s);
+        }
+    }
+    let source = match source {
+        Some(ValueSource::CommandLine) => Some(Source::Flag),
+        Some(ValueSource::EnvVariable) => Some(Source::Env),
+        _ => None,
+    };
+    CliValue { value, source }
+}
+
+/// Logs go to stderr (stdout carries command output), filtered by `RUST_LOG`.
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("ds_sync=info,warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("warning: logging not initialised: {e}");
+    }
+}

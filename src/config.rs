@@ -1,0 +1,325 @@
+//! Effective settings: command-line flags, environment variables, a TOML file, defaults.
+//!
+//! Precedence is flag > environment > file > default. clap already merges a flag with its
+//! environment variable; this module adds the file and the defaults, and remembers where each
+//! value came from so `ds-sync config show` can tell. `POSTGRES_URL` and `DS_SERVER_URL` are
+//! the names the sync-layer document uses; `DATABASE_URL` is accepted after `POSTGRES_URL`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::pg::PgTarget;
+
+/// Default DS server (the DS default port on this machine).
+pub const DEFAULT_DS_SERVER_URL: &str = "http://127.0.0.1:4437";
+/// Default replication slot name.
+pub const DEFAULT_SLOT: &str = "ds_sync";
+/// Default publication name.
+pub const DEFAULT_PUBLICATION: &str = "ds_sync";
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Command output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+/// Keys accepted in the `--config` TOML file. Unknown keys are an error, so a typo never
+/// silently falls back to a default.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub postgres_url: Option<String>,
+    pub ds_server_url: Option<String>,
+    pub slot: Option<String>,
+    pub publication: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub output: Option<OutputFormat>,
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Flag,
+    Env,
+    File,
+    Default,
+    Unset,
+}
+
+/// One resolved value with its origin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Sourced<T> {
+    pub value: T,
+    pub source: Source,
+}
+
+/// What clap produced for one option: the value and whether it came from the flag or env.
+#[derive(Debug, Clone)]
+pub struct CliValue<T> {
+    pub value: Option<T>,
+    pub source: Option<Source>,
+}
+
+impl<T> Default for CliValue<T> {
+    fn default() -> Self {
+        CliValue {
+            value: None,
+            source: None,
+        }
+    }
+}
+
+/// The command line's view of the shared options (flag or env already merged by clap).
+#[derive(Debug, Clone, Default)]
+pub struct CliValues {
+    pub postgres_url: CliValue<String>,
+    pub ds_server_url: CliValue<String>,
+    pub slot: CliValue<String>,
+    pub publication: CliValue<String>,
+    pub log_format: CliValue<LogFormat>,
+    pub output: CliValue<OutputFormat>,
+}
+
+/// Errors of configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("invalid config file {path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("no Postgres URL given")]
+    MissingPostgresUrl,
+    #[error(transparent)]
+    Pg(#[from] crate::pg::PgError),
+}
+
+impl ConfigError {
+    /// What to do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ConfigError::MissingPostgresUrl => Some(
+                "Pass --postgres-url, or set POSTGRES_URL (or DATABASE_URL), or postgres_url in the --config file.".into(),
+            ),
+            ConfigError::Parse { .. } => Some(
+                "Accepted keys: postgres_url, ds_server_url, slot, publication, log_format, output.".into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// The settings every command starts from.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct Settings {
+    /// Kept private: only [`Settings::postgres`] turns it into a target, and only the
+    /// redacted form is ever shown.
+    #[serde(skip)]
+    postgres_url: Option<Sourced<String>>,
+    pub ds_server_url: Sourced<String>,
+    pub slot: Sourced<String>,
+    pub publication: Sourced<String>,
+    pub log_format: Sourced<LogFormat>,
+    pub output: Sourced<OutputFormat>,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("postgres_url", &"<redacted>")
+            .field("ds_server_url", &self.ds_server_url)
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
+            .finish()
+    }
+}
+
+/// Looks up environment variables; a parameter so tests need not touch the process env.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl Settings {
+    /// Merges the command line, the environment (`DATABASE_URL`, `PGPASSWORD`), the file and
+    /// the defaults.
+    pub fn resolve(cli: CliValues, file: FileConfig, env: EnvLookup<'_>) -> Settings {
+        let postgres_url = match pick(cli.postgres_url, None) {
+            Some(v) => Some(v),
+            None => match env("DATABASE_URL").filter(|s| !s.is_empty()) {
+                Some(url) => Some(Sourced {
+                    value: url,
+                    source: Source::Env,
+                }),
+                None => file.postgres_url.map(|value| Sourced {
+                    value,
+                    source: Source::File,
+                }),
+            },
+        };
+        Settings {
+            postgres_url,
+            ds_server_url: pick_or(
+                cli.ds_server_url,
+                file.ds_server_url,
+                DEFAULT_DS_SERVER_URL.into(),
+            ),
+            slot: pick_or(cli.slot, file.slot, DEFAULT_SLOT.into()),
+            publication: pick_or(
+                cli.publication,
+                file.publication,
+                DEFAULT_PUBLICATION.into(),
+            ),
+            log_format: pick_or(cli.log_format, file.log_format, LogFormat::Text),
+            output: pick_or(cli.output, file.output, OutputFormat::Table),
+        }
+    }
+
+    /// The Postgres target, with `PGPASSWORD` as the password when the URL has none.
+    pub fn postgres(&self, env: EnvLookup<'_>) -> Result<PgTarget, ConfigError> {
+        let url = self
+            .postgres_url
+            .as_ref()
+            .ok_or(ConfigError::MissingPostgresUrl)?;
+        Ok(PgTarget::parse(&url.value, env("PGPASSWORD").as_deref())?)
+    }
+
+    /// Where the Postgres URL came from (`Unset` when none was given).
+    pub fn postgres_url_source(&self) -> Source {
+        self.postgres_url
+            .as_ref()
+            .map_or(Source::Unset, |u| u.source)
+    }
+}
+
+fn pick<T>(cli: CliValue<T>, file: Option<T>) -> Option<Sourced<T>> {
+    match (cli.value, file) {
+        (Some(value), _) => Some(Sourced {
+            value,
+            source: cli.source.unwrap_or(Source::Flag),
+        }),
+        (None, Some(value)) => Some(Sourced {
+            value,
+            source: Source::File,
+        }),
+        (None, None) => None,
+    }
+}
+
+fn pick_or<T>(cli: CliValue<T>, file: Option<T>, default: T) -> Sourced<T> {
+    pick(cli, file).unwrap_or(Sourced {
+        value: default,
+        source: Source::Default,
+    })
+}
+
+/// Reads and parses the `--config` file.
+pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        reason: e.message().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flag<T>(v: T) -> CliValue<T> {
+        CliValue {
+            value: Some(v),
+            source: Some(Source::Flag),
+        }
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let file = FileConfig {
+            slot: Some("from_file".into()),
+            publication: Some("pub_file".into()),
+            ..FileConfig::default()
+        };
+        let cli = CliValues {
+            slot: flag("from_flag".into()),
+            ..CliValues::default()
+        };
+        let s = Settings::resolve(cli, file, &no_env);
+        assert_eq!(s.slot.value, "from_flag");
+        assert_eq!(s.slot.source, Source::Flag);
+        assert_eq!(s.publication.value, "pub_file");
+        assert_eq!(s.publication.source, Source::File);
+        assert_eq!(s.ds_server_url.value, DEFAULT_DS_SERVER_URL);
+        assert_eq!(s.ds_server_url.source, Source::Default);
+    }
+
+    #[test]
+    fn postgres_url_falls_back_to_database_url_then_file() {
+        let env = |k: &str| (k == "DATABASE_URL").then(|| "postgres://u@envhost/db".to_string());
+        let file = FileConfig {
+            postgres_url: Some("postgres://u@filehost/db".into()),
+            ..FileConfig::default()
+        };
+        let s = Settings::resolve(CliValues::default(), file.clone(), &env);
+        assert_eq!(s.postgres(&env).unwrap().host(), "envhost");
+        assert_eq!(s.postgres_url_source(), Source::Env);
+        let s = Settings::resolve(CliValues::default(), file, &no_env);
+        assert_eq!(s.postgres(&no_env).unwrap().host(), "filehost");
+        let cli = CliValues {
+            postgres_url: CliValue {
+                value: Some("postgres://u@pghost/db".into()),
+                source: Some(Source::Env),
+            },
+            ..CliValues::default()
+        };
+        let s = Settings::resolve(cli, FileConfig::default(), &env);
+        assert_eq!(s.postgres(&env).unwrap().host(), "pghost");
+    }
+
+    #[test]
+    fn missing_url_is_an_error_with_a_hint() {
+        let s = Settings::resolve(CliValues::default(), FileConfig::default(), &no_env);
+        let e = s.postgres(&no_env).unwrap_err();
+        assert!(matches!(e, ConfigError::MissingPostgresUrl));
+        assert!(e.hint().unwrap().contains("POSTGRES_URL"));
+    }
+
+    #[test]
+    fn debug_never_shows_the_url() {
+        let cli = CliValues {
+            postgres_url: flag("postgres://u:hunter2@h/db".into()),
+            ..CliValues::default()
+        };
+        let s = Settings::resolve(cli, FileConfig::default(), &no_env);
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!serde_json::to_string(&s).unwrap().contains("hunter2"));
+    }
+
+    #[test]
+    fn file_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "slot = \"a\"\nslto = \"typo\"\n").unwrap();
+        let e = load_file(&path).unwrap_err();
+        assert!(e.to_string().contains("slto"), "{e}");
+        std::fs::write(&path, "slot = \"a\"\nlog_format = \"json\"\n").unwrap();
+        let f = load_file(&path).unwrap();
+        assert_eq!(f.log_format, Some(LogFormat::Json));
+    }
+}

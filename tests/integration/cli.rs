@@ -1,0 +1,201 @@
+//! The binary's own behaviour: configuration precedence, help, errors without passwords.
+
+use crate::kit::run_ds_sync;
+
+fn setting<'a>(show: &'a serde_json::Value, key: &str) -> (&'a str, &'a str) {
+    (
+        show[key]["value"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} missing: {show:#}")),
+        show[key]["source"].as_str().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn precedence_is_flag_then_env_then_file_then_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ds-sync.toml");
+    std::fs::write(
+        &file,
+        "slot = \"file_slot\"\npublication = \"file_pub\"\nds_server_url = \"http://file:1\"\n\
+         postgres_url = \"postgres://fileuser:filesecret@filehost/db\"\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let run = run_ds_sync(
+        &[
+            "config",
+            "show",
+            "--output",
+            "json",
+            "--config",
+            file,
+            "--slot",
+            "flag_slot",
+        ],
+        &[
+            ("DS_SYNC_SLOT", "env_slot"),
+            ("DS_SYNC_PUBLICATION", "env_pub"),
+        ],
+    )
+    .await
+    .ok();
+    let show = run.json();
+    assert_eq!(setting(&show, "slot"), ("flag_slot", "flag"));
+    assert_eq!(setting(&show, "publication"), ("env_pub", "env"));
+    assert_eq!(setting(&show, "ds_server_url"), ("http://file:1", "file"));
+    assert_eq!(setting(&show, "log_format"), ("text", "default"));
+    assert_eq!(
+        setting(&show, "postgres_url"),
+        ("postgres://fileuser@filehost:5432/db", "file")
+    );
+    assert!(
+        !run.stdout.contains("filesecret"),
+        "the password is never printed"
+    );
+
+    let run = run_ds_sync(
+        &["config", "show", "--output", "json", "--config", file],
+        &[("DATABASE_URL", "postgres://envuser:envsecret@envhost/db")],
+    )
+    .await
+    .ok();
+    assert_eq!(
+        setting(&run.json(), "postgres_url"),
+        ("postgres://envuser@envhost:5432/db", "env")
+    );
+    let run = run_ds_sync(
+        &["config", "show", "--output", "json", "--config", file],
+        &[
+            ("DATABASE_URL", "postgres://envuser@envhost/db"),
+            ("POSTGRES_URL", "postgres://pguser@pghost/db"),
+        ],
+    )
+    .await
+    .ok();
+    assert_eq!(
+        setting(&run.json(), "postgres_url").0,
+        "postgres://pguser@pghost:5432/db"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_config_file_is_named_with_the_offending_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "slto = \"typo\"\n").unwrap();
+    let run = run_ds_sync(&["config", "show", "--config", file.to_str().unwrap()], &[])
+        .await
+        .expect_code(1);
+    assert!(
+        run.stderr.contains("bad.toml") && run.stderr.contains("slto"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("Accepted keys"), "{}", run.stderr);
+    let run = run_ds_sync(&["config", "show", "--config", "/nonexistent/x.toml"], &[])
+        .await
+        .expect_code(1);
+    assert!(run.stderr.contains("/nonexistent/x.toml"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn connection_errors_never_show_the_password() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://someone:hunter2secret@127.0.0.1:{closed}/db");
+    let run = run_ds_sync(&["slot", "list", "--postgres-url", &url], &[])
+        .await
+        .expect_code(1);
+    assert!(
+        run.stderr
+            .contains("could not connect to postgres://someone@127.0.0.1"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("hunter2secret") && !run.stdout.contains("hunter2secret"));
+    let run = run_ds_sync(
+        &["slot", "list"],
+        &[(
+            "POSTGRES_URL",
+            "postgres://someone:hunter2secret@127.0.0.1:notaport/db",
+        )],
+    )
+    .await
+    .expect_code(1);
+    assert!(
+        run.stderr.contains("invalid Postgres URL"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("hunter2secret"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn missing_url_says_how_to_give_one() {
+    let run = run_ds_sync(&["slot", "list"], &[]).await.expect_code(1);
+    assert!(
+        run.stderr.contains("no Postgres URL given") && run.stderr.contains("POSTGRES_URL"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn help_explains_commands_with_examples_and_exit_codes() {
+    let top = run_ds_sync(&["--help"], &[]).await.ok();
+    for needle in [
+        "slot",
+        "publication",
+        "init",
+        "Exit codes",
+        "POSTGRES_URL",
+        "DS_SERVER_URL",
+    ] {
+        assert!(
+            top.stdout.contains(needle),
+            "top-level help lacks {needle}:\n{}",
+            top.stdout
+        );
+    }
+    let env_secret = run_ds_sync(&["--help"], &[("POSTGRES_URL", "postgres://u:envpw@h/db")])
+        .await
+        .ok();
+    assert!(
+        !env_secret.stdout.contains("envpw"),
+        "help never shows the URL from the environment"
+    );
+    for sub in [
+        &["slot", "create", "--help"][..],
+        &["slot", "drop", "--help"],
+        &["publication", "create", "--help"],
+        &["init", "--help"],
+    ] {
+        let run = run_ds_sync(sub, &[]).await.ok();
+        assert!(
+            run.stdout.contains("Example"),
+            "{sub:?} help has no example:\n{}",
+            run.stdout
+        );
+    }
+    run_ds_sync(&["slot", "nosuch"], &[]).await.expect_code(2);
+}
+
+#[tokio::test]
+async fn json_logs_are_json() {
+    let run = run_ds_sync(
+        &["slot", "list", "--log-format", "json"],
+        &[
+            ("POSTGRES_URL", "postgres://u@127.0.0.1:1/db"),
+            ("RUST_LOG", "ds_sync=debug"),
+        ],
+    )
+    .await
+    .expect_code(1);
+    for line in run.stderr.lines().filter(|l| l.starts_with('{')) {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+    }
+}

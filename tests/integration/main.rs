@@ -1,0 +1,11 @@
+//! Integration tests: every test runs against a real PostgreSQL cluster (one per test
+//! binary, a fresh database per test) and, where it needs one, a real Durable Streams server
+//! started in-process. CLI tests run the `ds-sync` binary itself.
+
+mod kit;
+
+mod cli;
+mod harness;
+mod init;
+mod publication;
+mod slot;

@@ -46,6 +46,26 @@ pub struct FileConfig {
     pub publication: Option<String>,
     pub log_format: Option<LogFormat>,
     pub output: Option<OutputFormat>,
+    /// `[capture]`: defaults for `ds-sync run` / `ds-sync dev`.
+    #[serde(default)]
+    pub capture: CaptureFile,
+}
+
+/// The `[capture]` section of the config file; each key mirrors a `run` option.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureFile {
+    pub tables: Option<Vec<String>>,
+    pub stream_template: Option<String>,
+    /// Table → stream template.
+    pub routes: Option<std::collections::BTreeMap<String, String>>,
+    pub takeover: Option<bool>,
+    pub batch_max_messages: Option<usize>,
+    pub batch_max_bytes: Option<usize>,
+    pub linger_ms: Option<u64>,
+    pub max_buffer_bytes: Option<usize>,
+    pub max_in_flight: Option<usize>,
+    pub request_timeout_ms: Option<u64>,
 }
 
 /// Where a setting's value came from.
@@ -114,7 +134,7 @@ impl ConfigError {
                 "Pass --postgres-url, or set POSTGRES_URL (or DATABASE_URL), or postgres_url in the --config file.".into(),
             ),
             ConfigError::Parse { .. } => Some(
-                "Accepted keys: postgres_url, ds_server_url, slot, publication, log_format, output.".into(),
+                "Accepted keys: postgres_url, ds_server_url, slot, publication, log_format, output, and a [capture] section (see the README).".into(),
             ),
             _ => None,
         }
@@ -133,6 +153,9 @@ pub struct Settings {
     pub publication: Sourced<String>,
     pub log_format: Sourced<LogFormat>,
     pub output: Sourced<OutputFormat>,
+    /// The file's `[capture]` section, merged with `run`'s flags by that command.
+    #[serde(skip)]
+    pub capture_file: CaptureFile,
 }
 
 impl fmt::Debug for Settings {
@@ -181,6 +204,7 @@ impl Settings {
             ),
             log_format: pick_or(cli.log_format, file.log_format, LogFormat::Text),
             output: pick_or(cli.output, file.output, OutputFormat::Table),
+            capture_file: file.capture,
         }
     }
 

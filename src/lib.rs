@@ -14,11 +14,16 @@
 //! * [`pgoutput`]: the pure pgoutput v1 decoder and relation cache.
 //! * [`values`]: PostgreSQL text-format values to JSON, by type oid.
 //! * [`sse`]: the pure SSE parser and Durable Streams event classification.
+//! * [`ds`]: the Durable Streams HTTP client: create, append with `Stream-Seq`, read,
+//!   subscribe over SSE; errors classified as transient or permanent from status codes.
+//! * [`capture`]: DB → stream: the replication loop, LSN ledger, batching, delivery.
 //! * [`embedded`]: a throwaway local PostgreSQL cluster and an in-process DS server, used by
 //!   the test suite and by `ds-sync dev`.
 
+pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod ds;
 pub mod embedded;
 pub mod pg;
 pub mod pgoutput;
@@ -29,3 +34,35 @@ pub mod sse;
 #[cfg(test)]
 mod test_rng;
 pub mod values;
+
+/// The README quotes the documented encodings; these tests keep it from drifting.
+#[cfg(test)]
+mod readme_tests {
+    const README: &str = include_str!("../README.md");
+
+    fn flat(s: &str) -> String {
+        s.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn readme_quotes_the_value_mapping_and_encodings() {
+        let readme = flat(README);
+        for (name, doc) in [
+            ("values::MAPPING_TABLE_MD", crate::values::MAPPING_TABLE_MD),
+            (
+                "KEY_ENCODING_DOC",
+                crate::capture::message::KEY_ENCODING_DOC,
+            ),
+            (
+                "UNCHANGED_TOAST_DOC",
+                crate::capture::message::UNCHANGED_TOAST_DOC,
+            ),
+            ("STREAM_NAME_DOC", crate::capture::route::STREAM_NAME_DOC),
+        ] {
+            assert!(
+                readme.contains(&flat(doc)),
+                "README.md does not quote {name}"
+            );
+        }
+    }
+}

@@ -69,6 +69,37 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Capture row changes from the replication slot into Durable Streams (runs until
+    /// SIGTERM/SIGINT)
+    #[command(after_help = "\
+Creates the publication from --tables and the slot when they are missing, then streams every
+committed row change, in commit order, to its DS stream (default pg-{table}). The slot only
+advances for changes the DS server has acknowledged; after a crash, replayed changes are
+recognised by their Stream-Seq and skipped. SIGTERM/SIGINT: stop reading, deliver what was
+read, confirm, exit 0; a second signal exits at once (nothing is lost: the slot did not move).
+
+Examples:
+  ds-sync run --tables items,orders
+  ds-sync run --tables sessions --route 'sessions=sessions/{session_id}'
+  ds-sync run --stream-template 'db/{schema}/{table}' --takeover")]
+    Run {
+        #[command(flatten)]
+        capture: CaptureArgs,
+    },
+    /// Try ds-sync with nothing installed but PostgreSQL: a throwaway Postgres, an in-process
+    /// DS server, a demo table, capture running; Ctrl-C cleans everything up
+    #[command(after_help = "\
+Without --postgres-url it starts a private PostgreSQL cluster in a temp directory; without
+--ds-server-url it serves a DS server in-process (port 4437 when free). It creates the table
+items (id, title, body, created_at), runs capture, and prints a curl line that tails the
+stream over SSE and a psql line to insert rows.
+
+Example:
+  ds-sync dev")]
+    Dev {
+        #[command(flatten)]
+        capture: CaptureArgs,
+    },
     /// Manage logical replication slots
     #[command(subcommand)]
     Slot(SlotCommand),
@@ -87,6 +118,50 @@ Example:
     /// Show the effective configuration and where each value came from
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+/// Options of the capture path. Each has an environment variable and a key in the config
+/// file's `[capture]` section.
+#[derive(Debug, Args, Clone, Default)]
+pub struct CaptureArgs {
+    /// Tables to publish (the publication is created, or extended, with them)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        env = "DS_SYNC_TABLES",
+        value_name = "TABLE,..."
+    )]
+    pub tables: Option<Vec<String>>,
+    /// Stream name template for tables without a --route: {table}, {schema}, {column}
+    /// [default: pg-{table}]
+    #[arg(long, env = "DS_SYNC_STREAM_TEMPLATE", value_name = "TEMPLATE")]
+    pub stream_template: Option<String>,
+    /// Route one table to a stream template, e.g. 'sessions=sessions/{session_id}' (per-key
+    /// streams are created on first use); repeatable
+    #[arg(long = "route", value_name = "TABLE=TEMPLATE")]
+    pub routes: Vec<String>,
+    /// Terminate a walsender that still holds the slot (e.g. left by a crashed instance)
+    #[arg(long, env = "DS_SYNC_TAKEOVER")]
+    pub takeover: bool,
+    /// Most messages in one POST [default: 1000]
+    #[arg(long, env = "DS_SYNC_BATCH_MAX_MESSAGES", value_name = "N")]
+    pub batch_max_messages: Option<usize>,
+    /// Most bytes in one POST [default: 1048576]
+    #[arg(long, env = "DS_SYNC_BATCH_MAX_BYTES", value_name = "BYTES")]
+    pub batch_max_bytes: Option<usize>,
+    /// How long a small committed batch may wait for more changes, in ms [default: 0: send
+    /// when the stream is idle; busy streams batch naturally]
+    #[arg(long, env = "DS_SYNC_LINGER_MS", value_name = "MS")]
+    pub linger_ms: Option<u64>,
+    /// Stop reading WAL while this many bytes of changes are held [default: 33554432]
+    #[arg(long, env = "DS_SYNC_MAX_BUFFER_BYTES", value_name = "BYTES")]
+    pub max_buffer_bytes: Option<usize>,
+    /// POSTs in flight at once over all streams (one per stream) [default: 16]
+    #[arg(long, env = "DS_SYNC_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<usize>,
+    /// Timeout of one HTTP request to the DS server, in ms [default: 10000]
+    #[arg(long, env = "DS_SYNC_REQUEST_TIMEOUT_MS", value_name = "MS")]
+    pub request_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -16,10 +16,12 @@ pub async fn run(command: Command, settings: &Settings) -> Result<(), CliError> 
         Command::Publication(cmd) => publication_command(cmd, settings, &out).await,
         Command::Init => init(settings, &out).await,
         Command::Config(ConfigCommand::Show) => config_show(settings, &out),
+        Command::Run { capture } => super::run::run(&capture, settings).await,
+        Command::Dev { capture } => super::run::dev(&capture, settings).await,
     }
 }
 
-fn target(settings: &Settings) -> Result<PgTarget, CliError> {
+pub(super) fn target(settings: &Settings) -> Result<PgTarget, CliError> {
     let env = |k: &str| std::env::var(k).ok();
     Ok(settings.postgres(&env)?)
 }

@@ -6,6 +6,7 @@
 pub mod args;
 mod commands;
 mod output;
+mod run;
 
 use std::process::ExitCode;
 
@@ -45,6 +46,14 @@ pub enum CliError {
     SlotLost(String),
     #[error("cannot write output: {0}")]
     Output(String),
+    #[error(transparent)]
+    Capture(#[from] crate::capture::CaptureError),
+    #[error(transparent)]
+    Embedded(#[from] crate::embedded::EmbeddedError),
+    #[error(transparent)]
+    Ds(#[from] crate::ds::DsError),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl CliError {
@@ -64,6 +73,9 @@ impl CliError {
             CliError::Config(e) => e.hint(),
             CliError::Slot(e) => e.hint(),
             CliError::Publication(e) => e.hint(),
+            CliError::Capture(e) => e.hint(),
+            CliError::Embedded(e) => e.hint(),
+            CliError::Ds(e) => e.hint(),
             CliError::SlotLost(name) => Some(format!(
                 "A lost slot cannot be resumed: drop it (`ds-sync slot drop {name}`), create it again and re-snapshot the tables."
             )),

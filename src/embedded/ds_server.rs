@@ -25,6 +25,8 @@ pub struct DsServerOptions {
     pub sse_reconnect_interval_secs: u64,
     /// Long-poll timeout in seconds.
     pub long_poll_timeout_secs: u64,
+    /// Loopback port to serve on; 0 picks a free one.
+    pub port: u16,
 }
 
 impl Default for DsServerOptions {
@@ -35,6 +37,7 @@ impl Default for DsServerOptions {
             max_stream_bytes: 8 << 30,
             sse_reconnect_interval_secs: 60,
             long_poll_timeout_secs: 5,
+            port: 0,
         }
     }
 }
@@ -63,7 +66,7 @@ impl DsServer {
         let mut server = DsServer {
             storage,
             config,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            addr: SocketAddr::from(([127, 0, 0, 1], opts.port)),
             running: None,
         };
         server.serve().await?;

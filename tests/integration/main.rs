@@ -4,7 +4,11 @@
 
 mod kit;
 
+mod capture;
+mod capture_faults;
 mod cli;
+mod dev;
+mod ds_client;
 mod harness;
 mod init;
 mod publication;

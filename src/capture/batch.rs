@@ -1,0 +1,476 @@
+//! Per-stream batching: messages wait here until a POST may carry them.
+//!
+//! Rules, in the order they matter:
+//! * **One POST in flight per stream.** `Stream-Seq` must arrive in order, and so must the
+//!   rows; different streams proceed in parallel.
+//! * **Natural batching.** A committed transaction's messages are sent as soon as their
+//!   stream is idle; while a POST is in flight, later messages gather into the next batch
+//!   (up to `max_messages` / `max_bytes`). Idle streams get latency of one round trip,
+//!   busy ones get large batches. An optional linger holds small batches a little longer.
+//! * **Huge transactions stream through.** A batch that reaches a bound is sealed and sent
+//!   even before its transaction's Commit, so memory stays bounded.
+//! * **Recovery mode.** After a (re)start, the stream may already hold some of the messages
+//!   being replayed, with unknown batch boundaries. Until the server accepts the first POST
+//!   of a stream, that stream's batches hold one message each: each already-written message
+//!   is refused by its sequence number alone, and no accepted POST can mix old and new.
+//!
+//! Each message carries a sequence `(commit LSN, index in transaction)`: deterministic, so a
+//! replay recomputes the same values, and increasing in stream order. A batch's `Stream-Seq`
+//! is its last message's sequence.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::ledger::TxId;
+
+/// The position of one message in the replication stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Seq {
+    pub commit_lsn: u64,
+    pub index: u32,
+}
+
+impl Seq {
+    /// The `Stream-Seq` header value: fixed width, so bytewise order is numeric order.
+    pub fn header(&self) -> String {
+        format!("{:016X}{:010}", self.commit_lsn, self.index)
+    }
+}
+
+/// One serialized State Protocol message on its way to a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutMessage {
+    pub json: Bytes,
+    pub tx: TxId,
+    pub seq: Seq,
+}
+
+/// Messages for one POST.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub stream: Arc<str>,
+    pub messages: Vec<OutMessage>,
+    pub bytes: usize,
+}
+
+impl Batch {
+    /// The POST body: a JSON array of the messages.
+    pub fn body(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.bytes + self.messages.len() + 2);
+        out.put_u8(b'[');
+        for (i, m) in self.messages.iter().enumerate() {
+            if i > 0 {
+                out.put_u8(b',');
+            }
+            out.put_slice(&m.json);
+        }
+        out.put_u8(b']');
+        out.freeze()
+    }
+
+    /// The batch's `Stream-Seq`: its last message's.
+    pub fn seq(&self) -> Option<Seq> {
+        self.messages.last().map(|m| m.seq)
+    }
+
+    /// Messages per transaction, for the ledger.
+    pub fn tx_counts(&self) -> Vec<(TxId, u64)> {
+        let mut runs: Vec<(TxId, u64)> = Vec::new();
+        for m in &self.messages {
+            match runs.last_mut() {
+                Some((tx, n)) if *tx == m.tx => *n += 1,
+                _ => runs.push((m.tx, 1)),
+            }
+        }
+        runs
+    }
+
+    /// Halves a batch the server found too large; `None` for a single message.
+    pub fn split(mut self) -> Option<(Batch, Batch)> {
+        if self.messages.len() < 2 {
+            return None;
+        }
+        let tail = self.messages.split_off(self.messages.len() / 2);
+        let size = |m: &[OutMessage]| m.iter().map(|m| m.json.len()).sum();
+        let second = Batch {
+            stream: Arc::clone(&self.stream),
+            bytes: size(&tail),
+            messages: tail,
+        };
+        self.bytes = size(&self.messages);
+        Some((self, second))
+    }
+}
+
+/// Batch bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    /// How long a committed, non-full batch may wait for more messages.
+    pub linger: Duration,
+}
+
+#[derive(Debug)]
+struct StreamQueue {
+    open: Vec<OutMessage>,
+    open_bytes: usize,
+    /// The open batch holds committed messages and may be sent.
+    flushable: bool,
+    opened_at: Option<Instant>,
+    sealed: VecDeque<Batch>,
+    in_flight: bool,
+    recovering: bool,
+}
+
+impl StreamQueue {
+    fn new() -> StreamQueue {
+        StreamQueue {
+            open: Vec::new(),
+            open_bytes: 0,
+            flushable: false,
+            opened_at: None,
+            sealed: VecDeque::new(),
+            in_flight: false,
+            recovering: true,
+        }
+    }
+
+    fn seal(&mut self, stream: &Arc<str>) {
+        if self.open.is_empty() {
+            return;
+        }
+        self.sealed.push_back(Batch {
+            stream: Arc::clone(stream),
+            messages: std::mem::take(&mut self.open),
+            bytes: std::mem::take(&mut self.open_bytes),
+        });
+        self.flushable = false;
+        self.opened_at = None;
+    }
+}
+
+/// All streams' queues. Memory held: [`Queues::buffered_bytes`].
+#[derive(Debug)]
+pub struct Queues {
+    limits: Limits,
+    streams: HashMap<Arc<str>, StreamQueue>,
+    /// Streams that hold unsent messages.
+    waiting: HashSet<Arc<str>>,
+    buffered: usize,
+}
+
+impl Queues {
+    pub fn new(limits: Limits) -> Queues {
+        Queues {
+            limits,
+            streams: HashMap::new(),
+            waiting: HashSet::new(),
+            buffered: 0,
+        }
+    }
+
+    /// Bytes of messages held, sent or not, until their POST completes.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered
+    }
+
+    /// True when no message is waiting or in flight.
+    pub fn is_idle(&self) -> bool {
+        self.buffered == 0
+    }
+
+    /// Adds a message to its stream's open batch, sealing the batch at a bound.
+    pub fn push(&mut self, stream: &str, msg: OutMessage) {
+        let key: Arc<str> = match self.streams.get_key_value(stream) {
+            Some((k, _)) => Arc::clone(k),
+            None => Arc::from(stream),
+        };
+        let limits = self.limits;
+        let q = self
+            .streams
+            .entry(Arc::clone(&key))
+            .or_insert_with(StreamQueue::new);
+        self.buffered += msg.json.len();
+        q.open_bytes += msg.json.len();
+        q.open.push(msg);
+        q.opened_at.get_or_insert_with(Instant::now);
+        if q.recovering || q.open.len() >= limits.max_messages || q.open_bytes >= limits.max_bytes {
+            q.seal(&key);
+        }
+        self.waiting.insert(key);
+    }
+
+    /// The current transaction committed: every open batch may now be sent.
+    pub fn commit(&mut self) {
+        for key in &self.waiting {
+            if let Some(q) = self.streams.get_mut(key) {
+                q.flushable = !q.open.is_empty();
+            }
+        }
+    }
+
+    /// Takes the batches that may be sent now (at most one per idle stream), marking their
+    /// streams busy.
+    pub fn take_ready(&mut self, now: Instant) -> Vec<Batch> {
+        let mut ready = Vec::new();
+        let mut drained = Vec::new();
+        for key in &self.waiting {
+            let Some(q) = self.streams.get_mut(key) else {
+                continue;
+            };
+            if q.in_flight {
+                continue;
+            }
+            let lingered = q
+                .opened_at
+                .is_some_and(|t| now.duration_since(t) >= self.limits.linger);
+            if q.sealed.is_empty() && q.flushable && lingered {
+                q.seal(key);
+            }
+            if let Some(batch) = q.sealed.pop_front() {
+                q.in_flight = true;
+                ready.push(batch);
+            }
+            if q.sealed.is_empty() && q.open.is_empty() {
+                drained.push(Arc::clone(key));
+            }
+        }
+        for key in drained {
+            self.waiting.remove(&key);
+        }
+        ready
+    }
+
+    /// When the next lingering batch becomes sendable, if any waits.
+    pub fn next_linger_deadline(&self) -> Option<Instant> {
+        self.waiting
+            .iter()
+            .filter_map(|k| self.streams.get(k))
+            .filter(|q| !q.in_flight && q.flushable)
+            .filter_map(|q| q.opened_at.map(|t| t + self.limits.linger))
+            .min()
+    }
+
+    /// A POST finished (written or already written): the stream may send again. `accepted`
+    /// ends the stream's recovery mode.
+    pub fn finished(&mut self, batch: &Batch, accepted: bool) {
+        self.buffered = self.buffered.saturating_sub(batch.bytes);
+        if let Some(q) = self.streams.get_mut(&batch.stream) {
+            q.in_flight = false;
+            if accepted {
+                q.recovering = false;
+            }
+            if !q.open.is_empty() || !q.sealed.is_empty() {
+                self.waiting.insert(Arc::clone(&batch.stream));
+            }
+        }
+    }
+
+    /// Puts a batch back at the front of its stream (after a 413 split, the halves).
+    pub fn requeue_front(&mut self, batches: Vec<Batch>) {
+        for batch in batches.into_iter().rev() {
+            let key = Arc::clone(&batch.stream);
+            if let Some(q) = self.streams.get_mut(&key) {
+                q.in_flight = false;
+                q.sealed.push_front(batch);
+                self.waiting.insert(key);
+            }
+        }
+    }
+
+    /// Forgets everything (the replication stream restarts from the slot's position) and
+    /// puts every stream back in recovery mode.
+    pub fn reset(&mut self) {
+        self.streams.clear();
+        self.waiting.clear();
+        self.buffered = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tx: u64, index: u32, text: &str) -> OutMessage {
+        OutMessage {
+            json: Bytes::from(text.to_string()),
+            tx,
+            seq: Seq {
+                commit_lsn: tx,
+                index,
+            },
+        }
+    }
+
+    fn queues(max_messages: usize) -> Queues {
+        Queues::new(Limits {
+            max_messages,
+            max_bytes: 1 << 20,
+            linger: Duration::ZERO,
+        })
+    }
+
+    /// Leaves recovery mode for `stream` as a first accepted POST would.
+    fn recovered(q: &mut Queues, stream: &str) {
+        q.push(stream, msg(1, 0, "{}"));
+        let b = q.take_ready(Instant::now());
+        q.finished(&b[0], true);
+    }
+
+    #[test]
+    fn seq_headers_sort_like_positions() {
+        let a = Seq {
+            commit_lsn: 0x1_0000_0000,
+            index: 9,
+        }
+        .header();
+        let b = Seq {
+            commit_lsn: 0x1_0000_0000,
+            index: 10,
+        }
+        .header();
+        let c = Seq {
+            commit_lsn: 0x2_0000_0000,
+            index: 0,
+        }
+        .header();
+        assert!(a < b && b < c, "{a} {b} {c}");
+        assert_eq!(a.len(), 26);
+    }
+
+    #[test]
+    fn body_is_a_json_array_and_split_halves_it() {
+        let batch = Batch {
+            stream: Arc::from("s"),
+            messages: vec![
+                msg(1, 0, "{\"a\":1}"),
+                msg(1, 1, "{\"b\":2}"),
+                msg(2, 0, "3"),
+            ],
+            bytes: 15,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&batch.body()).unwrap();
+        assert_eq!(v, serde_json::json!([{"a":1},{"b":2},3]));
+        assert_eq!(batch.tx_counts(), vec![(1, 2), (2, 1)]);
+        assert_eq!(
+            batch.seq(),
+            Some(Seq {
+                commit_lsn: 2,
+                index: 0
+            })
+        );
+        let (a, b) = batch.split().unwrap();
+        assert_eq!((a.messages.len(), b.messages.len()), (1, 2));
+        assert_eq!(a.bytes + b.bytes, 15);
+        assert!(a.split().is_none());
+    }
+
+    #[test]
+    fn recovery_mode_sends_one_message_per_post_until_accepted() {
+        let mut q = queues(100);
+        q.push("s", msg(5, 0, "a"));
+        q.push("s", msg(5, 1, "b"));
+        q.commit();
+        let first = q.take_ready(Instant::now());
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].messages.len(), 1);
+        assert!(
+            q.take_ready(Instant::now()).is_empty(),
+            "one POST in flight per stream"
+        );
+        q.finished(&first[0], false);
+        let second = q.take_ready(Instant::now());
+        assert_eq!(
+            second[0].messages.len(),
+            1,
+            "still recovering after a refusal"
+        );
+        q.finished(&second[0], true);
+        q.push("s", msg(6, 0, "c"));
+        q.push("s", msg(6, 1, "d"));
+        q.commit();
+        let third = q.take_ready(Instant::now());
+        assert_eq!(
+            third[0].messages.len(),
+            2,
+            "normal batching after acceptance"
+        );
+    }
+
+    #[test]
+    fn messages_gather_while_a_post_is_in_flight() {
+        let mut q = queues(100);
+        recovered(&mut q, "s");
+        q.push("s", msg(2, 0, "a"));
+        q.commit();
+        let first = q.take_ready(Instant::now());
+        for tx in 3..8 {
+            q.push("s", msg(tx, 0, "x"));
+            q.commit();
+            assert!(q.take_ready(Instant::now()).is_empty());
+        }
+        q.finished(&first[0], true);
+        let next = q.take_ready(Instant::now());
+        assert_eq!(next[0].messages.len(), 5);
+        assert_eq!(next[0].tx_counts().len(), 5);
+    }
+
+    #[test]
+    fn uncommitted_messages_wait_unless_a_bound_is_reached() {
+        let mut q = queues(3);
+        recovered(&mut q, "s");
+        q.push("s", msg(2, 0, "a"));
+        q.push("s", msg(2, 1, "b"));
+        assert!(
+            q.take_ready(Instant::now()).is_empty(),
+            "transaction still open"
+        );
+        q.push("s", msg(2, 2, "c"));
+        let full = q.take_ready(Instant::now());
+        assert_eq!(
+            full[0].messages.len(),
+            3,
+            "a full batch goes before the commit"
+        );
+        assert_eq!(q.buffered_bytes(), 3);
+        q.finished(&full[0], true);
+        assert!(q.is_idle());
+    }
+
+    #[test]
+    fn streams_proceed_independently_and_requeue_keeps_order() {
+        let mut q = queues(100);
+        recovered(&mut q, "a");
+        recovered(&mut q, "b");
+        q.push("a", msg(3, 0, "1"));
+        q.push("b", msg(3, 1, "2"));
+        q.commit();
+        let mut ready = q.take_ready(Instant::now());
+        assert_eq!(ready.len(), 2);
+        ready.sort_by(|x, y| x.stream.cmp(&y.stream));
+        let a = ready.remove(0);
+        q.requeue_front(vec![a.clone()]);
+        let again = q.take_ready(Instant::now());
+        assert_eq!(again, vec![a]);
+    }
+
+    #[test]
+    fn linger_holds_small_committed_batches() {
+        let mut q = Queues::new(Limits {
+            max_messages: 100,
+            max_bytes: 1 << 20,
+            linger: Duration::from_millis(50),
+        });
+        recovered(&mut q, "s");
+        let t0 = Instant::now();
+        q.push("s", msg(2, 0, "a"));
+        q.commit();
+        assert!(q.take_ready(t0).is_empty());
+        let deadline = q.next_linger_deadline().expect("a lingering batch");
+        assert_eq!(q.take_ready(deadline + Duration::from_millis(1)).len(), 1);
+    }
+}

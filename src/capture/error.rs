@@ -1,0 +1,92 @@
+//! Errors of the capture path, classified where they arise: transient ones make the loop
+//! reconnect and resume from the slot's confirmed position; the rest stop capture with a
+//! hint.
+
+use crate::ds::DsError;
+use crate::pg::PgError;
+use crate::pgoutput::DecodeError;
+use crate::publication::PublicationError;
+use crate::slot::SlotError;
+
+use super::message::MessageError;
+use super::route::RouteError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    #[error(transparent)]
+    Publication(#[from] PublicationError),
+    #[error("publication '{0}' does not exist and no --tables were given to create it")]
+    NoPublication(String),
+    #[error("replication slot '{0}' is lost: the server removed WAL it still needed")]
+    SlotLost(String),
+    #[error("replication slot '{slot}' is held by walsender pid {pid}")]
+    SlotBusy { slot: String, pid: i32 },
+    #[error("replication connection: {reason}")]
+    Replication { reason: String, transient: bool },
+    #[error("cannot decode pgoutput message at {lsn}: {source}")]
+    Decode {
+        lsn: String,
+        #[source]
+        source: DecodeError,
+    },
+    #[error(transparent)]
+    Message(#[from] MessageError),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error("stream {stream}: {source}")]
+    Ds {
+        stream: String,
+        #[source]
+        source: DsError,
+    },
+    #[error(
+        "a single change is larger than the DS server accepts: table {table}, key {key}, {bytes} bytes, stream {stream}"
+    )]
+    RowTooLarge {
+        stream: String,
+        table: String,
+        key: String,
+        bytes: usize,
+    },
+    #[error("stopped before every change in flight was delivered (second interrupt)")]
+    Interrupted,
+}
+
+impl CaptureError {
+    /// Whether reconnecting and resuming from the slot's confirmed position can help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CaptureError::Replication { transient, .. } => *transient,
+            CaptureError::Pg(PgError::Connect { .. }) => true,
+            CaptureError::SlotBusy { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// A sentence saying what to do next.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            CaptureError::NoPublication(p) => Some(format!(
+                "Pass --tables a,b to create it, or create it with `ds-sync publication create {p} --tables ...`."
+            )),
+            CaptureError::SlotLost(s) => Some(format!(
+                "A lost slot cannot be resumed: drop it (`ds-sync slot drop {s}`) and start again; the tables need a fresh snapshot."
+            )),
+            CaptureError::SlotBusy { pid, .. } => Some(format!(
+                "Another consumer holds the slot. Stop it, or pass --takeover to terminate pid {pid}."
+            )),
+            CaptureError::RowTooLarge { .. } => Some(
+                "Raise the DS server's request size limit, or exclude the column with a publication column list."
+                    .into(),
+            ),
+            CaptureError::Ds { source, .. } => source.hint(),
+            CaptureError::Slot(e) => e.hint(),
+            CaptureError::Publication(e) => e.hint(),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! DB → stream: row changes from a logical replication slot into Durable Streams.
+//!
+//! ```text
+//!  source ──▶ pgoutput::decode ──▶ message (State Protocol) ──▶ route ──▶ batch ──▶ sender
+//!    ▲                                                                              │
+//!    └──────────────── ledger: confirm only what the DS server acknowledged ◀───────┘
+//! ```
+//!
+//! * [`source`]: publication and slot setup, the replication connection, catalog lookups.
+//! * [`message`]: decoded rows to State Protocol change messages (pure).
+//! * [`route`]: table (and column values) to stream name (pure).
+//! * [`batch`]: per-stream batching, one POST in flight per stream, recovery mode.
+//! * [`sender`]: one POST with retries until the server has it.
+//! * [`ledger`]: which WAL positions may be confirmed (pure).
+//! * [`pipeline`]: the loop that ties them together, and reconnection.
+//!
+//! Exactly once: every message carries `(commit LSN, index in its transaction)`, which a
+//! replay recomputes identically; each POST sends its last message's value as
+//! `Stream-Seq`, so the server refuses what it already holds, and the slot only advances
+//! past transactions the server acknowledged in full.
+
+pub mod batch;
+mod error;
+pub mod ledger;
+pub mod message;
+mod pipeline;
+pub mod route;
+mod sender;
+pub mod source;
+
+pub use error::CaptureError;
+pub use pipeline::{CaptureConfig, run};

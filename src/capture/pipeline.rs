@@ -1,0 +1,456 @@
+//! The capture loop: replication events in, batches out, acknowledgements back to the slot.
+//!
+//! ```text
+//!  walsender ─▶ pgwire-replication ─▶ decode ─▶ message ─▶ route ─▶ Queues ─▶ deliver (POST)
+//!      ▲                                                     │                    │
+//!      └──── update_applied_lsn ◀── Ledger ◀─────────────────┴──── acknowledged ◀─┘
+//! ```
+//!
+//! One `select!` loop owns all state. Its priorities, in order:
+//! 1. finished deliveries (they free streams and move the ledger);
+//! 2. shutdown (stop reading, deliver what is held, confirm, exit);
+//! 3. lingering batches whose time has come;
+//! 4. the next replication event, only while held bytes stay under the buffer bound
+//!    (under backpressure ds-sync stops reading instead of buffering without limit; the
+//!    replication worker keeps feedback flowing meanwhile, so the server does not time out).
+//!
+//! LSN rules: a transaction is confirmed to the server only when all its messages, in every
+//! stream, are acknowledged by the DS server, and only after every earlier transaction is
+//! (see `ledger`). Keepalive positions are confirmed while nothing is in flight.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::ds::{Backoff, DsClient};
+use crate::pgoutput::{PgOutputMessage, RelationCache, Truncate, decode};
+
+use super::batch::{Batch, Limits, OutMessage, Queues, Seq};
+use super::error::CaptureError;
+use super::ledger::{Ledger, TxId};
+use super::message::{self, ChangeRef, RowMessage, TableInfo, TxMeta};
+use super::route::Router;
+use super::sender::{Delivery, deliver};
+use super::source::{self, SourceConfig};
+
+/// Everything capture needs.
+pub struct CaptureConfig {
+    pub source: SourceConfig,
+    pub ds: DsClient,
+    pub router: Router,
+    pub limits: Limits,
+    /// Stop reading WAL while this many bytes of messages are held.
+    pub max_buffer_bytes: usize,
+    /// POSTs in flight at once, over all streams.
+    pub max_in_flight: usize,
+}
+
+/// Runs capture until `shutdown` (graceful) or `hard_stop` (second signal), reconnecting on
+/// transient failures.
+pub async fn run(
+    cfg: &CaptureConfig,
+    shutdown: &CancellationToken,
+    hard_stop: &CancellationToken,
+) -> Result<(), CaptureError> {
+    let sql = cfg.source.target.connect().await?;
+    let mut start = source::prepare(&sql, &cfg.source).await?;
+    let mut backoff = Backoff::new(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(10),
+    );
+    let mut sql = Some(sql);
+    loop {
+        let client = match sql.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => match cfg.source.target.connect().await {
+                Ok(c) => c,
+                Err(e) => {
+                    wait_or_stop(&mut backoff, &CaptureError::Pg(e), shutdown).await?;
+                    continue;
+                }
+            },
+        };
+        let outcome = match source::connect(&client, &cfg.source, start).await {
+            Ok(repl) => {
+                tracing::info!(slot = %cfg.source.slot, start = %Lsn::from_u64(start), "streaming changes");
+                let mut session = Session::new(cfg, &client, start);
+                let result = session.run(repl, shutdown, hard_stop).await;
+                let confirmed = session.ledger.confirmed();
+                session.drain().await;
+                if result.is_ok() {
+                    backoff.reset();
+                }
+                start = start.max(confirmed);
+                result
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(SessionEnd::Stopped) => {
+                source::advance_slot(&client, &cfg.source.slot, start).await?;
+                tracing::info!(confirmed = %Lsn::from_u64(start), "stopped");
+                return Ok(());
+            }
+            Ok(SessionEnd::ServerEnded) => {
+                tracing::warn!("the server ended the replication stream; reconnecting")
+            }
+            Err(e) if e.is_transient() => wait_or_stop(&mut backoff, &e, shutdown).await?,
+            Err(e) => return Err(e),
+        }
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        if let Ok(pos) = source::confirmed_position(&client, &cfg.source.slot).await {
+            start = start.max(pos);
+        }
+        sql = Some(client);
+    }
+}
+
+async fn wait_or_stop(
+    backoff: &mut Backoff,
+    e: &CaptureError,
+    shutdown: &CancellationToken,
+) -> Result<(), CaptureError> {
+    let delay = backoff.next_delay();
+    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "capture interrupted, resuming from the slot's confirmed position");
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => Ok(()),
+        _ = shutdown.cancelled() => Ok(()),
+    }
+}
+
+/// Why a session ended without error.
+enum SessionEnd {
+    Stopped,
+    ServerEnded,
+}
+
+/// The transaction being received.
+struct OpenTx {
+    id: TxId,
+    meta: TxMeta,
+    next_index: u32,
+}
+
+/// One replication connection's worth of state.
+struct Session<'a> {
+    cfg: &'a CaptureConfig,
+    sql: &'a Client,
+    ledger: Ledger,
+    queues: Queues,
+    relations: RelationCache,
+    tables: HashMap<u32, Arc<TableInfo>>,
+    /// Streams each table has written to, for TRUNCATE's reset messages.
+    table_streams: HashMap<u32, HashSet<Arc<str>>>,
+    ensured: HashSet<Arc<str>>,
+    tx: Option<OpenTx>,
+    in_flight: JoinSet<(Batch, Delivery)>,
+    permits: Arc<Semaphore>,
+    hard_stop: CancellationToken,
+}
+
+impl<'a> Session<'a> {
+    fn new(cfg: &'a CaptureConfig, sql: &'a Client, start: u64) -> Session<'a> {
+        Session {
+            cfg,
+            sql,
+            ledger: Ledger::new(start),
+            queues: Queues::new(cfg.limits),
+            relations: RelationCache::new(),
+            tables: HashMap::new(),
+            table_streams: HashMap::new(),
+            ensured: HashSet::new(),
+            tx: None,
+            in_flight: JoinSet::new(),
+            permits: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
+            hard_stop: CancellationToken::new(),
+        }
+    }
+
+    async fn run(
+        &mut self,
+        mut repl: ReplicationClient,
+        shutdown: &CancellationToken,
+        hard_stop: &CancellationToken,
+    ) -> Result<SessionEnd, CaptureError> {
+        self.hard_stop = hard_stop.clone();
+        let mut stopping = false;
+        loop {
+            self.dispatch();
+            if stopping && self.in_flight.is_empty() && self.queues.is_idle() {
+                self.ledger.abandon_open();
+                self.ledger.advance();
+                repl.update_applied_lsn(Lsn::from_u64(self.ledger.confirmed()));
+                let _ = repl.shutdown().await;
+                return Ok(SessionEnd::Stopped);
+            }
+            let reading = !stopping && self.queues.buffered_bytes() < self.cfg.max_buffer_bytes;
+            let linger = self.queues.next_linger_deadline();
+            tokio::select! {
+                biased;
+                Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
+                    let (batch, delivery) = joined.map_err(|e| CaptureError::Replication {
+                        reason: format!("a delivery task failed: {e}"),
+                        transient: false,
+                    })?;
+                    self.delivered(batch, delivery)?;
+                }
+                _ = hard_stop.cancelled() => return Err(CaptureError::Interrupted),
+                _ = shutdown.cancelled(), if !stopping => {
+                    tracing::info!("stopping: delivering the changes already read");
+                    stopping = true;
+                    self.queues.commit();
+                }
+                _ = sleep_until(linger), if linger.is_some() => {}
+                event = repl.recv(), if reading => match event {
+                    Ok(Some(event)) => self.event(event, &repl).await?,
+                    Ok(None) => return Ok(SessionEnd::ServerEnded),
+                    Err(e) => return Err(source::replication_error(&e)),
+                },
+            }
+            if let Some(lsn) = self.ledger.advance() {
+                repl.update_applied_lsn(Lsn::from_u64(lsn));
+            }
+        }
+    }
+
+    /// Sends every batch that may go now.
+    fn dispatch(&mut self) {
+        for batch in self.queues.take_ready(Instant::now()) {
+            let client = self.cfg.ds.clone();
+            let permits = Arc::clone(&self.permits);
+            let hard_stop = self.hard_stop.clone();
+            let ensure = !self.ensured.contains(&batch.stream);
+            self.in_flight.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let delivery = deliver(&client, &batch, ensure, &hard_stop).await;
+                (batch, delivery)
+            });
+        }
+    }
+
+    fn delivered(&mut self, batch: Batch, delivery: Delivery) -> Result<(), CaptureError> {
+        match delivery {
+            Delivery::Written | Delivery::AlreadyWritten => {
+                let accepted = matches!(delivery, Delivery::Written);
+                if !accepted {
+                    tracing::debug!(stream = %batch.stream, messages = batch.messages.len(), "already in the stream, skipped");
+                }
+                for (tx, n) in batch.tx_counts() {
+                    self.ledger.acked(tx, n);
+                }
+                self.ensured.insert(Arc::clone(&batch.stream));
+                self.queues.finished(&batch, accepted);
+                Ok(())
+            }
+            Delivery::TooLarge => match batch.clone().split() {
+                Some((a, b)) => {
+                    tracing::info!(stream = %batch.stream, messages = batch.messages.len(), "batch too large for the server, splitting");
+                    self.queues.requeue_front(vec![a, b]);
+                    Ok(())
+                }
+                None => Err(too_large(&batch)),
+            },
+            Delivery::Failed(source) => Err(CaptureError::Ds {
+                stream: batch.stream.to_string(),
+                source,
+            }),
+            Delivery::Cancelled => Err(CaptureError::Interrupted),
+        }
+    }
+
+    /// Waits for deliveries still running (they finish or are cancelled by a hard stop), so
+    /// a new session never races an old POST on the same stream.
+    async fn drain(&mut self) {
+        while self.in_flight.join_next().await.is_some() {}
+    }
+
+    async fn event(
+        &mut self,
+        event: ReplicationEvent,
+        repl: &ReplicationClient,
+    ) -> Result<(), CaptureError> {
+        match event {
+            ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => {
+                let id = final_lsn.as_u64();
+                self.ledger.begin(id);
+                self.tx = Some(OpenTx {
+                    id,
+                    meta: TxMeta {
+                        xid,
+                        commit_lsn: id,
+                        commit_time_micros,
+                    },
+                    next_index: 0,
+                });
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                if let Some(tx) = self.tx.take() {
+                    tracing::debug!(commit_lsn = %Lsn::from_u64(tx.id), messages = tx.next_index, "transaction read");
+                    self.ledger.commit(tx.id, end_lsn.as_u64());
+                    self.queues.commit();
+                }
+            }
+            ReplicationEvent::XLogData {
+                data, wal_start, ..
+            } => self.xlog(&data, wal_start).await?,
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                if self.tx.is_none()
+                    && let Some(lsn) = self.ledger.keepalive(wal_end.as_u64())
+                {
+                    repl.update_applied_lsn(Lsn::from_u64(lsn));
+                }
+            }
+            ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
+        }
+        Ok(())
+    }
+
+    async fn xlog(&mut self, data: &Bytes, at: Lsn) -> Result<(), CaptureError> {
+        let msg = decode(data).map_err(|source| CaptureError::Decode {
+            lsn: at.to_string(),
+            source,
+        })?;
+        match msg {
+            PgOutputMessage::Relation(rel) => {
+                let oid = rel.oid;
+                tracing::debug!(oid, table = %rel.name, columns = rel.columns.len(), "relation");
+                let pk = source::primary_key(self.sql, oid).await?;
+                let rel = Arc::new(rel);
+                self.relations.insert(Arc::clone(&rel));
+                let table = TableInfo::new(rel, pk);
+                self.cfg.router.validate(&table)?;
+                self.tables.insert(oid, Arc::new(table));
+            }
+            PgOutputMessage::Insert(ref i) => self.change(i.relation_oid, ChangeRef::Insert(i))?,
+            PgOutputMessage::Update(ref u) => self.change(u.relation_oid, ChangeRef::Update(u))?,
+            PgOutputMessage::Delete(ref d) => self.change(d.relation_oid, ChangeRef::Delete(d))?,
+            PgOutputMessage::Truncate(ref t) => self.truncate(t)?,
+            other => tracing::debug!(kind = %other.kind(), "message ignored"),
+        }
+        Ok(())
+    }
+
+    fn table(&self, oid: u32) -> Result<Arc<TableInfo>, CaptureError> {
+        self.tables
+            .get(&oid)
+            .cloned()
+            .ok_or_else(|| CaptureError::Decode {
+                lsn: self
+                    .tx
+                    .as_ref()
+                    .map(|t| Lsn::from_u64(t.id).to_string())
+                    .unwrap_or_default(),
+                source: crate::pgoutput::DecodeError::UnknownRelation { relation_oid: oid },
+            })
+    }
+
+    fn change(&mut self, oid: u32, change: ChangeRef<'_>) -> Result<(), CaptureError> {
+        let table = self.table(oid)?;
+        let Some(meta) = self.tx.as_ref().map(|t| t.meta) else {
+            return Ok(());
+        };
+        for row in message::build(&table, &change, &meta)? {
+            let stream = self.cfg.router.stream_for(&table, &row)?;
+            self.enqueue(oid, &stream, &row)?;
+        }
+        Ok(())
+    }
+
+    fn truncate(&mut self, t: &Truncate) -> Result<(), CaptureError> {
+        // A reset has no row: only templates without column placeholders can place it, so
+        // streams are also taken from those the table has written to.
+        let reset = RowMessage {
+            operation: message::Operation::Delete,
+            message: message::reset_message(),
+            columns: serde_json::Map::new(),
+        };
+        for oid in &t.relation_oids {
+            let mut streams: Vec<Arc<str>> = self
+                .table_streams
+                .get(oid)
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default();
+            if let Some(table) = self.tables.get(oid).cloned()
+                && let Ok(stream) = self.cfg.router.stream_for(&table, &reset)
+                && !streams.iter().any(|s| **s == *stream)
+            {
+                streams.push(Arc::from(stream.as_str()));
+            }
+            streams.sort();
+            for stream in streams {
+                self.enqueue(*oid, &stream, &reset)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn enqueue(&mut self, oid: u32, stream: &str, row: &RowMessage) -> Result<(), CaptureError> {
+        let Some(tx) = self.tx.as_mut() else {
+            return Ok(());
+        };
+        let json = serde_json::to_vec(&row.message)
+            .map(Bytes::from)
+            .map_err(|e| CaptureError::Replication {
+                reason: format!("cannot serialize a message: {e}"),
+                transient: false,
+            })?;
+        let seq = Seq {
+            commit_lsn: tx.id,
+            index: tx.next_index,
+        };
+        tx.next_index += 1;
+        self.ledger.add_pending(tx.id, 1);
+        self.queues.push(
+            stream,
+            OutMessage {
+                json,
+                tx: tx.id,
+                seq,
+            },
+        );
+        let streams = self.table_streams.entry(oid).or_default();
+        if !streams.contains(stream) {
+            streams.insert(Arc::from(stream));
+        }
+        Ok(())
+    }
+}
+
+fn too_large(batch: &Batch) -> CaptureError {
+    let msg: serde_json::Value = batch
+        .messages
+        .first()
+        .and_then(|m| serde_json::from_slice(&m.json).ok())
+        .unwrap_or_default();
+    let text = |v: &serde_json::Value| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
+    CaptureError::RowTooLarge {
+        stream: batch.stream.to_string(),
+        table: text(&msg["type"]),
+        key: text(&msg["key"]),
+        bytes: batch.bytes,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,234 @@
+//! The Postgres side of capture: making sure the publication and slot exist, opening the
+//! replication connection, and the catalog lookups decoding needs.
+
+use std::time::Duration;
+
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig};
+use tokio_postgres::Client;
+
+use crate::pg::{PgError, PgTarget};
+use crate::publication::{self, PublicationError, TableSpec};
+use crate::slot;
+
+use super::error::CaptureError;
+
+/// Where capture reads from.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub target: PgTarget,
+    pub slot: String,
+    pub publication: String,
+    /// Tables to create the publication with (or add to it) when given.
+    pub tables: Vec<String>,
+    /// Terminate a stale walsender that holds the slot.
+    pub takeover: bool,
+}
+
+/// Creates the publication (from `tables`) and the slot when missing; returns the slot's
+/// confirmed position.
+///
+/// A new slot must start after the publication is committed. When another slot is being
+/// created at the same moment, PostgreSQL can give the new slot a consistent point taken
+/// before that commit, and pgoutput then decodes every later change with a catalog that
+/// lacks the publication: nothing is sent, silently. So a new slot whose consistent point
+/// precedes the publication check is dropped and created again.
+pub async fn prepare(sql: &Client, cfg: &SourceConfig) -> Result<u64, CaptureError> {
+    ensure_publication(sql, cfg).await?;
+    let published_at = current_lsn(sql).await?;
+    for attempt in 1..=10 {
+        let created = slot::create(sql, &cfg.slot, false, true).await?;
+        let start = confirmed_position(sql, &cfg.slot).await?;
+        if !created.created {
+            return Ok(start);
+        }
+        if start >= published_at {
+            tracing::info!(slot = %cfg.slot, "created replication slot");
+            return Ok(start);
+        }
+        tracing::info!(slot = %cfg.slot, attempt, "new slot starts before the publication: creating it again");
+        slot::drop(sql, &cfg.slot, false).await?;
+        tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+    }
+    Err(CaptureError::Replication {
+        reason: format!(
+            "could not create slot '{}' after the publication's commit",
+            cfg.slot
+        ),
+        transient: true,
+    })
+}
+
+async fn current_lsn(sql: &Client) -> Result<u64, CaptureError> {
+    let lsn: String = sql
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(|e| PgError::query("reading the current WAL position", &e))?
+        .get(0);
+    Ok(Lsn::parse(&lsn).map(|l| l.as_u64()).unwrap_or(0))
+}
+
+async fn ensure_publication(sql: &Client, cfg: &SourceConfig) -> Result<(), CaptureError> {
+    let specs: Vec<TableSpec> = cfg
+        .tables
+        .iter()
+        .map(|t| TableSpec {
+            table: t.clone(),
+            ..TableSpec::default()
+        })
+        .collect();
+    match publication::show(sql, &cfg.publication).await {
+        Ok(info) => {
+            let missing: Vec<TableSpec> = specs
+                .into_iter()
+                .filter(|s| {
+                    !info.tables.iter().any(|t| {
+                        t.table == s.table || format!("{}.{}", t.schema, t.table) == s.table
+                    })
+                })
+                .collect();
+            if !missing.is_empty() && !info.all_tables {
+                publication::add(sql, &cfg.publication, &missing).await?;
+                tracing::info!(publication = %cfg.publication, tables = missing.len(), "added tables to publication");
+            }
+            Ok(())
+        }
+        Err(PublicationError::NotFound(_)) if !specs.is_empty() => {
+            publication::create(sql, &cfg.publication, &specs).await?;
+            tracing::info!(publication = %cfg.publication, "created publication");
+            Ok(())
+        }
+        Err(PublicationError::NotFound(p)) => Err(CaptureError::NoPublication(p)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The slot's confirmed position; a lost slot is an error.
+pub async fn confirmed_position(sql: &Client, slot_name: &str) -> Result<u64, CaptureError> {
+    let info = slot::status(sql, slot_name).await?;
+    if info.is_lost() {
+        return Err(CaptureError::SlotLost(slot_name.to_string()));
+    }
+    let lsn = info.confirmed_flush_lsn.unwrap_or_default();
+    Ok(Lsn::parse(&lsn).map(|l| l.as_u64()).unwrap_or(0))
+}
+
+/// Waits for the slot to be free, terminating its holder with `takeover`.
+async fn claim_slot(sql: &Client, cfg: &SourceConfig) -> Result<(), CaptureError> {
+    let info = slot::status(sql, &cfg.slot).await?;
+    let (true, Some(pid)) = (info.active, info.active_pid) else {
+        return Ok(());
+    };
+    if !cfg.takeover {
+        return Err(CaptureError::SlotBusy {
+            slot: cfg.slot.clone(),
+            pid,
+        });
+    }
+    tracing::warn!(slot = %cfg.slot, pid, "taking the slot over: terminating its walsender");
+    sql.execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .map_err(|e| PgError::query(format!("terminating walsender pid {pid}"), &e))?;
+    for _ in 0..100 {
+        if !slot::status(sql, &cfg.slot).await?.active {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(CaptureError::SlotBusy {
+        slot: cfg.slot.clone(),
+        pid,
+    })
+}
+
+/// Opens the replication stream at `start` (the slot's confirmed position).
+pub async fn connect(
+    sql: &Client,
+    cfg: &SourceConfig,
+    start: u64,
+) -> Result<ReplicationClient, CaptureError> {
+    claim_slot(sql, cfg).await?;
+    let t = &cfg.target;
+    let repl_cfg = ReplicationConfig::new(
+        t.host(),
+        t.user(),
+        t.password().unwrap_or_default(),
+        t.dbname(),
+        cfg.slot.clone(),
+        cfg.publication.clone(),
+    )
+    .with_port(t.port())
+    .with_start_lsn(Lsn::from_u64(start))
+    .with_ack_lsn(Lsn::from_u64(start))
+    .with_status_interval(Duration::from_secs(1))
+    .with_wakeup_interval(Duration::from_secs(1))
+    .with_buffer_size(4096)
+    .with_application_name("ds-sync");
+    let mut client = ReplicationClient::connect(repl_cfg)
+        .await
+        .map_err(|e| replication_error(&e))?;
+    client
+        .wait_started()
+        .await
+        .map_err(|e| replication_error(&e))?;
+    Ok(client)
+}
+
+/// Server and I/O errors of the replication connection; "slot active" and connection
+/// problems are worth a retry, authentication and protocol errors are not.
+pub fn replication_error(e: &pgwire_replication::PgWireError) -> CaptureError {
+    use pgwire_replication::PgWireError as E;
+    let reason = e.to_string();
+    let transient = match e {
+        E::Io(_) | E::Task(_) => true,
+        E::Server(msg) => {
+            msg.contains("55006") || msg.contains("is active for PID") || msg.contains("57P01")
+        }
+        _ => false,
+    };
+    CaptureError::Replication { reason, transient }
+}
+
+/// The primary key of a table, in key order, or `None` without one.
+pub async fn primary_key(sql: &Client, oid: u32) -> Result<Option<Vec<String>>, CaptureError> {
+    let row = sql
+        .query_opt(
+            "SELECT array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum)) \
+             FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indrelid = $1 AND i.indisprimary GROUP BY i.indexrelid",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| PgError::query(format!("reading the primary key of relation {oid}"), &e))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Makes sure the slot's confirmed position reached `lsn` at shutdown. The replication
+/// worker reports positions on its own schedule; when its last report did not land, the
+/// slot is advanced over SQL once the walsender has released it. Failing that is not an
+/// error: the changes since the slot's position are delivered and will be recognised and
+/// skipped on the next start.
+pub async fn advance_slot(sql: &Client, slot_name: &str, lsn: u64) -> Result<(), CaptureError> {
+    for _ in 0..100 {
+        let info = slot::status(sql, slot_name).await?;
+        let confirmed = info
+            .confirmed_flush_lsn
+            .as_deref()
+            .and_then(|l| Lsn::parse(l).ok())
+            .map_or(0, Lsn::as_u64);
+        if confirmed >= lsn {
+            return Ok(());
+        }
+        if !info.active {
+            sql.execute(
+                "SELECT pg_replication_slot_advance($1::text::name, $2::text::pg_lsn)",
+                &[&slot_name, &Lsn::from_u64(lsn).to_pg_string()],
+            )
+            .await
+            .map_err(|e| PgError::query(format!("advancing slot '{slot_name}'"), &e))?;
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::warn!(slot = slot_name, delivered = %Lsn::from_u64(lsn), "the slot's position was not updated before exit; delivered changes after it will be skipped on the next start");
+    Ok(())
+}

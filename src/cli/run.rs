@@ -1,0 +1,224 @@
+//! `ds-sync run` and `ds-sync dev`: options merged into a capture configuration, signals
+//! turned into shutdown, and for `dev` the throwaway servers around it.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::capture::batch::Limits;
+use crate::capture::route::{Router, Template, parse_route_option};
+use crate::capture::source::SourceConfig;
+use crate::capture::{self, CaptureConfig};
+use crate::config::{Settings, Source};
+use crate::ds::{ClientOptions, DsClient};
+use crate::embedded::{DsServer, DsServerOptions, LocalPostgres, PostgresOptions};
+use crate::pg::PgTarget;
+use crate::pg::ident::{validate_publication_name, validate_slot_name};
+
+use super::CliError;
+use super::args::CaptureArgs;
+
+/// Default stream name template: the sync-layer document's `pg-items` for table `items`.
+pub const DEFAULT_STREAM_TEMPLATE: &str = "pg-{table}";
+
+/// Runs capture until a signal.
+pub async fn run(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError> {
+    let target = super::commands::target(settings)?;
+    let cfg = capture_config(args, settings, target, &settings.ds_server_url.value)?;
+    let (shutdown, hard_stop) = signals();
+    capture::run(&cfg, &shutdown, &hard_stop).await?;
+    Ok(())
+}
+
+/// Flags (and their env vars) over the config file's `[capture]` over defaults.
+fn capture_config(
+    args: &CaptureArgs,
+    settings: &Settings,
+    target: PgTarget,
+    ds_url: &str,
+) -> Result<CaptureConfig, CliError> {
+    let file = &settings.capture_file;
+    let slot = settings.slot.value.clone();
+    let publication = settings.publication.value.clone();
+    validate_slot_name(&slot).map_err(|e| CliError::Invalid(e.to_string()))?;
+    validate_publication_name(&publication).map_err(|e| CliError::Invalid(e.to_string()))?;
+    let template = args
+        .stream_template
+        .clone()
+        .or_else(|| file.stream_template.clone())
+        .unwrap_or_else(|| DEFAULT_STREAM_TEMPLATE.into());
+    let invalid = |e: crate::capture::route::RouteError| CliError::Invalid(e.to_string());
+    let mut routes = Vec::new();
+    for (table, tpl) in file.routes.clone().unwrap_or_default() {
+        routes.push((table, Template::parse(&tpl).map_err(invalid)?));
+    }
+    for raw in &args.routes {
+        let (table, tpl) = parse_route_option(raw).map_err(invalid)?;
+        routes.retain(|(t, _)| *t != table);
+        routes.push((table, tpl));
+    }
+    let router =
+        Router::new(Template::parse(&template).map_err(invalid)?, routes).map_err(invalid)?;
+    let limits = Limits {
+        max_messages: args
+            .batch_max_messages
+            .or(file.batch_max_messages)
+            .unwrap_or(1000)
+            .max(1),
+        max_bytes: args
+            .batch_max_bytes
+            .or(file.batch_max_bytes)
+            .unwrap_or(1 << 20)
+            .max(1),
+        linger: Duration::from_millis(args.linger_ms.or(file.linger_ms).unwrap_or(0)),
+    };
+    let timeout = Duration::from_millis(
+        args.request_timeout_ms
+            .or(file.request_timeout_ms)
+            .unwrap_or(10_000),
+    );
+    let ds = DsClient::new(
+        ds_url,
+        ClientOptions {
+            request_timeout: timeout,
+            ..ClientOptions::default()
+        },
+    )?;
+    Ok(CaptureConfig {
+        source: SourceConfig {
+            target,
+            slot,
+            publication,
+            tables: args
+                .tables
+                .clone()
+                .or_else(|| file.tables.clone())
+                .unwrap_or_default(),
+            takeover: args.takeover || file.takeover.unwrap_or(false),
+        },
+        ds,
+        router,
+        limits,
+        max_buffer_bytes: args
+            .max_buffer_bytes
+            .or(file.max_buffer_bytes)
+            .unwrap_or(32 << 20),
+        max_in_flight: args.max_in_flight.or(file.max_in_flight).unwrap_or(16),
+    })
+}
+
+/// First SIGTERM/SIGINT: graceful shutdown. Second: hard stop.
+fn signals() -> (CancellationToken, CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let shutdown = CancellationToken::new();
+    let hard_stop = CancellationToken::new();
+    let (s, h) = (shutdown.clone(), hard_stop.clone());
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::warn!("cannot install signal handlers");
+            return;
+        };
+        for round in 0..2 {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if round == 0 {
+                tracing::info!(
+                    "signal received: finishing what is in flight (signal again to exit at once)"
+                );
+                s.cancel();
+            } else {
+                h.cancel();
+            }
+        }
+    });
+    (shutdown, hard_stop)
+}
+
+const DEMO_TABLE: &str = "CREATE TABLE IF NOT EXISTS items (\
+    id SERIAL PRIMARY KEY, title TEXT NOT NULL, body TEXT, created_at TIMESTAMPTZ DEFAULT NOW())";
+
+/// `ds-sync dev`: capture against throwaway servers unless real ones are given.
+pub async fn dev(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError> {
+    let local_pg = if settings.postgres_url_source() == Source::Unset {
+        eprintln!("starting a throwaway PostgreSQL cluster...");
+        let pg = tokio::task::spawn_blocking(|| LocalPostgres::start(&PostgresOptions::default()))
+            .await
+            .map_err(|e| CliError::Invalid(format!("starting PostgreSQL: {e}")))??;
+        Some(pg)
+    } else {
+        None
+    };
+    let target = match &local_pg {
+        Some(pg) => {
+            PgTarget::parse(&pg.url("postgres"), None).map_err(crate::config::ConfigError::from)?
+        }
+        None => super::commands::target(settings)?,
+    };
+    let ds_server = if settings.ds_server_url.source == Source::Default {
+        Some(start_local_ds().await?)
+    } else {
+        None
+    };
+    let ds_url = ds_server
+        .as_ref()
+        .map_or_else(|| settings.ds_server_url.value.clone(), DsServer::url);
+    let mut client = target.connect().await?;
+    crate::schema::apply(&mut client).await?;
+    client
+        .batch_execute(DEMO_TABLE)
+        .await
+        .map_err(|e| crate::pg::PgError::query("creating the demo table items", &e))?;
+    let mut args = args.clone();
+    args.tables.get_or_insert_with(|| vec!["items".into()]);
+    let cfg = capture_config(&args, settings, target.clone(), &ds_url)?;
+    // The slot exists before the banner invites inserts, so no row falls before it.
+    crate::capture::source::prepare(&client, &cfg.source).await?;
+    print_dev_banner(local_pg.as_ref(), &target, &ds_url, &args);
+    let (shutdown, hard_stop) = signals();
+    let result = capture::run(&cfg, &shutdown, &hard_stop).await;
+    drop(ds_server);
+    drop(local_pg);
+    eprintln!("stopped; throwaway servers removed");
+    Ok(result?)
+}
+
+/// Port 4437 (the DS default) when free, so printed URLs are predictable; any port otherwise.
+async fn start_local_ds() -> Result<DsServer, CliError> {
+    let preferred = DsServerOptions {
+        port: 4437,
+        ..DsServerOptions::default()
+    };
+    match DsServer::start(preferred).await {
+        Ok(s) => Ok(s),
+        Err(_) => Ok(DsServer::start(DsServerOptions::default()).await?),
+    }
+}
+
+fn print_dev_banner(
+    local_pg: Option<&LocalPostgres>,
+    target: &PgTarget,
+    ds_url: &str,
+    args: &CaptureArgs,
+) {
+    let psql_url = local_pg.map_or_else(|| target.to_string(), |pg| pg.url("postgres"));
+    let tables = args.tables.clone().unwrap_or_default();
+    let first = tables.first().cloned().unwrap_or_else(|| "items".into());
+    let stream = format!("{}/v1/stream/pg-{first}", ds_url.trim_end_matches('/'));
+    eprintln!(
+        "\nds-sync dev is running: changes to {tables} flow into DS streams.\n\n\
+         \x20 Postgres   {target}\n\
+         \x20 DS server  {ds_url}\n\
+         \x20 stream     {stream}\n\n\
+         Tail the stream over SSE:\n\
+         \x20 curl -N '{stream}?offset=-1&live=sse'\n\n\
+         Insert a row:\n\
+         \x20 psql '{psql_url}' -c \"INSERT INTO items (title, body) VALUES ('hello', 'world')\"\n\n\
+         Ctrl-C stops capture and removes the throwaway servers.\n",
+        tables = tables.join(", ")
+    );
+}

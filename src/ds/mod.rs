@@ -1,0 +1,41 @@
+//! The Durable Streams HTTP client: everything ds-sync says to a DS server goes through
+//! [`DsClient`].
+//!
+//! ```text
+//!  WAL writer ── ensure_stream (PUT) ──┐               status + headers only
+//!             ── append (POST + seq) ──┤              ┌─ 2xx ────────────────▶ Ok
+//!  ingest ───── subscribe (SSE) ───────┼─▶ DsClient ─▶┼─ 409 + seq, open ─────▶ AlreadyWritten
+//!  tooling ──── head, read, read_all ──┘   (pooled,   ├─ 404 409 410 413 4xx ─▶ stop, hint
+//!                                          timeouts)  └─ 5xx 429 timeout ─────▶ Transient: retry
+//! ```
+//!
+//! **Status codes decide, never error text.** The servers ds-sync supports word their errors
+//! differently (problem+json with a `code` on one, plain text on the others), but agree on
+//! status codes and protocol headers. So a response is classified in one pure function
+//! ([`classify_append`], [`classify_status`]) from its status and headers; the body is only
+//! quoted in messages. Transient versus permanent is decided there, where it is known, so
+//! callers retry with [`Backoff`] or stop with [`DsError::hint`] without inspecting anything.
+//!
+//! **Exactly-once appends.** A writer that sends a deterministic `Stream-Seq` (a zero-padded
+//! commit LSN plus chunk number) gets [`AppendOutcome::AlreadyWritten`] for a chunk the
+//! server already holds, so replaying WAL after a crash writes no duplicates.
+//!
+//! **Offsets are opaque.** They are passed through, percent-encoded in queries, and compared
+//! bytewise by callers; never parsed.
+
+mod backoff;
+mod client;
+mod error;
+mod status;
+mod subscription;
+mod url;
+
+pub use backoff::{Backoff, DEFAULT_INITIAL, DEFAULT_MAX};
+pub use client::{ClientOptions, DsClient, EVENT_STREAM, JSON, OFFSET_START, ReadBatch};
+pub use error::{BODY_PREVIEW_CHARS, DsError};
+pub use status::{
+    AppendOutcome, Failure, STREAM_CLOSED, STREAM_NEXT_OFFSET, STREAM_SEQ, STREAM_UP_TO_DATE,
+    classify_append, classify_status,
+};
+pub use subscription::SseSubscription;
+pub use url::STREAM_PATH;

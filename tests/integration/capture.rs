@@ -1,0 +1,381 @@
+//! `ds-sync run` end to end: a real cluster, the real binary, a real DS server in-process.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use ds_sync::ds::{ClientOptions, DsClient};
+use ds_sync::embedded::{DsServer, DsServerOptions};
+
+use crate::kit::{CaptureProcess, own_cluster_db, start_streaming, wait_for};
+
+const LONG: Duration = Duration::from_secs(60);
+
+async fn ds() -> (DsServer, DsClient) {
+    let server = DsServer::start(DsServerOptions::default())
+        .await
+        .expect("DS server");
+    let client = DsClient::new(&server.url(), ClientOptions::default()).unwrap();
+    (server, client)
+}
+
+/// All messages of a stream (empty when it does not exist yet).
+async fn read(client: &DsClient, stream: &str) -> Vec<Value> {
+    client.read_all(stream).await.unwrap_or_default()
+}
+
+/// Waits until the stream holds at least `n` messages and returns them.
+async fn wait_messages(
+    client: &DsClient,
+    stream: &str,
+    n: usize,
+    capture: &CaptureProcess,
+) -> Vec<Value> {
+    let db = capture.db_url();
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let m = read(client, stream).await;
+        if m.len() >= n {
+            return m;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let tail: Vec<&Value> = m.iter().rev().take(5).collect();
+            let sql = crate::kit::connect(db).await;
+            let repl: Vec<String> = sql
+                .query("SELECT format('%s %s sent=%s write=%s flush=%s', application_name, state, sent_lsn, write_lsn, flush_lsn) FROM pg_stat_replication", &[])
+                .await
+                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                .unwrap_or_default();
+            let slots: Vec<String> = sql
+                .query("SELECT format('%s active=%s confirmed=%s', slot_name, active, confirmed_flush_lsn) FROM pg_replication_slots", &[])
+                .await
+                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                .unwrap_or_default();
+            let pubs: Vec<String> = sql
+                .query("SELECT format('%s %s.%s', pubname, schemaname, tablename) FROM pg_publication_tables", &[])
+                .await
+                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                .unwrap_or_default();
+            panic!(
+                "timed out waiting for {n} messages in {stream}: {} there, the last ones: {tail:#?}\n--- publications ---\n{}\n--- walsenders ---\n{}\n--- slots ---\n{}\n--- ds-sync log ---\n{}",
+                m.len(),
+                pubs.join("\n"),
+                repl.join("\n"),
+                slots.join("\n"),
+                capture.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn ops(messages: &[Value]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| {
+            m["headers"]["operation"]
+                .as_str()
+                .unwrap_or("control")
+                .to_string()
+        })
+        .collect()
+}
+
+async fn stop_ok(capture: CaptureProcess) {
+    let (code, log) = capture.stop().await;
+    assert_eq!(code, 0, "ds-sync run exits 0 on SIGTERM:\n{log}");
+}
+
+#[tokio::test]
+async fn the_sync_layer_check_a_row_reaches_pg_items_over_sse_within_a_second() {
+    let (server, client) = ds().await;
+    let (_pg, db) = own_cluster_db("cap_syncdoc").await;
+    db.client()
+        .await
+        .batch_execute("CREATE TABLE items (id SERIAL PRIMARY KEY, title TEXT NOT NULL, body TEXT, created_at TIMESTAMPTZ DEFAULT NOW())")
+        .await
+        .unwrap();
+    let capture = start_streaming(&db, &server.url(), &["--tables", "items"]).await;
+    client.ensure_stream("pg-items").await.unwrap();
+    let mut sse = client
+        .subscribe("pg-items", "now")
+        .await
+        .expect("SSE subscription");
+    let inserted = Instant::now();
+    db.client()
+        .await
+        .batch_execute("INSERT INTO items (title, body) VALUES ('hello', 'world')")
+        .await
+        .unwrap();
+    let data = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match sse.next().await {
+                Some(Ok(ds_sync::sse::DsEvent::Data(bytes))) => return bytes,
+                Some(Ok(_)) => continue,
+                other => panic!("SSE ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the row arrives over SSE");
+    let latency = inserted.elapsed();
+    let rows: Value = serde_json::from_slice(&data).unwrap();
+    let row = &rows[0];
+    assert_eq!(row["type"], "items");
+    assert_eq!(row["key"], "1");
+    assert_eq!(row["value"]["title"], "hello");
+    assert_eq!(row["headers"]["operation"], "insert");
+    assert!(
+        latency < Duration::from_secs(1),
+        "the sync-layer document's bound: took {latency:?}"
+    );
+    stop_ok(capture).await;
+}
+
+#[tokio::test]
+async fn every_operation_and_type_arrives_as_committed() {
+    let (server, client) = ds().await;
+    let (_pg, db) = own_cluster_db("cap_types").await;
+    let sql = db.client().await;
+    sql.batch_execute(
+        "CREATE TYPE mood AS ENUM ('ok', 'great'); \
+         CREATE TABLE t (id int8 PRIMARY KEY, b bool, i2 int2, i4 int4, f4 float4, f8 float8, \
+           n numeric, txt text, vc varchar(10), u uuid, j json, jb jsonb, d date, tm time, \
+           ts timestamp, tz timestamptz, by bytea, ia int4[], ta text[], m mood, nothing text)",
+    )
+    .await
+    .unwrap();
+    let capture = start_streaming(&db, &server.url(), &["--tables", "t"]).await;
+    sql.batch_execute(
+        "SET TIME ZONE 'UTC'; \
+         INSERT INTO t VALUES (1, true, 2, 4, 1.5, 'NaN', 123456789012345678901234567890.123, \
+           'text \"q\"', 'vc', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"a\": [1, 2]}', '{\"b\": null}', \
+           '2024-02-29', '13:14:15', '2024-01-02 03:04:05.123456', '2024-01-02 03:04:05+00', \
+           '\\x0102ff', '{1,NULL,3}', '{\"a b\",\"c,d\",NULL}', 'great', NULL); \
+         UPDATE t SET txt = 'changed', f8 = '-Infinity' WHERE id = 1; \
+         DELETE FROM t WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    let m = wait_messages(&client, "pg-t", 3, &capture).await;
+    assert_eq!(ops(&m), ["insert", "update", "delete"]);
+    let v = &m[0]["value"];
+    let expected = json!({
+        "id": 1, "b": true, "i2": 2, "i4": 4, "f4": 1.5, "f8": "NaN",
+        "n": "123456789012345678901234567890.123", "txt": "text \"q\"", "vc": "vc",
+        "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "j": {"a": [1, 2]}, "jb": {"b": null},
+        "d": "2024-02-29", "tm": "13:14:15", "ts": "2024-01-02T03:04:05.123456",
+        "tz": "2024-01-02T03:04:05+00:00", "by": "0102ff", "ia": [1, null, 3],
+        "ta": ["a b", "c,d", null], "m": "great", "nothing": null
+    });
+    assert_eq!(v, &expected);
+    assert_eq!(m[1]["value"]["txt"], "changed");
+    assert_eq!(m[1]["value"]["f8"], "-Infinity");
+    assert_eq!(m[2]["key"], "1");
+    for msg in &m {
+        assert_eq!(msg["type"], "t");
+        assert!(
+            msg["headers"]["txid"].is_string() && msg["headers"]["lsn"].is_string(),
+            "{msg}"
+        );
+        assert!(
+            msg["headers"]["timestamp"].as_str().unwrap().ends_with('Z'),
+            "{msg}"
+        );
+    }
+    stop_ok(capture).await;
+}
+
+#[tokio::test]
+async fn multi_table_transactions_arrive_in_commit_order_and_alter_table_just_works() {
+    let (server, client) = ds().await;
+    let (_pg, db) = own_cluster_db("cap_order").await;
+    let sql = db.client().await;
+    sql.batch_execute(
+        "CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, v text);",
+    )
+    .await
+    .unwrap();
+    let capture = start_streaming(
+        &db,
+        &server.url(),
+        &["--tables", "a,b", "--stream-template", "all"],
+    )
+    .await;
+    sql.batch_execute(
+        "BEGIN; INSERT INTO a VALUES (1, 'a1'); INSERT INTO b VALUES (1, 'b1'); COMMIT; \
+         BEGIN; INSERT INTO b VALUES (2, 'b2'); INSERT INTO a VALUES (2, 'a2'); COMMIT; \
+         ALTER TABLE a ADD COLUMN extra int DEFAULT 7; INSERT INTO a VALUES (3, 'a3', 8); \
+         ALTER TABLE a RENAME COLUMN v TO w; INSERT INTO a VALUES (4, 'a4', 9); \
+         ALTER TABLE a DROP COLUMN extra; ALTER TABLE a ALTER COLUMN w TYPE int USING 5; INSERT INTO a VALUES (5, 6);",
+    )
+    .await
+    .unwrap();
+    let m = wait_messages(&client, "all", 7, &capture).await;
+    let seen: Vec<(String, String)> = m
+        .iter()
+        .map(|x| {
+            (
+                x["type"].as_str().unwrap().into(),
+                x["key"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let expect: Vec<(String, String)> = [
+        ("a", "1"),
+        ("b", "1"),
+        ("b", "2"),
+        ("a", "2"),
+        ("a", "3"),
+        ("a", "4"),
+        ("a", "5"),
+    ]
+    .iter()
+    .map(|(t, k)| (t.to_string(), k.to_string()))
+    .collect();
+    assert_eq!(seen, expect);
+    assert_eq!(m[4]["value"], json!({"id": 3, "v": "a3", "extra": 8}));
+    assert_eq!(m[5]["value"], json!({"id": 4, "w": "a4", "extra": 9}));
+    assert_eq!(m[6]["value"], json!({"id": 5, "w": 6}));
+    stop_ok(capture).await;
+}
+
+#[tokio::test]
+async fn unchanged_toast_is_never_null() {
+    let (server, client) = ds().await;
+    let (_pg, db) = own_cluster_db("cap_toast").await;
+    let sql = db.client().await;
+    sql.batch_execute(
+        "CREATE TABLE plain (id int PRIMARY KEY, n int, big text); \
+         CREATE TABLE full_ident (id int PRIMARY KEY, n int, big text); ALTER TABLE full_ident REPLICA IDENTITY FULL; \
+         ALTER TABLE plain ALTER COLUMN big SET STORAGE EXTERNAL; ALTER TABLE full_ident ALTER COLUMN big SET STORAGE EXTERNAL;",
+    )
+    .await
+    .unwrap();
+    let capture = start_streaming(&db, &server.url(), &["--tables", "plain,full_ident"]).await;
+    let big = "x".repeat(10_000);
+    for table in ["plain", "full_ident"] {
+        sql.execute(&format!("INSERT INTO {table} VALUES (1, 0, $1)"), &[&big])
+            .await
+            .unwrap();
+        sql.batch_execute(&format!("UPDATE {table} SET n = 1 WHERE id = 1"))
+            .await
+            .unwrap();
+    }
+    let plain = wait_messages(&client, "pg-plain", 2, &capture).await;
+    let update = &plain[1]["value"];
+    assert_eq!(update["n"], 1);
+    assert!(
+        update.get("big").is_none(),
+        "an unsent TOAST value is left out, never null: {update}"
+    );
+    assert_eq!(plain[1]["headers"]["unchanged_toast"], json!(["big"]));
+    let full = wait_messages(&client, "pg-full_ident", 2, &capture).await;
+    assert_eq!(
+        full[1]["value"]["big"].as_str().map(str::len),
+        Some(10_000),
+        "taken from the old row"
+    );
+    assert!(full[1]["headers"].get("unchanged_toast").is_none());
+    stop_ok(capture).await;
+}
+
+#[tokio::test]
+async fn truncate_sends_reset_and_per_key_routing_fans_out() {
+    let (server, client) = ds().await;
+    let (_pg, db) = own_cluster_db("cap_route").await;
+    let sql = db.client().await;
+    sql.batch_execute("CREATE TABLE sessions (id int PRIMARY KEY, session_id text NOT NULL, v int); ALTER TABLE sessions REPLICA IDENTITY FULL;")
+        .await
+        .unwrap();
+    let capture = start_streaming(
+        &db,
+        &server.url(),
+        &[
+            "--tables",
+            "sessions",
+            "--route",
+            "sessions=sessions/{session_id}",
+        ],
+    )
+    .await;
+    sql.batch_execute(
+        "INSERT INTO sessions VALUES (1, 'a', 1), (2, 'b', 1), (3, 'a/x', 1); \
+         DELETE FROM sessions WHERE id = 2; TRUNCATE sessions;",
+    )
+    .await
+    .unwrap();
+    let a = wait_messages(&client, "sessions/a", 2, &capture).await;
+    assert_eq!(a[0]["key"], "1");
+    assert_eq!(a[1]["headers"]["control"], "reset", "{a:?}");
+    let b = wait_messages(&client, "sessions/b", 3, &capture).await;
+    assert_eq!(ops(&b), ["insert", "delete", "control"]);
+    let names = client.read_all("sessions/a%2Fx").await;
+    let slash = match names {
+        Ok(m) if !m.is_empty() => m,
+        _ => wait_messages(&client, "sessions/a%2Fx", 1, &capture).await,
+    };
+    assert_eq!(slash[0]["value"]["session_id"], "a/x");
+    stop_ok(capture).await;
+}
+
+#[tokio::test]
+async fn a_100k_row_transaction_arrives_whole_and_in_order() {
+    let (server, client) = ds().await;
+    let (_pg, db) = own_cluster_db("cap_big").await;
+    let sql = db.client().await;
+    sql.batch_execute("CREATE TABLE big (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let capture = start_streaming(&db, &server.url(), &["--tables", "big"]).await;
+    sql.batch_execute("INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 100000) g")
+        .await
+        .unwrap();
+    let m = wait_messages(&client, "pg-big", 100_000, &capture).await;
+    assert_eq!(m.len(), 100_000);
+    for (i, msg) in m.iter().enumerate() {
+        assert_eq!(msg["key"], (i + 1).to_string(), "message {i} out of order");
+    }
+    stop_ok(capture).await;
+}
+
+#[tokio::test]
+async fn writes_to_unpublished_tables_advance_the_slot() {
+    let (server, _client) = ds().await;
+    let (_pg, db) = own_cluster_db("cap_idle").await;
+    let sql = db.client().await;
+    sql.batch_execute("CREATE TABLE published (id int PRIMARY KEY); CREATE TABLE other (id int);")
+        .await
+        .unwrap();
+    let capture = start_streaming(&db, &server.url(), &["--tables", "published"]).await;
+    let slot = db.slot("cap");
+    let confirmed = || async {
+        let row = sql
+            .query_one("SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::int8 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    let before = confirmed().await;
+    sql.batch_execute("INSERT INTO other SELECT generate_series(1, 20000)")
+        .await
+        .unwrap();
+    let current: i64 = sql
+        .query_one(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::int8",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    wait_for(
+        "confirmed_flush_lsn to pass the unpublished writes",
+        LONG,
+        || async {
+            let now = confirmed().await;
+            (now >= current && now > before).then_some(())
+        },
+    )
+    .await;
+    stop_ok(capture).await;
+}

@@ -1,0 +1,353 @@
+//! Capture under faults: the DS server going away, SIGKILL at random moments, a stale
+//! walsender holding the slot, a change the server will never accept, SIGTERM.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use ds_sync::ds::{ClientOptions, DsClient};
+use ds_sync::embedded::{DsServer, DsServerOptions};
+
+use crate::kit::{CaptureProcess, own_cluster_db, start_streaming, wait_for};
+
+const LONG: Duration = Duration::from_secs(90);
+
+/// Keys of the stream's messages, in stream order.
+async fn keys(client: &DsClient, stream: &str) -> Vec<i64> {
+    client
+        .read_all(stream)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|m: &Value| m["key"].as_str().and_then(|k| k.parse().ok()).unwrap_or(-1))
+        .collect()
+}
+
+/// Waits until the stream holds `n` messages, then checks they are exactly 1..=n in order.
+async fn expect_exactly_once(client: &DsClient, stream: &str, n: i64, capture: &CaptureProcess) {
+    let deadline = tokio::time::Instant::now() + LONG;
+    let got = loop {
+        let k = keys(client, stream).await;
+        if k.len() as i64 >= n {
+            break k;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let log = capture.log();
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            panic!(
+                "timed out waiting for {n} messages in {stream}: {} there; {}\n--- ds-sync log (tail) ---\n{}",
+                k.len(),
+                describe_difference(&k, n),
+                tail.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got_after = keys(client, stream).await;
+    assert_eq!(
+        got_after.len(),
+        got.len(),
+        "messages kept arriving: duplicates"
+    );
+    let expected: Vec<i64> = (1..=n).collect();
+    if got != expected {
+        let dups = got.len() as i64 - n;
+        let first_bad = got.iter().zip(&expected).position(|(a, b)| a != b);
+        panic!(
+            "stream differs from the committed rows: {} messages for {n} rows ({dups} extra), first difference at index {first_bad:?}: {}",
+            got.len(),
+            describe_difference(&got, n)
+        );
+    }
+}
+
+/// Missing and repeated keys, as ranges, for failure messages.
+fn describe_difference(got: &[i64], n: i64) -> String {
+    let mut seen = std::collections::HashMap::new();
+    for k in got {
+        *seen.entry(*k).or_insert(0) += 1;
+    }
+    let missing: Vec<i64> = (1..=n).filter(|k| !seen.contains_key(k)).collect();
+    let repeated: Vec<i64> = (1..=n)
+        .filter(|k| seen.get(k).is_some_and(|c| *c > 1))
+        .collect();
+    let out_of_order = got.windows(2).position(|w| w[1] <= w[0]);
+    format!(
+        "missing {} (first {:?}), repeated {} (first {:?}), first out of order at {out_of_order:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        repeated.len(),
+        &repeated[..repeated.len().min(10)]
+    )
+}
+
+#[tokio::test]
+async fn the_ds_server_going_away_loses_nothing() {
+    let mut server = DsServer::start(DsServerOptions::default()).await.unwrap();
+    let client = DsClient::new(&server.url(), ClientOptions::default()).unwrap();
+    let (_pg, db) = own_cluster_db("fault_outage").await;
+    let sql = db.client().await;
+    sql.batch_execute("CREATE TABLE o (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let capture = start_streaming(&db, &server.url(), &["--tables", "o"]).await;
+    sql.batch_execute("INSERT INTO o SELECT generate_series(1, 100)")
+        .await
+        .unwrap();
+    wait_for("the first rows", LONG, || async {
+        (keys(&client, "pg-o").await.len() == 100).then_some(())
+    })
+    .await;
+    server.stop().await;
+    for i in 101..=200 {
+        sql.execute("INSERT INTO o VALUES ($1)", &[&i])
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.start_again().await.unwrap();
+    expect_exactly_once(&client, "pg-o", 200, &capture).await;
+    let (code, log) = capture.stop().await;
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("retrying"),
+        "the outage was noticed and retried:\n{log}"
+    );
+}
+
+/// A tiny deterministic generator seeded from the clock; the seed is printed on failure.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[tokio::test]
+async fn sigkill_at_random_moments_under_load_loses_and_duplicates_nothing() {
+    let server = DsServer::start(DsServerOptions::default()).await.unwrap();
+    let client = DsClient::new(&server.url(), ClientOptions::default()).unwrap();
+    let (_pg, db) = own_cluster_db("fault_kill").await;
+    db.client()
+        .await
+        .batch_execute("CREATE TABLE k (id int PRIMARY KEY, pad text)")
+        .await
+        .unwrap();
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("sigkill test seed {seed}");
+    let mut rng = Rng(seed);
+    // The slot must exist before the first write: rows committed before it are the
+    // snapshot's business, not the stream's.
+    let first = start_streaming(&db, &server.url(), &["--tables", "k"]).await;
+    let mut first = Some(first);
+
+    let writer_db = db.client().await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer_stop = stop.clone();
+    let writer = tokio::spawn(async move {
+        let mut next = 1i32;
+        let mut wrng = Rng(seed ^ 0x5555);
+        while !writer_stop.is_cancelled() {
+            let rows = 1 + wrng.below(20) as i32;
+            let sql = format!(
+                "INSERT INTO k SELECT g, repeat('p', 50) FROM generate_series({next}, {}) g",
+                next + rows - 1
+            );
+            writer_db.batch_execute(&sql).await.unwrap();
+            next += rows;
+            if wrng.below(4) == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        next - 1
+    });
+
+    for round in 0..4 {
+        let capture = match first.take() {
+            Some(c) => c,
+            None => CaptureProcess::start(&db, &server.url(), &["--tables", "k"]).await,
+        };
+        let alive = 300 + rng.below(1500);
+        tokio::time::sleep(Duration::from_millis(alive)).await;
+        let log = capture.kill().await;
+        assert!(!log.contains("panicked"), "round {round}:\n{log}");
+        // The walsender notices the dead client on its own; --takeover is not needed.
+        tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
+    }
+    stop.cancel();
+    let last = writer.await.unwrap() as i64;
+    assert!(
+        last > 100,
+        "the writer wrote too little to test anything: {last}"
+    );
+    let capture = CaptureProcess::start(&db, &server.url(), &["--tables", "k", "--takeover"]).await;
+    expect_exactly_once(&client, "pg-k", last, &capture).await;
+    let (code, log) = capture.stop().await;
+    assert_eq!(code, 0, "seed {seed}:\n{log}");
+}
+
+#[tokio::test]
+async fn takeover_terminates_a_stale_walsender() {
+    let server = DsServer::start(DsServerOptions::default()).await.unwrap();
+    let client = DsClient::new(&server.url(), ClientOptions::default()).unwrap();
+    let (_pg, db) = own_cluster_db("fault_takeover").await;
+    let sql = db.client().await;
+    sql.batch_execute("CREATE TABLE s (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let first = start_streaming(&db, &server.url(), &["--tables", "s"]).await;
+    let slot = db.slot("cap");
+    let holder: i32 = sql
+        .query_one(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // A second instance without --takeover waits and says why.
+    let mut waiting = CaptureProcess::start(&db, &server.url(), &["--tables", "s"]).await;
+    let deadline = tokio::time::Instant::now() + LONG;
+    while !waiting.log().contains("held by walsender pid") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second instance never reported the busy slot (holder {holder}):\n{}",
+            waiting.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        waiting.try_exit(),
+        None,
+        "it keeps waiting instead of exiting"
+    );
+    let _ = waiting.kill().await;
+    // A hung instance: its walsender stays connected and holds the slot.
+    first.freeze();
+    let frozen = first;
+    let second = CaptureProcess::start(&db, &server.url(), &["--tables", "s", "--takeover"]).await;
+    wait_for("the slot to move to a new walsender", LONG, || async {
+        let row = sql
+            .query_opt(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&slot],
+            )
+            .await
+            .ok()
+            .flatten()?;
+        (row.get::<_, i32>(0) != holder).then_some(())
+    })
+    .await;
+    let _ = frozen.kill().await;
+    sql.batch_execute("INSERT INTO s VALUES (1)").await.unwrap();
+    expect_exactly_once(&client, "pg-s", 1, &second).await;
+    let (code, log) = second.stop().await;
+    assert_eq!(code, 0, "{log}");
+}
+
+#[tokio::test]
+async fn a_change_larger_than_the_server_accepts_stops_with_table_and_key() {
+    let server = DsServer::start(DsServerOptions {
+        max_stream_bytes: 16 * 1024,
+        ..DsServerOptions::default()
+    })
+    .await
+    .unwrap();
+    let (_pg, db) = own_cluster_db("fault_large").await;
+    let sql = db.client().await;
+    sql.batch_execute("CREATE TABLE l (id int PRIMARY KEY, big text)")
+        .await
+        .unwrap();
+    let mut capture = start_streaming(&db, &server.url(), &["--tables", "l"]).await;
+    sql.execute("INSERT INTO l VALUES (42, $1)", &[&"y".repeat(64 * 1024)])
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + LONG;
+    let code = loop {
+        if let Some(code) = capture.try_exit() {
+            break code;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ds-sync did not stop on the oversized change:\n{}",
+            capture.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = capture.log();
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        log.contains("table l") && log.contains("key 42"),
+        "the error names table and key:\n{log}"
+    );
+    let confirmed: Option<String> = sql
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.slot("cap")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let after: bool = sql
+        .query_one(
+            "SELECT $1::text::pg_lsn < pg_current_wal_lsn()",
+            &[&confirmed],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(after, "the slot did not move past the undelivered change");
+}
+
+#[tokio::test]
+async fn sigterm_delivers_then_confirms_everything() {
+    let server = DsServer::start(DsServerOptions::default()).await.unwrap();
+    let client = DsClient::new(&server.url(), ClientOptions::default()).unwrap();
+    let (_pg, db) = own_cluster_db("fault_sigterm").await;
+    let sql = db.client().await;
+    sql.batch_execute("CREATE TABLE g (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let capture = start_streaming(&db, &server.url(), &["--tables", "g"]).await;
+    sql.batch_execute("INSERT INTO g SELECT generate_series(1, 5000)")
+        .await
+        .unwrap();
+    expect_exactly_once(&client, "pg-g", 5000, &capture).await;
+    // The commit LSN of the transaction (other databases share the cluster's WAL, so the
+    // server's current position says nothing about this slot).
+    let messages = client.read_all("pg-g").await.unwrap();
+    let commit_lsn = messages[4999]["headers"]["lsn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, log) = capture.stop().await;
+    assert_eq!(code, 0, "{log}");
+    let confirmed_past: bool = sql
+        .query_one(
+            "SELECT confirmed_flush_lsn > $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
+            &[&commit_lsn, &db.slot("cap")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        confirmed_past,
+        "the slot confirms every delivered change on shutdown:\n{log}"
+    );
+}

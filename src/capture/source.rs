@@ -25,46 +25,15 @@ pub struct SourceConfig {
 }
 
 /// Creates the publication (from `tables`) and the slot when missing; returns the slot's
-/// confirmed position.
-///
-/// A new slot must start after the publication is committed. When another slot is being
-/// created at the same moment, PostgreSQL can give the new slot a consistent point taken
-/// before that commit, and pgoutput then decodes every later change with a catalog that
-/// lacks the publication: nothing is sent, silently. So a new slot whose consistent point
-/// precedes the publication check is dropped and created again.
+/// confirmed position. The publication comes first: pgoutput on PostgreSQL 15 stops with
+/// "publication does not exist" when it decodes a change from before the publication.
 pub async fn prepare(sql: &Client, cfg: &SourceConfig) -> Result<u64, CaptureError> {
     ensure_publication(sql, cfg).await?;
-    let published_at = current_lsn(sql).await?;
-    for attempt in 1..=10 {
-        let created = slot::create(sql, &cfg.slot, false, true).await?;
-        let start = confirmed_position(sql, &cfg.slot).await?;
-        if !created.created {
-            return Ok(start);
-        }
-        if start >= published_at {
-            tracing::info!(slot = %cfg.slot, "created replication slot");
-            return Ok(start);
-        }
-        tracing::info!(slot = %cfg.slot, attempt, "new slot starts before the publication: creating it again");
-        slot::drop(sql, &cfg.slot, false).await?;
-        tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+    let created = slot::create(sql, &cfg.slot, false, true).await?;
+    if created.created {
+        tracing::info!(slot = %cfg.slot, "created replication slot");
     }
-    Err(CaptureError::Replication {
-        reason: format!(
-            "could not create slot '{}' after the publication's commit",
-            cfg.slot
-        ),
-        transient: true,
-    })
-}
-
-async fn current_lsn(sql: &Client) -> Result<u64, CaptureError> {
-    let lsn: String = sql
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .map_err(|e| PgError::query("reading the current WAL position", &e))?
-        .get(0);
-    Ok(Lsn::parse(&lsn).map(|l| l.as_u64()).unwrap_or(0))
+    confirmed_position(sql, &cfg.slot).await
 }
 
 async fn ensure_publication(sql: &Client, cfg: &SourceConfig) -> Result<(), CaptureError> {

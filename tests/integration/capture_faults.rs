@@ -351,3 +351,42 @@ async fn sigterm_delivers_then_confirms_everything() {
         "the slot confirms every delivered change on shutdown:\n{log}"
     );
 }
+
+#[tokio::test]
+async fn a_lost_replication_connection_resumes_from_the_confirmed_position() {
+    let server = DsServer::start(DsServerOptions::default()).await.unwrap();
+    let client = DsClient::new(&server.url(), ClientOptions::default()).unwrap();
+    let (_pg, db) = own_cluster_db("fault_reconnect").await;
+    let sql = db.client().await;
+    sql.batch_execute("CREATE TABLE r (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let capture = start_streaming(&db, &server.url(), &["--tables", "r"]).await;
+    sql.batch_execute("INSERT INTO r SELECT generate_series(1, 50)")
+        .await
+        .unwrap();
+    let slot = db.slot("cap");
+    for round in 0..3 {
+        // The server ends the walsender, as a failover or an admin would.
+        sql.execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+            &[&slot],
+        )
+        .await
+        .unwrap();
+        let first = 51 + round * 50;
+        sql.execute(
+            "INSERT INTO r SELECT generate_series($1::int, $1::int + 49)",
+            &[&first],
+        )
+        .await
+        .unwrap();
+    }
+    expect_exactly_once(&client, "pg-r", 200, &capture).await;
+    let (code, log) = capture.stop().await;
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("resuming from the slot's confirmed position"),
+        "the lost connection was noticed:\n{log}"
+    );
+}

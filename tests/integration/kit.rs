@@ -229,6 +229,11 @@ impl CaptureProcess {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The database it captures from.
     pub fn db_url(&self) -> &str {
         &self.db_url

@@ -65,6 +65,15 @@ pub async fn deliver(
             Ok(AppendOutcome::Written { .. }) => return Delivery::Written,
             Ok(AppendOutcome::AlreadyWritten) => return Delivery::AlreadyWritten,
             Err(DsError::TooLarge { .. }) => return Delivery::TooLarge,
+            // Created just now and gone again (deleted meanwhile): back off like any
+            // other failure instead of spinning.
+            Err(e @ DsError::NotFound { .. }) if attempt > 1 => {
+                ensure = true;
+                if !wait(&mut backoff, &batch.stream, attempt, &e, hard_stop).await {
+                    return Delivery::Cancelled;
+                }
+                continue;
+            }
             Err(DsError::NotFound { .. }) => {
                 tracing::info!(stream = %batch.stream, "stream missing: creating it");
                 ensure = true;

@@ -336,6 +336,23 @@ mod tests {
     }
 
     #[test]
+    fn file_reads_the_capture_section_as_the_readme_shows_it() {
+        let f: FileConfig = toml::from_str(
+            "[capture]\ntables = [\"items\", \"sessions\"]\nlinger_ms = 5\n\
+             [capture.routes]\nsessions = \"sessions/{session_id}\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            f.capture.tables,
+            Some(vec!["items".into(), "sessions".into()])
+        );
+        assert_eq!(f.capture.linger_ms, Some(5));
+        let routes = f.capture.routes.unwrap();
+        assert_eq!(routes["sessions"], "sessions/{session_id}");
+        assert!(toml::from_str::<FileConfig>("[capture]\nlinger = 5\n").is_err());
+    }
+
+    #[test]
     fn file_rejects_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");

@@ -161,6 +161,10 @@ pub struct Queues {
     /// Streams that hold unsent messages.
     waiting: HashSet<Arc<str>>,
     buffered: usize,
+    /// Something may have become sendable since the last `take_ready` (a sealed batch, a
+    /// commit, a finished or requeued POST). Lets the loop skip the scan over waiting
+    /// streams on the many events that change nothing.
+    dirty: bool,
 }
 
 impl Queues {
@@ -170,6 +174,7 @@ impl Queues {
             streams: HashMap::new(),
             waiting: HashSet::new(),
             buffered: 0,
+            dirty: false,
         }
     }
 
@@ -200,12 +205,14 @@ impl Queues {
         q.opened_at.get_or_insert_with(Instant::now);
         if q.recovering || q.open.len() >= limits.max_messages || q.open_bytes >= limits.max_bytes {
             q.seal(&key);
+            self.dirty = true;
         }
         self.waiting.insert(key);
     }
 
     /// The current transaction committed: every open batch may now be sent.
     pub fn commit(&mut self) {
+        self.dirty = true;
         for key in &self.waiting {
             if let Some(q) = self.streams.get_mut(key) {
                 q.flushable = !q.open.is_empty();
@@ -216,6 +223,10 @@ impl Queues {
     /// Takes the batches that may be sent now (at most one per idle stream), marking their
     /// streams busy.
     pub fn take_ready(&mut self, now: Instant) -> Vec<Batch> {
+        if !self.dirty && self.next_linger_deadline().is_none_or(|d| d > now) {
+            return Vec::new();
+        }
+        self.dirty = false;
         let mut ready = Vec::new();
         let mut drained = Vec::new();
         for key in &self.waiting {
@@ -247,6 +258,11 @@ impl Queues {
 
     /// When the next lingering batch becomes sendable, if any waits.
     pub fn next_linger_deadline(&self) -> Option<Instant> {
+        if self.limits.linger.is_zero() {
+            // Without linger, a committed batch goes at the next `take_ready` after the
+            // commit or after its stream's POST finishes: there is nothing to wait for.
+            return None;
+        }
         self.waiting
             .iter()
             .filter_map(|k| self.streams.get(k))
@@ -258,6 +274,7 @@ impl Queues {
     /// A POST finished (written or already written): the stream may send again. `accepted`
     /// ends the stream's recovery mode.
     pub fn finished(&mut self, batch: &Batch, accepted: bool) {
+        self.dirty = true;
         self.buffered = self.buffered.saturating_sub(batch.bytes);
         if let Some(q) = self.streams.get_mut(&batch.stream) {
             q.in_flight = false;
@@ -272,6 +289,7 @@ impl Queues {
 
     /// Puts a batch back at the front of its stream (after a 413 split, the halves).
     pub fn requeue_front(&mut self, batches: Vec<Batch>) {
+        self.dirty = true;
         for batch in batches.into_iter().rev() {
             let key = Arc::clone(&batch.stream);
             if let Some(q) = self.streams.get_mut(&key) {
@@ -280,14 +298,6 @@ impl Queues {
                 self.waiting.insert(key);
             }
         }
-    }
-
-    /// Forgets everything (the replication stream restarts from the slot's position) and
-    /// puts every stream back in recovery mode.
-    pub fn reset(&mut self) {
-        self.streams.clear();
-        self.waiting.clear();
-        self.buffered = 0;
     }
 }
 

@@ -30,7 +30,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::ds::{Backoff, DsClient};
-use crate::pgoutput::{PgOutputMessage, RelationCache, Truncate, decode};
+use crate::pgoutput::{PgOutputMessage, Truncate, decode};
 
 use super::batch::{Batch, Limits, OutMessage, Queues, Seq};
 use super::error::CaptureError;
@@ -80,8 +80,8 @@ pub async fn run(
         let outcome = match source::connect(&client, &cfg.source, start).await {
             Ok(repl) => {
                 tracing::info!(slot = %cfg.source.slot, start = %Lsn::from_u64(start), "streaming changes");
-                let mut session = Session::new(cfg, &client, start);
-                let result = session.run(repl, shutdown, hard_stop).await;
+                let mut session = Session::new(cfg, &client, start, hard_stop);
+                let result = session.run(repl, shutdown).await;
                 let confirmed = session.ledger.confirmed();
                 session.drain().await;
                 if result.is_ok() {
@@ -146,7 +146,6 @@ struct Session<'a> {
     sql: &'a Client,
     ledger: Ledger,
     queues: Queues,
-    relations: RelationCache,
     tables: HashMap<u32, Arc<TableInfo>>,
     /// Streams each table has written to, for TRUNCATE's reset messages.
     table_streams: HashMap<u32, HashSet<Arc<str>>>,
@@ -158,20 +157,24 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(cfg: &'a CaptureConfig, sql: &'a Client, start: u64) -> Session<'a> {
+    fn new(
+        cfg: &'a CaptureConfig,
+        sql: &'a Client,
+        start: u64,
+        hard_stop: &CancellationToken,
+    ) -> Session<'a> {
         Session {
             cfg,
             sql,
             ledger: Ledger::new(start),
             queues: Queues::new(cfg.limits),
-            relations: RelationCache::new(),
             tables: HashMap::new(),
             table_streams: HashMap::new(),
             ensured: HashSet::new(),
             tx: None,
             in_flight: JoinSet::new(),
             permits: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
-            hard_stop: CancellationToken::new(),
+            hard_stop: hard_stop.clone(),
         }
     }
 
@@ -179,9 +182,7 @@ impl<'a> Session<'a> {
         &mut self,
         mut repl: ReplicationClient,
         shutdown: &CancellationToken,
-        hard_stop: &CancellationToken,
     ) -> Result<SessionEnd, CaptureError> {
-        self.hard_stop = hard_stop.clone();
         let mut stopping = false;
         loop {
             self.dispatch();
@@ -203,7 +204,7 @@ impl<'a> Session<'a> {
                     })?;
                     self.delivered(batch, delivery)?;
                 }
-                _ = hard_stop.cancelled() => return Err(CaptureError::Interrupted),
+                _ = self.hard_stop.cancelled() => return Err(CaptureError::Interrupted),
                 _ = shutdown.cancelled(), if !stopping => {
                     tracing::info!("stopping: delivering the changes already read");
                     stopping = true;
@@ -329,7 +330,6 @@ impl<'a> Session<'a> {
                 tracing::debug!(oid, table = %rel.name, columns = rel.columns.len(), "relation");
                 let pk = source::primary_key(self.sql, oid).await?;
                 let rel = Arc::new(rel);
-                self.relations.insert(Arc::clone(&rel));
                 let table = TableInfo::new(rel, pk);
                 self.cfg.router.validate(&table)?;
                 self.tables.insert(oid, Arc::new(table));
@@ -341,6 +341,16 @@ impl<'a> Session<'a> {
             other => tracing::debug!(kind = %other.kind(), "message ignored"),
         }
         Ok(())
+    }
+
+    /// The transaction a change belongs to. pgoutput v1 sends changes only between Begin and
+    /// Commit; anything else means this session lost track of the stream, and resuming from
+    /// the slot's confirmed position is the safe answer (never dropping the change).
+    fn open_tx(&mut self) -> Result<&mut OpenTx, CaptureError> {
+        self.tx.as_mut().ok_or_else(|| CaptureError::Replication {
+            reason: "a row change arrived outside a transaction".into(),
+            transient: true,
+        })
     }
 
     fn table(&self, oid: u32) -> Result<Arc<TableInfo>, CaptureError> {
@@ -359,9 +369,7 @@ impl<'a> Session<'a> {
 
     fn change(&mut self, oid: u32, change: ChangeRef<'_>) -> Result<(), CaptureError> {
         let table = self.table(oid)?;
-        let Some(meta) = self.tx.as_ref().map(|t| t.meta) else {
-            return Ok(());
-        };
+        let meta = self.open_tx()?.meta;
         for row in message::build(&table, &change, &meta)? {
             let stream = self.cfg.router.stream_for(&table, &row)?;
             self.enqueue(oid, &stream, &row)?;
@@ -398,29 +406,21 @@ impl<'a> Session<'a> {
     }
 
     fn enqueue(&mut self, oid: u32, stream: &str, row: &RowMessage) -> Result<(), CaptureError> {
-        let Some(tx) = self.tx.as_mut() else {
-            return Ok(());
-        };
         let json = serde_json::to_vec(&row.message)
             .map(Bytes::from)
             .map_err(|e| CaptureError::Replication {
                 reason: format!("cannot serialize a message: {e}"),
                 transient: false,
             })?;
+        let tx = self.open_tx()?;
         let seq = Seq {
             commit_lsn: tx.id,
             index: tx.next_index,
         };
         tx.next_index += 1;
-        self.ledger.add_pending(tx.id, 1);
-        self.queues.push(
-            stream,
-            OutMessage {
-                json,
-                tx: tx.id,
-                seq,
-            },
-        );
+        let id = tx.id;
+        self.ledger.add_pending(id, 1);
+        self.queues.push(stream, OutMessage { json, tx: id, seq });
         let streams = self.table_streams.entry(oid).or_default();
         if !streams.contains(stream) {
             streams.insert(Arc::from(stream));

@@ -6,6 +6,7 @@ use std::time::Duration;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig};
 use tokio_postgres::Client;
 
+use crate::pg::ident::resolve_table;
 use crate::pg::{PgError, PgTarget};
 use crate::publication::{self, PublicationError, TableSpec};
 use crate::slot;
@@ -47,14 +48,21 @@ async fn ensure_publication(sql: &Client, cfg: &SourceConfig) -> Result<(), Capt
         .collect();
     match publication::show(sql, &cfg.publication).await {
         Ok(info) => {
-            let missing: Vec<TableSpec> = specs
-                .into_iter()
-                .filter(|s| {
-                    !info.tables.iter().any(|t| {
-                        t.table == s.table || format!("{}.{}", t.schema, t.table) == s.table
-                    })
-                })
-                .collect();
+            // Compare by the catalog's names: `items`, `public.items` and `"items"` are one
+            // table, and `items` in another schema is not.
+            let mut missing = Vec::new();
+            for spec in specs {
+                let table = resolve_table(sql, &spec.table)
+                    .await
+                    .map_err(PublicationError::from)?;
+                let listed = info
+                    .tables
+                    .iter()
+                    .any(|t| t.schema == table.schema && t.table == table.name);
+                if !listed {
+                    missing.push(spec);
+                }
+            }
             if !missing.is_empty() && !info.all_tables {
                 publication::add(sql, &cfg.publication, &missing).await?;
                 tracing::info!(publication = %cfg.publication, tables = missing.len(), "added tables to publication");

@@ -4,20 +4,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use ds_sync::ds::{ClientOptions, DsClient};
-use ds_sync::embedded::{DsServer, DsServerOptions};
+use ds_sync::ds::DsClient;
+use ds_sync::embedded::DsServerOptions;
 
-use crate::kit::{CaptureProcess, own_cluster_db, start_streaming, wait_for};
+use crate::kit::{CaptureProcess, Scenario, scenario, start_streaming, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
-
-async fn ds() -> (DsServer, DsClient) {
-    let server = DsServer::start(DsServerOptions::default())
-        .await
-        .expect("DS server");
-    let client = DsClient::new(&server.url(), ClientOptions::default()).unwrap();
-    (server, client)
-}
 
 /// All messages of a stream (empty when it does not exist yet).
 async fn read(client: &DsClient, stream: &str) -> Vec<Value> {
@@ -88,13 +80,8 @@ async fn stop_ok(capture: CaptureProcess) {
 
 #[tokio::test]
 async fn the_sync_layer_check_a_row_reaches_pg_items_over_sse_within_a_second() {
-    let (server, client) = ds().await;
-    let (_pg, db) = own_cluster_db("cap_syncdoc").await;
-    db.client()
-        .await
-        .batch_execute("CREATE TABLE items (id SERIAL PRIMARY KEY, title TEXT NOT NULL, body TEXT, created_at TIMESTAMPTZ DEFAULT NOW())")
-        .await
-        .unwrap();
+    let Scenario { server, client, db, sql, pg: _pg } =
+        scenario("cap_syncdoc", "CREATE TABLE items (id SERIAL PRIMARY KEY, title TEXT NOT NULL, body TEXT, created_at TIMESTAMPTZ DEFAULT NOW())", DsServerOptions::default()).await;
     let capture = start_streaming(&db, &server.url(), &["--tables", "items"]).await;
     client.ensure_stream("pg-items").await.unwrap();
     let mut sse = client
@@ -102,9 +89,7 @@ async fn the_sync_layer_check_a_row_reaches_pg_items_over_sse_within_a_second() 
         .await
         .expect("SSE subscription");
     let inserted = Instant::now();
-    db.client()
-        .await
-        .batch_execute("INSERT INTO items (title, body) VALUES ('hello', 'world')")
+    sql.batch_execute("INSERT INTO items (title, body) VALUES ('hello', 'world')")
         .await
         .unwrap();
     let data = tokio::time::timeout(Duration::from_secs(10), async {
@@ -134,17 +119,21 @@ async fn the_sync_layer_check_a_row_reaches_pg_items_over_sse_within_a_second() 
 
 #[tokio::test]
 async fn every_operation_and_type_arrives_as_committed() {
-    let (server, client) = ds().await;
-    let (_pg, db) = own_cluster_db("cap_types").await;
-    let sql = db.client().await;
-    sql.batch_execute(
+    let Scenario {
+        server,
+        client,
+        db,
+        sql,
+        pg: _pg,
+    } = scenario(
+        "cap_types",
         "CREATE TYPE mood AS ENUM ('ok', 'great'); \
          CREATE TABLE t (id int8 PRIMARY KEY, b bool, i2 int2, i4 int4, f4 float4, f8 float8, \
            n numeric, txt text, vc varchar(10), u uuid, j json, jb jsonb, d date, tm time, \
            ts timestamp, tz timestamptz, by bytea, ia int4[], ta text[], m mood, nothing text)",
+        DsServerOptions::default(),
     )
-    .await
-    .unwrap();
+    .await;
     let capture = start_streaming(&db, &server.url(), &["--tables", "t"]).await;
     sql.batch_execute(
         "SET TIME ZONE 'UTC'; \
@@ -188,14 +177,18 @@ async fn every_operation_and_type_arrives_as_committed() {
 
 #[tokio::test]
 async fn multi_table_transactions_arrive_in_commit_order_and_alter_table_just_works() {
-    let (server, client) = ds().await;
-    let (_pg, db) = own_cluster_db("cap_order").await;
-    let sql = db.client().await;
-    sql.batch_execute(
+    let Scenario {
+        server,
+        client,
+        db,
+        sql,
+        pg: _pg,
+    } = scenario(
+        "cap_order",
         "CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, v text);",
+        DsServerOptions::default(),
     )
-    .await
-    .unwrap();
+    .await;
     let capture = start_streaming(
         &db,
         &server.url(),
@@ -242,16 +235,10 @@ async fn multi_table_transactions_arrive_in_commit_order_and_alter_table_just_wo
 
 #[tokio::test]
 async fn unchanged_toast_is_never_null() {
-    let (server, client) = ds().await;
-    let (_pg, db) = own_cluster_db("cap_toast").await;
-    let sql = db.client().await;
-    sql.batch_execute(
-        "CREATE TABLE plain (id int PRIMARY KEY, n int, big text); \
+    let Scenario { server, client, db, sql, pg: _pg } =
+        scenario("cap_toast", "CREATE TABLE plain (id int PRIMARY KEY, n int, big text); \
          CREATE TABLE full_ident (id int PRIMARY KEY, n int, big text); ALTER TABLE full_ident REPLICA IDENTITY FULL; \
-         ALTER TABLE plain ALTER COLUMN big SET STORAGE EXTERNAL; ALTER TABLE full_ident ALTER COLUMN big SET STORAGE EXTERNAL;",
-    )
-    .await
-    .unwrap();
+         ALTER TABLE plain ALTER COLUMN big SET STORAGE EXTERNAL; ALTER TABLE full_ident ALTER COLUMN big SET STORAGE EXTERNAL;", DsServerOptions::default()).await;
     let capture = start_streaming(&db, &server.url(), &["--tables", "plain,full_ident"]).await;
     let big = "x".repeat(10_000);
     for table in ["plain", "full_ident"] {
@@ -282,12 +269,8 @@ async fn unchanged_toast_is_never_null() {
 
 #[tokio::test]
 async fn truncate_sends_reset_and_per_key_routing_fans_out() {
-    let (server, client) = ds().await;
-    let (_pg, db) = own_cluster_db("cap_route").await;
-    let sql = db.client().await;
-    sql.batch_execute("CREATE TABLE sessions (id int PRIMARY KEY, session_id text NOT NULL, v int); ALTER TABLE sessions REPLICA IDENTITY FULL;")
-        .await
-        .unwrap();
+    let Scenario { server, client, db, sql, pg: _pg } =
+        scenario("cap_route", "CREATE TABLE sessions (id int PRIMARY KEY, session_id text NOT NULL, v int); ALTER TABLE sessions REPLICA IDENTITY FULL;", DsServerOptions::default()).await;
     let capture = start_streaming(
         &db,
         &server.url(),
@@ -310,23 +293,25 @@ async fn truncate_sends_reset_and_per_key_routing_fans_out() {
     assert_eq!(a[1]["headers"]["control"], "reset", "{a:?}");
     let b = wait_messages(&client, "sessions/b", 3, &capture).await;
     assert_eq!(ops(&b), ["insert", "delete", "control"]);
-    let names = client.read_all("sessions/a%2Fx").await;
-    let slash = match names {
-        Ok(m) if !m.is_empty() => m,
-        _ => wait_messages(&client, "sessions/a%2Fx", 1, &capture).await,
-    };
+    let slash = wait_messages(&client, "sessions/a%2Fx", 1, &capture).await;
     assert_eq!(slash[0]["value"]["session_id"], "a/x");
     stop_ok(capture).await;
 }
 
 #[tokio::test]
 async fn a_100k_row_transaction_arrives_whole_and_in_order() {
-    let (server, client) = ds().await;
-    let (_pg, db) = own_cluster_db("cap_big").await;
-    let sql = db.client().await;
-    sql.batch_execute("CREATE TABLE big (id int PRIMARY KEY, v text)")
-        .await
-        .unwrap();
+    let Scenario {
+        server,
+        client,
+        db,
+        sql,
+        pg: _pg,
+    } = scenario(
+        "cap_big",
+        "CREATE TABLE big (id int PRIMARY KEY, v text)",
+        DsServerOptions::default(),
+    )
+    .await;
     let capture = start_streaming(&db, &server.url(), &["--tables", "big"]).await;
     sql.batch_execute("INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 100000) g")
         .await
@@ -341,12 +326,18 @@ async fn a_100k_row_transaction_arrives_whole_and_in_order() {
 
 #[tokio::test]
 async fn writes_to_unpublished_tables_advance_the_slot() {
-    let (server, _client) = ds().await;
-    let (_pg, db) = own_cluster_db("cap_idle").await;
-    let sql = db.client().await;
-    sql.batch_execute("CREATE TABLE published (id int PRIMARY KEY); CREATE TABLE other (id int);")
-        .await
-        .unwrap();
+    let Scenario {
+        server,
+        client: _client,
+        db,
+        sql,
+        pg: _pg,
+    } = scenario(
+        "cap_idle",
+        "CREATE TABLE published (id int PRIMARY KEY); CREATE TABLE other (id int);",
+        DsServerOptions::default(),
+    )
+    .await;
     let capture = start_streaming(&db, &server.url(), &["--tables", "published"]).await;
     let slot = db.slot("cap");
     let confirmed = || async {

@@ -5,10 +5,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use ds_sync::ds::{ClientOptions, DsClient};
-use ds_sync::embedded::{DsServer, DsServerOptions};
+use ds_sync::ds::DsClient;
+use ds_sync::embedded::DsServerOptions;
 
-use crate::kit::{CaptureProcess, own_cluster_db, start_streaming, wait_for};
+use crate::kit::{CaptureProcess, Scenario, scenario, start_streaming, wait_for};
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -91,13 +91,18 @@ fn describe_difference(got: &[i64], n: i64) -> String {
 
 #[tokio::test]
 async fn the_ds_server_going_away_loses_nothing() {
-    let mut server = DsServer::start(DsServerOptions::default()).await.unwrap();
-    let client = DsClient::new(&server.url(), ClientOptions::default()).unwrap();
-    let (_pg, db) = own_cluster_db("fault_outage").await;
-    let sql = db.client().await;
-    sql.batch_execute("CREATE TABLE o (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let Scenario {
+        mut server,
+        client,
+        db,
+        sql,
+        pg: _pg,
+    } = scenario(
+        "fault_outage",
+        "CREATE TABLE o (id int PRIMARY KEY)",
+        DsServerOptions::default(),
+    )
+    .await;
     let capture = start_streaming(&db, &server.url(), &["--tables", "o"]).await;
     sql.batch_execute("INSERT INTO o SELECT generate_series(1, 100)")
         .await
@@ -137,14 +142,18 @@ impl Rng {
 
 #[tokio::test]
 async fn sigkill_at_random_moments_under_load_loses_and_duplicates_nothing() {
-    let server = DsServer::start(DsServerOptions::default()).await.unwrap();
-    let client = DsClient::new(&server.url(), ClientOptions::default()).unwrap();
-    let (_pg, db) = own_cluster_db("fault_kill").await;
-    db.client()
-        .await
-        .batch_execute("CREATE TABLE k (id int PRIMARY KEY, pad text)")
-        .await
-        .unwrap();
+    let Scenario {
+        server,
+        client,
+        db,
+        pg: _pg,
+        ..
+    } = scenario(
+        "fault_kill",
+        "CREATE TABLE k (id int PRIMARY KEY, pad text)",
+        DsServerOptions::default(),
+    )
+    .await;
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -204,13 +213,18 @@ async fn sigkill_at_random_moments_under_load_loses_and_duplicates_nothing() {
 
 #[tokio::test]
 async fn takeover_terminates_a_stale_walsender() {
-    let server = DsServer::start(DsServerOptions::default()).await.unwrap();
-    let client = DsClient::new(&server.url(), ClientOptions::default()).unwrap();
-    let (_pg, db) = own_cluster_db("fault_takeover").await;
-    let sql = db.client().await;
-    sql.batch_execute("CREATE TABLE s (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let Scenario {
+        server,
+        client,
+        db,
+        sql,
+        pg: _pg,
+    } = scenario(
+        "fault_takeover",
+        "CREATE TABLE s (id int PRIMARY KEY)",
+        DsServerOptions::default(),
+    )
+    .await;
     let first = start_streaming(&db, &server.url(), &["--tables", "s"]).await;
     let slot = db.slot("cap");
     let holder: i32 = sql
@@ -263,17 +277,22 @@ async fn takeover_terminates_a_stale_walsender() {
 
 #[tokio::test]
 async fn a_change_larger_than_the_server_accepts_stops_with_table_and_key() {
-    let server = DsServer::start(DsServerOptions {
+    let small = DsServerOptions {
         max_stream_bytes: 16 * 1024,
         ..DsServerOptions::default()
-    })
-    .await
-    .unwrap();
-    let (_pg, db) = own_cluster_db("fault_large").await;
-    let sql = db.client().await;
-    sql.batch_execute("CREATE TABLE l (id int PRIMARY KEY, big text)")
-        .await
-        .unwrap();
+    };
+    let Scenario {
+        server,
+        db,
+        sql,
+        pg: _pg,
+        ..
+    } = scenario(
+        "fault_large",
+        "CREATE TABLE l (id int PRIMARY KEY, big text)",
+        small,
+    )
+    .await;
     let mut capture = start_streaming(&db, &server.url(), &["--tables", "l"]).await;
     sql.execute("INSERT INTO l VALUES (42, $1)", &[&"y".repeat(64 * 1024)])
         .await
@@ -317,13 +336,18 @@ async fn a_change_larger_than_the_server_accepts_stops_with_table_and_key() {
 
 #[tokio::test]
 async fn sigterm_delivers_then_confirms_everything() {
-    let server = DsServer::start(DsServerOptions::default()).await.unwrap();
-    let client = DsClient::new(&server.url(), ClientOptions::default()).unwrap();
-    let (_pg, db) = own_cluster_db("fault_sigterm").await;
-    let sql = db.client().await;
-    sql.batch_execute("CREATE TABLE g (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let Scenario {
+        server,
+        client,
+        db,
+        sql,
+        pg: _pg,
+    } = scenario(
+        "fault_sigterm",
+        "CREATE TABLE g (id int PRIMARY KEY)",
+        DsServerOptions::default(),
+    )
+    .await;
     let capture = start_streaming(&db, &server.url(), &["--tables", "g"]).await;
     sql.batch_execute("INSERT INTO g SELECT generate_series(1, 5000)")
         .await
@@ -354,13 +378,18 @@ async fn sigterm_delivers_then_confirms_everything() {
 
 #[tokio::test]
 async fn a_lost_replication_connection_resumes_from_the_confirmed_position() {
-    let server = DsServer::start(DsServerOptions::default()).await.unwrap();
-    let client = DsClient::new(&server.url(), ClientOptions::default()).unwrap();
-    let (_pg, db) = own_cluster_db("fault_reconnect").await;
-    let sql = db.client().await;
-    sql.batch_execute("CREATE TABLE r (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let Scenario {
+        server,
+        client,
+        db,
+        sql,
+        pg: _pg,
+    } = scenario(
+        "fault_reconnect",
+        "CREATE TABLE r (id int PRIMARY KEY)",
+        DsServerOptions::default(),
+    )
+    .await;
     let capture = start_streaming(&db, &server.url(), &["--tables", "r"]).await;
     sql.batch_execute("INSERT INTO r SELECT generate_series(1, 50)")
         .await

@@ -76,11 +76,11 @@ pub async fn test_db(label: &str) -> TestDb {
 
 /// A database in a cluster of its own, for tests that run a logical decoding consumer.
 ///
-/// PostgreSQL 15 shares serialized decoding snapshots between all slots of a cluster. With
-/// decoders of other databases streaming, a slot created at that moment was seen (about one
-/// run in five) to restore a snapshot in which its own publication did not exist, so
-/// pgoutput sent nothing for it. Capture tests therefore do not share a cluster. The
-/// cluster stops when the returned value drops.
+/// With decoders of other databases of the same cluster streaming, a slot created at that
+/// moment was seen (about one run in five) to stream nothing for its publication: pgoutput
+/// skipped every transaction (cause not established; see the README's known issue).
+/// Capture tests therefore do not share a cluster. The cluster stops when the returned
+/// value drops.
 pub async fn own_cluster_db(label: &str) -> (LocalPostgres, TestDb) {
     let pg = tokio::task::spawn_blocking(|| start_cluster(&PostgresOptions::default()))
         .await
@@ -330,4 +330,35 @@ pub async fn wait_streaming(db: &TestDb) {
         },
     )
     .await;
+}
+
+/// What a capture test starts from: a cluster of its own, a database with the test's
+/// tables, an in-process DS server and a client for it.
+pub struct Scenario {
+    pub server: ds_sync::embedded::DsServer,
+    pub client: ds_sync::ds::DsClient,
+    pub db: TestDb,
+    pub sql: tokio_postgres::Client,
+    pub pg: LocalPostgres,
+}
+
+/// Sets a [`Scenario`] up, running `ddl` in the new database.
+pub async fn scenario(label: &str, ddl: &str, ds: ds_sync::embedded::DsServerOptions) -> Scenario {
+    let server = ds_sync::embedded::DsServer::start(ds)
+        .await
+        .expect("DS server");
+    let client =
+        ds_sync::ds::DsClient::new(&server.url(), ds_sync::ds::ClientOptions::default()).unwrap();
+    let (pg, db) = own_cluster_db(label).await;
+    let sql = db.client().await;
+    sql.batch_execute(ddl)
+        .await
+        .unwrap_or_else(|e| panic!("test schema for {label}: {e}"));
+    Scenario {
+        server,
+        client,
+        db,
+        sql,
+        pg,
+    }
 }

@@ -17,9 +17,11 @@
 //! * [`ds`]: the Durable Streams HTTP client: create, append with `Stream-Seq`, read,
 //!   subscribe over SSE; errors classified as transient or permanent from status codes.
 //! * [`capture`]: DB → stream: the replication loop, LSN ledger, batching, delivery.
+//! * [`bench`]: `ds-sync bench`, the load-test runner: scenarios next to their ceilings.
 //! * [`embedded`]: a throwaway local PostgreSQL cluster and an in-process DS server, used by
 //!   the test suite and by `ds-sync dev`.
 
+pub mod bench;
 pub mod capture;
 pub mod cli;
 pub mod config;

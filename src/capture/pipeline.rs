@@ -211,16 +211,41 @@ impl<'a> Session<'a> {
                     self.queues.commit();
                 }
                 _ = sleep_until(linger), if linger.is_some() => {}
-                event = repl.recv(), if reading => match event {
-                    Ok(Some(event)) => self.event(event, &repl).await?,
-                    Ok(None) => return Ok(SessionEnd::ServerEnded),
-                    Err(e) => return Err(source::replication_error(&e)),
-                },
+                event = repl.recv(), if reading => {
+                    if let Some(end) = self.received(event, &mut repl).await? {
+                        return Ok(end);
+                    }
+                }
             }
             if let Some(lsn) = self.ledger.advance() {
                 repl.update_applied_lsn(Lsn::from_u64(lsn));
             }
         }
+    }
+
+    /// Handles one received event, then every event already waiting (up to
+    /// [`READ_AHEAD`]), so that a backlog of small transactions leaves in full batches
+    /// instead of one POST per commit. When nothing is waiting it returns at once: a quiet
+    /// stream's change is sent without delay.
+    async fn received(
+        &mut self,
+        first: pgwire_replication::Result<Option<ReplicationEvent>>,
+        repl: &mut ReplicationClient,
+    ) -> Result<Option<SessionEnd>, CaptureError> {
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(event) = next.take() {
+            match event {
+                Ok(Some(event)) => self.event(event, repl).await?,
+                Ok(None) => return Ok(Some(SessionEnd::ServerEnded)),
+                Err(e) => return Err(source::replication_error(&e)),
+            }
+            handled += 1;
+            if handled < READ_AHEAD && self.queues.buffered_bytes() < self.cfg.max_buffer_bytes {
+                next = poll_once(repl.recv());
+            }
+        }
+        Ok(None)
     }
 
     /// Sends every batch that may go now.
@@ -452,5 +477,19 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Events handled in one go before batches are dispatched again.
+const READ_AHEAD: usize = 4096;
+
+/// The future's output if it is ready now, without waiting. Only for cancel-safe futures
+/// (a channel receive): a pending one is dropped and nothing is lost.
+fn poll_once<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
     }
 }

@@ -118,6 +118,49 @@ Example:
     /// Show the effective configuration and where each value came from
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Load-test runner: one scenario against throwaway servers (or the given URLs), next to
+    /// its ceiling measured in the same run; writes JSON, Markdown and SVG charts
+    #[command(after_help = "\
+Without --postgres-url it starts a private PostgreSQL cluster; without --ds-server-url it serves a
+DS server in this process. ds-sync itself runs as a child process (this executable, `run`), so
+its memory and CPU are measured alone. Build with --release: debug figures mean little.
+Arguments after `--` are passed to `ds-sync run` (e.g. batch limits being tuned).
+
+Examples:
+  cargo run --release -- bench capture-drain
+  cargo run --release -- bench capture-latency --rate 2000 --duration 20
+  cargo run --release -- bench memory --rows 1000000
+  cargo run --release -- bench capture-drain -- --batch-max-messages 5000")]
+    Bench(BenchArgs),
+}
+
+/// Options of `ds-sync bench`.
+#[derive(Debug, Args, Clone)]
+pub struct BenchArgs {
+    /// The scenario to run
+    #[arg(value_enum)]
+    pub scenario: crate::bench::Scenario,
+    /// Rows of the large transaction (capture-drain, memory)
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows: u64,
+    /// One-row transactions (capture-drain); rows of the naive scenario's backlog
+    #[arg(long, default_value_t = 100_000)]
+    pub txns: u64,
+    /// Transactions (or events) per second of the latency scenarios
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u32,
+    /// Seconds the latency scenarios run
+    #[arg(long, default_value_t = 20)]
+    pub duration: u64,
+    /// Writer connections of the latency scenarios
+    #[arg(long, default_value_t = 4)]
+    pub writers: usize,
+    /// Results go to DIR/<scenario>-<timestamp>/
+    #[arg(long, default_value = "bench/results", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Passed to `ds-sync run`
+    #[arg(last = true)]
+    pub ds_sync_args: Vec<String>,
 }
 
 /// Options of the capture path. Each has an environment variable and a key in the config
@@ -153,7 +196,7 @@ pub struct CaptureArgs {
     /// when the stream is idle; busy streams batch naturally]
     #[arg(long, env = "DS_SYNC_LINGER_MS", value_name = "MS")]
     pub linger_ms: Option<u64>,
-    /// Stop reading WAL while this many bytes of changes are held [default: 33554432]
+    /// Stop reading WAL while this many bytes of changes are held [default: 16777216]
     #[arg(long, env = "DS_SYNC_MAX_BUFFER_BYTES", value_name = "BYTES")]
     pub max_buffer_bytes: Option<usize>,
     /// POSTs in flight at once over all streams (one per stream) [default: 16]

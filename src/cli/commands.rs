@@ -18,6 +18,7 @@ pub async fn run(command: Command, settings: &Settings) -> Result<(), CliError> 
         Command::Config(ConfigCommand::Show) => config_show(settings, &out),
         Command::Run { capture } => super::run::run(&capture, settings).await,
         Command::Dev { capture } => super::run::dev(&capture, settings).await,
+        Command::Bench(args) => super::bench::bench(&args, settings).await,
     }
 }
 

@@ -4,6 +4,7 @@
 //! and a documented exit code (see `ds-sync --help`).
 
 pub mod args;
+mod bench;
 mod commands;
 mod output;
 mod run;
@@ -52,6 +53,8 @@ pub enum CliError {
     Embedded(#[from] crate::embedded::EmbeddedError),
     #[error(transparent)]
     Ds(#[from] crate::ds::DsError),
+    #[error(transparent)]
+    Bench(#[from] crate::bench::BenchError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -161,11 +164,13 @@ fn cli_value<T>(matches: &ArgMatches, id: &str, value: Option<T>) -> CliValue<T>
     CliValue { value, source }
 }
 
-/// Logs go to stderr (stdout carries command output), filtered by `RUST_LOG`.
+/// Logs go to stderr (stdout carries command output), filtered by `RUST_LOG`. The in-process
+/// DS server (`dev`, `bench`) logs every 404 as a warning; readers polling for a stream that
+/// does not exist yet make those routine, so only its errors are shown by default.
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("ds_sync=info,warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("ds_sync=info,durable_streams_server=error,warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -102,7 +102,7 @@ fn capture_config(
         max_buffer_bytes: args
             .max_buffer_bytes
             .or(file.max_buffer_bytes)
-            .unwrap_or(32 << 20),
+            .unwrap_or(16 << 20),
         max_in_flight: args.max_in_flight.or(file.max_in_flight).unwrap_or(16),
     })
 }

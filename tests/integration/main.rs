@@ -4,6 +4,7 @@
 
 mod kit;
 
+mod bench;
 mod capture;
 mod capture_faults;
 mod cli;

@@ -1,0 +1,374 @@
+//! Capture scenarios: `capture-drain` and `memory` (a backlog drained from the slot, next to
+//! `pg_recvlogical` on an identical slot over the same WAL) and `capture-latency` (commit to
+//! visible to an SSE reader under a steady write rate).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::report::{Latency, Report};
+use super::stack::{DsSyncProcess, Stack};
+use super::workload::{self, Drain, Phase};
+use super::{BenchError, BenchOptions};
+use crate::ds::DsClient;
+use crate::sse::DsEvent;
+
+/// What every scenario gets.
+pub struct Ctx<'a> {
+    pub opts: &'a BenchOptions,
+    pub stack: &'a Stack,
+    pub dir: &'a Path,
+}
+
+/// Target: ds-sync drains at least this fraction of the `pg_recvlogical` rate.
+const DRAIN_TARGET: f64 = 0.8;
+/// Target: peak RSS while a 1M-row transaction passes, in MB.
+const RSS_TARGET_MB: f64 = 100.0;
+/// Target: p99 commit-to-visible latency at 2,000 transactions/s, in ms.
+const LATENCY_P99_TARGET_MS: f64 = 25.0;
+
+/// Starts ds-sync on `phase`'s publication and slot and times the drain of `expected` rows.
+pub async fn ds_sync_drain(
+    ctx: &Ctx<'_>,
+    phase: &Phase,
+    slot: &str,
+    expected: u64,
+    end_lsn: &str,
+    label: &str,
+) -> Result<Drain, BenchError> {
+    let log = ctx.dir.join(format!("ds-sync-{}.log", phase.table));
+    let mut args = vec![
+        "run",
+        "--slot",
+        slot,
+        "--publication",
+        &phase.publication,
+        "--stream-template",
+        "bench-{table}",
+    ];
+    args.extend(ctx.opts.ds_sync_args.iter().map(String::as_str));
+    let runner_cpu = super::stack::own_cpu_seconds();
+    let mut process = DsSyncProcess::spawn(&ctx.opts.exe, ctx.stack, &args, &log)?;
+    let started = process.started;
+    let mut drain = workload::wait_drained(
+        ctx.stack,
+        &phase.stream(),
+        expected,
+        started,
+        Some(&mut process),
+        label,
+        ctx.opts.progress,
+    )
+    .await?;
+    drain.runner_cpu_secs = super::stack::own_cpu_seconds()
+        .zip(runner_cpu)
+        .map(|(now, before)| now - before);
+    let sql = ctx.stack.sql().await?;
+    workload::wait_confirmed(&sql, slot, end_lsn).await?;
+    process.stop().await?;
+    Ok(drain)
+}
+
+/// A backlog written while both slots wait, then drained by `pg_recvlogical` and by ds-sync.
+async fn drain_phase(
+    ctx: &Ctx<'_>,
+    report: &mut Report,
+    table: &str,
+    rows: u64,
+    one_transaction: bool,
+) -> Result<Drain, BenchError> {
+    let sql = ctx.stack.sql().await?;
+    let phase = Phase::create(&sql, table).await?;
+    let ceiling_slot = phase.slot(&sql, "ceiling").await?;
+    let ds_slot = phase.slot(&sql, "dssync").await?;
+    let what = if one_transaction {
+        format!("{rows} rows in one transaction")
+    } else {
+        format!("{rows} one-row transactions")
+    };
+    tracing::info!("writing the backlog: {what}");
+    if one_transaction {
+        phase.write_one_transaction(&sql, rows).await?;
+    } else {
+        phase.write_transactions(&sql, rows).await?;
+    }
+    let end = workload::current_lsn(&sql).await?;
+    let ceiling =
+        workload::recvlogical_ceiling(ctx.stack, &ceiling_slot, &phase.publication, &end).await?;
+    let drain = ds_sync_drain(
+        ctx,
+        &phase,
+        &ds_slot,
+        rows,
+        &end,
+        &format!("ds-sync {table}"),
+    )
+    .await?;
+    let (c, d) = (ceiling.as_secs_f64(), drain.elapsed.as_secs_f64());
+    report.figure(
+        &format!("{what}: pg_recvlogical"),
+        rows as f64 / c,
+        "rows/s",
+    );
+    report.figure(&format!("{what}: ds-sync"), rows as f64 / d, "rows/s");
+    report.figure(&format!("{what}: pg_recvlogical time"), c, "s");
+    report.figure(&format!("{what}: ds-sync time"), d, "s");
+    if let Some(cpu) = drain.cpu_secs {
+        report.figure(&format!("{what}: ds-sync CPU"), cpu, "s");
+    }
+    if let (Some(cpu), true) = (drain.runner_cpu_secs, ctx.stack.embedded_ds()) {
+        report.figure(&format!("{what}: DS server (in-process) CPU"), cpu, "s");
+    }
+    if let Some(kb) = drain.peak_rss_kb {
+        report.figure(
+            &format!("{what}: ds-sync peak RSS"),
+            kb as f64 / 1024.0,
+            "MB",
+        );
+    }
+    report.check(
+        &format!("{what}: ds-sync / pg_recvlogical throughput"),
+        c / d,
+        "x",
+        Some(DRAIN_TARGET),
+        false,
+    );
+    Ok(drain)
+}
+
+/// `capture-drain`.
+pub async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
+    let big = drain_phase(ctx, report, "bench_big", ctx.opts.rows, true).await?;
+    report.series.push(big.series);
+    let small = drain_phase(ctx, report, "bench_small", ctx.opts.txns, false).await?;
+    report.series.push(small.series);
+    report.notes.push(
+        "Each phase writes its backlog while two slots wait at the same position; \
+         pg_recvlogical (pgoutput v1 to /dev/null, --endpos at the backlog's end) and \
+         ds-sync then drain one slot each. ds-sync's time runs from its start to the poll \
+         that sees the last message in the DS stream (20 ms resolution); the run then checks \
+         that its slot confirmed the backlog's end."
+            .into(),
+    );
+    Ok(())
+}
+
+/// `memory`: RSS of ds-sync while one large transaction passes.
+pub async fn memory(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
+    let sql = ctx.stack.sql().await?;
+    let phase = Phase::create(&sql, "bench_mem").await?;
+    let slot = phase.slot(&sql, "dssync").await?;
+    let rows = ctx.opts.rows;
+    phase.write_one_transaction(&sql, rows).await?;
+    let end = workload::current_lsn(&sql).await?;
+    let drain = ds_sync_drain(ctx, &phase, &slot, rows, &end, "ds-sync").await?;
+    let peak_mb = drain.peak_rss_kb.unwrap_or_default() as f64 / 1024.0;
+    report.figure("rows in the transaction", rows as f64, "rows");
+    report.figure("drain", rows as f64 / drain.elapsed.as_secs_f64(), "rows/s");
+    report.check(
+        "ds-sync peak RSS (VmHWM)",
+        peak_mb,
+        "MB",
+        Some(RSS_TARGET_MB),
+        true,
+    );
+    report.series.push(drain.rss);
+    report.notes.push(
+        "Peak RSS is the child process's VmHWM from /proc after the drain; the chart samples \
+         VmRSS every 20 ms."
+            .into(),
+    );
+    Ok(())
+}
+
+/// Per-row timestamps in µs since `base`, indexed by row id (0: not yet).
+struct Stamps {
+    base: Instant,
+    committed: Vec<AtomicU64>,
+    seen: Vec<AtomicU64>,
+}
+
+impl Stamps {
+    fn new(n: usize) -> Stamps {
+        Stamps {
+            base: Instant::now(),
+            committed: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            seen: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_micros() as u64 + 1
+    }
+}
+
+/// `capture-latency`: `rate` one-row transactions per second for `duration`; each row's
+/// latency runs from its commit returning to the writer to an SSE reader receiving it.
+pub async fn latency(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
+    let sql = ctx.stack.sql().await?;
+    let phase = Phase::create(&sql, "bench_live").await?;
+    let slot = phase.slot(&sql, "dssync").await?;
+    let total = (f64::from(ctx.opts.rate) * ctx.opts.duration.as_secs_f64()) as usize;
+    let stamps = Arc::new(Stamps::new(total + 1));
+    ctx.stack.ds.ensure_stream(&phase.stream()).await?;
+    let log = ctx.dir.join("ds-sync.log");
+    let mut args = vec![
+        "run",
+        "--slot",
+        &slot,
+        "--publication",
+        &phase.publication,
+        "--stream-template",
+        "bench-{table}",
+    ];
+    args.extend(ctx.opts.ds_sync_args.iter().map(String::as_str));
+    let mut process = DsSyncProcess::spawn(&ctx.opts.exe, ctx.stack, &args, &log)?;
+    let reader = tokio::spawn(read_stream(
+        ctx.stack.ds.clone(),
+        phase.stream(),
+        stamps.clone(),
+    ));
+    // Row 0 is the warm-up: ds-sync is streaming once it arrives.
+    write_row(&sql, &phase.table, 0, &stamps).await?;
+    wait_seen(&stamps, 0..1, Duration::from_secs(60), &mut process).await?;
+    let started = Instant::now();
+    let writers = ctx.opts.writers.max(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..writers {
+        let (stack_sql, table, stamps) =
+            (ctx.stack.sql().await?, phase.table.clone(), stamps.clone());
+        let period = Duration::from_secs_f64(writers as f64 / f64::from(ctx.opts.rate));
+        tasks.spawn(async move {
+            let mut next = Instant::now();
+            for id in ((w + 1)..=total).step_by(writers) {
+                tokio::time::sleep_until(next.into()).await;
+                write_row(&stack_sql, &table, id, &stamps).await?;
+                next += period;
+            }
+            Ok::<(), BenchError>(())
+        });
+    }
+    let bar = workload::Bar::new("writing", total as u64, ctx.opts.progress);
+    while !tasks.is_empty() {
+        tokio::select! {
+            r = tasks.join_next() => if let Some(r) = r {
+                r.map_err(|e| BenchError::Setup(format!("writer task: {e}")))??;
+            },
+            () = tokio::time::sleep(Duration::from_millis(250)) => {
+                process.check_alive()?;
+                bar.set(stamps.committed.iter().filter(|s| s.load(Ordering::Relaxed) > 0).count() as u64);
+            }
+        }
+    }
+    bar.finish();
+    let wrote = started.elapsed();
+    wait_seen(
+        &stamps,
+        1..total + 1,
+        Duration::from_secs(120),
+        &mut process,
+    )
+    .await?;
+    reader.abort();
+    process.stop().await?;
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
+        .map_err(|e| BenchError::Report(e.to_string()))?;
+    for id in 1..=total {
+        let c = stamps.committed[id].load(Ordering::Relaxed);
+        let s = stamps.seen[id].load(Ordering::Relaxed);
+        h.saturating_record(s.saturating_sub(c).max(1));
+    }
+    let l = Latency::from_histogram("commit to SSE", &h);
+    report.figure("target rate", f64::from(ctx.opts.rate), "txn/s");
+    report.figure("achieved rate", total as f64 / wrote.as_secs_f64(), "txn/s");
+    report.figure("transactions", total as f64, "txn");
+    report.check(
+        "p99 commit to SSE",
+        l.p99,
+        "ms",
+        Some(LATENCY_P99_TARGET_MS),
+        true,
+    );
+    report.latencies.push(l);
+    report.notes.push(format!(
+        "{writers} writer connections pace one-row INSERTs (autocommit) to the target rate; \
+         latency runs from the INSERT returning to the writer to the row arriving at an SSE \
+         reader of the stream (same process, same clock)."
+    ));
+    Ok(())
+}
+
+async fn write_row(
+    sql: &tokio_postgres::Client,
+    table: &str,
+    id: usize,
+    stamps: &Stamps,
+) -> Result<(), BenchError> {
+    sql.execute(
+        &format!("INSERT INTO {table} (id, title) VALUES ($1, 'live')"),
+        &[&(id as i64)],
+    )
+    .await
+    .map_err(|e| BenchError::sql("writing a row", &e))?;
+    stamps.committed[id].store(stamps.now(), Ordering::Relaxed);
+    Ok(())
+}
+
+async fn wait_seen(
+    stamps: &Stamps,
+    ids: std::ops::Range<usize>,
+    timeout: Duration,
+    process: &mut DsSyncProcess,
+) -> Result<(), BenchError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let missing = ids
+            .clone()
+            .filter(|&i| stamps.seen[i].load(Ordering::Relaxed) == 0)
+            .count();
+        if missing == 0 {
+            return Ok(());
+        }
+        process.check_alive()?;
+        if Instant::now() > deadline {
+            return Err(BenchError::Timeout {
+                what: "rows reaching the SSE reader".into(),
+                secs: timeout.as_secs(),
+                detail: format!("{missing} of {} rows never arrived", ids.len()),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Follows the stream over SSE and stamps each row id on arrival; reconnects from the last
+/// control offset when the server ends the response.
+async fn read_stream(ds: DsClient, stream: String, stamps: Arc<Stamps>) -> Result<(), BenchError> {
+    let mut offset = crate::ds::OFFSET_START.to_owned();
+    loop {
+        let mut sub = ds.subscribe(&stream, &offset).await?;
+        while let Some(event) = sub.next().await {
+            match event? {
+                DsEvent::Data(bytes) => {
+                    let now = stamps.now();
+                    let Ok(messages) = serde_json::from_slice::<Vec<serde_json::Value>>(&bytes)
+                    else {
+                        continue;
+                    };
+                    for m in messages {
+                        let id = m["value"]["id"]
+                            .as_u64()
+                            .or_else(|| m["value"]["id"].as_str().and_then(|s| s.parse().ok()));
+                        if let Some(slot) = id.and_then(|i| stamps.seen.get(i as usize)) {
+                            let _ =
+                                slot.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+                        }
+                    }
+                }
+                DsEvent::Control(c) => offset = c.stream_next_offset,
+                DsEvent::Other { .. } => {}
+            }
+        }
+    }
+}

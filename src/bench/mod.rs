@@ -1,0 +1,211 @@
+//! `ds-sync bench`: the load-test runner.
+//!
+//! Each scenario starts its own throwaway Postgres and DS server (unless URLs are given),
+//! runs ds-sync as a child process against them, and measures it next to a ceiling or a
+//! baseline taken in the same run on the same servers, so that the figure that matters is a
+//! ratio and a noisy machine moves both sides alike.
+//!
+//! * [`stack`]: the servers, and ds-sync as a child process (RSS, CPU).
+//! * [`capture`]: `capture-drain`, `memory` (ceiling: `pg_recvlogical`), `capture-latency`.
+//! * [`naive`]: the sync-layer document's example design on the same load.
+//! * [`report`]: table, JSON, Markdown and SVG charts.
+
+mod capture;
+mod naive;
+pub mod report;
+mod stack;
+mod tail;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use report::Report;
+
+/// A bench scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// A backlog (one large transaction, then many one-row transactions) drained from the
+    /// slot into DS; ceiling: pg_recvlogical over the same WAL
+    CaptureDrain,
+    /// A steady write rate; commit to visible to an SSE reader (p50/p95/p99/max)
+    CaptureLatency,
+    /// Peak RSS of ds-sync while a large transaction passes
+    Memory,
+    /// The sync-layer document's example design (one unbatched POST per change, no
+    /// sequence numbers) on the capture-drain load, next to ds-sync
+    Naive,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::CaptureDrain => "capture-drain",
+            Scenario::CaptureLatency => "capture-latency",
+            Scenario::Memory => "memory",
+            Scenario::Naive => "naive",
+        }
+    }
+}
+
+/// What to run, how big, where to write.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub scenario: Scenario,
+    /// Rows of the large transaction (drain, memory, naive).
+    pub rows: u64,
+    /// One-row transactions (drain).
+    pub txns: u64,
+    /// Transactions per second (latency scenarios).
+    pub rate: u32,
+    /// How long the steady load runs (latency scenarios).
+    pub duration: Duration,
+    /// Results go to `<out>/<scenario>-<timestamp>/`.
+    pub out: PathBuf,
+    /// Use this Postgres instead of a throwaway cluster.
+    pub postgres: Option<crate::pg::PgTarget>,
+    /// Use this DS server instead of an in-process one.
+    pub ds_url: Option<String>,
+    /// The ds-sync executable to measure.
+    pub exe: PathBuf,
+    /// Show progress bars (a terminal) or log lines.
+    pub progress: bool,
+    /// The command line, for the report.
+    pub command: String,
+    /// Extra arguments for `ds-sync run` (e.g. batch limits being tuned).
+    pub ds_sync_args: Vec<String>,
+    /// Writer connections of the latency scenarios.
+    pub writers: usize,
+}
+
+/// Errors of the runner.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("bench setup failed: {0}")]
+    Setup(String),
+    #[error(transparent)]
+    Embedded(#[from] crate::embedded::EmbeddedError),
+    #[error(transparent)]
+    Pg(#[from] crate::pg::PgError),
+    #[error(transparent)]
+    Ds(#[from] crate::ds::DsError),
+    #[error("ds-sync exited during the run ({status}); its log ends with:\n{log}")]
+    DsSyncExited { status: String, log: String },
+    #[error("{what} did not finish within {secs} s: {detail}")]
+    Timeout {
+        what: String,
+        secs: u64,
+        detail: String,
+    },
+    #[error("the ceiling tool failed: {0}")]
+    Ceiling(String),
+    #[error("cannot write the report: {0}")]
+    Report(String),
+}
+
+impl BenchError {
+    fn io(path: &Path, e: &std::io::Error) -> BenchError {
+        BenchError::Report(format!("{}: {e}", path.display()))
+    }
+
+    fn sql(what: &str, e: &tokio_postgres::Error) -> BenchError {
+        BenchError::Pg(crate::pg::PgError::query(what.to_owned(), e))
+    }
+}
+
+/// Runs one scenario and writes its report; returns it and the directory it went to.
+pub async fn run(opts: &BenchOptions) -> Result<(Report, PathBuf), BenchError> {
+    let started = Instant::now();
+    let stack = stack::Stack::start(opts.postgres.clone(), opts.ds_url.clone()).await?;
+    let dir = opts.out.join(format!(
+        "{}-{}",
+        opts.scenario.name(),
+        chrono::Local::now().format("%Y%m%d-%H%M%S")
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| BenchError::io(&dir, &e))?;
+    let mut report = new_report(opts, &stack).await?;
+    report.notes.push(format!(
+        "Servers: {} PostgreSQL, {} DS server.",
+        if stack.embedded_pg() {
+            "a throwaway local"
+        } else {
+            "the given"
+        },
+        if stack.embedded_ds() {
+            "the in-process durable-streams-server"
+        } else {
+            "the given"
+        },
+    ));
+    let ctx = capture::Ctx {
+        opts,
+        stack: &stack,
+        dir: &dir,
+    };
+    match opts.scenario {
+        Scenario::CaptureDrain => capture::drain(&ctx, &mut report).await?,
+        Scenario::CaptureLatency => capture::latency(&ctx, &mut report).await?,
+        Scenario::Memory => capture::memory(&ctx, &mut report).await?,
+        Scenario::Naive => naive::run(&ctx, &mut report).await?,
+    }
+    report.duration_secs = started.elapsed().as_secs_f64();
+    report.write(&dir)?;
+    Ok((report, dir))
+}
+
+async fn new_report(opts: &BenchOptions, stack: &stack::Stack) -> Result<Report, BenchError> {
+    let sql = stack.sql().await?;
+    let postgres: String = sql
+        .query_one("SELECT version()", &[])
+        .await
+        .map_err(|e| BenchError::sql("reading the server version", &e))?
+        .get(0);
+    let postgres = postgres
+        .split(" on ")
+        .next()
+        .unwrap_or(&postgres)
+        .to_owned();
+    Ok(Report {
+        scenario: opts.scenario.name().into(),
+        command: opts.command.clone(),
+        started_at: chrono::Local::now().to_rfc3339(),
+        duration_secs: 0.0,
+        machine: machine(postgres),
+        figures: Vec::new(),
+        checks: Vec::new(),
+        series: Vec::new(),
+        latencies: Vec::new(),
+        notes: Vec::new(),
+    })
+}
+
+fn machine(postgres: String) -> report::Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or_else(|| "unknown CPU".into(), |(_, v)| v.trim().to_owned());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kb = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    report::Machine {
+        cpu,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        memory_gb: mem_kb / 1024.0 / 1024.0,
+        kernel,
+        postgres,
+        build: if cfg!(debug_assertions) {
+            "debug (figures are not representative; use --release)".into()
+        } else {
+            "release".into()
+        },
+    }
+}

@@ -1,0 +1,230 @@
+//! The servers a scenario runs against, and ds-sync itself as a child process.
+//!
+//! ds-sync runs as a separate process (this executable, `run ...`) so that its memory and CPU
+//! are its own and the figures are those of the shipped binary, not of a library call inside
+//! the runner. Postgres is a throwaway cluster tuned the same way for every consumer it is
+//! compared with; the DS server is served in this process unless a URL is given.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+use super::BenchError;
+use crate::ds::{ClientOptions, DsClient};
+use crate::embedded::{DsServer, DsServerOptions, LocalPostgres, PostgresOptions};
+use crate::pg::PgTarget;
+
+/// Server settings for throughput runs: no checkpoint in the middle of a backlog, room for
+/// the slots a scenario creates. Every consumer in a run reads the same cluster.
+const PG_SETTINGS: &[(&str, &str)] = &[
+    ("max_wal_size", "8GB"),
+    ("shared_buffers", "512MB"),
+    ("max_replication_slots", "16"),
+    ("max_wal_senders", "16"),
+    ("wal_sender_timeout", "0"),
+];
+
+/// A Postgres and a DS server, throwaway or given.
+pub struct Stack {
+    local_pg: Option<LocalPostgres>,
+    ds_server: Option<DsServer>,
+    target: PgTarget,
+    pub ds_url: String,
+    pub ds: DsClient,
+}
+
+impl Stack {
+    /// Starts what is not given.
+    pub async fn start(
+        target: Option<PgTarget>,
+        ds_url: Option<String>,
+    ) -> Result<Stack, BenchError> {
+        let local_pg = match target {
+            Some(_) => None,
+            None => Some(
+                tokio::task::spawn_blocking(|| {
+                    LocalPostgres::start(&PostgresOptions {
+                        settings: PG_SETTINGS
+                            .iter()
+                            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                            .collect(),
+                        ..PostgresOptions::default()
+                    })
+                })
+                .await
+                .map_err(|e| BenchError::Setup(format!("starting PostgreSQL: {e}")))??,
+            ),
+        };
+        let target = match (target, &local_pg) {
+            (Some(t), _) => t,
+            (None, Some(pg)) => PgTarget::parse(&pg.url("postgres"), None)
+                .map_err(|e| BenchError::Setup(format!("the local cluster's URL: {e}")))?,
+            (None, None) => unreachable!("a cluster is started when no target is given"),
+        };
+        let ds_server = match ds_url {
+            Some(_) => None,
+            None => Some(DsServer::start(DsServerOptions::default()).await?),
+        };
+        let ds_url =
+            ds_url.unwrap_or_else(|| ds_server.as_ref().map(DsServer::url).unwrap_or_default());
+        let ds = DsClient::new(&ds_url, ClientOptions::default())?;
+        Ok(Stack {
+            local_pg,
+            ds_server,
+            target,
+            ds_url,
+            ds,
+        })
+    }
+
+    /// A new SQL connection.
+    pub async fn sql(&self) -> Result<tokio_postgres::Client, BenchError> {
+        Ok(self.target()?.connect().await?)
+    }
+
+    pub fn target(&self) -> Result<PgTarget, BenchError> {
+        Ok(self.target.clone())
+    }
+
+    /// A `key=value` connection string without the password (which goes in `PGPASSWORD`),
+    /// so it never shows in a process listing.
+    fn conninfo(&self) -> String {
+        let t = &self.target;
+        format!(
+            "host={} port={} user={} dbname={}",
+            t.host(),
+            t.port(),
+            t.user(),
+            t.dbname()
+        )
+    }
+
+    /// True when the runner started the DS server (its offsets encode message counts).
+    pub fn embedded_ds(&self) -> bool {
+        self.ds_server.is_some()
+    }
+
+    /// True when the runner started Postgres.
+    pub fn embedded_pg(&self) -> bool {
+        self.local_pg.is_some()
+    }
+}
+
+/// CPU time (user + system) this process has used, from `/proc/self/stat`: with the
+/// in-process DS server, most of it is the server's.
+pub fn own_cpu_seconds() -> Option<f64> {
+    proc_cpu_seconds("self")
+}
+
+fn proc_cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz.max(1.0))
+}
+
+/// A running `ds-sync` child process.
+pub struct DsSyncProcess {
+    child: Child,
+    pid: u32,
+    pub started: Instant,
+    log: PathBuf,
+}
+
+impl DsSyncProcess {
+    /// Runs `ds-sync ARGS` against the stack, logging to `log`.
+    pub fn spawn(
+        exe: &Path,
+        stack: &Stack,
+        args: &[&str],
+        log: &Path,
+    ) -> Result<DsSyncProcess, BenchError> {
+        let file = std::fs::File::create(log)
+            .map_err(|e| BenchError::Setup(format!("creating {}: {e}", log.display())))?;
+        let mut cmd = Command::new(exe);
+        cmd.args(args)
+            .env("POSTGRES_URL", stack.conninfo())
+            .env("PGPASSWORD", stack.target.password().unwrap_or_default())
+            .env("DS_SERVER_URL", &stack.ds_url)
+            .env("DS_SYNC_LOG_FORMAT", "text")
+            .env_remove("DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true);
+        let started = Instant::now();
+        let child = cmd
+            .spawn()
+            .map_err(|e| BenchError::Setup(format!("starting {}: {e}", exe.display())))?;
+        let pid = child.id().unwrap_or_default();
+        Ok(DsSyncProcess {
+            child,
+            pid,
+            started,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Resident memory now and at its peak, in kB, from `/proc/PID/status`.
+    pub fn memory_kb(&self) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        Some((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    /// CPU time (user + system) used so far, from `/proc/PID/stat`.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        proc_cpu_seconds(&self.pid.to_string())
+    }
+
+    /// Fails when the process already exited (a broken run must not look like a slow one).
+    pub fn check_alive(&mut self) -> Result<(), BenchError> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Err(BenchError::DsSyncExited {
+                status: status.to_string(),
+                log: tail(&self.log),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// SIGTERM, then wait (graceful shutdown confirms the slot).
+    pub async fn stop(mut self) -> Result<(), BenchError> {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        match tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await {
+            Ok(Ok(s)) if s.success() => Ok(()),
+            Ok(Ok(s)) => Err(BenchError::DsSyncExited {
+                status: s.to_string(),
+                log: tail(&self.log),
+            }),
+            _ => {
+                let _ = self.child.kill().await;
+                Err(BenchError::DsSyncExited {
+                    status: "did not stop within 60 s of SIGTERM".into(),
+                    log: tail(&self.log),
+                })
+            }
+        }
+    }
+}
+
+/// The last lines of a log file, for error messages.
+pub fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}

@@ -1,0 +1,110 @@
+//! `ds-sync bench`: a tiny run of real scenarios (own throwaway Postgres, in-process DS
+//! server, ds-sync as a child), checking the report says what was measured. Speed itself is
+//! measured by the benchmarks, never asserted here.
+
+use serde_json::Value;
+
+use crate::kit::run_ds_sync;
+
+fn figure(result: &Value, name: &str) -> f64 {
+    result["figures"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["name"] == name))
+        .and_then(|f| f["value"].as_f64())
+        .unwrap_or_else(|| panic!("no figure {name:?} in {result:#}"))
+}
+
+fn only_report_dir(out: &std::path::Path) -> std::path::PathBuf {
+    let dirs: Vec<_> = std::fs::read_dir(out)
+        .expect("results dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "one report directory: {dirs:?}");
+    dirs[0].clone()
+}
+
+#[tokio::test]
+async fn capture_drain_smoke_run_writes_a_complete_report() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let run = run_ds_sync(
+        &[
+            "bench",
+            "capture-drain",
+            "--rows",
+            "300",
+            "--txns",
+            "40",
+            "--out",
+            dir,
+        ],
+        &[],
+    )
+    .await
+    .ok();
+    assert!(
+        run.stdout.contains("ds-sync / pg_recvlogical throughput"),
+        "{}",
+        run.stdout
+    );
+    let report = only_report_dir(out.path());
+    for file in ["result.json", "report.md", "throughput.svg"] {
+        assert!(
+            report.join(file).is_file(),
+            "{file} missing in {}",
+            report.display()
+        );
+    }
+    let result: Value =
+        serde_json::from_slice(&std::fs::read(report.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["scenario"], "capture-drain");
+    for what in ["300 rows in one transaction", "40 one-row transactions"] {
+        assert!(figure(&result, &format!("{what}: ds-sync")) > 0.0);
+        assert!(figure(&result, &format!("{what}: pg_recvlogical")) > 0.0);
+        assert!(figure(&result, &format!("{what}: ds-sync peak RSS")) > 1.0);
+    }
+    let checks = result["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 2, "{checks:#?}");
+    assert!(checks.iter().all(|c| c["value"].as_f64().unwrap() > 0.0));
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(md.contains("![throughput.svg](throughput.svg)"), "{md}");
+    assert!(
+        md.contains("* command: `ds-sync bench capture-drain"),
+        "{md}"
+    );
+}
+
+#[tokio::test]
+async fn capture_latency_smoke_run_measures_every_row() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let run = run_ds_sync(
+        &[
+            "bench",
+            "capture-latency",
+            "--rate",
+            "50",
+            "--duration",
+            "2",
+            "--writers",
+            "2",
+            "--out",
+            dir,
+        ],
+        &[],
+    )
+    .await
+    .ok();
+    assert!(run.stdout.contains("commit to SSE p99"), "{}", run.stdout);
+    let report = only_report_dir(out.path());
+    let result: Value =
+        serde_json::from_slice(&std::fs::read(report.join("result.json")).unwrap()).unwrap();
+    let latency = &result["latencies"][0];
+    assert_eq!(latency["count"], 100, "{latency:#}");
+    let (p50, max) = (
+        latency["p50"].as_f64().unwrap(),
+        latency["max"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && max >= p50, "{latency:#}");
+    assert!(report.join("latency.svg").is_file());
+}

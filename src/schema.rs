@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "002_ds_sync_bookkeeping",
         sql: include_str!("../sql/002_ds_sync_bookkeeping.sql"),
     },
+    Migration {
+        version: 4,
+        name: "004_snapshot",
+        sql: include_str!("../sql/004_snapshot.sql"),
+    },
 ];
 
 /// Serializes concurrent `init` runs (the value spells "ds-sync" in ASCII).

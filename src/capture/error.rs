@@ -54,6 +54,10 @@ pub enum CaptureError {
     },
     #[error("stopped before every change in flight was delivered (second interrupt)")]
     Interrupted,
+    #[error(transparent)]
+    Session(#[from] crate::pg::replication_session::SessionError),
+    #[error("snapshot {table}: {reason}")]
+    Snapshot { table: String, reason: String },
 }
 
 impl CaptureError {
@@ -62,6 +66,10 @@ impl CaptureError {
         match self {
             CaptureError::Replication { transient, .. } => *transient,
             CaptureError::Pg(PgError::Connect { .. }) => true,
+            CaptureError::Session(
+                crate::pg::replication_session::SessionError::Connect { .. }
+                | crate::pg::replication_session::SessionError::Closed { .. },
+            ) => true,
             CaptureError::SlotBusy { .. } => true,
             _ => false,
         }

@@ -13,3 +13,4 @@ mod harness;
 mod init;
 mod publication;
 mod slot;
+mod snapshot;

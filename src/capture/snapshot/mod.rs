@@ -248,9 +248,13 @@ async fn copy(
             _ = hard_stop.cancelled() => return Err(CaptureError::Interrupted),
             _ = shutdown.cancelled() => return Ok(CopyEnd::Stopped),
             item = rx.recv(), if reading && room => match item {
+                // An empty table's stream is framed only when it may hold older rows that
+                // the reset must clear; otherwise a table without rows sends nothing.
                 Some(Item::Touch(stream)) => {
-                    writer.touch(&stream).await?;
-                    writer.commit();
+                    if job.reset {
+                        writer.touch(&stream).await?;
+                        writer.commit();
+                    }
                 }
                 Some(Item::Rows(rows)) => {
                     let n = rows.len() as u64;

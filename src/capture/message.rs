@@ -311,7 +311,11 @@ pub fn snapshot_insert(
         &cells,
         None,
     );
-    if let Some(headers) = message.message.get_mut("headers").and_then(Value::as_object_mut) {
+    if let Some(headers) = message
+        .message
+        .get_mut("headers")
+        .and_then(Value::as_object_mut)
+    {
         headers.remove("txid");
     }
     Ok(message)

@@ -37,7 +37,10 @@ pub async fn prepare(sql: &Client, cfg: &SourceConfig) -> Result<u64, CaptureErr
     confirmed_position(sql, &cfg.slot).await
 }
 
-pub(crate) async fn ensure_publication(sql: &Client, cfg: &SourceConfig) -> Result<(), CaptureError> {
+pub(crate) async fn ensure_publication(
+    sql: &Client,
+    cfg: &SourceConfig,
+) -> Result<(), CaptureError> {
     let specs: Vec<TableSpec> = cfg
         .tables
         .iter()

@@ -224,7 +224,9 @@ impl Auth {
                     scram |= m == SCRAM_SHA_256;
                 }
                 if !scram {
-                    return Err(AuthFailure::Unsupported("SASL without SCRAM-SHA-256".into()));
+                    return Err(AuthFailure::Unsupported(
+                        "SASL without SCRAM-SHA-256".into(),
+                    ));
                 }
                 let client = ScramSha256::new(self.password()?, ChannelBinding::unsupported());
                 frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), &mut buf)
@@ -232,16 +234,18 @@ impl Auth {
                 self.scram = Some(client);
             }
             Message::AuthenticationSaslContinue(body) => {
-                let scram = self.scram.as_mut().ok_or_else(|| {
-                    AuthFailure::Failed("SASL continue before SASL start".into())
-                })?;
+                let scram = self
+                    .scram
+                    .as_mut()
+                    .ok_or_else(|| AuthFailure::Failed("SASL continue before SASL start".into()))?;
                 scram.update(body.data()).map_err(io)?;
                 frontend::sasl_response(scram.message(), &mut buf).map_err(io)?;
             }
             Message::AuthenticationSaslFinal(body) => {
-                let scram = self.scram.as_mut().ok_or_else(|| {
-                    AuthFailure::Failed("SASL final before SASL start".into())
-                })?;
+                let scram = self
+                    .scram
+                    .as_mut()
+                    .ok_or_else(|| AuthFailure::Failed("SASL final before SASL start".into()))?;
                 scram.finish(body.data()).map_err(|e| {
                     AuthFailure::Failed(format!("the server's SCRAM signature is wrong: {e}"))
                 })?;
@@ -377,7 +381,9 @@ impl ReplicationSession {
         let command = create_slot_command(slot, self.server_version_num)?;
         let context = format!("creating replication slot '{slot}' with an exported snapshot");
         let rows = self.simple_query(&command, &context).await?;
-        let row = rows.first().ok_or_else(|| self.protocol(format!("{context}: no result row")))?;
+        let row = rows
+            .first()
+            .ok_or_else(|| self.protocol(format!("{context}: no result row")))?;
         ExportedSlot::from_row(row).map_err(|reason| self.protocol(format!("{context}: {reason}")))
     }
 

@@ -86,8 +86,16 @@ async fn wait_converged(
             return messages;
         }
         if tokio::time::Instant::now() > deadline {
-            let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
-            let extra: Vec<_> = got.keys().filter(|k| !expected.contains_key(*k)).take(5).collect();
+            let missing: Vec<_> = expected
+                .keys()
+                .filter(|k| !got.contains_key(*k))
+                .take(5)
+                .collect();
+            let extra: Vec<_> = got
+                .keys()
+                .filter(|k| !expected.contains_key(*k))
+                .take(5)
+                .collect();
             panic!(
                 "stream {stream} never matched table {table}: {} rows vs {}, missing {missing:?}, extra {extra:?}\n--- log ---\n{}",
                 got.len(),
@@ -108,7 +116,12 @@ fn check_last_section(messages: &[Value]) -> usize {
         .rposition(|m| control(m) == Some("reset"))
         .map_or(0, |i| i + 1);
     let section = &messages[start..];
-    assert_eq!(control(&section[0]), Some("snapshot-start"), "{:?}", &section[..3.min(section.len())]);
+    assert_eq!(
+        control(&section[0]),
+        Some("snapshot-start"),
+        "{:?}",
+        &section[..3.min(section.len())]
+    );
     let end = section
         .iter()
         .position(|m| control(m) == Some("snapshot-end"))
@@ -132,7 +145,11 @@ fn check_last_section(messages: &[Value]) -> usize {
             "update" => {
                 let now = m["value"]["v"].as_i64().unwrap();
                 let before = v.insert(key.clone(), now);
-                assert_eq!(before, Some(now - 1), "key {key}: update to {now} after {before:?}");
+                assert_eq!(
+                    before,
+                    Some(now - 1),
+                    "key {key}: update to {now} after {before:?}"
+                );
             }
             "delete" => {
                 assert!(v.remove(&key).is_some(), "delete of unknown key {key}");
@@ -145,21 +162,30 @@ fn check_last_section(messages: &[Value]) -> usize {
 
 /// Updates, inserts and deletes rows of `items` until told to stop; returns how many
 /// statements ran.
-fn spawn_writer(url: String, stop: tokio_util::sync::CancellationToken) -> tokio::task::JoinHandle<u64> {
+fn spawn_writer(
+    url: String,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
         let sql = crate::kit::connect(&url).await;
         let mut n = 0u64;
         let mut next_id = 1_000_000;
         while !stop.is_cancelled() {
             let id = (n * 7919 % 20_000) as i32 + 1;
-            sql.execute("UPDATE items SET v = v + 1 WHERE id = $1", &[&id]).await.unwrap();
-            if n % 10 == 0 {
-                sql.execute("INSERT INTO items VALUES ($1, 0)", &[&next_id]).await.unwrap();
+            sql.execute("UPDATE items SET v = v + 1 WHERE id = $1", &[&id])
+                .await
+                .unwrap();
+            if n.is_multiple_of(10) {
+                sql.execute("INSERT INTO items VALUES ($1, 0)", &[&next_id])
+                    .await
+                    .unwrap();
                 next_id += 1;
             }
-            if n % 25 == 0 {
+            if n.is_multiple_of(25) {
                 let gone = (n * 104_729 % 20_000) as i32 + 1;
-                sql.execute("DELETE FROM items WHERE id = $1", &[&gone]).await.unwrap();
+                sql.execute("DELETE FROM items WHERE id = $1", &[&gone])
+                    .await
+                    .unwrap();
             }
             n += 1;
         }
@@ -183,8 +209,15 @@ async fn existing_rows_then_concurrent_changes_arrive_once_each() {
     )
     .await;
     db.ds_sync(&[
-        "publication", "create", "cap_pub", "--tables", "items,orders",
-        "--row-filter", "orders=status <> 'draft'", "--columns", "orders=id,v,status",
+        "publication",
+        "create",
+        "cap_pub",
+        "--tables",
+        "items,orders",
+        "--row-filter",
+        "orders=status <> 'draft'",
+        "--columns",
+        "orders=id,v,status",
     ])
     .await
     .ok();
@@ -197,7 +230,10 @@ async fn existing_rows_then_concurrent_changes_arrive_once_each() {
     assert!(statements > 0);
     let messages = wait_converged(&client, "pg-items", &sql, "items", &capture).await;
     let snapshot_rows = check_last_section(&messages);
-    assert!(snapshot_rows >= 19_000, "the snapshot held {snapshot_rows} rows");
+    assert!(
+        snapshot_rows >= 19_000,
+        "the snapshot held {snapshot_rows} rows"
+    );
     assert!(
         messages.iter().all(|m| control(m) != Some("reset")),
         "a first snapshot sends no reset"
@@ -209,7 +245,10 @@ async fn existing_rows_then_concurrent_changes_arrive_once_each() {
     assert_eq!(rows.len(), 50, "the row filter keeps the paid half");
     for value in rows.values() {
         assert_eq!(value["status"], "paid");
-        assert!(value.get("secret").is_none(), "the column list drops secret: {value}");
+        assert!(
+            value.get("secret").is_none(),
+            "the column list drops secret: {value}"
+        );
     }
     let first = &messages[1];
     assert!(first["headers"]["lsn"].is_string() && first["headers"]["timestamp"].is_string());
@@ -225,7 +264,13 @@ async fn existing_rows_then_concurrent_changes_arrive_once_each() {
 
 #[tokio::test]
 async fn a_crash_mid_snapshot_is_followed_by_reset_and_a_whole_snapshot() {
-    let Scenario { server, client, db, sql, pg: _pg } = scenario(
+    let Scenario {
+        server,
+        client,
+        db,
+        sql,
+        pg: _pg,
+    } = scenario(
         "snap_crash",
         "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, pad text); \
          INSERT INTO items SELECT g, 0, repeat('x', 50) FROM generate_series(1, 100000) g;",
@@ -247,7 +292,11 @@ async fn a_crash_mid_snapshot_is_followed_by_reset_and_a_whole_snapshot() {
     sql.batch_execute("UPDATE items SET v = v + 1 WHERE id <= 10; DELETE FROM items WHERE id > 99990; INSERT INTO items VALUES (200001, 0)")
         .await
         .unwrap();
-    let state: String = sql.query_one("SELECT state FROM ds_sync.snapshots", &[]).await.unwrap().get(0);
+    let state: String = sql
+        .query_one("SELECT state FROM ds_sync.snapshots", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(state, "running");
     let capture = CaptureProcess::start(&db, &server.url(), &["--tables", "items"]).await;
     let stop = tokio_util::sync::CancellationToken::new();
@@ -256,7 +305,10 @@ async fn a_crash_mid_snapshot_is_followed_by_reset_and_a_whole_snapshot() {
     stop.cancel();
     writer.await.unwrap();
     let messages = wait_converged(&client, "pg-items", &sql, "items", &capture).await;
-    let resets = messages.iter().filter(|m| control(m) == Some("reset")).count();
+    let resets = messages
+        .iter()
+        .filter(|m| control(m) == Some("reset"))
+        .count();
     assert_eq!(resets, 1, "one reset before the new snapshot");
     let rows = check_last_section(&messages);
     assert!(rows >= 99_000, "the new snapshot is whole: {rows} rows");
@@ -272,8 +324,15 @@ async fn never_streams_only_and_always_snapshots_again_with_a_reset() {
         DsServerOptions::default(),
     )
     .await;
-    let capture = crate::kit::start_streaming(&db, &server.url(), &["--tables", "items", "--snapshot", "never"]).await;
-    sql.batch_execute("INSERT INTO items VALUES (3, 0)").await.unwrap();
+    let capture = crate::kit::start_streaming(
+        &db,
+        &server.url(),
+        &["--tables", "items", "--snapshot", "never"],
+    )
+    .await;
+    sql.batch_execute("INSERT INTO items VALUES (3, 0)")
+        .await
+        .unwrap();
     let m = wait_for("the insert", LONG, || async {
         let m = read(&client, "pg-items").await;
         (!m.is_empty()).then_some(m)
@@ -283,10 +342,20 @@ async fn never_streams_only_and_always_snapshots_again_with_a_reset() {
     assert_eq!(m[0]["key"], "3");
     let (code, log) = capture.stop().await;
     assert_eq!(code, 0, "{log}");
-    sql.batch_execute("DELETE FROM items WHERE id = 1").await.unwrap();
-    let capture = CaptureProcess::start(&db, &server.url(), &["--tables", "items", "--snapshot", "always"]).await;
+    sql.batch_execute("DELETE FROM items WHERE id = 1")
+        .await
+        .unwrap();
+    let capture = CaptureProcess::start(
+        &db,
+        &server.url(),
+        &["--tables", "items", "--snapshot", "always"],
+    )
+    .await;
     let messages = wait_converged(&client, "pg-items", &sql, "items", &capture).await;
-    let reset = messages.iter().position(|m| control(m) == Some("reset")).expect("a reset");
+    let reset = messages
+        .iter()
+        .position(|m| control(m) == Some("reset"))
+        .expect("a reset");
     assert_eq!(control(&messages[reset + 1]), Some("snapshot-start"));
     assert_eq!(check_last_section(&messages), 2);
     let (code, log) = capture.stop().await;
@@ -295,14 +364,18 @@ async fn never_streams_only_and_always_snapshots_again_with_a_reset() {
 
 #[tokio::test]
 async fn the_replication_session_exports_a_snapshot_other_connections_can_use() {
-    let Scenario { db, sql, pg: _pg, .. } = scenario(
+    let Scenario {
+        db, sql, pg: _pg, ..
+    } = scenario(
         "snap_session",
         "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);",
         DsServerOptions::default(),
     )
     .await;
     let target = PgTarget::parse(&db.url, None).unwrap();
-    let mut session = ReplicationSession::connect(&target).await.expect("scram login");
+    let mut session = ReplicationSession::connect(&target)
+        .await
+        .expect("scram login");
     assert!(session.server_version_num() >= 140_000);
     let slot = db.slot("sess");
     let exported = session.create_slot_exporting_snapshot(&slot).await.unwrap();
@@ -318,9 +391,16 @@ async fn the_replication_session_exports_a_snapshot_other_connections_can_use() 
         ))
         .await
         .unwrap();
-    let n: i64 = reader.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    let n: i64 = reader
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1, "the snapshot predates the second insert");
-    let again = session.create_slot_exporting_snapshot(&slot).await.unwrap_err();
+    let again = session
+        .create_slot_exporting_snapshot(&slot)
+        .await
+        .unwrap_err();
     assert_eq!(again.code(), Some("42710"), "{again}");
     session.terminate().await;
     let wrong = PgTarget::parse(&db.url.replace(&db.password, "wrong-password"), None).unwrap();

@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 
 use crate::pg::PgError;
 use crate::pg::ident::quote;
-use crate::pgoutput::{Column, ReplicaIdentity, Relation};
+use crate::pgoutput::{Column, Relation, ReplicaIdentity};
 
 use super::super::error::CaptureError;
 use super::super::message::TableInfo;
@@ -70,10 +70,12 @@ pub async fn published_tables(
     } else {
         TABLES_SQL_14
     };
-    let rows = sql
-        .query(query, &[&publication])
-        .await
-        .map_err(|e| PgError::query(format!("listing the tables of publication '{publication}'"), &e))?;
+    let rows = sql.query(query, &[&publication]).await.map_err(|e| {
+        PgError::query(
+            format!("listing the tables of publication '{publication}'"),
+            &e,
+        )
+    })?;
     let mut tables = Vec::with_capacity(rows.len());
     for row in rows {
         let oid: u32 = row.get(0);
@@ -86,7 +88,11 @@ pub async fn published_tables(
         let columns = columns(sql, oid, attnames.as_deref()).await?;
         let relation = Relation {
             oid,
-            namespace: if schema == "pg_catalog" { String::new() } else { schema.clone() },
+            namespace: if schema == "pg_catalog" {
+                String::new()
+            } else {
+                schema.clone()
+            },
             name: name.clone(),
             replica_identity: ReplicaIdentity::from_byte(identity.bytes().next().unwrap_or(b'd'))
                 .unwrap_or(ReplicaIdentity::Default),
@@ -100,7 +106,7 @@ pub async fn published_tables(
             estimated_rows: u64::try_from(estimated).unwrap_or(0),
         });
     }
-    tables.sort_by(|a, b| b.estimated_rows.cmp(&a.estimated_rows));
+    tables.sort_by_key(|t| std::cmp::Reverse(t.estimated_rows));
     Ok(tables)
 }
 
@@ -127,12 +133,21 @@ async fn columns(
 
 /// The query that reads a table's published rows and columns. The row filter is the
 /// server's own text of the publication's expression (`pg_get_expr`), not user input.
-pub fn select_sql(schema: &str, table: &str, columns: &[Column], row_filter: Option<&str>) -> String {
+pub fn select_sql(
+    schema: &str,
+    table: &str,
+    columns: &[Column],
+    row_filter: Option<&str>,
+) -> String {
     let list = if columns.is_empty() {
         // A table without published columns still has rows; pgoutput sends them empty.
         String::new()
     } else {
-        columns.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", ")
+        columns
+            .iter()
+            .map(|c| quote(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let mut sql = format!("SELECT {list} FROM {}.{}", quote(schema), quote(table));
     if let Some(filter) = row_filter {

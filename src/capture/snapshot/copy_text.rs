@@ -102,7 +102,12 @@ mod tests {
     fn columns_split_on_tabs_and_null_is_backslash_n() {
         assert_eq!(
             texts("1\thello\t\\N\t"),
-            vec![Some("1".into()), Some("hello".into()), None, Some("".into())]
+            vec![
+                Some("1".into()),
+                Some("hello".into()),
+                None,
+                Some("".into())
+            ]
         );
     }
 
@@ -113,7 +118,11 @@ mod tests {
             vec![Some("a\tb\nc\\d\re\u{8}f\u{c}g\u{b}h".into())]
         );
         assert_eq!(texts("\\101\\x42\\7"), vec![Some("AB\u{7}".into())]);
-        assert_eq!(texts("\\\\N"), vec![Some("\\N".into())], "an escaped backslash is not NULL");
+        assert_eq!(
+            texts("\\\\N"),
+            vec![Some("\\N".into())],
+            "an escaped backslash is not NULL"
+        );
         assert_eq!(texts("é\\tü"), vec![Some("é\tü".into())]);
     }
 

@@ -124,7 +124,11 @@ pub async fn prepare(
     let Some(reason) = decide(mode, exists, recorded) else {
         return source::prepare(sql, &cfg.source).await.map(Prepared::Start);
     };
-    tracing::info!(slot = slot_name, reason = reason.as_str(), "taking a snapshot of the published tables");
+    tracing::info!(
+        slot = slot_name,
+        reason = reason.as_str(),
+        "taking a snapshot of the published tables"
+    );
     state::begin(sql, slot_name).await?;
     if exists {
         source::drop_slot(sql, &cfg.source).await?;
@@ -322,7 +326,10 @@ pub async fn snapshot_tables(
         .await
         .map_err(|e| PgError::query("opening the snapshot transaction", &e))?;
     let row = holder
-        .query_one("SELECT pg_export_snapshot(), pg_current_wal_lsn()::text", &[])
+        .query_one(
+            "SELECT pg_export_snapshot(), pg_current_wal_lsn()::text",
+            &[],
+        )
         .await
         .map_err(|e| PgError::query("exporting a snapshot", &e))?;
     let (snapshot, lsn): (String, String) = (row.get(0), row.get(1));

@@ -26,7 +26,8 @@ impl Progress {
         let rows = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
         if std::io::stderr().is_terminal() {
-            let bar = ProgressBar::with_draw_target(Some(estimate.max(1)), ProgressDrawTarget::stderr());
+            let bar =
+                ProgressBar::with_draw_target(Some(estimate.max(1)), ProgressDrawTarget::stderr());
             let style = ProgressStyle::with_template(
                 "snapshot {bar:30} {human_pos}/~{human_len} rows  {per_sec}  ETA {eta}",
             )
@@ -81,7 +82,12 @@ impl Progress {
         let elapsed = self.started.elapsed();
         self.stop();
         let rate = rows as f64 / elapsed.as_secs_f64().max(0.001);
-        tracing::info!(rows, elapsed_ms = elapsed.as_millis() as u64, rows_per_sec = rate as u64, "snapshot delivered");
+        tracing::info!(
+            rows,
+            elapsed_ms = elapsed.as_millis() as u64,
+            rows_per_sec = rate as u64,
+            "snapshot delivered"
+        );
     }
 
     fn stop(&mut self) {
@@ -131,7 +137,13 @@ mod tests {
     #[test]
     fn rate_and_eta_follow_the_estimate() {
         let l = line(1000, 3000, Duration::from_secs(2));
-        assert_eq!(l, Line { rate: "500 rows/s".into(), eta: "4s".into() });
+        assert_eq!(
+            l,
+            Line {
+                rate: "500 rows/s".into(),
+                eta: "4s".into()
+            }
+        );
         assert_eq!(line(0, 100, Duration::from_secs(1)).eta, "unknown");
         assert_eq!(line(10, 0, Duration::from_secs(1)).eta, "unknown");
         assert_eq!(line(200, 100, Duration::from_secs(1)).eta, "soon");

@@ -59,7 +59,10 @@ pub async fn read_table(
     let sql = ctx.target.connect().await?;
     let mut begin = String::from("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
     if let Some(snapshot) = &ctx.snapshot {
-        begin.push_str(&format!("; SET TRANSACTION SNAPSHOT {}", snapshot_literal(snapshot)?));
+        begin.push_str(&format!(
+            "; SET TRANSACTION SNAPSHOT {}",
+            snapshot_literal(snapshot)?
+        ));
     }
     sql.batch_execute(&begin)
         .await
@@ -102,7 +105,11 @@ fn row(ctx: &ReadContext, table: &SnapshotTable, line: &[u8]) -> Result<SnapRow,
     };
     let texts = parse_line(line).map_err(|e| bad(e.to_string()))?;
     let values: Vec<Option<&str>> = texts.iter().map(|t| t.as_deref()).collect();
-    let values = if table.info.relation.columns.is_empty() { Vec::new() } else { values };
+    let values = if table.info.relation.columns.is_empty() {
+        Vec::new()
+    } else {
+        values
+    };
     let msg = message::snapshot_insert(&table.info, &values, ctx.lsn, ctx.time_micros)?;
     let stream = ctx.router.stream_for(&table.info, &msg)?;
     let json = serde_json::to_vec(&msg.message).map_err(|e| bad(e.to_string()))?;
@@ -144,7 +151,10 @@ mod tests {
 
     #[test]
     fn only_server_made_snapshot_names_are_used() {
-        assert_eq!(snapshot_literal("00000003-0000001B-1").unwrap(), "'00000003-0000001B-1'");
+        assert_eq!(
+            snapshot_literal("00000003-0000001B-1").unwrap(),
+            "'00000003-0000001B-1'"
+        );
         assert!(snapshot_literal("x'; DROP TABLE t; --").is_err());
         assert!(snapshot_literal("").is_err());
     }

@@ -143,7 +143,11 @@ mod tests {
         assert_eq!(decide(m, true, Unfinished), Some(Reason::Unfinished));
         assert_eq!(decide(m, false, Unfinished), Some(Reason::Unfinished));
         assert_eq!(decide(m, true, Done), None);
-        assert_eq!(decide(m, true, Never), None, "a slot made elsewhere is taken as is");
+        assert_eq!(
+            decide(m, true, Never),
+            None,
+            "a slot made elsewhere is taken as is"
+        );
     }
 
     #[test]

@@ -54,10 +54,12 @@ impl SnapshotSeqs {
     pub fn next(&mut self, stream: &Arc<str>) -> Result<Seq, CaptureError> {
         let counter = self.next.entry(Arc::clone(stream)).or_insert(0);
         let index = *counter;
-        *counter = counter.checked_add(1).ok_or_else(|| CaptureError::Snapshot {
-            table: String::new(),
-            reason: format!("more than {} messages for stream {stream}", u32::MAX),
-        })?;
+        *counter = counter
+            .checked_add(1)
+            .ok_or_else(|| CaptureError::Snapshot {
+                table: String::new(),
+                reason: format!("more than {} messages for stream {stream}", u32::MAX),
+            })?;
         Ok(Seq {
             commit_lsn: self.base,
             index,
@@ -242,7 +244,10 @@ mod tests {
         };
         assert!(a1 < first_change && b0 < first_change);
         let mut later = SnapshotSeqs::new(0x1_0000_0011);
-        assert!(later.next(&a).unwrap() > a1, "a later snapshot sorts after this one");
+        assert!(
+            later.next(&a).unwrap() > a1,
+            "a later snapshot sorts after this one"
+        );
         assert!(a1.header() < first_change.header());
     }
 }

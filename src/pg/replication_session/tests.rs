@@ -59,17 +59,29 @@ fn the_slot_row_becomes_an_exported_slot() {
 
 #[test]
 fn a_row_without_a_snapshot_or_with_a_bad_lsn_is_refused() {
-    let Message::DataRow(row) = data_row(&[Some("s1"), Some("0/1"), None, Some("pgoutput")])
-    else {
+    let Message::DataRow(row) = data_row(&[Some("s1"), Some("0/1"), None, Some("pgoutput")]) else {
         panic!("not a data row")
     };
     let texts = row_texts(&row).unwrap();
     assert_eq!(texts[2], None);
     let err = ExportedSlot::from_row(&texts).unwrap_err();
     assert!(err.contains("NULL"), "{err}");
-    let bad = vec![Some("s".into()), Some("nope".into()), Some("x".into()), Some("p".into())];
-    assert!(ExportedSlot::from_row(&bad).unwrap_err().contains("not an LSN"));
-    assert!(ExportedSlot::from_row(&[]).unwrap_err().contains("0 columns"));
+    let bad = vec![
+        Some("s".into()),
+        Some("nope".into()),
+        Some("x".into()),
+        Some("p".into()),
+    ];
+    assert!(
+        ExportedSlot::from_row(&bad)
+            .unwrap_err()
+            .contains("not an LSN")
+    );
+    assert!(
+        ExportedSlot::from_row(&[])
+            .unwrap_err()
+            .contains("0 columns")
+    );
 }
 
 #[test]
@@ -115,9 +127,7 @@ fn scram_starts_with_the_mechanism_and_a_client_nonce() {
     assert!(text.contains("n,,n=,r="), "{text}");
     assert!(!text.contains("secret"));
     // A server-first message with a nonce that does not extend ours is refused.
-    let err = a
-        .step(&auth(11, b"r=other,s=c2FsdA==,i=4096"))
-        .unwrap_err();
+    let err = a.step(&auth(11, b"r=other,s=c2FsdA==,i=4096")).unwrap_err();
     assert!(matches!(err, AuthFailure::Failed(_)), "{err:?}");
 }
 

@@ -66,6 +66,8 @@ pub struct CaptureFile {
     pub max_buffer_bytes: Option<usize>,
     pub max_in_flight: Option<usize>,
     pub request_timeout_ms: Option<u64>,
+    pub snapshot: Option<crate::capture::snapshot::SnapshotMode>,
+    pub snapshot_workers: Option<usize>,
 }
 
 /// Where a setting's value came from.

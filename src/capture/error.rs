@@ -54,6 +54,17 @@ pub enum CaptureError {
     },
     #[error("stopped before every change in flight was delivered (second interrupt)")]
     Interrupted,
+    /// Boxed: the server's error fields would make every capture result large.
+    #[error(transparent)]
+    Session(Box<crate::pg::replication_session::SessionError>),
+    #[error("snapshot {table}: {reason}")]
+    Snapshot { table: String, reason: String },
+}
+
+impl From<crate::pg::replication_session::SessionError> for CaptureError {
+    fn from(e: crate::pg::replication_session::SessionError) -> Self {
+        CaptureError::Session(Box::new(e))
+    }
 }
 
 impl CaptureError {
@@ -62,6 +73,11 @@ impl CaptureError {
         match self {
             CaptureError::Replication { transient, .. } => *transient,
             CaptureError::Pg(PgError::Connect { .. }) => true,
+            CaptureError::Session(e) => matches!(
+                **e,
+                crate::pg::replication_session::SessionError::Connect { .. }
+                    | crate::pg::replication_session::SessionError::Closed { .. }
+            ),
             CaptureError::SlotBusy { .. } => true,
             _ => false,
         }

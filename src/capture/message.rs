@@ -203,6 +203,13 @@ pub enum MessageError {
 
     #[error("delete from table {table} carries neither a key nor an old tuple")]
     MissingOldTuple { table: String },
+
+    #[error("snapshot row of table {table} has {got} columns, the table publishes {expected}")]
+    SnapshotColumns {
+        table: String,
+        expected: usize,
+        got: usize,
+    },
 }
 
 /// Whether a snapshot control message opens or closes the initial copy.
@@ -268,6 +275,50 @@ pub fn build(
             Ok(vec![delete_message(table, meta, &old)?])
         }
     }
+}
+
+/// An insert message for a row read by a snapshot: the same `type`, key and values a
+/// streamed insert of that row would carry, so a client materializing by (`type`, `key`)
+/// sees one row. `headers` has `operation`, `lsn` (the snapshot's position) and
+/// `timestamp` (when the snapshot was taken), and no `txid`.
+pub fn snapshot_insert(
+    table: &TableInfo,
+    values: &[Option<&str>],
+    lsn: u64,
+    time_micros: i64,
+) -> Result<RowMessage, MessageError> {
+    if values.len() != table.relation.columns.len() {
+        return Err(MessageError::SnapshotColumns {
+            table: table.qualified_name(),
+            expected: table.relation.columns.len(),
+            got: values.len(),
+        });
+    }
+    let cells: Vec<Cell<'_>> = values
+        .iter()
+        .map(|v| v.map_or(Cell::Null, Cell::Text))
+        .collect();
+    let key = encode_key(table, &cells, Operation::Insert)?;
+    let mut message = row_message(
+        table,
+        &TxMeta {
+            xid: 0,
+            commit_lsn: lsn,
+            commit_time_micros: time_micros,
+        },
+        Operation::Insert,
+        key,
+        &cells,
+        None,
+    );
+    if let Some(headers) = message
+        .message
+        .get_mut("headers")
+        .and_then(Value::as_object_mut)
+    {
+        headers.remove("txid");
+    }
+    Ok(message)
 }
 
 fn build_update(

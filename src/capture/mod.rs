@@ -26,6 +26,7 @@ pub mod message;
 mod pipeline;
 pub mod route;
 mod sender;
+pub mod snapshot;
 pub mod source;
 
 pub use error::CaptureError;

@@ -50,6 +50,8 @@ pub struct CaptureConfig {
     pub max_buffer_bytes: usize,
     /// POSTs in flight at once, over all streams.
     pub max_in_flight: usize,
+    /// When and how to snapshot the published tables before streaming.
+    pub snapshot: super::snapshot::SnapshotOptions,
 }
 
 /// Runs capture until `shutdown` (graceful) or `hard_stop` (second signal), reconnecting on
@@ -59,8 +61,11 @@ pub async fn run(
     shutdown: &CancellationToken,
     hard_stop: &CancellationToken,
 ) -> Result<(), CaptureError> {
-    let sql = cfg.source.target.connect().await?;
-    let mut start = source::prepare(&sql, &cfg.source).await?;
+    let mut sql = cfg.source.target.connect().await?;
+    let mut start = match super::snapshot::prepare(&mut sql, cfg, shutdown, hard_stop).await? {
+        super::snapshot::Prepared::Start(start) => start,
+        super::snapshot::Prepared::Stopped => return Ok(()),
+    };
     let mut backoff = Backoff::new(
         std::time::Duration::from_millis(200),
         std::time::Duration::from_secs(10),
@@ -454,7 +459,7 @@ impl<'a> Session<'a> {
     }
 }
 
-fn too_large(batch: &Batch) -> CaptureError {
+pub(super) fn too_large(batch: &Batch) -> CaptureError {
     let msg: serde_json::Value = batch
         .messages
         .first()

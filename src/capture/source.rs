@@ -37,7 +37,10 @@ pub async fn prepare(sql: &Client, cfg: &SourceConfig) -> Result<u64, CaptureErr
     confirmed_position(sql, &cfg.slot).await
 }
 
-async fn ensure_publication(sql: &Client, cfg: &SourceConfig) -> Result<(), CaptureError> {
+pub(crate) async fn ensure_publication(
+    sql: &Client,
+    cfg: &SourceConfig,
+) -> Result<(), CaptureError> {
     let specs: Vec<TableSpec> = cfg
         .tables
         .iter()
@@ -87,6 +90,21 @@ pub async fn confirmed_position(sql: &Client, slot_name: &str) -> Result<u64, Ca
     }
     let lsn = info.confirmed_flush_lsn.unwrap_or_default();
     Ok(Lsn::parse(&lsn).map(|l| l.as_u64()).unwrap_or(0))
+}
+
+/// Drops the slot before a snapshot recreates it. A walsender of a killed instance may
+/// hold it for a moment, so an active slot is waited for briefly; one that stays held is
+/// an error unless `takeover`.
+pub(crate) async fn drop_slot(sql: &Client, cfg: &SourceConfig) -> Result<(), CaptureError> {
+    for _ in 0..100 {
+        if !slot::status(sql, &cfg.slot).await?.active {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    slot::drop(sql, &cfg.slot, cfg.takeover).await?;
+    tracing::info!(slot = %cfg.slot, "dropped replication slot to snapshot again");
+    Ok(())
 }
 
 /// Waits for the slot to be free, terminating its holder with `takeover`.

@@ -205,6 +205,14 @@ pub struct CaptureArgs {
     /// Timeout of one HTTP request to the DS server, in ms [default: 10000]
     #[arg(long, env = "DS_SYNC_REQUEST_TIMEOUT_MS", value_name = "MS")]
     pub request_timeout_ms: Option<u64>,
+    /// When to send the published tables' existing rows before streaming: initial (when
+    /// run creates the slot, and again after an unfinished snapshot), always (recreate the
+    /// slot and snapshot on every start), never [default: initial]
+    #[arg(long, env = "DS_SYNC_SNAPSHOT", value_enum, value_name = "WHEN")]
+    pub snapshot: Option<crate::capture::snapshot::SnapshotMode>,
+    /// Tables a snapshot reads in parallel [default: 4]
+    #[arg(long, env = "DS_SYNC_SNAPSHOT_WORKERS", value_name = "N")]
+    pub snapshot_workers: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -104,6 +104,14 @@ fn capture_config(
             .or(file.max_buffer_bytes)
             .unwrap_or(16 << 20),
         max_in_flight: args.max_in_flight.or(file.max_in_flight).unwrap_or(16),
+        snapshot: crate::capture::snapshot::SnapshotOptions {
+            mode: args.snapshot.or(file.snapshot).unwrap_or_default(),
+            workers: args
+                .snapshot_workers
+                .or(file.snapshot_workers)
+                .unwrap_or(4)
+                .max(1),
+        },
     })
 }
 

@@ -6,6 +6,7 @@
 //! SQLSTATE kept so callers can decide on codes, never on message text.
 
 pub mod ident;
+pub mod replication_session;
 
 use std::fmt;
 use std::str::FromStr;

@@ -319,8 +319,12 @@ pub async fn wait_streaming(db: &TestDb) {
         std::time::Duration::from_secs(90),
         || async {
             let row = client
+                // Held by the streaming connection, not by the snapshot's session (which
+                // holds the slot while it creates it).
                 .query_opt(
-                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                    "SELECT s.active FROM pg_replication_slots s \
+                     JOIN pg_stat_activity a ON a.pid = s.active_pid \
+                     WHERE s.slot_name = $1 AND a.application_name = 'ds-sync'",
                     &[&slot],
                 )
                 .await

@@ -14,3 +14,4 @@ mod harness;
 mod init;
 mod publication;
 mod slot;
+mod snapshot;

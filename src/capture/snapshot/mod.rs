@@ -1,0 +1,381 @@
+//! The initial snapshot: rows that exist before capture starts reach the streams, followed
+//! by every change after them, with no gap and no duplicate between the two.
+//!
+//! ```text
+//!  replication session: CREATE_REPLICATION_SLOT .. (SNAPSHOT 'export') ─▶ consistent point C, snapshot S
+//!        │ (idle: S lives as long as the session)
+//!  readers ×N: BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT S; COPY (SELECT cols FROM t WHERE filter)
+//!        │ rows ─▶ bounded channel ─▶ writer: [reset] snapshot-start, insert.., snapshot-end
+//!        ▼                                    Stream-Seq (C-1, n) per stream
+//!  session ends; streaming starts at C: every change committed at or after C, Stream-Seq (lsn ≥ C, i)
+//! ```
+//!
+//! The snapshot shows exactly the transactions committed before C, and the slot streams
+//! exactly those committed from C on, so the hand-off has neither gap nor overlap. Snapshot
+//! messages sort below every streamed change, and the DS server refuses a sequence that is
+//! not above the stream's last, so a replayed POST is skipped like a replayed change.
+//!
+//! **Crash mid-snapshot.** An exported snapshot dies with its session, so a snapshot cannot
+//! resume. `ds_sync.snapshots` is marked `running` before the slot is created and `done`
+//! after the last row is acknowledged. A start that finds `running` drops the slot, creates
+//! it again with a fresh snapshot and snapshots again, sending `reset` first to every
+//! stream any earlier snapshot of the slot wrote to (recorded in `ds_sync.snapshot_streams`
+//! before a stream's first message). The new consistent point is higher, so the whole new
+//! section sorts after the partial one: a client that applies `reset` ends with the table.
+//!
+//! **Modes** ([`SnapshotMode`]): `initial` snapshots when `run` creates the slot (and
+//! after an unfinished snapshot); `always` recreates the slot and snapshots on every start;
+//! `never` only streams.
+
+mod catalog;
+mod copy_text;
+mod progress;
+mod reader;
+mod state;
+mod writer;
+
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::ds::DsClient;
+use crate::pg::replication_session::ReplicationSession;
+use crate::pg::{PgError, PgTarget};
+use crate::slot;
+
+use super::batch::Limits;
+use super::error::CaptureError;
+use super::message::format_lsn;
+use super::pipeline::CaptureConfig;
+use super::route::Router;
+use super::source;
+
+pub use catalog::SnapshotTable;
+pub use copy_text::{CopyTextError, parse_line};
+pub use reader::ReadContext;
+pub use state::{Reason, Recorded, decide};
+pub use writer::SnapshotSeqs;
+
+use reader::Item;
+use writer::{StreamRecord, Writer};
+
+/// When `run` snapshots, for docs and `--help`.
+pub const SNAPSHOT_MODE_DOC: &str = "\
+initial: snapshot when run creates the slot, and again after a snapshot that did not finish; \
+always: recreate the slot and snapshot on every start; never: stream changes only";
+
+/// When `run` snapshots the published tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMode {
+    #[default]
+    Initial,
+    Always,
+    Never,
+}
+
+/// Snapshot settings of `run`.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotOptions {
+    pub mode: SnapshotMode,
+    /// Tables read in parallel.
+    pub workers: usize,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        SnapshotOptions {
+            mode: SnapshotMode::Initial,
+            workers: 4,
+        }
+    }
+}
+
+/// How preparing capture ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prepared {
+    /// Stream from this position.
+    Start(u64),
+    /// A shutdown came during the snapshot: the next start snapshots again.
+    Stopped,
+}
+
+/// Creates the publication and slot as `source::prepare` does, snapshotting when the mode
+/// says so; returns where streaming starts.
+pub async fn prepare(
+    sql: &mut Client,
+    cfg: &CaptureConfig,
+    shutdown: &CancellationToken,
+    hard_stop: &CancellationToken,
+) -> Result<Prepared, CaptureError> {
+    let mode = cfg.snapshot.mode;
+    if mode == SnapshotMode::Never {
+        return source::prepare(sql, &cfg.source).await.map(Prepared::Start);
+    }
+    crate::schema::apply(sql).await?;
+    let sql: &Client = sql;
+    let slot_name = cfg.source.slot.as_str();
+    source::ensure_publication(sql, &cfg.source).await?;
+    let exists = slot::find(sql, slot_name).await?.is_some();
+    let recorded = state::load(sql, slot_name).await?;
+    let Some(reason) = decide(mode, exists, recorded) else {
+        return source::prepare(sql, &cfg.source).await.map(Prepared::Start);
+    };
+    tracing::info!(
+        slot = slot_name,
+        reason = reason.as_str(),
+        "taking a snapshot of the published tables"
+    );
+    state::begin(sql, slot_name).await?;
+    if exists {
+        source::drop_slot(sql, &cfg.source).await?;
+    }
+    let mut session = ReplicationSession::connect(&cfg.source.target).await?;
+    let exported = session.create_slot_exporting_snapshot(slot_name).await?;
+    let point = exported.consistent_point;
+    tracing::info!(slot = slot_name, consistent_point = %format_lsn(point), "created replication slot with an exported snapshot");
+    state::set_point(sql, slot_name, &format_lsn(point)).await?;
+    let reset = exists || recorded != Recorded::Never;
+    let reset_streams = if reset {
+        state::streams(sql, slot_name).await?
+    } else {
+        Vec::new()
+    };
+    let tables = catalog::published_tables(sql, &cfg.source.publication).await?;
+    for table in &tables {
+        cfg.router.validate(&table.info)?;
+    }
+    let job = CopyJob {
+        read: ReadContext {
+            target: cfg.source.target.clone(),
+            snapshot: Some(exported.snapshot_name.clone()),
+            router: Arc::new(cfg.router.clone()),
+            lsn: point,
+            time_micros: now_micros(),
+        },
+        tables,
+        ds: cfg.ds.clone(),
+        limits: cfg.limits,
+        max_in_flight: cfg.max_in_flight,
+        max_buffer_bytes: cfg.max_buffer_bytes,
+        workers: cfg.snapshot.workers,
+        consistent_point: point,
+        reset,
+        reset_streams,
+    };
+    let record = StreamRecord {
+        sql,
+        slot: slot_name,
+    };
+    let end = copy(job, Some(record), shutdown, hard_stop).await;
+    session.terminate().await;
+    match end? {
+        CopyEnd::Done { rows } => {
+            state::finish(sql, slot_name, rows).await?;
+            let start = source::confirmed_position(sql, slot_name).await?;
+            Ok(Prepared::Start(start.max(point)))
+        }
+        CopyEnd::Stopped => {
+            tracing::info!("stopped during the snapshot; the next start takes it again");
+            Ok(Prepared::Stopped)
+        }
+    }
+}
+
+/// One snapshot copy: what to read and where to deliver it.
+pub struct CopyJob {
+    pub read: ReadContext,
+    pub tables: Vec<SnapshotTable>,
+    pub ds: DsClient,
+    pub limits: Limits,
+    pub max_in_flight: usize,
+    pub max_buffer_bytes: usize,
+    /// Tables read at once.
+    pub workers: usize,
+    /// Snapshot messages sort just below this position.
+    pub consistent_point: u64,
+    /// Send `reset` before each stream's `snapshot-start`.
+    pub reset: bool,
+    /// Streams framed (and reset) even when no row goes to them now.
+    pub reset_streams: Vec<String>,
+}
+
+/// How a copy ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyEnd {
+    /// Every row and frame was acknowledged by the DS server.
+    Done { rows: u64 },
+    /// Shutdown before the end.
+    Stopped,
+}
+
+/// Reads the job's tables in parallel and delivers their rows; returns once the DS server
+/// acknowledged everything.
+async fn copy(
+    job: CopyJob,
+    record: Option<StreamRecord<'_>>,
+    shutdown: &CancellationToken,
+    hard_stop: &CancellationToken,
+) -> Result<CopyEnd, CaptureError> {
+    let estimate = job.tables.iter().map(|t| t.estimated_rows).sum();
+    let progress = progress::Progress::start(estimate);
+    let mut writer = Writer::new(
+        job.ds.clone(),
+        job.limits,
+        job.max_in_flight,
+        job.consistent_point,
+        job.reset,
+        record,
+        hard_stop,
+    );
+    for stream in &job.reset_streams {
+        writer.touch(stream).await?;
+    }
+    writer.commit();
+    let workers = job.workers.max(1);
+    let (tx, mut rx) = mpsc::channel::<Item>(workers * 4);
+    let mut readers = spawn_readers(&job, &tx, workers);
+    drop(tx);
+    let mut reading = true;
+    loop {
+        writer.dispatch();
+        if !reading && writer.is_idle() {
+            break;
+        }
+        let room = writer.buffered_bytes() < job.max_buffer_bytes;
+        tokio::select! {
+            biased;
+            Some(done) = writer.next_delivery(), if writer.has_in_flight() => done?,
+            _ = hard_stop.cancelled() => return Err(CaptureError::Interrupted),
+            _ = shutdown.cancelled() => return Ok(CopyEnd::Stopped),
+            item = rx.recv(), if reading && room => match item {
+                // An empty table's stream is framed only when it may hold older rows that
+                // the reset must clear; otherwise a table without rows sends nothing.
+                Some(Item::Touch(stream)) => {
+                    if job.reset {
+                        writer.touch(&stream).await?;
+                        writer.commit();
+                    }
+                }
+                Some(Item::Rows(rows)) => {
+                    let n = rows.len() as u64;
+                    for row in rows {
+                        writer.row(&row.stream, row.json).await?;
+                    }
+                    writer.commit();
+                    progress.add(n);
+                }
+                None => {
+                    // Every reader dropped its sender: collect their results before the
+                    // frames close, so a failed table never looks finished.
+                    while let Some(joined) = readers.join_next().await {
+                        joined.map_err(|e| CaptureError::Snapshot {
+                            table: String::new(),
+                            reason: format!("a reader task failed: {e}"),
+                        })??;
+                    }
+                    reading = false;
+                    writer.end()?;
+                }
+            },
+        }
+    }
+    let rows = writer.rows;
+    progress.finish();
+    Ok(CopyEnd::Done { rows })
+}
+
+fn spawn_readers(
+    job: &CopyJob,
+    tx: &mpsc::Sender<Item>,
+    workers: usize,
+) -> JoinSet<Result<(), CaptureError>> {
+    let permits = Arc::new(Semaphore::new(workers));
+    let mut readers = JoinSet::new();
+    for table in job.tables.iter().cloned() {
+        let (ctx, tx, permits) = (job.read.clone(), tx.clone(), Arc::clone(&permits));
+        readers.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let rows = reader::read_table(&ctx, &table, &tx).await?;
+            tracing::debug!(table = %table.info.qualified_name(), rows, "table read");
+            Ok(())
+        });
+    }
+    readers
+}
+
+/// Snapshots the publication's tables (all, or those named in `only` by `type` or
+/// `schema.table`) into their streams, outside any slot: the snapshot is one exported from
+/// a plain transaction, and messages sort just below the current WAL position. For timing
+/// the snapshot path (benchmarks) and for tools; `run` uses [`prepare`].
+pub async fn snapshot_tables(
+    target: &PgTarget,
+    publication: &str,
+    only: Option<&[String]>,
+    ds: DsClient,
+    router: Router,
+    limits: Limits,
+    workers: usize,
+) -> Result<u64, CaptureError> {
+    let holder = target.connect().await?;
+    holder
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(|e| PgError::query("opening the snapshot transaction", &e))?;
+    let row = holder
+        .query_one(
+            "SELECT pg_export_snapshot(), pg_current_wal_lsn()::text",
+            &[],
+        )
+        .await
+        .map_err(|e| PgError::query("exporting a snapshot", &e))?;
+    let (snapshot, lsn): (String, String) = (row.get(0), row.get(1));
+    let point = pgwire_replication::Lsn::parse(&lsn).map_or(0, |l| l.as_u64());
+    let mut tables = catalog::published_tables(&holder, publication).await?;
+    if let Some(only) = only {
+        tables.retain(|t| {
+            only.iter()
+                .any(|n| *n == t.info.type_name || *n == t.info.qualified_name())
+        });
+    }
+    for table in &tables {
+        router.validate(&table.info)?;
+    }
+    let job = CopyJob {
+        read: ReadContext {
+            target: target.clone(),
+            snapshot: Some(snapshot),
+            router: Arc::new(router),
+            lsn: point,
+            time_micros: now_micros(),
+        },
+        tables,
+        ds,
+        limits,
+        max_in_flight: 16,
+        max_buffer_bytes: 32 << 20,
+        workers,
+        consistent_point: point,
+        reset: false,
+        reset_streams: Vec::new(),
+    };
+    let never = CancellationToken::new();
+    let end = copy(job, None, &never, &never).await?;
+    let _ = holder.batch_execute("COMMIT").await;
+    Ok(match end {
+        CopyEnd::Done { rows } => rows,
+        CopyEnd::Stopped => 0,
+    })
+}
+
+/// Now, in microseconds since 2000-01-01 UTC (the PostgreSQL epoch).
+fn now_micros() -> i64 {
+    const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    unix - PG_EPOCH_UNIX_SECS * 1_000_000
+}

@@ -1,0 +1,253 @@
+//! The snapshot's side of delivery: rows from the readers into per-stream batches, with
+//! sequence numbers that sort before every change the slot streams.
+//!
+//! Each stream's snapshot section is `[reset] snapshot-start, insert..., snapshot-end`.
+//! Its messages carry `Seq { commit_lsn: consistent_point - 1, index: 0, 1, 2, ... }`,
+//! counted per stream in the order they are queued, which is the order they are POSTed
+//! (one POST in flight per stream). Changes the slot streams commit at or after the
+//! consistent point, so their sequences are higher; a later snapshot (restart, `always`)
+//! has a higher consistent point, so its messages sort after everything before it.
+//! Several readers may feed one stream (routes that map tables to one stream): the counter
+//! is per stream, not per table, so that stays increasing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::ds::DsClient;
+
+use super::super::batch::{Batch, Limits, OutMessage, Queues, Seq};
+use super::super::error::CaptureError;
+use super::super::message::{self, SnapshotControl};
+use super::super::sender::{Delivery, deliver};
+use super::state;
+
+/// Where streams a snapshot writes to are recorded before their first message.
+pub struct StreamRecord<'a> {
+    pub sql: &'a Client,
+    pub slot: &'a str,
+}
+
+/// Per-stream sequence numbers of one snapshot. Pure.
+#[derive(Debug)]
+pub struct SnapshotSeqs {
+    base: u64,
+    next: HashMap<Arc<str>, u32>,
+}
+
+impl SnapshotSeqs {
+    /// Sequences just below `consistent_point`.
+    pub fn new(consistent_point: u64) -> SnapshotSeqs {
+        SnapshotSeqs {
+            base: consistent_point.saturating_sub(1),
+            next: HashMap::new(),
+        }
+    }
+
+    /// The next sequence of `stream`; an error past `u32::MAX` messages in one stream.
+    pub fn next(&mut self, stream: &Arc<str>) -> Result<Seq, CaptureError> {
+        let counter = self.next.entry(Arc::clone(stream)).or_insert(0);
+        let index = *counter;
+        *counter = counter
+            .checked_add(1)
+            .ok_or_else(|| CaptureError::Snapshot {
+                table: String::new(),
+                reason: format!("more than {} messages for stream {stream}", u32::MAX),
+            })?;
+        Ok(Seq {
+            commit_lsn: self.base,
+            index,
+        })
+    }
+}
+
+/// Queues, delivery tasks and the snapshot framing of each stream.
+pub struct Writer<'a> {
+    ds: DsClient,
+    queues: Queues,
+    seqs: SnapshotSeqs,
+    in_flight: JoinSet<(Batch, Delivery)>,
+    permits: Arc<Semaphore>,
+    ensured: HashSet<Arc<str>>,
+    /// Streams framed so far, in first-touch order.
+    touched: Vec<Arc<str>>,
+    touched_set: HashSet<Arc<str>>,
+    /// Send `reset` before `snapshot-start` (the stream may hold older rows).
+    reset: bool,
+    record: Option<StreamRecord<'a>>,
+    hard_stop: CancellationToken,
+    pub rows: u64,
+}
+
+impl<'a> Writer<'a> {
+    pub fn new(
+        ds: DsClient,
+        limits: Limits,
+        max_in_flight: usize,
+        consistent_point: u64,
+        reset: bool,
+        record: Option<StreamRecord<'a>>,
+        hard_stop: &CancellationToken,
+    ) -> Writer<'a> {
+        Writer {
+            ds,
+            queues: Queues::new(limits),
+            seqs: SnapshotSeqs::new(consistent_point),
+            in_flight: JoinSet::new(),
+            permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            ensured: HashSet::new(),
+            touched: Vec::new(),
+            touched_set: HashSet::new(),
+            reset,
+            record,
+            hard_stop: hard_stop.clone(),
+            rows: 0,
+        }
+    }
+
+    pub fn buffered_bytes(&self) -> usize {
+        self.queues.buffered_bytes()
+    }
+
+    /// Frames `stream` on first use: records it, then `[reset] snapshot-start`.
+    pub async fn touch(&mut self, stream: &str) -> Result<Arc<str>, CaptureError> {
+        if let Some(key) = self.touched_set.get(stream) {
+            return Ok(Arc::clone(key));
+        }
+        if let Some(record) = &self.record {
+            state::record_stream(record.sql, record.slot, stream).await?;
+        }
+        let key: Arc<str> = Arc::from(stream);
+        if self.reset {
+            self.push_json(&key, &message::reset_message())?;
+        }
+        self.push_json(&key, &message::snapshot_control(SnapshotControl::Start))?;
+        self.touched.push(Arc::clone(&key));
+        self.touched_set.insert(Arc::clone(&key));
+        Ok(key)
+    }
+
+    /// Queues one row.
+    pub async fn row(&mut self, stream: &str, json: Bytes) -> Result<(), CaptureError> {
+        let key = self.touch(stream).await?;
+        let seq = self.seqs.next(&key)?;
+        self.queues.push(&key, OutMessage { json, tx: 0, seq });
+        self.rows += 1;
+        Ok(())
+    }
+
+    fn push_json(&mut self, key: &Arc<str>, value: &serde_json::Value) -> Result<(), CaptureError> {
+        let json = Bytes::from(serde_json::to_vec(value).unwrap_or_default());
+        let seq = self.seqs.next(key)?;
+        self.queues.push(key, OutMessage { json, tx: 0, seq });
+        Ok(())
+    }
+
+    /// Queues `snapshot-end` on every framed stream.
+    pub fn end(&mut self) -> Result<(), CaptureError> {
+        let end = message::snapshot_control(SnapshotControl::End);
+        for key in self.touched.clone() {
+            self.push_json(&key, &end)?;
+        }
+        self.queues.commit();
+        Ok(())
+    }
+
+    /// Everything queued so far may be sent.
+    pub fn commit(&mut self) {
+        self.queues.commit();
+    }
+
+    /// True when nothing is queued or in flight.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.is_empty() && self.queues.is_idle()
+    }
+
+    /// Starts every POST that may go now.
+    pub fn dispatch(&mut self) {
+        for batch in self.queues.take_ready(Instant::now()) {
+            let client = self.ds.clone();
+            let permits = Arc::clone(&self.permits);
+            let hard_stop = self.hard_stop.clone();
+            let ensure = !self.ensured.contains(&batch.stream);
+            self.in_flight.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let delivery = deliver(&client, &batch, ensure, &hard_stop).await;
+                (batch, delivery)
+            });
+        }
+    }
+
+    /// Waits for one POST to finish and books it; `None` when none is in flight.
+    pub async fn next_delivery(&mut self) -> Option<Result<(), CaptureError>> {
+        let joined = self.in_flight.join_next().await?;
+        Some(match joined {
+            Ok((batch, delivery)) => self.delivered(batch, delivery),
+            Err(e) => Err(CaptureError::Replication {
+                reason: format!("a delivery task failed: {e}"),
+                transient: false,
+            }),
+        })
+    }
+
+    pub fn has_in_flight(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+
+    fn delivered(&mut self, batch: Batch, delivery: Delivery) -> Result<(), CaptureError> {
+        match delivery {
+            Delivery::Written | Delivery::AlreadyWritten => {
+                self.ensured.insert(Arc::clone(&batch.stream));
+                self.queues
+                    .finished(&batch, matches!(delivery, Delivery::Written));
+                Ok(())
+            }
+            Delivery::TooLarge => match batch.clone().split() {
+                Some((a, b)) => {
+                    self.queues.requeue_front(vec![a, b]);
+                    Ok(())
+                }
+                None => Err(super::super::pipeline::too_large(&batch)),
+            },
+            Delivery::Failed(source) => Err(CaptureError::Ds {
+                stream: batch.stream.to_string(),
+                source,
+            }),
+            Delivery::Cancelled => Err(CaptureError::Interrupted),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_seqs_sit_below_the_consistent_point_and_count_per_stream() {
+        let mut seqs = SnapshotSeqs::new(0x1_0000_0010);
+        let a: Arc<str> = Arc::from("a");
+        let b: Arc<str> = Arc::from("b");
+        let a0 = seqs.next(&a).unwrap();
+        let a1 = seqs.next(&a).unwrap();
+        let b0 = seqs.next(&b).unwrap();
+        assert_eq!((a0.index, a1.index, b0.index), (0, 1, 0));
+        assert!(a0 < a1);
+        let first_change = Seq {
+            commit_lsn: 0x1_0000_0010,
+            index: 0,
+        };
+        assert!(a1 < first_change && b0 < first_change);
+        let mut later = SnapshotSeqs::new(0x1_0000_0011);
+        assert!(
+            later.next(&a).unwrap() > a1,
+            "a later snapshot sorts after this one"
+        );
+        assert!(a1.header() < first_change.header());
+    }
+}

@@ -7,12 +7,14 @@
 //!
 //! * [`stack`]: the servers, and ds-sync as a child process (RSS, CPU).
 //! * [`capture`]: `capture-drain`, `memory` (ceiling: `pg_recvlogical`), `capture-latency`.
+//! * [`snapshot`]: the initial snapshot (baseline: `psql \copy` of the same table).
 //! * [`naive`]: the sync-layer document's example design on the same load.
 //! * [`report`]: table, JSON, Markdown and SVG charts.
 
 mod capture;
 mod naive;
 pub mod report;
+mod snapshot;
 mod stack;
 mod tail;
 mod workload;
@@ -35,6 +37,9 @@ pub enum Scenario {
     /// The sync-layer document's example design (one unbatched POST per change, no
     /// sequence numbers) on the capture-drain load, next to ds-sync
     Naive,
+    /// Existing rows of one table through the initial snapshot into DS; baseline: psql
+    /// \copy of the same table to /dev/null
+    Snapshot,
 }
 
 impl Scenario {
@@ -44,6 +49,7 @@ impl Scenario {
             Scenario::CaptureLatency => "capture-latency",
             Scenario::Memory => "memory",
             Scenario::Naive => "naive",
+            Scenario::Snapshot => "snapshot",
         }
     }
 }
@@ -147,6 +153,7 @@ pub async fn run(opts: &BenchOptions) -> Result<(Report, PathBuf), BenchError> {
         Scenario::CaptureLatency => capture::latency(&ctx, &mut report).await?,
         Scenario::Memory => capture::memory(&ctx, &mut report).await?,
         Scenario::Naive => naive::run(&ctx, &mut report).await?,
+        Scenario::Snapshot => snapshot::run(&ctx, &mut report).await?,
     }
     report.duration_secs = started.elapsed().as_secs_f64();
     report.write(&dir)?;

@@ -334,6 +334,81 @@ async fn a_change_larger_than_the_server_accepts_stops_with_table_and_key() {
     assert!(after, "the slot did not move past the undelivered change");
 }
 
+/// A batch the server refuses with 413 is split and its halves retried in order: when the
+/// stream's limit falls in the middle of a transaction, everything before the limit arrives,
+/// once and in order, and ds-sync stops naming the first row that no longer fits.
+#[tokio::test]
+async fn a_refused_batch_is_split_and_delivers_its_prefix_in_order() {
+    let small = DsServerOptions {
+        max_stream_bytes: 16 * 1024,
+        ..DsServerOptions::default()
+    };
+    let Scenario {
+        server,
+        client,
+        db,
+        sql,
+        pg: _pg,
+    } = scenario(
+        "fault_split",
+        "CREATE TABLE s (id int PRIMARY KEY, body text)",
+        small,
+    )
+    .await;
+    let mut capture = start_streaming(&db, &server.url(), &["--tables", "s"]).await;
+    // A first accepted POST ends recovery mode (one message per POST after a start), so the
+    // transaction below leaves as one batch.
+    sql.execute("INSERT INTO s VALUES (0, 'first')", &[])
+        .await
+        .unwrap();
+    wait_for("the first row in the stream", LONG, || async {
+        (client.read_all("pg-s").await.map(|m| m.len()).unwrap_or(0) == 1).then_some(())
+    })
+    .await;
+    sql.execute(
+        "INSERT INTO s SELECT g, repeat('z', 600) FROM generate_series(1, 60) g",
+        &[],
+    )
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + LONG;
+    let code = loop {
+        if let Some(code) = capture.try_exit() {
+            break code;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ds-sync did not stop at the stream limit:\n{}",
+            capture.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = capture.log();
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        log.contains("splitting"),
+        "the refused batch was split:\n{log}"
+    );
+    let ids: Vec<i64> = client
+        .read_all("pg-s")
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m["value"]["id"].as_i64().expect("an id"))
+        .collect();
+    let last = ids.len() as i64 - 1;
+    assert!(
+        (15..60).contains(&last),
+        "more rows than one split half fit in 16 KiB: {ids:?}"
+    );
+    assert_eq!(ids, (0..=last).collect::<Vec<_>>(), "in order, once each");
+    let next = last + 1;
+    assert!(
+        log.contains("table s") && log.contains(&format!("key {next}")),
+        "the error names the first row that did not fit (key {next}):\n{log}"
+    );
+}
+
 #[tokio::test]
 async fn sigterm_delivers_then_confirms_everything() {
     let Scenario {

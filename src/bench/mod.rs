@@ -7,11 +7,14 @@
 //!
 //! * [`stack`]: the servers, and ds-sync as a child process (RSS, CPU).
 //! * [`capture`]: `capture-drain`, `memory` (ceiling: `pg_recvlogical`), `capture-latency`.
+//! * [`ingest`]: `ingest-drain` (ceiling: `psql \copy ... FROM` in binary format) and
+//!   `ingest-latency`.
 //! * [`snapshot`]: the initial snapshot (baseline: `psql \copy` of the same table).
 //! * [`naive`]: the sync-layer document's example design on the same load.
 //! * [`report`]: table, JSON, Markdown and SVG charts.
 
 mod capture;
+mod ingest;
 mod naive;
 pub mod report;
 mod snapshot;
@@ -32,6 +35,11 @@ pub enum Scenario {
     CaptureDrain,
     /// A steady write rate; commit to visible to an SSE reader (p50/p95/p99/max)
     CaptureLatency,
+    /// A stream's backlog of events into session_events; ceiling: psql \copy FROM of the
+    /// same rows in binary format
+    IngestDrain,
+    /// A steady POST rate; POST to row committed in Postgres (p50/p95/p99/max)
+    IngestLatency,
     /// Peak RSS of ds-sync while a large transaction passes
     Memory,
     /// The sync-layer document's example design (one unbatched POST per change, no
@@ -47,6 +55,8 @@ impl Scenario {
         match self {
             Scenario::CaptureDrain => "capture-drain",
             Scenario::CaptureLatency => "capture-latency",
+            Scenario::IngestDrain => "ingest-drain",
+            Scenario::IngestLatency => "ingest-latency",
             Scenario::Memory => "memory",
             Scenario::Naive => "naive",
             Scenario::Snapshot => "snapshot",
@@ -151,6 +161,8 @@ pub async fn run(opts: &BenchOptions) -> Result<(Report, PathBuf), BenchError> {
     match opts.scenario {
         Scenario::CaptureDrain => capture::drain(&ctx, &mut report).await?,
         Scenario::CaptureLatency => capture::latency(&ctx, &mut report).await?,
+        Scenario::IngestDrain => ingest::drain(&ctx, &mut report).await?,
+        Scenario::IngestLatency => ingest::latency(&ctx, &mut report).await?,
         Scenario::Memory => capture::memory(&ctx, &mut report).await?,
         Scenario::Naive => naive::run(&ctx, &mut report).await?,
         Scenario::Snapshot => snapshot::run(&ctx, &mut report).await?,

@@ -1,0 +1,453 @@
+//! Ingest scenarios: `ingest-drain` (a stream's backlog into `session_events`, next to
+//! `psql \copy ... FROM ... WITH (FORMAT binary)` of the same rows) and `ingest-latency`
+//! (POST returned to row committed, under a steady POST rate).
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::json;
+
+use super::BenchError;
+use super::capture::Ctx;
+use super::report::{Latency, Report, Series};
+use super::stack::{DsSyncProcess, Stack};
+use super::tail::count_in_offset;
+use super::workload::{Bar, postgres_tool};
+
+/// Target: ingest drains at least this fraction of the binary-COPY rate.
+const DRAIN_TARGET: f64 = 0.8;
+/// Target: p99 POST-to-committed latency at 2,000 events/s, in ms.
+const LATENCY_P99_TARGET_MS: f64 = 25.0;
+/// Events per POST while preloading a backlog.
+const PRELOAD_BATCH: u64 = 1000;
+
+/// One event of the sync-layer document's shape, numbered.
+pub fn event(n: u64) -> serde_json::Value {
+    json!({
+        "key": format!("event-{n}"),
+        "type": "user-action",
+        "operation": "click",
+        "data": {"button": "submit", "n": n},
+    })
+}
+
+/// Appends `count` events to `stream` (numbered from 1), `PRELOAD_BATCH` per POST.
+pub async fn preload(
+    stack: &Stack,
+    stream: &str,
+    count: u64,
+    progress: bool,
+) -> Result<(), BenchError> {
+    stack.ds.ensure_stream(stream).await?;
+    let bar = Bar::new("preloading events", count, progress);
+    let mut n = 1;
+    while n <= count {
+        let last = (n + PRELOAD_BATCH - 1).min(count);
+        let batch: Vec<_> = (n..=last).map(event).collect();
+        let body = Bytes::from(serde_json::to_vec(&batch).unwrap_or_default());
+        stack.ds.append(stream, body, None).await?;
+        bar.set(last);
+        n = last + 1;
+    }
+    bar.finish();
+    Ok(())
+}
+
+/// Starts `ds-sync run --no-capture --ingest STREAM`.
+fn start_ingest(ctx: &Ctx<'_>, stream: &str, log: &str) -> Result<DsSyncProcess, BenchError> {
+    let mut args = vec!["run", "--no-capture", "--ingest", stream];
+    args.extend(ctx.opts.ds_sync_args.iter().map(String::as_str));
+    DsSyncProcess::spawn(&ctx.opts.exe, ctx.stack, &args, &ctx.dir.join(log))
+}
+
+/// The offset ds-sync committed for `stream`, if any.
+async fn committed_offset(
+    sql: &tokio_postgres::Client,
+    stream: &str,
+) -> Result<Option<String>, BenchError> {
+    let row = sql
+        .query_opt(
+            "SELECT ds_offset FROM ds_sync.stream_offsets WHERE stream_name = $1",
+            &[&stream],
+        )
+        .await;
+    match row {
+        Ok(row) => Ok(row.map(|r| r.get(0))),
+        // Before ds-sync applied its schema the table does not exist yet.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(None),
+        Err(e) => Err(BenchError::sql("reading the committed offset", &e)),
+    }
+}
+
+/// Runs ds-sync ingest on a preloaded stream until its tail offset is committed; the time.
+pub async fn timed_ingest(ctx: &Ctx<'_>, stream: &str, rows: u64) -> Result<Duration, BenchError> {
+    Ok(ingest_until_tail(ctx, stream, rows).await?.elapsed)
+}
+
+/// What one ingest drain measured.
+struct IngestDrain {
+    elapsed: Duration,
+    series: Series,
+    cpu: Option<f64>,
+    rss: Option<(u64, u64)>,
+}
+
+async fn ingest_until_tail(
+    ctx: &Ctx<'_>,
+    stream: &str,
+    rows: u64,
+) -> Result<IngestDrain, BenchError> {
+    let tail = ctx
+        .stack
+        .ds
+        .head(stream)
+        .await?
+        .ok_or_else(|| BenchError::Setup("the preloaded stream vanished".into()))?;
+    let sql = ctx.stack.sql().await?;
+    let mut process = start_ingest(ctx, stream, &format!("ds-sync-ingest-{stream}.log"))?;
+    let started = process.started;
+    let bar = Bar::new("ds-sync ingest", rows, ctx.opts.progress);
+    let mut series = Series {
+        name: "ds-sync ingest".into(),
+        unit: "rows/s".into(),
+        points: vec![(0.0, 0.0)],
+    };
+    let (mut last_t, mut last_n) = (Instant::now(), 0u64);
+    let elapsed = loop {
+        process.check_alive()?;
+        let offset = committed_offset(&sql, stream).await?;
+        let now = Instant::now();
+        if let Some(n) = offset.as_deref().and_then(count_in_offset) {
+            bar.set(n);
+            if now.duration_since(last_t) >= Duration::from_millis(250) {
+                let dt = now.duration_since(last_t).as_secs_f64();
+                series.points.push((
+                    started.elapsed().as_secs_f64(),
+                    (n - last_n.min(n)) as f64 / dt,
+                ));
+                (last_t, last_n) = (now, n);
+            }
+        }
+        if offset.as_deref() == Some(tail.as_str()) {
+            break now.duration_since(started);
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            return Err(BenchError::Timeout {
+                what: "ingesting the backlog".into(),
+                secs: 900,
+                detail: format!("committed offset {offset:?}, tail {tail}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    bar.finish();
+    let (cpu, rss) = (process.cpu_seconds(), process.memory_kb());
+    process.stop().await?;
+    check_stored(&sql, stream, rows).await?;
+    Ok(IngestDrain {
+        elapsed,
+        series,
+        cpu,
+        rss,
+    })
+}
+
+async fn check_stored(
+    sql: &tokio_postgres::Client,
+    stream: &str,
+    rows: u64,
+) -> Result<(), BenchError> {
+    let stored: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM public.session_events WHERE stream_name = $1",
+            &[&stream],
+        )
+        .await
+        .map_err(|e| BenchError::sql("counting ingested rows", &e))?
+        .get(0);
+    if stored as u64 != rows {
+        return Err(BenchError::Setup(format!(
+            "ingest stored {stored} rows for {rows} events"
+        )));
+    }
+    Ok(())
+}
+
+/// `ingest-drain`.
+pub async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
+    let rows = ctx.opts.rows;
+    let stream = "bench-ingest";
+    preload(ctx.stack, stream, rows, ctx.opts.progress).await?;
+    let IngestDrain {
+        elapsed,
+        series,
+        cpu,
+        rss,
+    } = ingest_until_tail(ctx, stream, rows).await?;
+    let sql = ctx.stack.sql().await?;
+    let copy = binary_copy_ceiling(ctx, &sql, stream).await?;
+    let (c, d) = (copy.as_secs_f64(), elapsed.as_secs_f64());
+    report.figure("events", rows as f64, "events");
+    report.figure(
+        "psql \\copy FROM (FORMAT binary)",
+        rows as f64 / c,
+        "rows/s",
+    );
+    report.figure("ds-sync ingest", rows as f64 / d, "rows/s");
+    report.figure("psql \\copy time", c, "s");
+    report.figure("ds-sync ingest time", d, "s");
+    if let Some(cpu) = cpu {
+        report.figure("ds-sync CPU", cpu, "s");
+    }
+    if let Some((_, peak)) = rss {
+        report.figure("ds-sync peak RSS", peak as f64 / 1024.0, "MB");
+    }
+    report.check(
+        "ds-sync ingest / psql binary COPY throughput",
+        c / d,
+        "x",
+        Some(DRAIN_TARGET),
+        false,
+    );
+    report.series.push(series);
+    report.notes.push(
+        "The backlog is POSTed before ds-sync starts. ds-sync's time runs from its start to \
+         the poll (20 ms) that finds the stream's tail offset committed in \
+         ds_sync.stream_offsets. The ceiling then loads the very rows ds-sync stored \
+         (exported with \\copy ... TO ... WITH (FORMAT binary)) into a table shaped like \
+         session_events, indexes and defaults included."
+            .into(),
+    );
+    Ok(())
+}
+
+/// Exports the ingested rows in binary COPY format, then times `psql \copy FROM` of that
+/// file into an empty table like `session_events`.
+async fn binary_copy_ceiling(
+    ctx: &Ctx<'_>,
+    sql: &tokio_postgres::Client,
+    stream: &str,
+) -> Result<Duration, BenchError> {
+    let file = ctx.dir.join("ceiling.copy");
+    let cols = "stream_name, event_key, event_type, operation, payload, ds_offset";
+    psql(
+        ctx,
+        &format!(
+            "\\copy (SELECT {cols} FROM public.session_events WHERE stream_name = '{stream}') \
+             TO '{}' WITH (FORMAT binary)",
+            file.display()
+        ),
+    )
+    .await?;
+    sql.batch_execute(
+        "DROP TABLE IF EXISTS public.bench_copy_ceiling; \
+         CREATE TABLE public.bench_copy_ceiling (LIKE public.session_events INCLUDING ALL)",
+    )
+    .await
+    .map_err(|e| BenchError::sql("creating the ceiling table", &e))?;
+    let started = Instant::now();
+    psql(
+        ctx,
+        &format!(
+            "\\copy public.bench_copy_ceiling ({cols}) FROM '{}' WITH (FORMAT binary)",
+            file.display()
+        ),
+    )
+    .await?;
+    let took = started.elapsed();
+    let _ = std::fs::remove_file(&file);
+    sql.batch_execute("DROP TABLE public.bench_copy_ceiling")
+        .await
+        .map_err(|e| BenchError::sql("dropping the ceiling table", &e))?;
+    Ok(took)
+}
+
+async fn psql(ctx: &Ctx<'_>, command: &str) -> Result<(), BenchError> {
+    let bin = postgres_tool("psql")?;
+    let t = ctx.stack.target()?;
+    let out = tokio::process::Command::new(&bin)
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", &t.host()])
+        .args([
+            "-p",
+            &t.port().to_string(),
+            "-U",
+            t.user(),
+            "-d",
+            t.dbname(),
+            "-c",
+            command,
+        ])
+        .env("PGPASSWORD", t.password().unwrap_or_default())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| BenchError::Ceiling(format!("running {}: {e}", bin.display())))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(BenchError::Ceiling(format!(
+            "psql exited {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Per-event timestamps in µs since `base`, indexed by event number (0: not yet).
+struct Stamps {
+    base: Instant,
+    posted: Vec<AtomicU64>,
+    stored: Vec<AtomicU64>,
+}
+
+impl Stamps {
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_micros() as u64 + 1
+    }
+}
+
+/// `ingest-latency`: `rate` single-event POSTs per second for `duration`; each event's
+/// latency runs from its POST returning to a poller seeing its row committed.
+pub async fn latency(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
+    let stream = "bench-ingest-live";
+    ctx.stack.ds.ensure_stream(stream).await?;
+    let total = (f64::from(ctx.opts.rate) * ctx.opts.duration.as_secs_f64()) as usize;
+    let stamps = Arc::new(Stamps {
+        base: Instant::now(),
+        posted: (0..=total).map(|_| AtomicU64::new(0)).collect(),
+        stored: (0..=total).map(|_| AtomicU64::new(0)).collect(),
+    });
+    let mut process = start_ingest(ctx, stream, "ds-sync-ingest.log")?;
+    let poller = tokio::spawn(poll_rows(ctx.stack.sql().await?, stamps.clone()));
+    // Event 0 is the warm-up: ingest is running once its row is there.
+    post(ctx.stack, stream, 0, &stamps).await?;
+    wait_stored(&stamps, 0..1, Duration::from_secs(60), &mut process).await?;
+    let started = Instant::now();
+    let writers = ctx.opts.writers.max(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..writers {
+        let (ds, stamps) = (ctx.stack.ds.clone(), stamps.clone());
+        let period = Duration::from_secs_f64(writers as f64 / f64::from(ctx.opts.rate));
+        tasks.spawn(async move {
+            let mut next = Instant::now();
+            for n in ((w + 1)..=total).step_by(writers) {
+                tokio::time::sleep_until(next.into()).await;
+                let body = Bytes::from(serde_json::to_vec(&[event(n as u64)]).unwrap_or_default());
+                ds.append(stream, body, None).await?;
+                stamps.posted[n].store(stamps.now(), Ordering::Relaxed);
+                next += period;
+            }
+            Ok::<(), BenchError>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(|e| BenchError::Setup(format!("poster task: {e}")))??;
+    }
+    let posted = started.elapsed();
+    wait_stored(
+        &stamps,
+        1..total + 1,
+        Duration::from_secs(120),
+        &mut process,
+    )
+    .await?;
+    poller.abort();
+    process.stop().await?;
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
+        .map_err(|e| BenchError::Report(e.to_string()))?;
+    for n in 1..=total {
+        let p = stamps.posted[n].load(Ordering::Relaxed);
+        let s = stamps.stored[n].load(Ordering::Relaxed);
+        h.saturating_record(s.saturating_sub(p).max(1));
+    }
+    let l = Latency::from_histogram("POST to committed row", &h);
+    report.figure("target rate", f64::from(ctx.opts.rate), "events/s");
+    report.figure(
+        "achieved rate",
+        total as f64 / posted.as_secs_f64(),
+        "events/s",
+    );
+    report.figure("events", total as f64, "events");
+    report.check(
+        "p99 POST to committed row",
+        l.p99,
+        "ms",
+        Some(LATENCY_P99_TARGET_MS),
+        true,
+    );
+    report.latencies.push(l);
+    report.notes.push(format!(
+        "{writers} tasks pace single-event POSTs to the target rate; latency runs from the \
+         POST returning to a poller (a query every millisecond for rows with a higher id) \
+         seeing the committed row: up to ~1 ms of it is the poll interval."
+    ));
+    Ok(())
+}
+
+async fn post(stack: &Stack, stream: &str, n: usize, stamps: &Stamps) -> Result<(), BenchError> {
+    let body = Bytes::from(serde_json::to_vec(&[event(n as u64)]).unwrap_or_default());
+    stack.ds.append(stream, body, None).await?;
+    stamps.posted[n].store(stamps.now(), Ordering::Relaxed);
+    Ok(())
+}
+
+/// Polls `session_events` for new rows and stamps each event number on first sight.
+async fn poll_rows(sql: tokio_postgres::Client, stamps: Arc<Stamps>) -> Result<(), BenchError> {
+    let mut last_id = 0i32;
+    loop {
+        let rows = match sql
+            .query(
+                "SELECT id, (payload->'data'->>'n')::bigint FROM public.session_events \
+                 WHERE id > $1 ORDER BY id",
+                &[&last_id],
+            )
+            .await
+        {
+            Ok(rows) => rows,
+            // Until ds-sync created its schema.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let now = stamps.now();
+        for r in rows {
+            last_id = r.get(0);
+            let n: Option<i64> = r.get(1);
+            if let Some(slot) = n.and_then(|n| stamps.stored.get(n as usize)) {
+                let _ = slot.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn wait_stored(
+    stamps: &Stamps,
+    ids: std::ops::Range<usize>,
+    timeout: Duration,
+    process: &mut DsSyncProcess,
+) -> Result<(), BenchError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let missing = ids
+            .clone()
+            .filter(|&i| stamps.stored[i].load(Ordering::Relaxed) == 0)
+            .count();
+        if missing == 0 {
+            return Ok(());
+        }
+        process.check_alive()?;
+        if Instant::now() > deadline {
+            return Err(BenchError::Timeout {
+                what: "events reaching session_events".into(),
+                secs: timeout.as_secs(),
+                detail: format!("{missing} of {} events never arrived", ids.len()),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

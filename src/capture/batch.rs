@@ -153,6 +153,25 @@ impl StreamQueue {
     }
 }
 
+/// Merges consecutive batches of one stream, in order, up to the limits: after recovery
+/// mode ends, a backlog queued one message per batch leaves in full batches.
+fn coalesce(batches: VecDeque<Batch>, limits: Limits) -> VecDeque<Batch> {
+    let mut out: VecDeque<Batch> = VecDeque::new();
+    for batch in batches {
+        match out.back_mut() {
+            Some(last)
+                if last.messages.len() + batch.messages.len() <= limits.max_messages
+                    && last.bytes + batch.bytes <= limits.max_bytes =>
+            {
+                last.bytes += batch.bytes;
+                last.messages.extend(batch.messages);
+            }
+            _ => out.push_back(batch),
+        }
+    }
+    out
+}
+
 /// All streams' queues. Memory held: [`Queues::buffered_bytes`].
 #[derive(Debug)]
 pub struct Queues {
@@ -278,8 +297,10 @@ impl Queues {
         self.buffered = self.buffered.saturating_sub(batch.bytes);
         if let Some(q) = self.streams.get_mut(&batch.stream) {
             q.in_flight = false;
-            if accepted {
+            if accepted && q.recovering {
                 q.recovering = false;
+                // The one-message batches queued while recovering may travel together now.
+                q.sealed = coalesce(std::mem::take(&mut q.sealed), self.limits);
             }
             if !q.open.is_empty() || !q.sealed.is_empty() {
                 self.waiting.insert(Arc::clone(&batch.stream));
@@ -377,6 +398,30 @@ mod tests {
         assert_eq!((a.messages.len(), b.messages.len()), (1, 2));
         assert_eq!(a.bytes + b.bytes, 15);
         assert!(a.split().is_none());
+    }
+
+    #[test]
+    fn messages_queued_while_recovering_leave_together_once_accepted() {
+        let mut q = queues(3);
+        for i in 0..8 {
+            q.push("s", msg(5, i, "x"));
+        }
+        q.commit();
+        let first = q.take_ready(Instant::now());
+        assert_eq!(first[0].messages.len(), 1, "recovering: one message");
+        q.finished(&first[0], true);
+        let mut sizes = Vec::new();
+        let mut seqs = Vec::new();
+        loop {
+            let batch = q.take_ready(Instant::now());
+            let Some(b) = batch.first() else { break };
+            sizes.push(b.messages.len());
+            seqs.extend(b.messages.iter().map(|m| m.seq.index));
+            q.finished(b, true);
+        }
+        assert_eq!(sizes, vec![3, 3, 1], "merged up to the message limit");
+        assert_eq!(seqs, (1..8).collect::<Vec<_>>(), "in order, none lost");
+        assert!(q.is_idle());
     }
 
     #[test]

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every bench scenario on this machine (release build) and rewrites bench/RESULTS.md
+# from their reports; charts are copied to bench/charts/. Usage: bash bench/run-all.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked
+out=$(mktemp -d)
+scenarios=(capture-drain capture-latency memory snapshot ingest-drain ingest-latency naive)
+for s in "${scenarios[@]}"; do
+  echo "== $s" >&2
+  ./target/release/ds-sync bench "$s" --out "$out" >&2
+done
+rm -rf bench/charts && mkdir -p bench/charts
+{
+  echo "# Benchmark results"
+  echo
+  echo "Written by \`bash bench/run-all.sh\` on $(date -u +%Y-%m-%d): every scenario with its default"
+  echo "size, one after another, each next to its ceiling or baseline measured in the same run."
+  echo "Each section is that scenario's report.md; the command line is in it."
+  echo
+  cat bench/NOTES.md 2>/dev/null || true
+  for s in "${scenarios[@]}"; do
+    dir=$(ls -d "$out/$s"-* | head -1)
+    for svg in "$dir"/*.svg; do
+      [ -e "$svg" ] || continue
+      cp "$svg" "bench/charts/$s-$(basename "$svg")"
+    done
+    echo
+    sed -e "s|^# ds-sync bench|## ds-sync bench|" \
+        -e "s|(throughput.svg)|(charts/$s-throughput.svg)|" \
+        -e "s|(latency.svg)|(charts/$s-latency.svg)|" "$dir/report.md"
+  done
+} > bench/RESULTS.md
+rm -rf "$out"
+echo "wrote bench/RESULTS.md" >&2

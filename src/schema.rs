@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "002_ds_sync_bookkeeping",
         sql: include_str!("../sql/002_ds_sync_bookkeeping.sql"),
     },
+    Migration {
+        version: 3,
+        name: "003_ingest",
+        sql: include_str!("../sql/003_ingest.sql"),
+    },
 ];
 
 /// Serializes concurrent `init` runs (the value spells "ds-sync" in ASCII).

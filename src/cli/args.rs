@@ -118,6 +118,34 @@ Example:
     /// Show the effective configuration and where each value came from
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Ingest streams into session_events (a running ds-sync picks this up within a second)
+    #[command(after_help = "\
+Stores the subscription in ds_sync.subscriptions and notifies running ds-sync processes.
+Subscribing a stream again restarts its subscription (e.g. after a 410 or a closed stream).
+--reset-offset forgets the stored offset: ingest starts again from the oldest event the
+server retains (rows already stored stay).
+
+Examples:
+  ds-sync subscribe sessions/42 sessions/43
+  ds-sync subscribe sessions/42 --reset-offset")]
+    Subscribe {
+        /// Stream names (as after /v1/stream/ in the URL)
+        #[arg(required = true, value_name = "STREAM")]
+        streams: Vec<String>,
+        /// Forget the stored offset and ingest from the start of what the server retains
+        #[arg(long)]
+        reset_offset: bool,
+    },
+    /// Stop ingesting streams (their stored offsets are kept)
+    #[command(after_help = "Example:\n  ds-sync unsubscribe sessions/42")]
+    Unsubscribe {
+        /// Stream names
+        #[arg(required = true, value_name = "STREAM")]
+        streams: Vec<String>,
+    },
+    /// List subscriptions: state, committed offset, the stream's tail (HEAD), dead letters
+    #[command(after_help = "Example:\n  ds-sync subscriptions --output json")]
+    Subscriptions,
 }
 
 /// Options of the capture path. Each has an environment variable and a key in the config
@@ -162,6 +190,37 @@ pub struct CaptureArgs {
     /// Timeout of one HTTP request to the DS server, in ms [default: 10000]
     #[arg(long, env = "DS_SYNC_REQUEST_TIMEOUT_MS", value_name = "MS")]
     pub request_timeout_ms: Option<u64>,
+    #[command(flatten)]
+    pub ingest: IngestArgs,
+}
+
+/// Options of the ingest path (stream → `session_events`). Each has an environment variable
+/// and a key in the config file's `[ingest]` section.
+#[derive(Debug, Args, Clone, Default)]
+pub struct IngestArgs {
+    /// Streams to ingest into session_events (added to the stored subscriptions; see
+    /// `ds-sync subscribe`)
+    #[arg(
+        long = "ingest",
+        value_delimiter = ',',
+        num_args = 1..,
+        env = "DS_SYNC_INGEST",
+        value_name = "STREAM"
+    )]
+    pub streams: Vec<String>,
+    /// Run ingest only (it runs even with no subscriptions: they may be added while it runs)
+    #[arg(long, conflicts_with = "no_ingest")]
+    pub no_capture: bool,
+    /// Run capture only
+    #[arg(long)]
+    pub no_ingest: bool,
+    /// Largest SSE data event stored; larger ones go to ds_sync.dead_letters [default:
+    /// 16777216]
+    #[arg(long, env = "DS_SYNC_INGEST_MAX_EVENT_BYTES", value_name = "BYTES")]
+    pub ingest_max_event_bytes: Option<usize>,
+    /// Most rows written in one ingest transaction (over all streams) [default: 10000]
+    #[arg(long, env = "DS_SYNC_INGEST_BATCH_MAX_ROWS", value_name = "N")]
+    pub ingest_batch_max_rows: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,6 +5,7 @@
 
 pub mod args;
 mod commands;
+mod ingest;
 mod output;
 mod run;
 
@@ -52,6 +53,8 @@ pub enum CliError {
     Embedded(#[from] crate::embedded::EmbeddedError),
     #[error(transparent)]
     Ds(#[from] crate::ds::DsError),
+    #[error(transparent)]
+    Ingest(#[from] crate::ingest::IngestError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -76,6 +79,7 @@ impl CliError {
             CliError::Capture(e) => e.hint(),
             CliError::Embedded(e) => e.hint(),
             CliError::Ds(e) => e.hint(),
+            CliError::Ingest(e) => e.hint(),
             CliError::SlotLost(name) => Some(format!(
                 "A lost slot cannot be resumed: drop it (`ds-sync slot drop {name}`), create it again and re-snapshot the tables."
             )),

@@ -24,10 +24,19 @@ pub const DEFAULT_STREAM_TEMPLATE: &str = "pg-{table}";
 /// Runs capture until a signal.
 pub async fn run(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError> {
     let target = super::commands::target(settings)?;
-    let cfg = capture_config(args, settings, target, &settings.ds_server_url.value)?;
+    let ingest = super::ingest::config(&args.ingest, settings, &target).await?;
+    let cfg = if args.ingest.no_capture {
+        None
+    } else {
+        Some(capture_config(
+            args,
+            settings,
+            target,
+            &settings.ds_server_url.value,
+        )?)
+    };
     let (shutdown, hard_stop) = signals();
-    capture::run(&cfg, &shutdown, &hard_stop).await?;
-    Ok(())
+    super::ingest::run_directions(cfg, ingest, settings, &shutdown, &hard_stop).await
 }
 
 /// Flags (and their env vars) over the config file's `[capture]` over defaults.

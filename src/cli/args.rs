@@ -214,8 +214,7 @@ pub struct IngestArgs {
     /// Run capture only
     #[arg(long)]
     pub no_ingest: bool,
-    /// Largest SSE data event stored; larger ones go to ds_sync.dead_letters [default:
-    /// 16777216]
+    /// Largest message stored; larger ones go to ds_sync.dead_letters [default: 16777216]
     #[arg(long, env = "DS_SYNC_INGEST_MAX_EVENT_BYTES", value_name = "BYTES")]
     pub ingest_max_event_bytes: Option<usize>,
     /// Most rows written in one ingest transaction (over all streams) [default: 10000]

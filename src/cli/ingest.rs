@@ -49,29 +49,22 @@ pub(super) async fn config(
     let max_event_bytes = args
         .ingest_max_event_bytes
         .or(file.max_event_bytes)
-        .unwrap_or(DEFAULT_MAX_EVENT_BYTES)
-        .max(1);
-    let ds = DsClient::new(
+        .unwrap_or(DEFAULT_MAX_EVENT_BYTES);
+    let mut cfg = IngestConfig::new(
+        target.clone(),
         &settings.ds_server_url.value,
-        ClientOptions {
-            max_sse_event_bytes: max_event_bytes,
-            ..ClientOptions::default()
-        },
-    )?;
-    Ok(Some(IngestConfig {
-        target: target.clone(),
-        ds,
         streams,
         max_event_bytes,
-        writer: WriterOptions {
-            max_rows: args
-                .ingest_batch_max_rows
-                .or(file.batch_max_rows)
-                .unwrap_or(WriterOptions::default().max_rows)
-                .max(1),
-            ..WriterOptions::default()
-        },
-    }))
+    )?;
+    cfg.writer = WriterOptions {
+        max_rows: args
+            .ingest_batch_max_rows
+            .or(file.batch_max_rows)
+            .unwrap_or(cfg.writer.max_rows)
+            .max(1),
+        ..cfg.writer
+    };
+    Ok(Some(cfg))
 }
 
 /// Runs capture, ingest, or both side by side; when one fails the other is stopped

@@ -5,8 +5,11 @@
 //! `payload` is the element's own text, byte for byte (never re-serialized, so numbers keep
 //! their precision); `event_key` / `event_type` / `operation` are read from it when it is an
 //! object. Anything that cannot be stored becomes a [`DeadLetter`] instead: the whole event
-//! when it is not UTF-8, not JSON, not an array or over the size limit; one element when
-//! PostgreSQL's `jsonb` would refuse it (`\u0000`). Nothing is dropped silently.
+//! when it is not UTF-8, not JSON or not an array; one element when it is over the size
+//! limit or PostgreSQL's `jsonb` would refuse it (`\u0000`). Nothing is dropped silently.
+//!
+//! The size limit applies per message, not per event: a server may merge a whole backlog
+//! into one data event, and good messages must not be refused for sharing it with others.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -52,14 +55,14 @@ impl DeadLetter {
         }
     }
 
-    /// An event the SSE parser did not keep because it outgrew the limit: only its preview
+    /// An event the SSE parser did not keep because it outgrew its limit: only its preview
     /// and size are known.
     #[must_use]
     pub fn oversized(size: usize, limit: usize, preview: &[u8]) -> DeadLetter {
         DeadLetter {
             error: format!(
-                "data event of {size} bytes exceeds the limit of {limit} bytes \
-                 (--ingest-max-event-bytes)"
+                "sse data event of {size} bytes exceeds the reader's limit of {limit} bytes \
+                 (4 x --ingest-max-event-bytes, at least 64 MiB)"
             ),
             raw: preview[..preview.len().min(DEAD_LETTER_RAW_MAX)].to_vec(),
             size,
@@ -84,8 +87,8 @@ pub struct Pending {
 
 impl Pending {
     /// Decodes a data event into the pending batch.
-    pub fn push_data(&mut self, data: &[u8]) {
-        let decoded = decode(data);
+    pub fn push_data(&mut self, data: &[u8], max_message_bytes: usize) {
+        let decoded = decode(data, max_message_bytes);
         self.rows.extend(decoded.rows);
         self.dead.extend(decoded.dead);
     }
@@ -106,9 +109,9 @@ impl Pending {
     }
 }
 
-/// Decodes one data event.
+/// Decodes one data event; messages over `max_message_bytes` become dead letters.
 #[must_use]
-pub fn decode(data: &[u8]) -> Decoded {
+pub fn decode(data: &[u8], max_message_bytes: usize) -> Decoded {
     let text = match std::str::from_utf8(data) {
         Ok(t) => t,
         Err(e) => {
@@ -125,6 +128,17 @@ pub fn decode(data: &[u8]) -> Decoded {
     };
     let mut out = Decoded::default();
     for (index, element) in elements.into_iter().enumerate() {
+        let size = element.get().len();
+        if size > max_message_bytes {
+            out.dead.push(DeadLetter::new(
+                format!(
+                    "message {index} of the data event has {size} bytes, over the limit of \
+                     {max_message_bytes} bytes (--ingest-max-event-bytes)"
+                ),
+                element.get().as_bytes(),
+            ));
+            continue;
+        }
         match row(element) {
             Ok(row) => out.rows.push(row),
             Err(why) => out.dead.push(DeadLetter::new(
@@ -270,15 +284,17 @@ impl<'de> Visitor<'de> for FieldsVisitor {
 mod tests {
     use super::*;
 
+    const LIMIT: usize = 1 << 20;
+
     fn one_row(data: &str) -> Row {
-        let d = decode(data.as_bytes());
+        let d = decode(data.as_bytes(), LIMIT);
         assert!(d.dead.is_empty(), "unexpected dead letters: {:?}", d.dead);
         assert_eq!(d.rows.len(), 1, "{data}");
         d.rows.into_iter().next().unwrap_or_else(|| unreachable!())
     }
 
     fn only_dead(data: &[u8]) -> DeadLetter {
-        let d = decode(data);
+        let d = decode(data, LIMIT);
         assert!(d.rows.is_empty(), "unexpected rows: {:?}", d.rows);
         assert_eq!(d.dead.len(), 1);
         d.dead.into_iter().next().unwrap_or_else(|| unreachable!())
@@ -308,7 +324,10 @@ mod tests {
 
     #[test]
     fn any_json_value_is_a_row_with_null_fields() {
-        let d = decode(br#"[1, "two", null, [3], true, {"other": 1}, 1e400]"#);
+        let d = decode(
+            br#"[1, "two", null, [3], true, {"other": 1}, 1e400]"#,
+            LIMIT,
+        );
         assert!(d.dead.is_empty(), "{:?}", d.dead);
         let payloads: Vec<&str> = d.rows.iter().map(|r| r.payload.as_str()).collect();
         assert_eq!(
@@ -394,7 +413,10 @@ mod tests {
 
     #[test]
     fn nul_escapes_dead_letter_only_their_element() {
-        let d = decode(br#"[{"key":"a"},{"key":"b\u0000"},{"key":"c\\u0000"}]"#);
+        let d = decode(
+            br#"[{"key":"a"},{"key":"b\u0000"},{"key":"c\\u0000"}]"#,
+            LIMIT,
+        );
         let keys: Vec<_> = d.rows.iter().map(|r| r.event_key.clone()).collect();
         assert_eq!(keys, [Some("a".into()), Some("c\\u0000".into())]);
         assert_eq!(d.dead.len(), 1);
@@ -413,8 +435,8 @@ mod tests {
 
     #[test]
     fn empty_array_gives_nothing() {
-        assert_eq!(decode(b"[]"), Decoded::default());
-        assert_eq!(decode(b" [ ] "), Decoded::default());
+        assert_eq!(decode(b"[]", LIMIT), Decoded::default());
+        assert_eq!(decode(b" [ ] ", LIMIT), Decoded::default());
     }
 
     #[test]
@@ -427,18 +449,42 @@ mod tests {
         let o = DeadLetter::oversized(1000, 100, b"[1,2");
         assert!(
             o.error
-                .contains("1000 bytes exceeds the limit of 100 bytes")
+                .contains("1000 bytes exceeds the reader's limit of 100 bytes")
         );
         assert!(o.truncated);
         assert_eq!(o.raw, b"[1,2");
     }
 
     #[test]
+    fn messages_over_the_limit_dead_letter_alone() {
+        let big = format!(r#"{{"key":"big","pad":"{}"}}"#, "x".repeat(100));
+        let data = format!(r#"[{{"key":"small"}},{big},{{"key":"after"}}]"#);
+        let d = decode(data.as_bytes(), 50);
+        let keys: Vec<_> = d.rows.iter().map(|r| r.event_key.clone()).collect();
+        assert_eq!(keys, [Some("small".into()), Some("after".into())]);
+        assert_eq!(d.dead.len(), 1);
+        assert_eq!(
+            d.dead[0].error,
+            format!(
+                "message 1 of the data event has {} bytes, over the limit of 50 bytes \
+                 (--ingest-max-event-bytes)",
+                big.len()
+            )
+        );
+        assert_eq!(d.dead[0].raw, big.as_bytes());
+        assert_eq!(
+            decode(big.as_bytes(), 50).dead.len(),
+            1,
+            "a non-array is refused anyway"
+        );
+    }
+
+    #[test]
     fn pending_collects_until_taken() {
         let mut p = Pending::default();
         assert!(p.is_empty());
-        p.push_data(br#"[{"key":"a"}]"#);
-        p.push_data(b"nope");
+        p.push_data(br#"[{"key":"a"}]"#, LIMIT);
+        p.push_data(b"nope", LIMIT);
         p.push_oversized(10, 5, b"[");
         let taken = p.take();
         assert!(p.is_empty());

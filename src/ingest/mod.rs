@@ -42,22 +42,63 @@ use tokio_util::sync::CancellationToken;
 pub use error::IngestError;
 pub use writer::WriterOptions;
 
-use crate::ds::DsClient;
+use crate::ds::{ClientOptions, DsClient, DsError};
 use crate::pg::PgTarget;
 
-/// Default largest data event stored; larger ones become dead letters.
+/// Default largest message stored; larger ones become dead letters.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 << 20;
+/// Smallest limit on one SSE data event: servers merge a backlog into one event.
+const MIN_SSE_EVENT_BYTES: usize = 64 << 20;
 
 /// Everything ingest needs.
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
     pub target: PgTarget,
-    /// Its `max_sse_event_bytes` should equal `max_event_bytes`.
+    /// The DS client; its SSE event limit is [`sse_event_limit`] of `max_event_bytes`.
     pub ds: DsClient,
     /// Streams to subscribe at start (added to the stored subscriptions).
     pub streams: Vec<String>,
+    /// Largest message stored; larger ones become dead letters.
     pub max_event_bytes: usize,
     pub writer: WriterOptions,
+}
+
+impl IngestConfig {
+    /// A configuration with a DS client for `ds_url` and default writer limits.
+    ///
+    /// # Errors
+    ///
+    /// [`DsError::InvalidUrl`] for an unusable DS server URL.
+    pub fn new(
+        target: PgTarget,
+        ds_url: &str,
+        streams: Vec<String>,
+        max_event_bytes: usize,
+    ) -> Result<IngestConfig, DsError> {
+        let max_event_bytes = max_event_bytes.max(1);
+        let ds = DsClient::new(
+            ds_url,
+            ClientOptions {
+                max_sse_event_bytes: sse_event_limit(max_event_bytes),
+                ..ClientOptions::default()
+            },
+        )?;
+        Ok(IngestConfig {
+            target,
+            ds,
+            streams,
+            max_event_bytes,
+            writer: WriterOptions::default(),
+        })
+    }
+}
+
+/// The largest SSE data event read: four messages' worth, at least 64 MiB, since one event
+/// may carry a whole backlog. A larger event is recorded as a dead letter (size and
+/// preview) and ingest goes on.
+#[must_use]
+pub fn sse_event_limit(max_event_bytes: usize) -> usize {
+    max_event_bytes.saturating_mul(4).max(MIN_SSE_EVENT_BYTES)
 }
 
 /// Runs ingest until `shutdown` (the transaction in progress is committed, then it stops)

@@ -175,7 +175,9 @@ impl Subscription {
             };
             match event {
                 None => return End::ServerEnded { progressed },
-                Some(Ok(DsEvent::Data(data))) => pending.push_data(&data),
+                Some(Ok(DsEvent::Data(data))) => {
+                    pending.push_data(&data, self.shared.max_event_bytes);
+                }
                 Some(Ok(DsEvent::Control(control))) => {
                     let moved = self.offset.as_deref() != Some(control.stream_next_offset.as_str());
                     if moved || !pending.is_empty() {

@@ -10,6 +10,8 @@ mod cli;
 mod dev;
 mod ds_client;
 mod harness;
+mod ingest;
+mod ingest_kit;
 mod init;
 mod publication;
 mod slot;

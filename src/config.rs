@@ -370,6 +370,22 @@ mod tests {
     }
 
     #[test]
+    fn file_reads_the_ingest_section() {
+        let f: FileConfig = toml::from_str(
+            "[ingest]\nstreams = [\"sessions/1\", \"sessions/2\"]\nmax_event_bytes = 1024\n\
+             batch_max_rows = 50\n",
+        )
+        .unwrap();
+        assert_eq!(
+            f.ingest.streams,
+            Some(vec!["sessions/1".into(), "sessions/2".into()])
+        );
+        assert_eq!(f.ingest.max_event_bytes, Some(1024));
+        assert_eq!(f.ingest.batch_max_rows, Some(50));
+        assert!(toml::from_str::<FileConfig>("[ingest]\nstream = [\"x\"]\n").is_err());
+    }
+
+    #[test]
     fn file_rejects_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");

@@ -357,6 +357,39 @@ mod tests {
     }
 
     #[test]
+    fn run_takes_ingest_streams_and_direction_switches() {
+        let cli = Cli::try_parse_from([
+            "ds-sync",
+            "run",
+            "--ingest",
+            "a,b",
+            "--ingest",
+            "c/d",
+            "--no-capture",
+        ])
+        .unwrap();
+        let Command::Run { capture } = cli.command else {
+            panic!("parsed into the wrong command");
+        };
+        assert_eq!(capture.ingest.streams, ["a", "b", "c/d"]);
+        assert!(capture.ingest.no_capture && !capture.ingest.no_ingest);
+        let both = Cli::try_parse_from(["ds-sync", "run", "--no-capture", "--no-ingest"]);
+        assert!(both.is_err(), "--no-capture and --no-ingest conflict");
+        let cli =
+            Cli::try_parse_from(["ds-sync", "subscribe", "s1", "s2", "--reset-offset"]).unwrap();
+        let Command::Subscribe {
+            streams,
+            reset_offset,
+        } = cli.command
+        else {
+            panic!("parsed into the wrong command");
+        };
+        assert_eq!(streams, ["s1", "s2"]);
+        assert!(reset_offset);
+        assert!(Cli::try_parse_from(["ds-sync", "unsubscribe"]).is_err());
+    }
+
+    #[test]
     fn row_filter_needs_table_equals_expr() {
         let err = Cli::try_parse_from([
             "ds-sync",

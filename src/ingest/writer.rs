@@ -472,3 +472,73 @@ impl ToSql for RawJsonb<'_> {
 
     to_sql_checked!();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(stream: &str, rows: usize) -> Commit {
+        let (reply, _) = oneshot::channel();
+        Commit {
+            stream: stream.to_owned(),
+            prev_offset: None,
+            next_offset: "1".to_owned(),
+            rows: (0..rows)
+                .map(|i| Row {
+                    event_key: Some(i.to_string()),
+                    event_type: None,
+                    operation: None,
+                    payload: "{}".to_owned(),
+                })
+                .collect(),
+            dead: Vec::new(),
+            reply,
+        }
+    }
+
+    fn streams(batch: &[Commit]) -> Vec<&str> {
+        batch.iter().map(|c| c.stream.as_str()).collect()
+    }
+
+    #[test]
+    fn a_batch_takes_what_is_queued_one_commit_per_stream() {
+        let (tx, mut rx) = channel(WriterOptions::default());
+        for s in ["b", "c", "a", "d"] {
+            tx.try_send(commit(s, 2)).unwrap();
+        }
+        let mut batch = vec![commit("a", 1)];
+        let carry = fill(&mut rx, &mut batch, 100);
+        assert_eq!(streams(&batch), ["a", "b", "c"]);
+        let carry = carry.expect("the second commit of a waits for the next batch");
+        assert_eq!(carry.stream, "a");
+        assert_eq!(rx.try_recv().map(|c| c.stream).ok().as_deref(), Some("d"));
+    }
+
+    #[test]
+    fn a_batch_stops_at_the_row_limit() {
+        let (tx, mut rx) = channel(WriterOptions::default());
+        tx.try_send(commit("b", 5)).unwrap();
+        tx.try_send(commit("c", 5)).unwrap();
+        let mut batch = vec![commit("a", 3)];
+        let carry = fill(&mut rx, &mut batch, 12);
+        assert_eq!(streams(&batch), ["a", "b"]);
+        assert_eq!(carry.map(|c| c.stream).as_deref(), Some("c"));
+        let mut alone = vec![commit("big", 50)];
+        assert!(fill(&mut rx, &mut alone, 12).is_none());
+        assert_eq!(
+            alone.len(),
+            1,
+            "one stream's batch over the limit still goes alone"
+        );
+    }
+
+    #[test]
+    fn raw_jsonb_is_version_one_then_the_text() {
+        let mut out = BytesMut::new();
+        let r = RawJsonb(r#"{"a": 1.000}"#).to_sql(&Type::JSONB, &mut out);
+        assert!(matches!(r, Ok(IsNull::No)));
+        assert_eq!(&out[..], b"\x01{\"a\": 1.000}");
+        assert!(RawJsonb::accepts(&Type::JSONB));
+        assert!(!RawJsonb::accepts(&Type::TEXT));
+    }
+}

@@ -81,7 +81,12 @@ read, confirm, exit 0; a second signal exits at once (nothing is lost: the slot 
 Examples:
   ds-sync run --tables items,orders
   ds-sync run --tables sessions --route 'sessions=sessions/{session_id}'
-  ds-sync run --stream-template 'db/{schema}/{table}' --takeover")]
+  ds-sync run --stream-template 'db/{schema}/{table}' --takeover
+
+Ingest (streams into session_events, the offset committed with the rows) runs beside capture
+when --ingest, the [ingest] section or stored subscriptions name streams:
+  ds-sync run --tables items --ingest sessions/1,sessions/2
+  ds-sync run --no-capture --ingest sessions/1")]
     Run {
         #[command(flatten)]
         capture: CaptureArgs,

@@ -10,6 +10,9 @@ use ds_sync::ingest::DEFAULT_MAX_EVENT_BYTES;
 use crate::ingest_kit::{Ingest, PATIENCE, create_stream, http, post_raw, setup};
 use crate::kit::wait_for;
 
+/// payload text, event_key, event_type, operation
+type Stored = (String, Option<String>, Option<String>, Option<String>);
+
 const EXAMPLE: &str =
     r#"[{"key":"event-1","type":"user-action","operation":"click","data":{"button":"submit"}}]"#;
 
@@ -77,7 +80,7 @@ async fn any_json_value_is_stored_and_headers_operation_is_used() {
         )
         .await
         .unwrap();
-    let got: Vec<(String, Option<String>, Option<String>, Option<String>)> = rows
+    let got: Vec<Stored> = rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect();
@@ -201,11 +204,8 @@ async fn reconnects_when_the_server_closes_connections_every_second() {
             .await
             .ok()?
             .get(0);
-        assert!(
-            c <= i64::from(n) + 1,
-            "duplicates after a server restart: {c}"
-        );
-        (c == i64::from(n) + 1).then_some(())
+        assert!(c <= n + 1, "duplicates after a server restart: {c}");
+        (c == n + 1).then_some(())
     })
     .await;
     ingest.stop().await;

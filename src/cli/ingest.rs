@@ -22,6 +22,8 @@ use super::output::Printer;
 
 /// HEAD requests `subscriptions` sends at once.
 const HEAD_CONCURRENCY: usize = 16;
+/// Bound on one HEAD, so an unreachable DS server does not stall the report for long.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The ingest configuration of `run`, or `None` when ingest should not run: `--no-ingest`,
 /// or capture runs and no stream is named or stored.
@@ -179,7 +181,13 @@ pub(super) async fn subscriptions(settings: &Settings, out: &Printer) -> Result<
     let mut client = super::commands::target(settings)?.connect().await?;
     crate::schema::apply(&mut client).await?;
     let infos = store::list(&client).await?;
-    let ds = DsClient::new(&settings.ds_server_url.value, ClientOptions::default())?;
+    let ds = DsClient::new(
+        &settings.ds_server_url.value,
+        ClientOptions {
+            request_timeout: HEAD_TIMEOUT,
+            ..ClientOptions::default()
+        },
+    )?;
     let lines = with_tails(&ds, infos).await;
     if settings.output.value == OutputFormat::Json {
         let text =

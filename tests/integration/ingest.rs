@@ -360,3 +360,51 @@ async fn a_restart_resumes_from_the_stored_offset() {
     second.stop().await;
     assert_eq!(s.count("resume").await, 3);
 }
+
+#[tokio::test]
+async fn a_gone_stream_stops_its_subscription_with_the_way_out() {
+    // The server keeps an open SSE connection to a deleted stream until its idle close;
+    // the reconnect after it gets the 410.
+    let opts = DsServerOptions {
+        sse_reconnect_interval_secs: 1,
+        ..DsServerOptions::default()
+    };
+    let s = setup("ing_gone", opts).await;
+    let base = s.server.url();
+    s.ds.ensure_stream("doomed").await.unwrap();
+    s.post("doomed", r#"[{"key":"kept"}]"#).await;
+    // A fork keeps the deleted source as a tombstone, which the server answers with 410.
+    let status = http(
+        &base,
+        "PUT",
+        "doomed-fork",
+        &[
+            ("Content-Type", "application/json"),
+            ("Stream-Forked-From", "/v1/stream/doomed"),
+        ],
+        b"",
+    )
+    .await;
+    assert!(status == 201 || status == 200, "fork: {status}");
+    let ingest = Ingest::start(&s.db, &base, &["doomed"], DEFAULT_MAX_EVENT_BYTES).await;
+    s.wait_rows("doomed", 1).await;
+    let status = http(&base, "DELETE", "doomed", &[], b"").await;
+    assert_eq!(status, 204, "delete");
+    s.wait_status("doomed", "failed").await;
+    let error: String = s
+        .sql
+        .query_one(
+            "SELECT error FROM ds_sync.subscriptions WHERE stream_name = 'doomed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(error.contains("(410: deleted"), "{error}");
+    assert!(
+        error.contains("ds-sync subscribe doomed --reset-offset"),
+        "{error}"
+    );
+    assert_eq!(s.count("doomed").await, 1, "what was committed stays");
+    ingest.stop().await;
+}

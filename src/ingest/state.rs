@@ -5,8 +5,9 @@
 //! the latest per stream and writes them about four times a second on a connection of its
 //! own, so a thousand subscriptions changing state at once cost one statement. State is
 //! informational: when the channel is full or the write fails, an update is dropped with a
-//! log line, never blocking ingest. Offsets and last event times are not reported here:
-//! the writer stores them in the commit transaction itself.
+//! log line, never blocking ingest. Offsets are not reported here: the writer stores them
+//! in the commit transaction itself. `last_event_at` is the time the reporter learned of a
+//! commit that stored rows or dead letters (within a quarter second of it).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -61,6 +62,8 @@ pub struct StateUpdate {
     pub status: Status,
     pub error: Option<String>,
     pub up_to_date: bool,
+    /// A commit stored events since the last update.
+    pub stored_events: bool,
 }
 
 /// The sending side, cloned into every subscription.
@@ -102,7 +105,12 @@ pub async fn report(
                 () = &mut deadline => break,
                 () = hard_stop.cancelled() => return,
                 msg = rx.recv() => match msg {
-                    Some(u) => { latest.insert(u.stream.clone(), u); }
+                    Some(mut u) => {
+                        if let Some(old) = latest.remove(&u.stream) {
+                            u.stored_events |= old.stored_events;
+                        }
+                        latest.insert(u.stream.clone(), u);
+                    }
                     None => { open = false; break; }
                 },
             }
@@ -133,13 +141,15 @@ async fn write(
     let statuses: Vec<&str> = batch.iter().map(|u| u.status.as_str()).collect();
     let errors: Vec<Option<&str>> = batch.iter().map(|u| u.error.as_deref()).collect();
     let up: Vec<bool> = batch.iter().map(|u| u.up_to_date).collect();
+    let stored: Vec<bool> = batch.iter().map(|u| u.stored_events).collect();
     c.execute(
         "UPDATE ds_sync.subscriptions s SET status = u.status, error = u.error, \
-             up_to_date = u.up_to_date, state_at = now() \
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[]) \
-             AS u(stream_name, status, error, up_to_date) \
+             up_to_date = u.up_to_date, state_at = now(), \
+             last_event_at = CASE WHEN u.stored THEN now() ELSE s.last_event_at END \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::bool[]) \
+             AS u(stream_name, status, error, up_to_date, stored) \
          WHERE s.stream_name = u.stream_name",
-        &[&streams, &statuses, &errors, &up],
+        &[&streams, &statuses, &errors, &up, &stored],
     )
     .await
     .map_err(|e| crate::pg::PgError::query("recording subscription state", &e))?;

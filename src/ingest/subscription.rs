@@ -180,7 +180,8 @@ impl Subscription {
                 }
                 Some(Ok(DsEvent::Control(control))) => {
                     let moved = self.offset.as_deref() != Some(control.stream_next_offset.as_str());
-                    if moved || !pending.is_empty() {
+                    let stored_events = !pending.is_empty();
+                    if moved || stored_events {
                         if let Err(end) = self
                             .commit(pending.take(), control.stream_next_offset)
                             .await
@@ -189,7 +190,7 @@ impl Subscription {
                         }
                         progressed = true;
                     }
-                    self.set_up_to_date(control.up_to_date);
+                    self.committed(control.up_to_date, stored_events);
                     if control.stream_closed {
                         return End::StreamClosed;
                     }
@@ -256,12 +257,15 @@ impl Subscription {
             status: now.0,
             error: now.1.clone(),
             up_to_date: self.up_to_date,
+            stored_events: false,
         });
         self.status = Some(now);
     }
 
-    fn set_up_to_date(&mut self, up_to_date: bool) {
-        if self.up_to_date == up_to_date {
+    /// Reports a control event: whether it reached the tail, and whether its commit
+    /// stored events (rows or dead letters).
+    fn committed(&mut self, up_to_date: bool, stored_events: bool) {
+        if self.up_to_date == up_to_date && !stored_events {
             return;
         }
         self.up_to_date = up_to_date;
@@ -271,6 +275,7 @@ impl Subscription {
                 status,
                 error,
                 up_to_date,
+                stored_events,
             });
         }
     }

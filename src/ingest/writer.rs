@@ -258,7 +258,8 @@ fn classify(client: &Client, e: &tokio_postgres::Error) -> Failure {
     }
 }
 
-/// The transaction itself: COPY, dead letters, checked offset upserts, last event times.
+/// The transaction itself: COPY, dead letters, checked offset upserts. It touches no row
+/// the state reporter writes, so the two never wait for each other.
 async fn transaction(
     client: &mut Client,
     batch: &[Commit],
@@ -275,18 +276,6 @@ async fn transaction(
             .collect();
         tx.rollback().await?;
         return Ok(Outcome::OffsetMoved(lost));
-    }
-    let touched: Vec<&str> = batch
-        .iter()
-        .filter(|c| !c.rows.is_empty() || !c.dead.is_empty())
-        .map(|c| c.stream.as_str())
-        .collect();
-    if !touched.is_empty() {
-        tx.execute(
-            "UPDATE ds_sync.subscriptions SET last_event_at = now() WHERE stream_name = ANY($1)",
-            &[&touched],
-        )
-        .await?;
     }
     tx.commit().await?;
     Ok(Outcome::Committed)

@@ -31,6 +31,18 @@ async fn subscribe_and_unsubscribe_while_running() {
     s.wait_rows("live1", 1).await;
     s.wait_caught_up("live1").await;
     s.wait_status("live1", "streaming").await;
+    let sql = &s.sql;
+    wait_for("live1's last event time", PATIENCE, || async {
+        let row = sql
+            .query_one(
+                "SELECT last_event_at IS NOT NULL FROM ds_sync.subscriptions WHERE stream_name = 'live1'",
+                &[],
+            )
+            .await
+            .ok()?;
+        row.get::<_, bool>(0).then_some(())
+    })
+    .await;
 
     let report = cli(&s.db, &url, &["subscriptions", "--output", "json"])
         .await

@@ -408,3 +408,103 @@ async fn a_gone_stream_stops_its_subscription_with_the_way_out() {
     assert_eq!(s.count("doomed").await, 1, "what was committed stays");
     ingest.stop().await;
 }
+
+#[tokio::test]
+async fn messages_postgres_refuses_become_dead_letters_alone() {
+    let s = setup("ing_refused", DsServerOptions::default()).await;
+    let base = s.server.url();
+    create_stream(&base, "odd", "text/plain").await;
+    let ingest = Ingest::start(&s.db, &base, &["odd"], DEFAULT_MAX_EVENT_BYTES).await;
+    // A lone surrogate escape is valid JSON text, but jsonb refuses it.
+    post_raw(
+        &base,
+        "odd",
+        "text/plain",
+        br#"[{"key":"before"},{"key":"lone","v":"\ud800"},{"key":"after"}]"#,
+    )
+    .await;
+    post_raw(&base, "odd", "text/plain", br#"[{"key":"next"}]"#).await;
+    s.wait_rows("odd", 3).await;
+    s.wait_caught_up("odd").await;
+    let keys: Vec<Option<String>> = s
+        .sql
+        .query("SELECT event_key FROM session_events ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            Some("before".into()),
+            Some("after".into()),
+            Some("next".into())
+        ]
+    );
+    let dead = s
+        .sql
+        .query("SELECT error, raw FROM ds_sync.dead_letters", &[])
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    let error: String = dead[0].get(0);
+    let raw: Vec<u8> = dead[0].get(1);
+    assert!(
+        error.starts_with("PostgreSQL refused the message as jsonb"),
+        "{error}"
+    );
+    assert_eq!(raw, br#"{"key":"lone","v":"\ud800"}"#);
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn lost_postgres_connections_lose_and_double_nothing() {
+    let s = setup("ing_pgloss", DsServerOptions::default()).await;
+    s.ds.ensure_stream("steady").await.unwrap();
+    let ingest = Ingest::start(&s.db, &s.server.url(), &["steady"], DEFAULT_MAX_EVENT_BYTES).await;
+    s.wait_status("steady", "streaming").await;
+    let mut id = 0;
+    for round in 0..6 {
+        for _ in 0..10 {
+            let msgs: Vec<String> = (id..id + 5).map(|i| format!(r#"{{"id":{i}}}"#)).collect();
+            s.post("steady", &format!("[{}]", msgs.join(","))).await;
+            id += 5;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if round % 2 == 0 {
+            // Every connection ingest holds, mid-stream.
+            let killed: i64 = s
+                .sql
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND application_name = 'ds-sync'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert!(killed > 0, "ingest held no connection to terminate");
+        }
+    }
+    s.wait_rows("steady", id).await;
+    s.wait_caught_up("steady").await;
+    let row = s
+        .sql
+        .query_one(
+            "SELECT count(DISTINCT (payload->>'id')::int), min((payload->>'id')::int), \
+                    max((payload->>'id')::int) FROM session_events",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i32>(1),
+            row.get::<_, i32>(2)
+        ),
+        (id, 0, id as i32 - 1)
+    );
+    ingest.stop().await;
+}

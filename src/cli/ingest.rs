@@ -69,6 +69,42 @@ pub(super) async fn config(
     Ok(Some(cfg))
 }
 
+/// Stream `dev` ingests unless `--ingest` names others.
+const DEV_STREAM: &str = "sessions";
+
+/// The ingest side of `ds-sync dev`: the demo stream (created so that clients can POST to it
+/// at once) or the `--ingest` streams; prints how to try it.
+pub(super) async fn dev_config(
+    args: &IngestArgs,
+    target: &PgTarget,
+    ds_url: &str,
+) -> Result<Option<IngestConfig>, CliError> {
+    if args.no_ingest {
+        return Ok(None);
+    }
+    let streams = if args.streams.is_empty() {
+        vec![DEV_STREAM.to_owned()]
+    } else {
+        args.streams.clone()
+    };
+    let max = args
+        .ingest_max_event_bytes
+        .unwrap_or(DEFAULT_MAX_EVENT_BYTES);
+    let cfg = IngestConfig::new(target.clone(), ds_url, streams, max)?;
+    for s in &cfg.streams {
+        cfg.ds.ensure_stream(s).await?;
+    }
+    let url = cfg.ds.stream_url(&cfg.streams[0]);
+    eprintln!(
+        "Ingest runs too: events POSTed to {streams} land in session_events.\n\
+         \x20 curl -X POST '{url}' -H 'Content-Type: application/json' \\\n\
+         \x20   -d '[{{\"key\":\"event-1\",\"type\":\"user-action\",\"operation\":\"click\",\"data\":{{\"button\":\"submit\"}}}}]'\n\
+         \x20 then: SELECT stream_name, event_key, event_type, operation, ds_offset FROM session_events;\n",
+        streams = cfg.streams.join(", ")
+    );
+    Ok(Some(cfg))
+}
+
 /// Runs capture, ingest, or both side by side; when one fails the other is stopped
 /// gracefully and the first error is returned.
 pub(super) async fn run_directions(

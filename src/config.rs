@@ -49,6 +49,19 @@ pub struct FileConfig {
     /// `[capture]`: defaults for `ds-sync run` / `ds-sync dev`.
     #[serde(default)]
     pub capture: CaptureFile,
+    /// `[ingest]`: defaults for the ingest side of `ds-sync run`.
+    #[serde(default)]
+    pub ingest: IngestFile,
+}
+
+/// The `[ingest]` section of the config file; each key mirrors a `run` option.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestFile {
+    /// Streams to ingest (added to the stored subscriptions).
+    pub streams: Option<Vec<String>>,
+    pub max_event_bytes: Option<usize>,
+    pub batch_max_rows: Option<usize>,
 }
 
 /// The `[capture]` section of the config file; each key mirrors a `run` option.
@@ -136,7 +149,7 @@ impl ConfigError {
                 "Pass --postgres-url, or set POSTGRES_URL (or DATABASE_URL), or postgres_url in the --config file.".into(),
             ),
             ConfigError::Parse { .. } => Some(
-                "Accepted keys: postgres_url, ds_server_url, slot, publication, log_format, output, and a [capture] section (see the README).".into(),
+                "Accepted keys: postgres_url, ds_server_url, slot, publication, log_format, output, a [capture] and an [ingest] section (see the README).".into(),
             ),
             _ => None,
         }
@@ -158,6 +171,9 @@ pub struct Settings {
     /// The file's `[capture]` section, merged with `run`'s flags by that command.
     #[serde(skip)]
     pub capture_file: CaptureFile,
+    /// The file's `[ingest]` section.
+    #[serde(skip)]
+    pub ingest_file: IngestFile,
 }
 
 impl fmt::Debug for Settings {
@@ -207,6 +223,7 @@ impl Settings {
             log_format: pick_or(cli.log_format, file.log_format, LogFormat::Text),
             output: pick_or(cli.output, file.output, OutputFormat::Table),
             capture_file: file.capture,
+            ingest_file: file.ingest,
         }
     }
 
@@ -352,6 +369,22 @@ mod tests {
         let routes = f.capture.routes.unwrap();
         assert_eq!(routes["sessions"], "sessions/{session_id}");
         assert!(toml::from_str::<FileConfig>("[capture]\nlinger = 5\n").is_err());
+    }
+
+    #[test]
+    fn file_reads_the_ingest_section() {
+        let f: FileConfig = toml::from_str(
+            "[ingest]\nstreams = [\"sessions/1\", \"sessions/2\"]\nmax_event_bytes = 1024\n\
+             batch_max_rows = 50\n",
+        )
+        .unwrap();
+        assert_eq!(
+            f.ingest.streams,
+            Some(vec!["sessions/1".into(), "sessions/2".into()])
+        );
+        assert_eq!(f.ingest.max_event_bytes, Some(1024));
+        assert_eq!(f.ingest.batch_max_rows, Some(50));
+        assert!(toml::from_str::<FileConfig>("[ingest]\nstream = [\"x\"]\n").is_err());
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! * [`ds`]: the Durable Streams HTTP client: create, append with `Stream-Seq`, read,
 //!   subscribe over SSE; errors classified as transient or permanent from status codes.
 //! * [`capture`]: DB → stream: the replication loop, LSN ledger, batching, delivery.
+//! * [`ingest`]: stream → DB: SSE subscriptions, binary COPY with the offset in the same
+//!   transaction, dead letters, subscriptions that change at run time.
 //! * [`bench`]: `ds-sync bench`, the load-test runner: scenarios next to their ceilings.
 //! * [`embedded`]: a throwaway local PostgreSQL cluster and an in-process DS server, used by
 //!   the test suite and by `ds-sync dev`.
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod ds;
 pub mod embedded;
+pub mod ingest;
 pub mod pg;
 pub mod pgoutput;
 pub mod publication;

@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../sql/002_ds_sync_bookkeeping.sql"),
     },
     Migration {
+        version: 3,
+        name: "003_ingest",
+        sql: include_str!("../sql/003_ingest.sql"),
+    },
+    Migration {
         version: 4,
         name: "004_snapshot",
         sql: include_str!("../sql/004_snapshot.sql"),

@@ -81,7 +81,12 @@ read, confirm, exit 0; a second signal exits at once (nothing is lost: the slot 
 Examples:
   ds-sync run --tables items,orders
   ds-sync run --tables sessions --route 'sessions=sessions/{session_id}'
-  ds-sync run --stream-template 'db/{schema}/{table}' --takeover")]
+  ds-sync run --stream-template 'db/{schema}/{table}' --takeover
+
+Ingest (streams into session_events, the offset committed with the rows) runs beside capture
+when --ingest, the [ingest] section or stored subscriptions name streams:
+  ds-sync run --tables items --ingest sessions/1,sessions/2
+  ds-sync run --no-capture --ingest sessions/1")]
     Run {
         #[command(flatten)]
         capture: CaptureArgs,
@@ -118,6 +123,34 @@ Example:
     /// Show the effective configuration and where each value came from
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Ingest streams into session_events (a running ds-sync picks this up within a second)
+    #[command(after_help = "\
+Stores the subscription in ds_sync.subscriptions and notifies running ds-sync processes.
+Subscribing a stream again restarts its subscription (e.g. after a 410 or a closed stream).
+--reset-offset forgets the stored offset: ingest starts again from the oldest event the
+server retains (rows already stored stay).
+
+Examples:
+  ds-sync subscribe sessions/42 sessions/43
+  ds-sync subscribe sessions/42 --reset-offset")]
+    Subscribe {
+        /// Stream names (as after /v1/stream/ in the URL)
+        #[arg(required = true, value_name = "STREAM")]
+        streams: Vec<String>,
+        /// Forget the stored offset and ingest from the start of what the server retains
+        #[arg(long)]
+        reset_offset: bool,
+    },
+    /// Stop ingesting streams (their stored offsets are kept)
+    #[command(after_help = "Example:\n  ds-sync unsubscribe sessions/42")]
+    Unsubscribe {
+        /// Stream names
+        #[arg(required = true, value_name = "STREAM")]
+        streams: Vec<String>,
+    },
+    /// List subscriptions: state, committed offset, the stream's tail (HEAD), dead letters
+    #[command(after_help = "Example:\n  ds-sync subscriptions --output json")]
+    Subscriptions,
     /// Load-test runner: one scenario against throwaway servers (or the given URLs), next to
     /// its ceiling measured in the same run; writes JSON, Markdown and SVG charts
     #[command(after_help = "\
@@ -213,6 +246,36 @@ pub struct CaptureArgs {
     /// Tables a snapshot reads in parallel [default: 4]
     #[arg(long, env = "DS_SYNC_SNAPSHOT_WORKERS", value_name = "N")]
     pub snapshot_workers: Option<usize>,
+    #[command(flatten)]
+    pub ingest: IngestArgs,
+}
+
+/// Options of the ingest path (stream → `session_events`). Each has an environment variable
+/// and a key in the config file's `[ingest]` section.
+#[derive(Debug, Args, Clone, Default)]
+pub struct IngestArgs {
+    /// Streams to ingest into session_events (added to the stored subscriptions; see
+    /// `ds-sync subscribe`)
+    #[arg(
+        long = "ingest",
+        value_delimiter = ',',
+        num_args = 1..,
+        env = "DS_SYNC_INGEST",
+        value_name = "STREAM"
+    )]
+    pub streams: Vec<String>,
+    /// Run ingest only (it runs even with no subscriptions: they may be added while it runs)
+    #[arg(long, conflicts_with = "no_ingest")]
+    pub no_capture: bool,
+    /// Run capture only
+    #[arg(long)]
+    pub no_ingest: bool,
+    /// Largest message stored; larger ones go to ds_sync.dead_letters [default: 16777216]
+    #[arg(long, env = "DS_SYNC_INGEST_MAX_EVENT_BYTES", value_name = "BYTES")]
+    pub ingest_max_event_bytes: Option<usize>,
+    /// Most rows written in one ingest transaction (over all streams) [default: 10000]
+    #[arg(long, env = "DS_SYNC_INGEST_BATCH_MAX_ROWS", value_name = "N")]
+    pub ingest_batch_max_rows: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -347,6 +410,39 @@ mod tests {
     fn globals_may_follow_the_subcommand() {
         let cli = Cli::try_parse_from(["ds-sync", "slot", "list", "--output", "json"]).unwrap();
         assert_eq!(cli.global.output, Some(OutputFormat::Json));
+    }
+
+    #[test]
+    fn run_takes_ingest_streams_and_direction_switches() {
+        let cli = Cli::try_parse_from([
+            "ds-sync",
+            "run",
+            "--ingest",
+            "a,b",
+            "--ingest",
+            "c/d",
+            "--no-capture",
+        ])
+        .unwrap();
+        let Command::Run { capture } = cli.command else {
+            panic!("parsed into the wrong command");
+        };
+        assert_eq!(capture.ingest.streams, ["a", "b", "c/d"]);
+        assert!(capture.ingest.no_capture && !capture.ingest.no_ingest);
+        let both = Cli::try_parse_from(["ds-sync", "run", "--no-capture", "--no-ingest"]);
+        assert!(both.is_err(), "--no-capture and --no-ingest conflict");
+        let cli =
+            Cli::try_parse_from(["ds-sync", "subscribe", "s1", "s2", "--reset-offset"]).unwrap();
+        let Command::Subscribe {
+            streams,
+            reset_offset,
+        } = cli.command
+        else {
+            panic!("parsed into the wrong command");
+        };
+        assert_eq!(streams, ["s1", "s2"]);
+        assert!(reset_offset);
+        assert!(Cli::try_parse_from(["ds-sync", "unsubscribe"]).is_err());
     }
 
     #[test]

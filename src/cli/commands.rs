@@ -19,6 +19,14 @@ pub async fn run(command: Command, settings: &Settings) -> Result<(), CliError> 
         Command::Run { capture } => super::run::run(&capture, settings).await,
         Command::Dev { capture } => super::run::dev(&capture, settings).await,
         Command::Bench(args) => super::bench::bench(&args, settings).await,
+        Command::Subscribe {
+            streams,
+            reset_offset,
+        } => super::ingest::subscribe(&streams, reset_offset, settings, &out).await,
+        Command::Unsubscribe { streams } => {
+            super::ingest::unsubscribe(&streams, settings, &out).await
+        }
+        Command::Subscriptions => super::ingest::subscriptions(settings, &out).await,
     }
 }
 

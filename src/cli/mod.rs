@@ -6,6 +6,7 @@
 pub mod args;
 mod bench;
 mod commands;
+mod ingest;
 mod output;
 mod run;
 
@@ -55,6 +56,8 @@ pub enum CliError {
     Ds(#[from] crate::ds::DsError),
     #[error(transparent)]
     Bench(#[from] crate::bench::BenchError),
+    #[error(transparent)]
+    Ingest(#[from] crate::ingest::IngestError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -79,6 +82,7 @@ impl CliError {
             CliError::Capture(e) => e.hint(),
             CliError::Embedded(e) => e.hint(),
             CliError::Ds(e) => e.hint(),
+            CliError::Ingest(e) => e.hint(),
             CliError::SlotLost(name) => Some(format!(
                 "A lost slot cannot be resumed: drop it (`ds-sync slot drop {name}`), create it again and re-snapshot the tables."
             )),

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::capture::CaptureConfig;
 use crate::capture::batch::Limits;
 use crate::capture::route::{Router, Template, parse_route_option};
 use crate::capture::source::SourceConfig;
-use crate::capture::{self, CaptureConfig};
 use crate::config::{Settings, Source};
 use crate::ds::{ClientOptions, DsClient};
 use crate::embedded::{DsServer, DsServerOptions, LocalPostgres, PostgresOptions};
@@ -24,10 +24,19 @@ pub const DEFAULT_STREAM_TEMPLATE: &str = "pg-{table}";
 /// Runs capture until a signal.
 pub async fn run(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError> {
     let target = super::commands::target(settings)?;
-    let cfg = capture_config(args, settings, target, &settings.ds_server_url.value)?;
+    let ingest = super::ingest::config(&args.ingest, settings, &target).await?;
+    let cfg = if args.ingest.no_capture {
+        None
+    } else {
+        Some(capture_config(
+            args,
+            settings,
+            target,
+            &settings.ds_server_url.value,
+        )?)
+    };
     let (shutdown, hard_stop) = signals();
-    capture::run(&cfg, &shutdown, &hard_stop).await?;
-    Ok(())
+    super::ingest::run_directions(cfg, ingest, settings, &shutdown, &hard_stop).await
 }
 
 /// Flags (and their env vars) over the config file's `[capture]` over defaults.
@@ -187,12 +196,14 @@ pub async fn dev(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError
     // The slot exists before the banner invites inserts, so no row falls before it.
     crate::capture::source::prepare(&client, &cfg.source).await?;
     print_dev_banner(local_pg.as_ref(), &target, &ds_url, &args);
+    let ingest = super::ingest::dev_config(&args.ingest, &target, &ds_url).await?;
     let (shutdown, hard_stop) = signals();
-    let result = capture::run(&cfg, &shutdown, &hard_stop).await;
+    let result =
+        super::ingest::run_directions(Some(cfg), ingest, settings, &shutdown, &hard_stop).await;
     drop(ds_server);
     drop(local_pg);
     eprintln!("stopped; throwaway servers removed");
-    Ok(result?)
+    result
 }
 
 /// Port 4437 (the DS default) when free, so printed URLs are predictable; any port otherwise.

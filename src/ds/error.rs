@@ -54,6 +54,8 @@ pub enum DsError {
         event_type: String,
         size: usize,
         limit: usize,
+        /// The first bytes of the data (the SSE parser's preview), for dead letters.
+        preview: bytes::Bytes,
     },
     /// The caller passed something that cannot be sent (e.g. a `Stream-Seq` value that is
     /// not a valid header value).

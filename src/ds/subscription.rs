@@ -56,7 +56,9 @@ impl SseSubscription {
     /// ended), [`DsError::InvalidResponse`] for a control event without a usable offset and
     /// [`DsError::EventTooLarge`] for an event over the limit. After either of the last two,
     /// data buffered since the last control must not be committed: drop the subscription
-    /// and subscribe again from the last committed offset.
+    /// and subscribe again from the last committed offset. The exception is an oversized
+    /// `data` event: parsing goes on after it, so a caller may record it (its size and
+    /// preview) in place of the data and keep reading, as ingest does with dead letters.
     pub async fn next(&mut self) -> Option<Result<DsEvent, DsError>> {
         loop {
             while let Some(item) = self.parser.next_event() {
@@ -65,13 +67,16 @@ impl SseSubscription {
                         return Some(classify(event).map_err(|e| self.invalid(&e)));
                     }
                     SseItem::Oversized {
-                        event_type, size, ..
+                        event_type,
+                        size,
+                        preview,
                     } => {
                         return Some(Err(DsError::EventTooLarge {
                             stream: self.stream.clone(),
                             event_type,
                             size,
                             limit: self.max_event_bytes,
+                            preview,
                         }));
                     }
                     SseItem::Comment | SseItem::Retry(_) => {}

@@ -1,0 +1,309 @@
+//! The ingest side of the CLI: `run`'s ingest options merged into an [`IngestConfig`], both
+//! directions run side by side, and `subscribe` / `unsubscribe` / `subscriptions`.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use comfy_table::{Table, presets::ASCII_NO_BORDERS};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::capture::{self, CaptureConfig};
+use crate::config::{OutputFormat, Settings};
+use crate::ds::{ClientOptions, DsClient};
+use crate::ingest::store::{self, SubscriptionInfo};
+use crate::ingest::{self, DEFAULT_MAX_EVENT_BYTES, IngestConfig, WriterOptions};
+use crate::pg::PgTarget;
+
+use super::CliError;
+use super::args::IngestArgs;
+use super::output::Printer;
+
+/// HEAD requests `subscriptions` sends at once.
+const HEAD_CONCURRENCY: usize = 16;
+/// Bound on one HEAD, so an unreachable DS server does not stall the report for long.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The ingest configuration of `run`, or `None` when ingest should not run: `--no-ingest`,
+/// or capture runs and no stream is named or stored.
+pub(super) async fn config(
+    args: &IngestArgs,
+    settings: &Settings,
+    target: &PgTarget,
+) -> Result<Option<IngestConfig>, CliError> {
+    if args.no_ingest {
+        return Ok(None);
+    }
+    let file = &settings.ingest_file;
+    let mut streams = file.streams.clone().unwrap_or_default();
+    for s in &args.streams {
+        if !streams.contains(s) {
+            streams.push(s.clone());
+        }
+    }
+    if streams.is_empty() && !args.no_capture {
+        let client = target.connect().await?;
+        if !store::has_subscriptions(&client).await? {
+            return Ok(None);
+        }
+    }
+    let max_event_bytes = args
+        .ingest_max_event_bytes
+        .or(file.max_event_bytes)
+        .unwrap_or(DEFAULT_MAX_EVENT_BYTES);
+    let mut cfg = IngestConfig::new(
+        target.clone(),
+        &settings.ds_server_url.value,
+        streams,
+        max_event_bytes,
+    )?;
+    cfg.writer = WriterOptions {
+        max_rows: args
+            .ingest_batch_max_rows
+            .or(file.batch_max_rows)
+            .unwrap_or(cfg.writer.max_rows)
+            .max(1),
+        ..cfg.writer
+    };
+    Ok(Some(cfg))
+}
+
+/// Stream `dev` ingests unless `--ingest` names others.
+const DEV_STREAM: &str = "sessions";
+
+/// The ingest side of `ds-sync dev`: the demo stream (created so that clients can POST to it
+/// at once) or the `--ingest` streams; prints how to try it.
+pub(super) async fn dev_config(
+    args: &IngestArgs,
+    target: &PgTarget,
+    ds_url: &str,
+) -> Result<Option<IngestConfig>, CliError> {
+    if args.no_ingest {
+        return Ok(None);
+    }
+    let streams = if args.streams.is_empty() {
+        vec![DEV_STREAM.to_owned()]
+    } else {
+        args.streams.clone()
+    };
+    let max = args
+        .ingest_max_event_bytes
+        .unwrap_or(DEFAULT_MAX_EVENT_BYTES);
+    let cfg = IngestConfig::new(target.clone(), ds_url, streams, max)?;
+    for s in &cfg.streams {
+        cfg.ds.ensure_stream(s).await?;
+    }
+    let url = cfg.ds.stream_url(&cfg.streams[0]);
+    eprintln!(
+        "Ingest runs too: events POSTed to {streams} land in session_events.\n\
+         \x20 curl -X POST '{url}' -H 'Content-Type: application/json' \\\n\
+         \x20   -d '[{{\"key\":\"event-1\",\"type\":\"user-action\",\"operation\":\"click\",\"data\":{{\"button\":\"submit\"}}}}]'\n\
+         \x20 then: SELECT stream_name, event_key, event_type, operation, ds_offset FROM session_events;\n",
+        streams = cfg.streams.join(", ")
+    );
+    Ok(Some(cfg))
+}
+
+/// Runs capture, ingest, or both side by side; when one fails the other is stopped
+/// gracefully and the first error is returned.
+pub(super) async fn run_directions(
+    capture: Option<CaptureConfig>,
+    ingest: Option<IngestConfig>,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+    hard_stop: &CancellationToken,
+) -> Result<(), CliError> {
+    let publication = &settings.publication.value;
+    match (capture, ingest) {
+        (None, None) => Err(CliError::Invalid(
+            "--no-capture together with --no-ingest leaves nothing to run".into(),
+        )),
+        (Some(c), None) => Ok(capture::run(&c, shutdown, hard_stop).await?),
+        (None, Some(i)) => {
+            let client = i.target.connect().await?;
+            if let Some(how) = ingest::guard::sink_published(&client, publication, &[]).await? {
+                tracing::warn!(%publication, %how, "public.session_events is in a capture publication: a capture process using it would echo ingested rows back into streams");
+            }
+            drop(client);
+            Ok(ingest::run(&i, shutdown, hard_stop).await?)
+        }
+        (Some(c), Some(i)) => {
+            let client = i.target.connect().await?;
+            ingest::guard::refuse_loop(&client, publication, &c.source.tables).await?;
+            drop(client);
+            let capture = async {
+                let r = capture::run(&c, shutdown, hard_stop).await;
+                if r.is_err() {
+                    shutdown.cancel();
+                }
+                r
+            };
+            let ingest = async {
+                let r = ingest::run(&i, shutdown, hard_stop).await;
+                if r.is_err() {
+                    shutdown.cancel();
+                }
+                r
+            };
+            let (c, i) = tokio::join!(capture, ingest);
+            c?;
+            i?;
+            Ok(())
+        }
+    }
+}
+
+/// `ds-sync subscribe`.
+pub(super) async fn subscribe(
+    streams: &[String],
+    reset_offset: bool,
+    settings: &Settings,
+    out: &Printer,
+) -> Result<(), CliError> {
+    let mut client = super::commands::target(settings)?.connect().await?;
+    crate::schema::apply(&mut client).await?;
+    let done = store::subscribe(&mut client, streams, reset_offset).await?;
+    for s in &done {
+        let verb = if s.created {
+            "subscribed"
+        } else {
+            "subscribed again (restarting)"
+        };
+        let reset = if s.offset_reset {
+            "; stored offset removed"
+        } else {
+            ""
+        };
+        out.message(&format!("{verb} {}{reset}", s.stream), &s.stream)?;
+    }
+    Ok(())
+}
+
+/// `ds-sync unsubscribe`.
+pub(super) async fn unsubscribe(
+    streams: &[String],
+    settings: &Settings,
+    out: &Printer,
+) -> Result<(), CliError> {
+    let mut client = super::commands::target(settings)?.connect().await?;
+    crate::schema::apply(&mut client).await?;
+    for (stream, was) in store::unsubscribe(&mut client, streams).await? {
+        let text = if was {
+            format!("unsubscribed {stream} (its offset stays stored)")
+        } else {
+            format!("{stream} was not subscribed")
+        };
+        out.message(&text, &stream)?;
+    }
+    Ok(())
+}
+
+/// One line of `ds-sync subscriptions`.
+#[derive(Debug, Serialize)]
+struct Line {
+    #[serde(flatten)]
+    info: SubscriptionInfo,
+    /// The stream's tail offset (HEAD), `None` when it does not exist or HEAD failed.
+    tail: Option<String>,
+    /// Whether the committed offset has reached the tail; `None` when unknown.
+    caught_up: Option<bool>,
+    /// Why the tail is unknown.
+    tail_error: Option<String>,
+}
+
+/// `ds-sync subscriptions`.
+pub(super) async fn subscriptions(settings: &Settings, out: &Printer) -> Result<(), CliError> {
+    let mut client = super::commands::target(settings)?.connect().await?;
+    crate::schema::apply(&mut client).await?;
+    let infos = store::list(&client).await?;
+    let ds = DsClient::new(
+        &settings.ds_server_url.value,
+        ClientOptions {
+            request_timeout: HEAD_TIMEOUT,
+            ..ClientOptions::default()
+        },
+    )?;
+    let lines = with_tails(&ds, infos).await;
+    if settings.output.value == OutputFormat::Json {
+        let text =
+            serde_json::to_string_pretty(&lines).map_err(|e| CliError::Output(e.to_string()))?;
+        return emit(&text);
+    }
+    if lines.is_empty() {
+        return out.message("no subscriptions", "");
+    }
+    emit(&table(&lines).to_string())
+}
+
+async fn with_tails(ds: &DsClient, infos: Vec<SubscriptionInfo>) -> Vec<Line> {
+    let limit = Arc::new(Semaphore::new(HEAD_CONCURRENCY));
+    let mut tasks = Vec::with_capacity(infos.len());
+    for info in infos {
+        let ds = ds.clone();
+        let limit = Arc::clone(&limit);
+        tasks.push(tokio::spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let (tail, tail_error) = match ds.head(&info.stream).await {
+                Ok(Some(t)) => (Some(t), None),
+                Ok(None) => (None, Some("the stream does not exist".to_owned())),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            let caught_up = tail
+                .as_deref()
+                .map(|t| info.offset.as_deref().is_some_and(|o| o >= t));
+            Line {
+                info,
+                tail,
+                caught_up,
+                tail_error,
+            }
+        }));
+    }
+    let mut lines = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        if let Ok(line) = t.await {
+            lines.push(line);
+        }
+    }
+    lines
+}
+
+fn table(lines: &[Line]) -> Table {
+    let mut table = Table::new();
+    table.load_style(ASCII_NO_BORDERS).set_header(vec![
+        "stream",
+        "status",
+        "offset",
+        "tail",
+        "lag",
+        "last event",
+        "dead letters",
+        "error",
+    ]);
+    let dash = || "-".to_owned();
+    for l in lines {
+        let lag = match (l.caught_up, &l.tail_error) {
+            (Some(true), _) => "caught up".to_owned(),
+            (Some(false), _) => "behind".to_owned(),
+            (None, Some(e)) => format!("unknown: {e}"),
+            (None, None) => dash(),
+        };
+        table.add_row(vec![
+            l.info.stream.clone(),
+            l.info.status.clone(),
+            l.info.offset.clone().unwrap_or_else(dash),
+            l.tail.clone().unwrap_or_else(dash),
+            lag,
+            l.info.last_event_at.clone().unwrap_or_else(dash),
+            l.info.dead_letters.to_string(),
+            l.info.error.clone().unwrap_or_else(dash),
+        ]);
+    }
+    table
+}
+
+fn emit(text: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}").map_err(|e| CliError::Output(e.to_string()))
+}

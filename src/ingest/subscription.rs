@@ -1,0 +1,282 @@
+//! One stream's subscription: SSE from the last committed offset, rows held until a control
+//! event, then handed to the writer and the offset advanced only after its COMMIT.
+//!
+//! ```text
+//!   subscribe(offset) ─▶ data ─▶ decode into pending ─┐
+//!        ▲               control ─▶ Commit ─▶ writer ─┴─▶ reply: offset = next
+//!        │                                                 (or the stored offset)
+//!        └── server ended the body / transient failure: backoff, resubscribe
+//!            404: wait for the stream (polled with backoff)
+//!            410: stop with the way out; streamClosed: finish, recorded as closed
+//! ```
+//!
+//! The loop's priorities, in order: stop when asked (between commits, never inside one);
+//! never advance the offset past data that is not stored (rows or dead letters); keep going
+//! on any per-stream trouble, reporting it in the subscription's state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::decode::Pending;
+use super::state::{StateSender, StateUpdate, Status};
+use super::writer::{Commit, CommitFailed};
+use crate::ds::{Backoff, DsClient, DsError, OFFSET_START, SseSubscription};
+use crate::sse::DsEvent;
+
+/// What every subscription shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub ds: DsClient,
+    pub writer: mpsc::Sender<Commit>,
+    pub state: StateSender,
+    /// Largest data event stored; larger ones become dead letters.
+    pub max_event_bytes: usize,
+}
+
+/// How one SSE connection ended.
+enum End {
+    /// The server ended the body; `progressed` if anything was committed on it.
+    ServerEnded { progressed: bool },
+    /// The stream is closed and committed to its end.
+    StreamClosed,
+    /// Asked to stop, or the writer is gone.
+    Stopped,
+    /// Reconnect after a backoff.
+    Retry(String),
+}
+
+/// Runs one subscription until `stop`, the stream's end, or a 410.
+pub async fn run(
+    stream: String,
+    offset: Option<String>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let mut sub = Subscription {
+        stream,
+        offset,
+        shared,
+        status: None,
+        up_to_date: false,
+    };
+    sub.run(&stop).await;
+}
+
+struct Subscription {
+    stream: String,
+    offset: Option<String>,
+    shared: Arc<Shared>,
+    /// Last reported (status, error).
+    status: Option<(Status, Option<String>)>,
+    up_to_date: bool,
+}
+
+impl Subscription {
+    async fn run(&mut self, stop: &CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut waiting = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+        loop {
+            self.report(Status::Connecting, None);
+            let from = self
+                .offset
+                .clone()
+                .unwrap_or_else(|| OFFSET_START.to_owned());
+            let opened = tokio::select! {
+                () = stop.cancelled() => return,
+                r = self.shared.ds.subscribe(&self.stream, &from) => r,
+            };
+            let delay = match opened {
+                Ok(sse) => {
+                    waiting.reset();
+                    self.report(Status::Streaming, None);
+                    let opened_at = tokio::time::Instant::now();
+                    match self.read(sse, stop).await {
+                        End::ServerEnded { progressed } => {
+                            // A connection that lived a while and ended cleanly is the
+                            // server's routine close, not a failure.
+                            if progressed || opened_at.elapsed() > Duration::from_secs(1) {
+                                backoff.reset();
+                            }
+                            tracing::debug!(stream = %self.stream, offset = %from, "sse connection ended by the server; resubscribing");
+                            backoff.next_delay() / 4
+                        }
+                        End::StreamClosed => {
+                            tracing::info!(stream = %self.stream, offset = ?self.offset, "stream closed; subscription finished");
+                            self.report(Status::Closed, None);
+                            return;
+                        }
+                        End::Stopped => return,
+                        End::Retry(reason) => {
+                            tracing::warn!(stream = %self.stream, offset = ?self.offset, %reason, "ingest reconnecting");
+                            self.report(Status::Retrying, Some(reason));
+                            backoff.next_delay()
+                        }
+                    }
+                }
+                Err(DsError::NotFound { .. }) => {
+                    if self
+                        .status
+                        .as_ref()
+                        .is_none_or(|(s, _)| *s != Status::Waiting)
+                    {
+                        tracing::info!(stream = %self.stream, "stream does not exist yet; waiting for it");
+                    }
+                    self.report(
+                        Status::Waiting,
+                        Some("the stream does not exist yet".into()),
+                    );
+                    waiting.next_delay()
+                }
+                Err(DsError::Gone { .. }) => {
+                    let error = self.gone_message(&from);
+                    tracing::error!(stream = %self.stream, offset = %from, "{error}");
+                    self.report(Status::Failed, Some(error));
+                    return;
+                }
+                Err(e) => {
+                    let mut reason = e.to_string();
+                    if let Some(hint) = e.hint() {
+                        reason = format!("{reason}. {hint}");
+                    }
+                    tracing::warn!(stream = %self.stream, offset = %from, error = %reason, "cannot subscribe; retrying");
+                    self.report(Status::Retrying, Some(reason));
+                    backoff.next_delay()
+                }
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    fn gone_message(&self, from: &str) -> String {
+        format!(
+            "the server no longer has stream {:?} from offset {from} (410: deleted, or the \
+             offset is before its retention window); events after that offset may be lost. \
+             To resume from the oldest retained event run `ds-sync subscribe {} --reset-offset` \
+             (rows already stored stay; rows still retained on the server before them would be \
+             stored again)",
+            self.stream, self.stream
+        )
+    }
+
+    /// Reads one SSE connection to its end.
+    async fn read(&mut self, mut sse: SseSubscription, stop: &CancellationToken) -> End {
+        let mut pending = Pending::default();
+        let mut progressed = false;
+        loop {
+            let event = tokio::select! {
+                () = stop.cancelled() => return End::Stopped,
+                ev = sse.next() => ev,
+            };
+            match event {
+                None => return End::ServerEnded { progressed },
+                Some(Ok(DsEvent::Data(data))) => {
+                    pending.push_data(&data, self.shared.max_event_bytes);
+                }
+                Some(Ok(DsEvent::Control(control))) => {
+                    let moved = self.offset.as_deref() != Some(control.stream_next_offset.as_str());
+                    let stored_events = !pending.is_empty();
+                    if moved || stored_events {
+                        if let Err(end) = self
+                            .commit(pending.take(), control.stream_next_offset)
+                            .await
+                        {
+                            return end;
+                        }
+                        progressed = true;
+                    }
+                    self.committed(control.up_to_date, stored_events);
+                    if control.stream_closed {
+                        return End::StreamClosed;
+                    }
+                }
+                Some(Ok(DsEvent::Other { event_type, .. })) => {
+                    tracing::debug!(stream = %self.stream, %event_type, "skipping an sse event of unknown type");
+                }
+                Some(Err(DsError::EventTooLarge {
+                    event_type,
+                    size,
+                    limit,
+                    preview,
+                    ..
+                })) if event_type == crate::sse::ds::DATA_EVENT => {
+                    pending.push_oversized(size, limit, &preview);
+                }
+                Some(Err(e)) => {
+                    return End::Retry(format!(
+                        "{e} (after committed offset {})",
+                        self.offset.as_deref().unwrap_or(OFFSET_START)
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Hands the batch to the writer and waits for its COMMIT.
+    async fn commit(&mut self, batch: Pending, next_offset: String) -> Result<(), End> {
+        let (reply, answer) = oneshot::channel();
+        let commit = Commit {
+            stream: self.stream.clone(),
+            prev_offset: self.offset.clone(),
+            next_offset: next_offset.clone(),
+            rows: batch.rows,
+            dead: batch.dead,
+            reply,
+        };
+        if self.shared.writer.send(commit).await.is_err() {
+            return Err(End::Stopped);
+        }
+        match answer.await {
+            Ok(Ok(())) => {
+                self.offset = Some(next_offset);
+                Ok(())
+            }
+            Ok(Err(CommitFailed::Retry { committed, reason })) => {
+                self.offset = committed;
+                Err(End::Retry(reason))
+            }
+            Ok(Err(CommitFailed::Stopped)) | Err(_) => Err(End::Stopped),
+        }
+    }
+
+    fn report(&mut self, status: Status, error: Option<String>) {
+        let now = (status, error);
+        if self.status.as_ref() == Some(&now) {
+            return;
+        }
+        if now.0 != Status::Streaming {
+            self.up_to_date = false;
+        }
+        self.shared.state.send(StateUpdate {
+            stream: self.stream.clone(),
+            status: now.0,
+            error: now.1.clone(),
+            up_to_date: self.up_to_date,
+            stored_events: false,
+        });
+        self.status = Some(now);
+    }
+
+    /// Reports a control event: whether it reached the tail, and whether its commit
+    /// stored events (rows or dead letters).
+    fn committed(&mut self, up_to_date: bool, stored_events: bool) {
+        if self.up_to_date == up_to_date && !stored_events {
+            return;
+        }
+        self.up_to_date = up_to_date;
+        if let Some((status, error)) = self.status.clone() {
+            self.shared.state.send(StateUpdate {
+                stream: self.stream.clone(),
+                status,
+                error,
+                up_to_date,
+                stored_events,
+            });
+        }
+    }
+}

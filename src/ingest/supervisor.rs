@@ -1,0 +1,160 @@
+//! The subscription supervisor: keeps one task per subscribed stream, following
+//! `ds_sync.subscriptions` as it changes.
+//!
+//! It re-reads the table every second and whenever `ds-sync subscribe` / `unsubscribe`
+//! NOTIFY its LISTEN connection. A new row starts a task from the stored offset; a removed
+//! row stops its task (between commits; the offset stays stored); a row whose generation
+//! grew (subscribed again) restarts it from the stored offset. A task that finished (closed
+//! stream, 410) is left finished until its generation grows.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use super::store::{self, Wanted};
+use super::subscription::{self, Shared};
+use crate::pg::{PgError, PgTarget, describe};
+
+/// How often the table is re-read even without a notification.
+const REREAD_EVERY: Duration = Duration::from_secs(1);
+
+struct Running {
+    generation: i64,
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+/// Supervises subscriptions until `shutdown`, then stops every task and waits for them.
+pub async fn supervise(target: PgTarget, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let wake = Arc::new(Notify::new());
+    let mut client: Option<Client> = None;
+    let mut running: HashMap<String, Running> = HashMap::new();
+    let mut tick = tokio::time::interval(REREAD_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+            () = wake.notified() => {}
+        }
+        if client.as_ref().is_none_or(Client::is_closed) {
+            match listen(&target, Arc::clone(&wake)).await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read subscriptions; retrying");
+                    continue;
+                }
+            }
+        }
+        let Some(c) = client.as_ref() else { continue };
+        match store::wanted(c).await {
+            Ok(wanted) => reconcile(c, &mut running, wanted, &shared, &shutdown).await,
+            Err(e) => tracing::warn!(error = %e, "cannot read subscriptions; retrying"),
+        }
+    }
+    for r in running.values() {
+        r.stop.cancel();
+    }
+    for (_, r) in running {
+        let _ = r.handle.await;
+    }
+}
+
+/// A connection that LISTENs for subscription changes and wakes the supervisor.
+async fn listen(target: &PgTarget, wake: Arc<Notify>) -> Result<Client, PgError> {
+    let (client, mut connection) =
+        target
+            .config()
+            .connect(NoTls)
+            .await
+            .map_err(|e| PgError::Connect {
+                target: target.to_string(),
+                reason: describe(&e),
+            })?;
+    tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %describe(&e), "subscription listener connection closed");
+                    break;
+                }
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {}", store::CHANNEL))
+        .await
+        .map_err(|e| PgError::query("listening for subscription changes", &e))?;
+    Ok(client)
+}
+
+/// Starts, stops and restarts tasks so that they match `wanted`.
+async fn reconcile(
+    client: &Client,
+    running: &mut HashMap<String, Running>,
+    wanted: Vec<Wanted>,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+) {
+    let wanted: HashMap<String, Wanted> =
+        wanted.into_iter().map(|w| (w.stream.clone(), w)).collect();
+    let removed: Vec<String> = running
+        .keys()
+        .filter(|s| !wanted.contains_key(*s))
+        .cloned()
+        .collect();
+    for stream in removed {
+        if let Some(r) = running.remove(&stream) {
+            tracing::info!(%stream, "unsubscribed; stopping its ingest");
+            stop(r).await;
+        }
+    }
+    for (stream, w) in wanted {
+        let offset = match running.get(&stream) {
+            Some(r) if r.generation == w.generation => continue,
+            Some(_) => {
+                if let Some(r) = running.remove(&stream) {
+                    tracing::info!(%stream, "subscribed again; restarting its ingest");
+                    stop(r).await;
+                }
+                // The stopped task may have committed since `wanted` was read.
+                match store::offset(client, &stream).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::warn!(%stream, error = %e, "cannot read the stored offset; retrying");
+                        continue;
+                    }
+                }
+            }
+            None => w.offset,
+        };
+        tracing::info!(%stream, offset = offset.as_deref().unwrap_or(crate::ds::OFFSET_START), "ingesting");
+        let stop = shutdown.child_token();
+        let handle = tokio::spawn(subscription::run(
+            stream.clone(),
+            offset,
+            Arc::clone(shared),
+            stop.clone(),
+        ));
+        running.insert(
+            stream,
+            Running {
+                generation: w.generation,
+                stop,
+                handle,
+            },
+        );
+    }
+}
+
+async fn stop(r: Running) {
+    r.stop.cancel();
+    let _ = r.handle.await;
+}

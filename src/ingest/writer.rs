@@ -1,0 +1,533 @@
+//! The commit writer: the one task that writes ingested events, owning its Postgres
+//! connection.
+//!
+//! ```text
+//!  subscription ─┐ Commit{stream, prev → next offset, rows, dead letters}
+//!  subscription ─┼──────────▶ [bounded queue] ──▶ one transaction per batch:
+//!  subscription ─┘                                  COPY session_events (binary)
+//!        ▲                                          INSERT dead_letters
+//!        └──────── reply after COMMIT ───────────── UPSERT stream_offsets (checked)
+//! ```
+//!
+//! Whatever is queued when a transaction starts goes into it (up to a row limit), one
+//! offset per stream, so many small streams share one commit. A subscription considers its
+//! offset committed only when the reply arrives after COMMIT.
+//!
+//! **The offset upsert is checked**: each stream's row is only moved from the offset the
+//! subscription started from. If another process moved it, the transaction is rolled back
+//! and the subscription resumes from the stored offset, so two writers never store an event
+//! twice.
+//!
+//! **Failures**: after a lost connection (or an unknown COMMIT outcome) the writer
+//! reconnects and tells each subscription of the batch the offset that is actually stored,
+//! so it resumes from the truth. When PostgreSQL refuses data (`jsonb` rejecting a value
+//! the decoder let through), the rows are probed one by one and the refused ones become
+//! dead letters; any other refusal stops ingest with the server's message.
+
+use std::collections::HashSet;
+use std::error::Error;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{Client, Transaction};
+use tokio_util::sync::CancellationToken;
+
+use super::IngestError;
+use super::decode::{DeadLetter, Row};
+use crate::ds::Backoff;
+use crate::pg::{PgError, PgTarget, describe};
+
+const COPY_SQL: &str = "COPY public.session_events \
+    (stream_name, event_key, event_type, operation, payload, ds_offset) FROM STDIN (FORMAT binary)";
+const COPY_TYPES: [Type; 6] = [
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::JSONB,
+    Type::TEXT,
+];
+
+/// One stream's rows and dead letters, committed with the offset of the control event
+/// that closed them.
+#[derive(Debug)]
+pub struct Commit {
+    pub stream: String,
+    /// The offset stored now (`None`: no row yet); the upsert checks it.
+    pub prev_offset: Option<String>,
+    pub next_offset: String,
+    pub rows: Vec<Row>,
+    pub dead: Vec<DeadLetter>,
+    pub reply: oneshot::Sender<Result<(), CommitFailed>>,
+}
+
+/// Why a commit did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitFailed {
+    /// Nothing of it was stored; resume from `committed`, the offset stored now.
+    Retry {
+        committed: Option<String>,
+        reason: String,
+    },
+    /// Ingest is stopping (or stopped with an error of its own).
+    Stopped,
+}
+
+/// Limits of one transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterOptions {
+    /// Rows (and dead letters) in one transaction, unless one stream's batch alone is larger.
+    pub max_rows: usize,
+    /// Commits queued before subscriptions wait (back-pressure).
+    pub queue: usize,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            max_rows: 10_000,
+            queue: 1024,
+        }
+    }
+}
+
+/// A queue for commits and its receiving end for [`run`].
+#[must_use]
+pub fn channel(opts: WriterOptions) -> (mpsc::Sender<Commit>, mpsc::Receiver<Commit>) {
+    mpsc::channel(opts.queue.max(1))
+}
+
+/// Writes commits until every sender is gone. `hard_stop` abandons a transaction in
+/// progress (it is rolled back; nothing is lost).
+///
+/// # Errors
+///
+/// [`IngestError::Write`] when PostgreSQL refuses a write for a reason a retry cannot fix.
+pub async fn run(
+    target: PgTarget,
+    mut rx: mpsc::Receiver<Commit>,
+    opts: WriterOptions,
+    hard_stop: CancellationToken,
+) -> Result<(), IngestError> {
+    let mut client = target.connect().await?;
+    let mut carry: Option<Commit> = None;
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    loop {
+        let first = match carry.take() {
+            Some(c) => c,
+            None => match rx.recv().await {
+                Some(c) => c,
+                None => return Ok(()),
+            },
+        };
+        let mut batch = vec![first];
+        carry = fill(&mut rx, &mut batch, opts.max_rows);
+        let outcome = tokio::select! {
+            r = write_batch(&mut client, &mut batch) => r,
+            () = hard_stop.cancelled() => {
+                fail_all(batch, &CommitFailed::Stopped);
+                return Ok(());
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                backoff.reset();
+                for c in batch {
+                    let _ = c.reply.send(Ok(()));
+                }
+            }
+            Err(Failure::Fatal(reason)) => {
+                fail_all(batch, &CommitFailed::Stopped);
+                return Err(IngestError::Write { reason });
+            }
+            Err(Failure::Retry(reason)) => {
+                tracing::warn!(%reason, commits = batch.len(), "ingest transaction failed; resuming from the stored offsets");
+                client =
+                    reply_stored(&target, client, batch, &reason, &mut backoff, &hard_stop).await?;
+            }
+        }
+    }
+}
+
+/// Adds queued commits to `batch` up to `max_rows`; a second commit of a stream already in
+/// the batch (or one over the limit) is handed back to start the next batch.
+fn fill(
+    rx: &mut mpsc::Receiver<Commit>,
+    batch: &mut Vec<Commit>,
+    max_rows: usize,
+) -> Option<Commit> {
+    let mut rows: usize = batch.iter().map(weight).sum();
+    let mut streams: HashSet<String> = batch.iter().map(|c| c.stream.clone()).collect();
+    while rows < max_rows {
+        let Ok(next) = rx.try_recv() else {
+            return None;
+        };
+        if streams.contains(&next.stream) || rows + weight(&next) > max_rows {
+            return Some(next);
+        }
+        rows += weight(&next);
+        streams.insert(next.stream.clone());
+        batch.push(next);
+    }
+    None
+}
+
+fn weight(c: &Commit) -> usize {
+    c.rows.len() + c.dead.len() + 1
+}
+
+fn fail_all(batch: Vec<Commit>, why: &CommitFailed) {
+    for c in batch {
+        let _ = c.reply.send(Err(why.clone()));
+    }
+}
+
+/// How a transaction failed.
+enum Failure {
+    /// Nothing was stored (or the outcome is unknown): resume from the stored offsets.
+    Retry(String),
+    /// PostgreSQL refuses this write for good.
+    Fatal(String),
+}
+
+/// Writes one batch, turning rows PostgreSQL refuses into dead letters and trying again.
+async fn write_batch(client: &mut Client, batch: &mut [Commit]) -> Result<(), Failure> {
+    let outcome = match transaction(client, batch).await {
+        Ok(outcome) => outcome,
+        Err(e) if is_data_error(&e) && !client.is_closed() => {
+            let moved = isolate_refused_rows(client, batch).await?;
+            if moved == 0 {
+                return Err(Failure::Fatal(describe(&e)));
+            }
+            transaction(client, batch)
+                .await
+                .map_err(|e| classify(client, &e))?
+        }
+        Err(e) => return Err(classify(client, &e)),
+    };
+    match outcome {
+        Outcome::Committed => Ok(()),
+        Outcome::OffsetMoved(streams) => {
+            tracing::warn!(
+                ?streams,
+                "stored offset moved under ingest (another ds-sync ingesting the same stream?)"
+            );
+            Err(Failure::Retry(format!(
+                "the stored offset of {} moved under this process",
+                streams.join(", ")
+            )))
+        }
+    }
+}
+
+/// What a transaction that ran to its end did.
+enum Outcome {
+    Committed,
+    /// Rolled back: these streams' stored offsets were not the ones the commits started from.
+    OffsetMoved(Vec<String>),
+}
+
+fn is_data_error(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        let code = c.code();
+        code.starts_with("22") || code == SqlState::PROGRAM_LIMIT_EXCEEDED.code()
+    })
+}
+
+fn classify(client: &Client, e: &tokio_postgres::Error) -> Failure {
+    let reason = describe(e);
+    let retry = client.is_closed()
+        || e.as_db_error().is_none()
+        || e.code().is_some_and(|c| {
+            let code = c.code();
+            // Conflicts, serialization failures, shutdown, too many connections.
+            code.starts_with("40")
+                || code.starts_with("57")
+                || code.starts_with("53")
+                || code.starts_with("08")
+                || *c == SqlState::UNIQUE_VIOLATION
+        });
+    if retry {
+        Failure::Retry(reason)
+    } else {
+        Failure::Fatal(reason)
+    }
+}
+
+/// The transaction itself: COPY, dead letters, checked offset upserts. It touches no row
+/// the state reporter writes, so the two never wait for each other.
+async fn transaction(
+    client: &mut Client,
+    batch: &[Commit],
+) -> Result<Outcome, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    copy_rows(&tx, batch).await?;
+    insert_dead_letters(&tx, batch).await?;
+    let moved = upsert_offsets(&tx, batch).await?;
+    if moved.len() < batch.len() {
+        let lost = batch
+            .iter()
+            .map(|c| c.stream.clone())
+            .filter(|s| !moved.contains(s))
+            .collect();
+        tx.rollback().await?;
+        return Ok(Outcome::OffsetMoved(lost));
+    }
+    tx.commit().await?;
+    Ok(Outcome::Committed)
+}
+
+async fn copy_rows(tx: &Transaction<'_>, batch: &[Commit]) -> Result<(), tokio_postgres::Error> {
+    if batch.iter().all(|c| c.rows.is_empty()) {
+        return Ok(());
+    }
+    let sink = tx.copy_in(COPY_SQL).await?;
+    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+    tokio::pin!(writer);
+    for c in batch {
+        for r in &c.rows {
+            let payload = RawJsonb(&r.payload);
+            let values: [&(dyn ToSql + Sync); 6] = [
+                &c.stream,
+                &r.event_key,
+                &r.event_type,
+                &r.operation,
+                &payload,
+                &c.next_offset,
+            ];
+            writer.as_mut().write(&values).await?;
+        }
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+async fn insert_dead_letters(
+    tx: &Transaction<'_>,
+    batch: &[Commit],
+) -> Result<(), tokio_postgres::Error> {
+    let dead: Vec<(&Commit, &DeadLetter)> = batch
+        .iter()
+        .flat_map(|c| c.dead.iter().map(move |d| (c, d)))
+        .collect();
+    if dead.is_empty() {
+        return Ok(());
+    }
+    for (c, d) in &dead {
+        tracing::warn!(stream = %c.stream, offset = %c.next_offset, error = %d.error, size = d.size, "dead letter");
+    }
+    let streams: Vec<&str> = dead.iter().map(|(c, _)| c.stream.as_str()).collect();
+    let offsets: Vec<&str> = dead.iter().map(|(c, _)| c.next_offset.as_str()).collect();
+    let errors: Vec<&str> = dead.iter().map(|(_, d)| d.error.as_str()).collect();
+    let raws: Vec<&[u8]> = dead.iter().map(|(_, d)| d.raw.as_slice()).collect();
+    let sizes: Vec<i64> = dead
+        .iter()
+        .map(|(_, d)| i64::try_from(d.size).unwrap_or(i64::MAX))
+        .collect();
+    let truncated: Vec<bool> = dead.iter().map(|(_, d)| d.truncated).collect();
+    tx.execute(
+        "INSERT INTO ds_sync.dead_letters (stream_name, ds_offset, error, raw, size, truncated) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int8[], $6::bool[])",
+        &[&streams, &offsets, &errors, &raws, &sizes, &truncated],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Moves each stream's offset from `prev_offset` to `next_offset`; returns the streams
+/// whose offset moved (a stream missing from it had another stored offset).
+async fn upsert_offsets(
+    tx: &Transaction<'_>,
+    batch: &[Commit],
+) -> Result<HashSet<String>, tokio_postgres::Error> {
+    let streams: Vec<&str> = batch.iter().map(|c| c.stream.as_str()).collect();
+    let next: Vec<&str> = batch.iter().map(|c| c.next_offset.as_str()).collect();
+    let prev: Vec<Option<&str>> = batch.iter().map(|c| c.prev_offset.as_deref()).collect();
+    let rows = tx
+        .query(
+            "WITH input AS ( \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) AS i(stream_name, next, prev)) \
+             INSERT INTO ds_sync.stream_offsets AS o (stream_name, ds_offset) \
+             SELECT stream_name, next FROM input \
+             ON CONFLICT (stream_name) DO UPDATE SET ds_offset = EXCLUDED.ds_offset, updated_at = now() \
+             WHERE o.ds_offset = (SELECT prev FROM input WHERE input.stream_name = EXCLUDED.stream_name) \
+             RETURNING o.stream_name",
+            &[&streams, &next, &prev],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Probes every row's payload as `jsonb` and moves the refused ones to dead letters.
+/// Returns how many were moved.
+async fn isolate_refused_rows(client: &Client, batch: &mut [Commit]) -> Result<usize, Failure> {
+    let mut moved = 0;
+    for c in batch.iter_mut() {
+        let mut kept = Vec::with_capacity(c.rows.len());
+        for row in std::mem::take(&mut c.rows) {
+            match client
+                .execute("SELECT $1::text::jsonb", &[&row.payload])
+                .await
+            {
+                Ok(_) => kept.push(row),
+                Err(e) if is_data_error(&e) => {
+                    let error =
+                        format!("PostgreSQL refused the message as jsonb: {}", describe(&e));
+                    c.dead.push(DeadLetter::new(error, row.payload.as_bytes()));
+                    moved += 1;
+                }
+                Err(e) => {
+                    c.rows = kept;
+                    return Err(classify(client, &e));
+                }
+            }
+        }
+        c.rows = kept;
+    }
+    Ok(moved)
+}
+
+/// Tells each commit of a failed batch the offset stored now, so it resumes from there;
+/// reconnects (with backoff, until `hard_stop`) until the offsets can be read.
+async fn reply_stored(
+    target: &PgTarget,
+    mut client: Client,
+    batch: Vec<Commit>,
+    reason: &str,
+    backoff: &mut Backoff,
+    hard_stop: &CancellationToken,
+) -> Result<Client, IngestError> {
+    loop {
+        if !client.is_closed() {
+            match stored_offsets(&client, &batch).await {
+                Ok(stored) => {
+                    for (c, committed) in batch.into_iter().zip(stored) {
+                        let reason = reason.to_owned();
+                        let _ = c.reply.send(Err(CommitFailed::Retry { committed, reason }));
+                    }
+                    return Ok(client);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the stored offsets"),
+            }
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = hard_stop.cancelled() => {
+                fail_all(batch, &CommitFailed::Stopped);
+                return Ok(client);
+            }
+        }
+        match target.connect().await {
+            Ok(c) => client = c,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff.ceiling(), "ingest cannot reach PostgreSQL")
+            }
+        }
+    }
+}
+
+async fn stored_offsets(client: &Client, batch: &[Commit]) -> Result<Vec<Option<String>>, PgError> {
+    let mut out = Vec::with_capacity(batch.len());
+    for c in batch {
+        out.push(super::store::offset(client, &c.stream).await?);
+    }
+    Ok(out)
+}
+
+/// A JSON text sent as `jsonb` in binary form (version byte 1, then the text), so the
+/// server parses the original text: nothing is re-serialized on the way.
+#[derive(Debug)]
+struct RawJsonb<'a>(&'a str);
+
+impl ToSql for RawJsonb<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        out.put_u8(1);
+        out.put_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(stream: &str, rows: usize) -> Commit {
+        let (reply, _) = oneshot::channel();
+        Commit {
+            stream: stream.to_owned(),
+            prev_offset: None,
+            next_offset: "1".to_owned(),
+            rows: (0..rows)
+                .map(|i| Row {
+                    event_key: Some(i.to_string()),
+                    event_type: None,
+                    operation: None,
+                    payload: "{}".to_owned(),
+                })
+                .collect(),
+            dead: Vec::new(),
+            reply,
+        }
+    }
+
+    fn streams(batch: &[Commit]) -> Vec<&str> {
+        batch.iter().map(|c| c.stream.as_str()).collect()
+    }
+
+    #[test]
+    fn a_batch_takes_what_is_queued_one_commit_per_stream() {
+        let (tx, mut rx) = channel(WriterOptions::default());
+        for s in ["b", "c", "a", "d"] {
+            tx.try_send(commit(s, 2)).unwrap();
+        }
+        let mut batch = vec![commit("a", 1)];
+        let carry = fill(&mut rx, &mut batch, 100);
+        assert_eq!(streams(&batch), ["a", "b", "c"]);
+        let carry = carry.expect("the second commit of a waits for the next batch");
+        assert_eq!(carry.stream, "a");
+        assert_eq!(rx.try_recv().map(|c| c.stream).ok().as_deref(), Some("d"));
+    }
+
+    #[test]
+    fn a_batch_stops_at_the_row_limit() {
+        let (tx, mut rx) = channel(WriterOptions::default());
+        tx.try_send(commit("b", 5)).unwrap();
+        tx.try_send(commit("c", 5)).unwrap();
+        let mut batch = vec![commit("a", 3)];
+        let carry = fill(&mut rx, &mut batch, 12);
+        assert_eq!(streams(&batch), ["a", "b"]);
+        assert_eq!(carry.map(|c| c.stream).as_deref(), Some("c"));
+        let mut alone = vec![commit("big", 50)];
+        assert!(fill(&mut rx, &mut alone, 12).is_none());
+        assert_eq!(
+            alone.len(),
+            1,
+            "one stream's batch over the limit still goes alone"
+        );
+    }
+
+    #[test]
+    fn raw_jsonb_is_version_one_then_the_text() {
+        let mut out = BytesMut::new();
+        let r = RawJsonb(r#"{"a": 1.000}"#).to_sql(&Type::JSONB, &mut out);
+        assert!(matches!(r, Ok(IsNull::No)));
+        assert_eq!(&out[..], b"\x01{\"a\": 1.000}");
+        assert!(RawJsonb::accepts(&Type::JSONB));
+        assert!(!RawJsonb::accepts(&Type::TEXT));
+    }
+}

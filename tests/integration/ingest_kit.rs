@@ -1,0 +1,213 @@
+//! Helpers of the ingest tests: ingest running in this process against a test database and
+//! an in-process DS server, raw HTTP for what the DS client does not send (other content
+//! types, closing a stream), and queries on what ingest stored.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use ds_sync::ds::{ClientOptions, DsClient};
+use ds_sync::embedded::{DsServer, DsServerOptions};
+use ds_sync::ingest::{self, IngestConfig, IngestError};
+use ds_sync::pg::PgTarget;
+
+use crate::kit::{TestDb, test_db, wait_for};
+
+/// Generous bound for things that take well under a second when all is well.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Ingest running in this process.
+pub struct Ingest {
+    pub shutdown: CancellationToken,
+    pub hard_stop: CancellationToken,
+    handle: JoinHandle<Result<(), IngestError>>,
+}
+
+impl Ingest {
+    pub async fn start(
+        db: &TestDb,
+        ds_url: &str,
+        streams: &[&str],
+        max_event_bytes: usize,
+    ) -> Ingest {
+        let target = PgTarget::parse(&db.url, None).expect("test db url");
+        let streams = streams.iter().map(|s| (*s).to_owned()).collect();
+        let cfg = IngestConfig::new(target, ds_url, streams, max_event_bytes).expect("config");
+        let shutdown = CancellationToken::new();
+        let hard_stop = CancellationToken::new();
+        let (s, h) = (shutdown.clone(), hard_stop.clone());
+        let handle = tokio::spawn(async move { ingest::run(&cfg, &s, &h).await });
+        Ingest {
+            shutdown,
+            hard_stop,
+            handle,
+        }
+    }
+
+    /// Graceful stop; panics if ingest failed.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(PATIENCE, self.handle)
+            .await
+            .expect("ingest stops after shutdown")
+            .expect("ingest task");
+        if let Err(e) = result {
+            panic!("ingest failed: {e}");
+        }
+    }
+}
+
+/// A test database, a DS server and a client for it.
+pub struct Setup {
+    pub db: TestDb,
+    pub sql: tokio_postgres::Client,
+    pub server: DsServer,
+    pub ds: DsClient,
+}
+
+pub async fn setup(label: &str, opts: DsServerOptions) -> Setup {
+    let server = DsServer::start(opts).await.expect("DS server");
+    let ds = DsClient::new(&server.url(), ClientOptions::default()).expect("ds client");
+    let db = test_db(label).await;
+    let sql = db.client().await;
+    Setup {
+        db,
+        sql,
+        server,
+        ds,
+    }
+}
+
+impl Setup {
+    pub async fn post(&self, stream: &str, body: &str) {
+        self.ds
+            .append(stream, Bytes::from(body.to_owned()), None)
+            .await
+            .unwrap_or_else(|e| panic!("POST to {stream}: {e}"));
+    }
+
+    /// Rows of one stream.
+    pub async fn count(&self, stream: &str) -> i64 {
+        self.sql
+            .query_one(
+                "SELECT count(*) FROM session_events WHERE stream_name = $1",
+                &[&stream],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0)
+    }
+
+    /// Waits until `stream` has exactly `n` rows (panics if it gets more).
+    pub async fn wait_rows(&self, stream: &str, n: i64) {
+        wait_for(&format!("{n} rows of {stream}"), PATIENCE, || async {
+            let got = self.count(stream).await;
+            assert!(got <= n, "{stream}: {got} rows, expected {n}");
+            (got == n).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until the subscription reports `status`.
+    pub async fn wait_status(&self, stream: &str, status: &str) {
+        wait_for(&format!("{stream} to be {status}"), PATIENCE, || async {
+            let row = self
+                .sql
+                .query_opt(
+                    "SELECT status FROM ds_sync.subscriptions WHERE stream_name = $1",
+                    &[&stream],
+                )
+                .await
+                .ok()
+                .flatten()?;
+            (row.get::<_, String>(0) == status).then_some(())
+        })
+        .await;
+    }
+
+    /// The stored offset of a stream.
+    pub async fn stored_offset(&self, stream: &str) -> Option<String> {
+        self.sql
+            .query_opt(
+                "SELECT ds_offset FROM ds_sync.stream_offsets WHERE stream_name = $1",
+                &[&stream],
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get(0))
+    }
+
+    /// Waits until the stored offset of `stream` is its tail.
+    pub async fn wait_caught_up(&self, stream: &str) {
+        let tail = self
+            .ds
+            .head(stream)
+            .await
+            .expect("HEAD")
+            .expect("stream exists");
+        wait_for(
+            &format!("{stream} committed up to {tail}"),
+            PATIENCE,
+            || async {
+                (self.stored_offset(stream).await.as_deref() == Some(tail.as_str())).then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+/// Sends one HTTP/1.1 request to the DS server and returns the status code.
+pub async fn http(
+    base: &str,
+    method: &str,
+    stream: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> u16 {
+    let addr = base.trim_start_matches("http://");
+    let mut sock = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to DS");
+    let mut req = format!(
+        "{method} /v1/stream/{stream} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    sock.write_all(req.as_bytes()).await.expect("send head");
+    sock.write_all(body).await.expect("send body");
+    let mut resp = Vec::new();
+    sock.read_to_end(&mut resp).await.expect("read response");
+    let text = String::from_utf8_lossy(&resp);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text}"))
+}
+
+/// Creates a stream with a given content type.
+pub async fn create_stream(base: &str, stream: &str, content_type: &str) {
+    let status = http(base, "PUT", stream, &[("Content-Type", content_type)], b"").await;
+    assert!(status == 201 || status == 200, "PUT {stream}: {status}");
+}
+
+/// Appends raw bytes with a content type.
+pub async fn post_raw(base: &str, stream: &str, content_type: &str, body: &[u8]) {
+    let status = http(
+        base,
+        "POST",
+        stream,
+        &[("Content-Type", content_type)],
+        body,
+    )
+    .await;
+    assert!(status == 204 || status == 200, "POST {stream}: {status}");
+}

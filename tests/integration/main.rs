@@ -13,5 +13,6 @@ mod ds_client;
 mod harness;
 mod init;
 mod publication;
+mod resnapshot;
 mod slot;
 mod snapshot;

@@ -278,3 +278,53 @@ async fn a_crash_mid_resnapshot_resumes_at_the_unfinished_chunk() {
     let (code, log) = capture.stop().await;
     assert_eq!(code, 0, "{log}");
 }
+
+#[tokio::test]
+async fn snapshot_refuses_unpublished_and_keyless_tables_with_a_reason() {
+    let db = crate::kit::test_db("resnap_refuse").await;
+    let sql = db.client().await;
+    sql.batch_execute(
+        "CREATE TABLE keyed (id int PRIMARY KEY); CREATE TABLE keyless (v int); \
+         CREATE TABLE other (id int PRIMARY KEY); \
+         CREATE PUBLICATION refuse_pub FOR TABLE keyed, keyless",
+    )
+    .await
+    .unwrap();
+    let run = |table: &'static str| {
+        let db = &db;
+        async move {
+            db.ds_sync(&["snapshot", "--table", table, "--publication", "refuse_pub"])
+                .await
+        }
+    };
+    let other = run("other").await;
+    assert_ne!(other.code, 0);
+    assert!(
+        other.stderr.contains("not in publication 'refuse_pub'"),
+        "{}",
+        other.stderr
+    );
+    let keyless = run("keyless").await;
+    assert_ne!(keyless.code, 0);
+    assert!(
+        keyless.stderr.contains("no primary key"),
+        "{}",
+        keyless.stderr
+    );
+    let requests: i64 = sql
+        .query_one("SELECT count(*) FROM ds_sync.signals", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(requests, 0, "a refused table leaves no request");
+    run("keyed").await.ok();
+    let table: String = sql
+        .query_one(
+            "SELECT table_name FROM ds_sync.signals WHERE kind = 'snapshot'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(table, "public.keyed");
+}

@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "004_snapshot",
         sql: include_str!("../sql/004_snapshot.sql"),
     },
+    Migration {
+        version: 5,
+        name: "005_signals",
+        sql: include_str!("../sql/005_signals.sql"),
+    },
 ];
 
 /// Serializes concurrent `init` runs (the value spells "ds-sync" in ASCII).

@@ -38,6 +38,7 @@ use super::ledger::{Ledger, TxId};
 use super::message::{self, ChangeRef, RowMessage, TableInfo, TxMeta};
 use super::route::Router;
 use super::sender::{Delivery, deliver};
+use super::snapshot::incremental::Incremental;
 use super::source::{self, SourceConfig};
 
 /// Everything capture needs.
@@ -66,6 +67,14 @@ pub async fn run(
         super::snapshot::Prepared::Start(start) => start,
         super::snapshot::Prepared::Stopped => return Ok(()),
     };
+    let mut incremental = super::snapshot::incremental::Incremental::start(
+        &mut sql,
+        &cfg.source.slot,
+        &cfg.source.publication,
+        cfg.snapshot.chunk_rows,
+        cfg.snapshot.mode != super::snapshot::SnapshotMode::Never,
+    )
+    .await?;
     let mut backoff = Backoff::new(
         std::time::Duration::from_millis(200),
         std::time::Duration::from_secs(10),
@@ -85,7 +94,7 @@ pub async fn run(
         let outcome = match source::connect(&client, &cfg.source, start).await {
             Ok(repl) => {
                 tracing::info!(slot = %cfg.source.slot, start = %Lsn::from_u64(start), "streaming changes");
-                let mut session = Session::new(cfg, &client, start, hard_stop);
+                let mut session = Session::new(cfg, &client, start, hard_stop, &mut incremental);
                 let result = session.run(repl, shutdown).await;
                 let confirmed = session.ledger.confirmed();
                 session.drain().await;
@@ -159,6 +168,9 @@ struct Session<'a> {
     in_flight: JoinSet<(Batch, Delivery)>,
     permits: Arc<Semaphore>,
     hard_stop: CancellationToken,
+    /// Snapshots taken while streaming; outlives sessions, so a reconnect re-sends a chunk
+    /// the DS server has not acknowledged with the same sequences.
+    snap: &'a mut Incremental,
 }
 
 impl<'a> Session<'a> {
@@ -167,6 +179,7 @@ impl<'a> Session<'a> {
         sql: &'a Client,
         start: u64,
         hard_stop: &CancellationToken,
+        snap: &'a mut Incremental,
     ) -> Session<'a> {
         Session {
             cfg,
@@ -180,6 +193,7 @@ impl<'a> Session<'a> {
             in_flight: JoinSet::new(),
             permits: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
             hard_stop: hard_stop.clone(),
+            snap,
         }
     }
 
@@ -190,6 +204,9 @@ impl<'a> Session<'a> {
     ) -> Result<SessionEnd, CaptureError> {
         let mut stopping = false;
         loop {
+            if !stopping {
+                self.snap.poll(self.sql, self.ledger.confirmed()).await?;
+            }
             self.dispatch();
             if stopping && self.in_flight.is_empty() && self.queues.is_idle() {
                 self.ledger.abandon_open();
@@ -331,6 +348,7 @@ impl<'a> Session<'a> {
                 if let Some(tx) = self.tx.take() {
                     tracing::debug!(commit_lsn = %Lsn::from_u64(tx.id), messages = tx.next_index, "transaction read");
                     self.ledger.commit(tx.id, end_lsn.as_u64());
+                    self.snap.committed(tx.id, end_lsn.as_u64());
                     self.queues.commit();
                 }
             }
@@ -360,10 +378,21 @@ impl<'a> Session<'a> {
                 tracing::debug!(oid, table = %rel.name, columns = rel.columns.len(), "relation");
                 let pk = source::primary_key(self.sql, oid).await?;
                 let rel = Arc::new(rel);
+                let signal = self.snap.is_signal_relation(&rel);
                 let table = TableInfo::new(rel, pk);
-                self.cfg.router.validate(&table)?;
+                if !signal {
+                    self.cfg.router.validate(&table)?;
+                    self.snap
+                        .relation_seen(self.sql, &table.qualified_name())
+                        .await?;
+                }
                 self.tables.insert(oid, Arc::new(table));
             }
+            PgOutputMessage::Insert(ref i) if self.snap.is_signal(i.relation_oid) => {
+                self.signal(i)?
+            }
+            PgOutputMessage::Update(ref u) if self.snap.is_signal(u.relation_oid) => {}
+            PgOutputMessage::Delete(ref d) if self.snap.is_signal(d.relation_oid) => {}
             PgOutputMessage::Insert(ref i) => self.change(i.relation_oid, ChangeRef::Insert(i))?,
             PgOutputMessage::Update(ref u) => self.change(u.relation_oid, ChangeRef::Update(u))?,
             PgOutputMessage::Delete(ref d) => self.change(d.relation_oid, ChangeRef::Delete(d))?,
@@ -401,6 +430,24 @@ impl<'a> Session<'a> {
         let table = self.table(oid)?;
         let meta = self.open_tx()?.meta;
         for row in message::build(&table, &change, &meta)? {
+            self.snap.change(oid, &row);
+            let stream = self.cfg.router.stream_for(&table, &row)?;
+            self.enqueue(oid, &stream, &row)?;
+        }
+        Ok(())
+    }
+
+    /// A signal row: never sent anywhere; our high watermark places its chunk's rows here.
+    fn signal(&mut self, insert: &crate::pgoutput::Insert) -> Result<(), CaptureError> {
+        let relation = Arc::clone(&self.table(insert.relation_oid)?.relation);
+        if !self.snap.signal(&relation, &insert.new_tuple) {
+            return Ok(());
+        }
+        let tx = self.open_tx()?.meta;
+        let (oid, table, rows) = self
+            .snap
+            .chunk_messages(tx.commit_lsn, tx.commit_time_micros)?;
+        for row in rows {
             let stream = self.cfg.router.stream_for(&table, &row)?;
             self.enqueue(oid, &stream, &row)?;
         }
@@ -416,6 +463,9 @@ impl<'a> Session<'a> {
             columns: serde_json::Map::new(),
         };
         for oid in &t.relation_oids {
+            if self.snap.is_signal(*oid) {
+                continue;
+            }
             let mut streams: Vec<Arc<str>> = self
                 .table_streams
                 .get(oid)

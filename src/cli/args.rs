@@ -165,6 +165,25 @@ Examples:
   cargo run --release -- bench memory --rows 1000000
   cargo run --release -- bench capture-drain -- --batch-max-messages 5000")]
     Bench(BenchArgs),
+    /// Ask capture to send one table's existing rows again, while streaming goes on
+    #[command(after_help = "\
+Writes a request into ds_sync.signals (added to the publication automatically). The running
+capture (`ds-sync run` on the same --slot), or the next one to start, reads the table in
+key-ordered chunks between watermarks and sends its rows as inserts, placed so that no row
+overrides a newer change. No reset is sent: rows deleted while the table was not captured
+stay in clients' state. The table needs a primary key.
+
+Example:
+  ds-sync snapshot --table items --slot ds_sync --publication ds_sync")]
+    Snapshot(SnapshotArgs),
+}
+
+/// Options of `ds-sync snapshot`.
+#[derive(Debug, Args, Clone)]
+pub struct SnapshotArgs {
+    /// The published table to send again (`name` or `schema.name`)
+    #[arg(long, value_name = "TABLE")]
+    pub table: String,
 }
 
 /// Options of `ds-sync bench`.
@@ -246,6 +265,10 @@ pub struct CaptureArgs {
     /// Tables a snapshot reads in parallel [default: 4]
     #[arg(long, env = "DS_SYNC_SNAPSHOT_WORKERS", value_name = "N")]
     pub snapshot_workers: Option<usize>,
+    /// Rows per key-ordered chunk of a snapshot taken while streaming (`ds-sync snapshot`,
+    /// tables added to the publication later) [default: 1000]
+    #[arg(long, env = "DS_SYNC_SNAPSHOT_CHUNK_ROWS", value_name = "N")]
+    pub snapshot_chunk_rows: Option<usize>,
     #[command(flatten)]
     pub ingest: IngestArgs,
 }

@@ -27,6 +27,7 @@ pub async fn run(command: Command, settings: &Settings) -> Result<(), CliError> 
             super::ingest::unsubscribe(&streams, settings, &out).await
         }
         Command::Subscriptions => super::ingest::subscriptions(settings, &out).await,
+        Command::Snapshot(args) => request_snapshot(&args, settings, &out).await,
     }
 }
 
@@ -135,4 +136,41 @@ fn config_show(settings: &Settings, out: &Printer) -> Result<(), CliError> {
         Err(e) => return Err(e.into()),
     };
     out.config(settings, postgres.as_deref())
+}
+
+/// `ds-sync snapshot --table T`: checks T can be snapshotted while streaming and writes the
+/// request; the capture on the slot acts on it when it decodes it.
+async fn request_snapshot(
+    args: &super::args::SnapshotArgs,
+    settings: &Settings,
+    out: &Printer,
+) -> Result<(), CliError> {
+    use crate::capture::snapshot::{incremental, published_tables, signals};
+    let slot = settings.slot.value.clone();
+    let publication = settings.publication.value.clone();
+    let mut client = target(settings)?.connect().await?;
+    schema::apply(&mut client).await?;
+    let table = crate::pg::ident::resolve_table(&client, &args.table)
+        .await
+        .map_err(|e| CliError::Invalid(format!("--table {}: {e}", args.table)))?;
+    let tables = published_tables(&client, &publication).await?;
+    let Some(found) = tables.iter().find(|t| t.info.relation.oid == table.oid) else {
+        return Err(CliError::Invalid(format!(
+            "table {} is not in publication '{publication}'; add it with `ds-sync publication add {publication} --tables {}`",
+            args.table, args.table
+        )));
+    };
+    if let Err(why) = incremental::chunkable(&client, found).await? {
+        return Err(CliError::Invalid(format!(
+            "table {} cannot be snapshotted while streaming: {why}",
+            args.table
+        )));
+    }
+    signals::ensure_published(&client, &publication).await?;
+    let name = found.info.qualified_name();
+    let id = signals::request(&client, &slot, &name).await?;
+    out.message(
+        &format!("requested a snapshot of {name} (request {id}); capture on slot {slot} sends it"),
+        &id.to_string(),
+    )
 }

@@ -120,6 +120,10 @@ fn capture_config(
                 .or(file.snapshot_workers)
                 .unwrap_or(4)
                 .max(1),
+            chunk_rows: args
+                .snapshot_chunk_rows
+                .unwrap_or(crate::capture::snapshot::incremental::DEFAULT_CHUNK_ROWS)
+                .max(1),
         },
     })
 }

@@ -17,5 +17,6 @@ mod ingest_kit;
 mod ingest_scale;
 mod init;
 mod publication;
+mod resnapshot;
 mod slot;
 mod snapshot;

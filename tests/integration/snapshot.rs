@@ -17,16 +17,16 @@ use crate::kit::{CaptureProcess, Scenario, scenario, wait_for};
 
 const LONG: Duration = Duration::from_secs(120);
 
-async fn read(client: &DsClient, stream: &str) -> Vec<Value> {
+pub(crate) async fn read(client: &DsClient, stream: &str) -> Vec<Value> {
     client.read_all(stream).await.unwrap_or_default()
 }
 
-fn control(m: &Value) -> Option<&str> {
+pub(crate) fn control(m: &Value) -> Option<&str> {
     m["headers"]["control"].as_str()
 }
 
 /// Applies the messages in order: key → value.
-fn materialize(messages: &[Value]) -> BTreeMap<String, Value> {
+pub(crate) fn materialize(messages: &[Value]) -> BTreeMap<String, Value> {
     let mut rows = BTreeMap::new();
     for m in messages {
         if control(m) == Some("reset") {
@@ -70,7 +70,7 @@ fn id_v(rows: &BTreeMap<String, Value>) -> BTreeMap<String, Value> {
 }
 
 /// Waits until the stream, materialized, equals the table.
-async fn wait_converged(
+pub(crate) async fn wait_converged(
     client: &DsClient,
     stream: &str,
     sql: &tokio_postgres::Client,
@@ -162,7 +162,7 @@ fn check_last_section(messages: &[Value]) -> usize {
 
 /// Updates, inserts and deletes rows of `items` until told to stop; returns how many
 /// statements ran.
-fn spawn_writer(
+pub(crate) fn spawn_writer(
     url: String,
     stop: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<u64> {
@@ -193,7 +193,7 @@ fn spawn_writer(
     })
 }
 
-const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, pad text); \
+pub(crate) const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, pad text); \
     INSERT INTO items SELECT g, 0, repeat('x', 50) FROM generate_series(1, 20000) g;";
 
 #[tokio::test]

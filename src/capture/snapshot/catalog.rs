@@ -24,6 +24,9 @@ pub struct SnapshotTable {
     pub estimated_rows: u64,
 }
 
+/// The schema of ds-sync's bookkeeping tables.
+pub const SIGNAL_SCHEMA: &str = "ds_sync";
+
 const TABLES_SQL_15: &str = "\
     SELECT c.oid, pt.schemaname::text, pt.tablename::text, pt.attnames::text[], pt.rowfilter, \
            greatest(c.reltuples, 0)::int8, c.relreplident::text \
@@ -81,6 +84,10 @@ pub async fn published_tables(
         let oid: u32 = row.get(0);
         let schema: String = row.get(1);
         let name: String = row.get(2);
+        // ds-sync's own signal table is published for capture, never snapshotted.
+        if schema == SIGNAL_SCHEMA {
+            continue;
+        }
         let attnames: Option<Vec<String>> = row.get(3);
         let rowfilter: Option<String> = row.get(4);
         let estimated: i64 = row.get(5);

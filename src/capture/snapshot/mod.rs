@@ -29,8 +29,10 @@
 
 mod catalog;
 mod copy_text;
+pub mod incremental;
 mod progress;
 mod reader;
+pub mod signals;
 mod state;
 mod writer;
 
@@ -53,7 +55,7 @@ use super::pipeline::CaptureConfig;
 use super::route::Router;
 use super::source;
 
-pub use catalog::SnapshotTable;
+pub use catalog::{SnapshotTable, published_tables};
 pub use copy_text::{CopyTextError, parse_line};
 pub use reader::ReadContext;
 pub use state::{Reason, Recorded, decide};
@@ -83,6 +85,8 @@ pub struct SnapshotOptions {
     pub mode: SnapshotMode,
     /// Tables read in parallel.
     pub workers: usize,
+    /// Rows per chunk of a snapshot taken while streaming.
+    pub chunk_rows: usize,
 }
 
 impl Default for SnapshotOptions {
@@ -90,6 +94,7 @@ impl Default for SnapshotOptions {
         SnapshotOptions {
             mode: SnapshotMode::Initial,
             workers: 4,
+            chunk_rows: incremental::DEFAULT_CHUNK_ROWS,
         }
     }
 }
@@ -148,6 +153,7 @@ pub async fn prepare(
     for table in &tables {
         cfg.router.validate(&table.info)?;
     }
+    let names: Vec<String> = tables.iter().map(|t| t.info.qualified_name()).collect();
     let job = CopyJob {
         read: ReadContext {
             target: cfg.source.target.clone(),
@@ -175,6 +181,9 @@ pub async fn prepare(
     match end? {
         CopyEnd::Done { rows } => {
             state::finish(sql, slot_name, rows).await?;
+            for name in &names {
+                signals::record_table(sql, slot_name, name).await?;
+            }
             let start = source::confirmed_position(sql, slot_name).await?;
             Ok(Prepared::Start(start.max(point)))
         }

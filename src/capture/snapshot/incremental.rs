@@ -1,0 +1,391 @@
+//! Incremental snapshots while capture streams (`ds-sync snapshot --table T`, and tables
+//! that join the publication later), in the watermark style: no exported snapshot, no pause.
+//!
+//! ```text
+//!  request row ──(decoded)──▶ queue ──▶ for each key-ordered chunk, one at a time:
+//!    INSERT low ─▶ SELECT chunk (plain connection) ─▶ INSERT high
+//!    decoding low..high: keys of the table's streamed changes are noted
+//!    decoding high: chunk rows whose key was not noted become inserts of high's transaction
+//!    high's transaction acknowledged by the DS server ─▶ next chunk (or `done`)
+//! ```
+//!
+//! **Why it is right.** A change committed between the watermarks is at least as new as the
+//! chunk's view of its row, so the chunk's row is dropped; every other chunk row is exactly
+//! the row's state at high, and it is placed at high's position: earlier changes sort before
+//! it, later ones after. Snapshot rows are inserts read as upserts; a row is never deleted
+//! by a re-snapshot, so rows deleted while a table was not captured stay in a client's
+//! state (see README, "Re-snapshot").
+//!
+//! **Exactly once.** Chunk rows take `Stream-Seq` `(high's commit LSN, i)`. The chunk is held
+//! until the DS server acknowledges high's transaction, so a reconnect that replays high
+//! re-sends the same rows with the same sequences. After a crash the chunk is gone: the
+//! request resumes at the start of the last chunk that began (every earlier one was
+//! acknowledged before the next began), with new watermarks; the resent rows sort after
+//! everything already sent. Watermarks of an earlier process are ignored when replayed.
+
+use std::collections::{HashSet, VecDeque};
+
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::pg::PgError;
+use crate::pgoutput::{Relation, TupleData, TupleValue};
+
+use super::super::error::CaptureError;
+use super::super::message::{self, RowMessage};
+use super::super::source;
+use super::catalog::{self, SnapshotTable};
+use super::signals::{self, SignalKind, Unfinished};
+
+/// Rows per chunk when not configured.
+pub const DEFAULT_CHUNK_ROWS: usize = 1000;
+
+/// See the module documentation.
+pub struct Incremental {
+    slot: String,
+    publication: String,
+    chunk_rows: usize,
+    /// Snapshot tables capture sees for the first time.
+    new_tables: bool,
+    signal_oid: Option<u32>,
+    queue: VecDeque<Unfinished>,
+    queued: HashSet<i64>,
+    known_tables: HashSet<String>,
+    active: Option<Active>,
+}
+
+struct Active {
+    request: i64,
+    table: SnapshotTable,
+    after: Option<Vec<String>>,
+    chunk: Option<Chunk>,
+    /// Keys of the table's changes decoded since our low watermark.
+    window: Option<HashSet<String>>,
+    /// The transaction that carries the chunk's rows, and its end once committed.
+    emitted_in: Option<u64>,
+    confirm_at: Option<u64>,
+}
+
+struct Chunk {
+    low: i64,
+    high: i64,
+    rows: Vec<Vec<Option<String>>>,
+    /// The chunk's last key; `None` when it was the table's last chunk.
+    end: Option<Vec<String>>,
+}
+
+impl Incremental {
+    /// Applies the schema, publishes the signal table and loads unfinished requests.
+    pub async fn start(
+        sql: &mut Client,
+        slot: &str,
+        publication: &str,
+        chunk_rows: usize,
+        new_tables: bool,
+    ) -> Result<Incremental, CaptureError> {
+        crate::schema::apply(sql).await?;
+        let sql: &Client = sql;
+        signals::ensure_published(sql, publication).await?;
+        let queue: VecDeque<Unfinished> = signals::unfinished(sql, slot).await?.into();
+        let mut known: HashSet<String> = signals::snapshotted_tables(sql, slot)
+            .await?
+            .into_iter()
+            .collect();
+        if new_tables && known.is_empty() {
+            // A slot from before this bookkeeping: what is published now was snapshotted.
+            for t in catalog::published_tables(sql, publication).await? {
+                let name = t.info.qualified_name();
+                signals::record_table(sql, slot, &name).await?;
+                known.insert(name);
+            }
+        }
+        Ok(Incremental {
+            slot: slot.to_string(),
+            publication: publication.to_string(),
+            chunk_rows: chunk_rows.max(1),
+            new_tables,
+            signal_oid: None,
+            queued: queue.iter().map(|u| u.request).collect(),
+            queue,
+            known_tables: known,
+            active: None,
+        })
+    }
+
+    /// True (and remembered) when `rel` is the signal table.
+    pub fn is_signal_relation(&mut self, rel: &Relation) -> bool {
+        let yes = signals::is_signal_table(&rel.namespace, &rel.name);
+        if yes {
+            self.signal_oid = Some(rel.oid);
+        }
+        yes
+    }
+
+    pub fn is_signal(&self, oid: u32) -> bool {
+        self.signal_oid == Some(oid)
+    }
+
+    /// A table's Relation message: a table seen for the first time gets a snapshot request.
+    pub async fn relation_seen(&mut self, sql: &Client, table: &str) -> Result<(), CaptureError> {
+        if !self.new_tables || self.known_tables.contains(table) {
+            return Ok(());
+        }
+        signals::record_table(sql, &self.slot, table).await?;
+        let id = signals::request(sql, &self.slot, table).await?;
+        tracing::info!(
+            table,
+            request = id,
+            "a table joined the publication; snapshotting it"
+        );
+        self.known_tables.insert(table.to_string());
+        Ok(())
+    }
+
+    /// A decoded signal row. Returns true when it is our high watermark: the caller then
+    /// takes the chunk with [`Incremental::chunk_messages`].
+    pub fn signal(&mut self, relation: &Relation, tuple: &TupleData) -> bool {
+        let texts: Vec<(&str, Option<&str>)> = relation
+            .columns
+            .iter()
+            .zip(&tuple.columns)
+            .map(|(c, v)| {
+                let text = match v {
+                    TupleValue::Text(b) => std::str::from_utf8(b).ok(),
+                    _ => None,
+                };
+                (c.name.as_str(), text)
+            })
+            .collect();
+        let Some(sig) = signals::parse_signal(&texts) else {
+            return false;
+        };
+        if sig.slot != self.slot {
+            return false;
+        }
+        match sig.kind {
+            SignalKind::Request => {
+                if self.queued.insert(sig.id) {
+                    tracing::info!(table = %sig.table, request = sig.id, "snapshot requested");
+                    self.queue.push_back(Unfinished {
+                        request: sig.id,
+                        table: sig.table,
+                        resume_after: None,
+                    });
+                }
+                false
+            }
+            SignalKind::Low => {
+                if let Some(a) = &mut self.active
+                    && a.chunk.as_ref().is_some_and(|c| c.low == sig.id)
+                {
+                    a.window = Some(HashSet::new());
+                }
+                false
+            }
+            SignalKind::High => self
+                .active
+                .as_ref()
+                .and_then(|a| a.chunk.as_ref())
+                .is_some_and(|c| c.high == sig.id),
+            SignalKind::Done => false,
+        }
+    }
+
+    /// A streamed change's key, noted while the table's chunk is between its watermarks.
+    pub fn change(&mut self, oid: u32, row: &RowMessage) {
+        if let Some(a) = &mut self.active
+            && a.table.info.relation.oid == oid
+            && let Some(window) = &mut a.window
+            && let Some(key) = row.message["key"].as_str()
+        {
+            window.insert(key.to_string());
+        }
+    }
+
+    /// The chunk's rows not changed between the watermarks, as insert messages of the
+    /// transaction `tx` (high's), plus the table they belong to.
+    pub fn chunk_messages(
+        &mut self,
+        tx: u64,
+        time_micros: i64,
+    ) -> Result<(u32, std::sync::Arc<message::TableInfo>, Vec<RowMessage>), CaptureError> {
+        let Some(a) = &mut self.active else {
+            return Err(CaptureError::Snapshot {
+                table: String::new(),
+                reason: "a high watermark without a chunk".into(),
+            });
+        };
+        let info = std::sync::Arc::clone(&a.table.info);
+        let empty = HashSet::new();
+        let window = a.window.as_ref().unwrap_or(&empty);
+        let mut out = Vec::new();
+        for values in a.chunk.as_ref().map(|c| c.rows.as_slice()).unwrap_or(&[]) {
+            let values: Vec<Option<&str>> = values.iter().map(|v| v.as_deref()).collect();
+            let msg = message::snapshot_insert(&info, &values, tx, time_micros)?;
+            let changed = msg.message["key"]
+                .as_str()
+                .is_some_and(|k| window.contains(k));
+            if !changed {
+                out.push(msg);
+            }
+        }
+        tracing::debug!(table = %info.qualified_name(), rows = out.len(), skipped = window.len(), "chunk placed at its high watermark");
+        a.emitted_in = Some(tx);
+        a.window = None;
+        Ok((info.relation.oid, info, out))
+    }
+
+    /// A transaction committed: the chunk's transaction now has an end to wait for.
+    pub fn committed(&mut self, tx: u64, end_lsn: u64) {
+        if let Some(a) = &mut self.active
+            && a.emitted_in == Some(tx)
+        {
+            a.confirm_at = Some(end_lsn);
+        }
+    }
+
+    /// Moves the work on: starts the next request, finishes a chunk the DS server has
+    /// acknowledged (everything up to `confirmed`), issues the next chunk.
+    pub async fn poll(&mut self, sql: &Client, confirmed: u64) -> Result<(), CaptureError> {
+        loop {
+            let Some(a) = &mut self.active else {
+                let Some(next) = self.queue.pop_front() else {
+                    return Ok(());
+                };
+                self.active = self.begin(sql, next).await?;
+                continue;
+            };
+            if let Some(end) = a.confirm_at {
+                if confirmed < end {
+                    return Ok(());
+                }
+                let chunk = a.chunk.take();
+                a.confirm_at = None;
+                a.emitted_in = None;
+                match chunk.and_then(|c| c.end) {
+                    Some(end) => a.after = Some(end),
+                    None => {
+                        let (request, table) = (a.request, a.table.info.qualified_name());
+                        signals::mark(sql, &self.slot, "done", &table, request, None, None).await?;
+                        tracing::info!(table, request, "snapshot done");
+                        self.queued.remove(&request);
+                        self.active = None;
+                        continue;
+                    }
+                }
+            }
+            if a.chunk.is_some() {
+                return Ok(());
+            }
+            let chunk = issue(sql, &self.slot, a, self.chunk_rows).await?;
+            a.chunk = Some(chunk);
+            return Ok(());
+        }
+    }
+
+    /// Looks the request's table up; a table that is gone from the publication or cannot be
+    /// chunked ends the request with a warning (capture goes on).
+    async fn begin(&self, sql: &Client, req: Unfinished) -> Result<Option<Active>, CaptureError> {
+        let found = catalog::published_tables(sql, &self.publication)
+            .await?
+            .into_iter()
+            .find(|t| t.info.qualified_name() == req.table);
+        let problem = match &found {
+            None => Some(format!(
+                "it is not in publication '{}' any more",
+                self.publication
+            )),
+            Some(t) => chunkable(sql, t).await?.err(),
+        };
+        match (found, problem) {
+            (Some(table), None) => {
+                tracing::info!(table = %req.table, request = req.request, resume_after = ?req.resume_after, "snapshotting while streaming");
+                Ok(Some(Active {
+                    request: req.request,
+                    table,
+                    after: req.resume_after,
+                    chunk: None,
+                    window: None,
+                    emitted_in: None,
+                    confirm_at: None,
+                }))
+            }
+            (_, problem) => {
+                tracing::warn!(table = %req.table, request = req.request, reason = problem.unwrap_or_default(), "snapshot request skipped");
+                signals::mark(sql, &self.slot, "done", &req.table, req.request, None, None).await?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Whether a table can be read in key-ordered chunks: it needs a primary key whose columns
+/// are all published. `Err` says why not.
+pub async fn chunkable(
+    sql: &Client,
+    table: &SnapshotTable,
+) -> Result<Result<(), String>, CaptureError> {
+    let pk = source::primary_key(sql, table.info.relation.oid).await?;
+    let Some(pk) = pk else {
+        return Ok(Err("it has no primary key to read it in chunks by; add one (ALTER TABLE .. ADD PRIMARY KEY)".into()));
+    };
+    let keys: Vec<&str> = table
+        .info
+        .key_columns
+        .iter()
+        .map(|&i| table.info.relation.columns[i].name.as_str())
+        .collect();
+    if keys.len() != pk.len() || keys.iter().zip(&pk).any(|(a, b)| a != b) {
+        return Ok(Err(format!(
+            "its primary key ({}) is not fully in the publication's column list",
+            pk.join(", ")
+        )));
+    }
+    Ok(Ok(()))
+}
+
+/// Low watermark, the chunk's read, high watermark: three transactions, in this order.
+async fn issue(sql: &Client, slot: &str, a: &Active, limit: usize) -> Result<Chunk, CaptureError> {
+    let name = a.table.info.qualified_name();
+    let after = a.after.as_deref();
+    let low = signals::mark(sql, slot, "low", &name, a.request, after, None).await?;
+    let keys: Vec<&str> = a
+        .table
+        .info
+        .key_columns
+        .iter()
+        .map(|&i| a.table.info.relation.columns[i].name.as_str())
+        .collect();
+    let query = signals::chunk_sql(&a.table.select, &keys, after, limit);
+    let rows: Vec<Vec<Option<String>>> = sql
+        .simple_query(&query)
+        .await
+        .map_err(|e| PgError::query(format!("reading a chunk of {name}"), &e))?
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect();
+    let end = if rows.len() < limit {
+        None
+    } else {
+        rows.last().map(|r: &Vec<Option<String>>| {
+            a.table
+                .info
+                .key_columns
+                .iter()
+                .map(|&i| r[i].clone().unwrap_or_default())
+                .collect::<Vec<String>>()
+        })
+    };
+    let high = signals::mark(sql, slot, "high", &name, a.request, after, end.as_deref()).await?;
+    tracing::debug!(table = %name, rows = rows.len(), low, high, "chunk read between watermarks");
+    Ok(Chunk {
+        low,
+        high,
+        rows,
+        end,
+    })
+}

@@ -113,7 +113,9 @@ pub async fn run(
                 return Ok(());
             }
             Ok(SessionEnd::ServerEnded) => {
-                tracing::warn!("the server ended the replication stream; reconnecting")
+                tracing::warn!(
+                    "the server ended the replication stream; resuming from the slot's confirmed position"
+                )
             }
             Err(e) if e.is_transient() => wait_or_stop(&mut backoff, &e, shutdown).await?,
             Err(e) => return Err(e),

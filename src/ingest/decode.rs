@@ -54,21 +54,6 @@ impl DeadLetter {
             truncated: kept < data.len(),
         }
     }
-
-    /// An event the SSE parser did not keep because it outgrew its limit: only its preview
-    /// and size are known.
-    #[must_use]
-    pub fn oversized(size: usize, limit: usize, preview: &[u8]) -> DeadLetter {
-        DeadLetter {
-            error: format!(
-                "sse data event of {size} bytes exceeds the reader's limit of {limit} bytes \
-                 (4 x --ingest-max-event-bytes, at least 64 MiB)"
-            ),
-            raw: preview[..preview.len().min(DEAD_LETTER_RAW_MAX)].to_vec(),
-            size,
-            truncated: preview.len() < size,
-        }
-    }
 }
 
 /// What one data event turned into, in stream order per kind.
@@ -91,11 +76,6 @@ impl Pending {
         let decoded = decode(data, max_message_bytes);
         self.rows.extend(decoded.rows);
         self.dead.extend(decoded.dead);
-    }
-
-    /// Records an event that was too large to keep.
-    pub fn push_oversized(&mut self, size: usize, limit: usize, preview: &[u8]) {
-        self.dead.push(DeadLetter::oversized(size, limit, preview));
     }
 
     #[must_use]
@@ -446,13 +426,6 @@ mod tests {
         assert_eq!(d.raw.len(), DEAD_LETTER_RAW_MAX);
         assert_eq!(d.size, DEAD_LETTER_RAW_MAX + 10);
         assert!(d.truncated);
-        let o = DeadLetter::oversized(1000, 100, b"[1,2");
-        assert!(
-            o.error
-                .contains("1000 bytes exceeds the reader's limit of 100 bytes")
-        );
-        assert!(o.truncated);
-        assert_eq!(o.raw, b"[1,2");
     }
 
     #[test]
@@ -485,10 +458,9 @@ mod tests {
         assert!(p.is_empty());
         p.push_data(br#"[{"key":"a"}]"#, LIMIT);
         p.push_data(b"nope", LIMIT);
-        p.push_oversized(10, 5, b"[");
         let taken = p.take();
         assert!(p.is_empty());
         assert_eq!(taken.rows.len(), 1);
-        assert_eq!(taken.dead.len(), 2);
+        assert_eq!(taken.dead.len(), 1);
     }
 }

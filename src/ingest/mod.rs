@@ -47,8 +47,9 @@ use crate::pg::PgTarget;
 
 /// Default largest message stored; larger ones become dead letters.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 << 20;
-/// Smallest limit on one SSE data event: servers merge a backlog into one event.
-const MIN_SSE_EVENT_BYTES: usize = 64 << 20;
+/// Smallest limit on one SSE data event: servers merge a backlog into one event (a million
+/// small events make about 100 MB).
+const MIN_SSE_EVENT_BYTES: usize = 256 << 20;
 
 /// Everything ingest needs.
 #[derive(Debug, Clone)]
@@ -93,9 +94,10 @@ impl IngestConfig {
     }
 }
 
-/// The largest SSE data event read: four messages' worth, at least 64 MiB, since one event
-/// may carry a whole backlog. A larger event is recorded as a dead letter (size and
-/// preview) and ingest goes on.
+/// The largest SSE data event read: four messages' worth, at least 256 MiB, since one event
+/// may carry a whole backlog. A larger event stops its subscription (`failed`) without
+/// moving the offset: it is valid data, and storing it as a dead letter would keep only a
+/// preview of thousands of events.
 #[must_use]
 pub fn sse_event_limit(max_event_bytes: usize) -> usize {
     max_event_bytes.saturating_mul(4).max(MIN_SSE_EVENT_BYTES)

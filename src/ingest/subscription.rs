@@ -46,6 +46,8 @@ enum End {
     Stopped,
     /// Reconnect after a backoff.
     Retry(String),
+    /// Stop this subscription (`failed`) until it is subscribed again; the offset stays.
+    Failed(String),
 }
 
 /// Runs one subscription until `stop`, the stream's end, or a 410.
@@ -114,6 +116,11 @@ impl Subscription {
                             self.report(Status::Retrying, Some(reason));
                             backoff.next_delay()
                         }
+                        End::Failed(error) => {
+                            tracing::error!(stream = %self.stream, offset = ?self.offset, "{error}");
+                            self.report(Status::Failed, Some(error));
+                            return;
+                        }
                     }
                 }
                 Err(DsError::NotFound { .. }) => {
@@ -164,6 +171,17 @@ impl Subscription {
         )
     }
 
+    fn oversized_message(&self, size: usize, limit: usize) -> String {
+        format!(
+            "the server sent {size} bytes in one SSE data event (servers send a backlog as one \
+             event), over the reader's limit of {limit} bytes; nothing after offset {} was \
+             stored and the subscription stopped. Raise --ingest-max-event-bytes (the reader \
+             accepts 4 x that, at least 256 MiB), restart ds-sync, and run `ds-sync subscribe {}`",
+            self.offset.as_deref().unwrap_or(OFFSET_START),
+            self.stream
+        )
+    }
+
     /// Reads one SSE connection to its end.
     async fn read(&mut self, mut sse: SseSubscription, stop: &CancellationToken) -> End {
         let mut pending = Pending::default();
@@ -202,10 +220,9 @@ impl Subscription {
                     event_type,
                     size,
                     limit,
-                    preview,
                     ..
                 })) if event_type == crate::sse::ds::DATA_EVENT => {
-                    pending.push_oversized(size, limit, &preview);
+                    return End::Failed(self.oversized_message(size, limit));
                 }
                 Some(Err(e)) => {
                     return End::Retry(format!(

@@ -13,6 +13,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
@@ -29,6 +30,9 @@ pub struct Row {
     pub operation: Option<String>,
     /// The message as it arrived (JSON text).
     pub payload: String,
+    /// The offset of the control event that ended its data event (`ds_offset`); set when
+    /// that control event arrives (see [`Pending::seal`]). `None`: the commit's offset.
+    pub ds_offset: Option<Arc<str>>,
 }
 
 /// Data that could not be stored as rows, with why.
@@ -40,6 +44,8 @@ pub struct DeadLetter {
     /// Length of the whole data in bytes.
     pub size: usize,
     pub truncated: bool,
+    /// As [`Row::ds_offset`].
+    pub ds_offset: Option<Arc<str>>,
 }
 
 impl DeadLetter {
@@ -52,6 +58,7 @@ impl DeadLetter {
             raw: data[..kept].to_vec(),
             size: data.len(),
             truncated: kept < data.len(),
+            ds_offset: None,
         }
     }
 }
@@ -86,6 +93,23 @@ impl Pending {
     /// Takes everything pending, leaving the batch empty.
     pub fn take(&mut self) -> Pending {
         std::mem::take(self)
+    }
+
+    /// A control event ended the data so far: it is committed with `offset`.
+    pub fn seal(&mut self, offset: &str) {
+        let offset: Arc<str> = Arc::from(offset);
+        for r in self.rows.iter_mut().filter(|r| r.ds_offset.is_none()) {
+            r.ds_offset = Some(Arc::clone(&offset));
+        }
+        for d in self.dead.iter_mut().filter(|d| d.ds_offset.is_none()) {
+            d.ds_offset = Some(Arc::clone(&offset));
+        }
+    }
+
+    /// Appends `other` after what is here.
+    pub fn append(&mut self, other: Pending) {
+        self.rows.extend(other.rows);
+        self.dead.extend(other.dead);
     }
 }
 
@@ -182,6 +206,7 @@ fn row(element: &RawValue) -> Result<Row, String> {
         event_type: fields.kind.map(field_text).transpose()?.flatten(),
         operation,
         payload: text.to_owned(),
+        ds_offset: None,
     })
 }
 
@@ -449,6 +474,28 @@ mod tests {
             decode(big.as_bytes(), 50).dead.len(),
             1,
             "a non-array is refused anyway"
+        );
+    }
+
+    #[test]
+    fn sealing_gives_each_row_its_own_control_offset() {
+        let mut ready = Pending::default();
+        let mut p = Pending::default();
+        p.push_data(br#"[{"key":"a"},{"key":"b"}]"#, LIMIT);
+        p.push_data(b"not json", LIMIT);
+        p.seal("off-1");
+        ready.append(p.take());
+        p.push_data(br#"[{"key":"c"}]"#, LIMIT);
+        p.seal("off-2");
+        ready.append(p.take());
+        let offsets: Vec<_> = ready.rows.iter().map(|r| r.ds_offset.as_deref()).collect();
+        assert_eq!(offsets, [Some("off-1"), Some("off-1"), Some("off-2")]);
+        assert_eq!(ready.dead[0].ds_offset.as_deref(), Some("off-1"));
+        ready.seal("off-3");
+        assert_eq!(
+            ready.rows[2].ds_offset.as_deref(),
+            Some("off-2"),
+            "sealed once"
         );
     }
 

@@ -24,7 +24,7 @@ use super::decode::Pending;
 use super::state::{StateSender, StateUpdate, Status};
 use super::writer::{Commit, CommitFailed};
 use crate::ds::{Backoff, DsClient, DsError, OFFSET_START, SseSubscription};
-use crate::sse::DsEvent;
+use crate::sse::{Control, DsEvent};
 
 /// What every subscription shares.
 #[derive(Debug)]
@@ -48,6 +48,23 @@ enum End {
     Retry(String),
     /// Stop this subscription (`failed`) until it is subscribed again; the offset stays.
     Failed(String),
+}
+
+/// Data ended by control events, waiting for the commit in flight to finish.
+#[derive(Default)]
+struct Ready {
+    batch: Pending,
+    /// The latest control event: the commit's offset and flags.
+    control: Option<Control>,
+}
+
+/// A commit handed to the writer.
+struct InFlight {
+    answer: oneshot::Receiver<Result<(), CommitFailed>>,
+    next_offset: String,
+    up_to_date: bool,
+    closed: bool,
+    stored_events: bool,
 }
 
 /// Runs one subscription until `stop`, the stream's end, or a 410.
@@ -182,39 +199,72 @@ impl Subscription {
         )
     }
 
-    /// Reads one SSE connection to its end.
+    /// Reads one SSE connection to its end. One commit is in flight at a time; while it
+    /// runs, later events keep arriving and gather into the next one (each row keeps the
+    /// offset of its own control event), so a busy stream commits in batches instead of
+    /// queueing one transaction per event behind the last.
     async fn read(&mut self, mut sse: SseSubscription, stop: &CancellationToken) -> End {
         let mut pending = Pending::default();
+        let mut ready = Ready::default();
+        let mut in_flight: Option<InFlight> = None;
         let mut progressed = false;
         loop {
+            if in_flight.is_none()
+                && let Some(control) = ready.control.take()
+            {
+                match self.send(ready.batch.take(), control).await {
+                    Ok(f) => in_flight = Some(f),
+                    Err(end) => return end,
+                }
+            }
+            let answer = async {
+                match in_flight.as_mut() {
+                    Some(f) => (&mut f.answer).await,
+                    None => std::future::pending().await,
+                }
+            };
             let event = tokio::select! {
                 () = stop.cancelled() => return End::Stopped,
+                answer = answer => {
+                    let Some(f) = in_flight.take() else { continue };
+                    match self.finish(answer, f) {
+                        Ok(true) => return End::StreamClosed,
+                        Ok(false) => progressed = true,
+                        Err(end) => return end,
+                    }
+                    continue;
+                }
                 ev = sse.next() => ev,
             };
-            match event {
-                None => return End::ServerEnded { progressed },
+            let end = match event {
+                None => End::ServerEnded { progressed },
                 Some(Ok(DsEvent::Data(data))) => {
                     pending.push_data(&data, self.shared.max_event_bytes);
+                    continue;
                 }
                 Some(Ok(DsEvent::Control(control))) => {
-                    let moved = self.offset.as_deref() != Some(control.stream_next_offset.as_str());
-                    let stored_events = !pending.is_empty();
-                    if moved || stored_events {
-                        if let Err(end) = self
-                            .commit(pending.take(), control.stream_next_offset)
-                            .await
-                        {
-                            return end;
+                    let latest = ready
+                        .control
+                        .as_ref()
+                        .map(|c| c.stream_next_offset.as_str())
+                        .or(in_flight.as_ref().map(|f| f.next_offset.as_str()))
+                        .or(self.offset.as_deref());
+                    let moved = latest != Some(control.stream_next_offset.as_str());
+                    if moved || !pending.is_empty() {
+                        pending.seal(&control.stream_next_offset);
+                        ready.batch.append(pending.take());
+                        ready.control = Some(control);
+                    } else if in_flight.is_none() && ready.control.is_none() {
+                        self.committed(control.up_to_date, false);
+                        if control.stream_closed {
+                            return End::StreamClosed;
                         }
-                        progressed = true;
                     }
-                    self.committed(control.up_to_date, stored_events);
-                    if control.stream_closed {
-                        return End::StreamClosed;
-                    }
+                    continue;
                 }
                 Some(Ok(DsEvent::Other { event_type, .. })) => {
                     tracing::debug!(stream = %self.stream, %event_type, "skipping an sse event of unknown type");
+                    continue;
                 }
                 Some(Err(DsError::EventTooLarge {
                     event_type,
@@ -222,25 +272,30 @@ impl Subscription {
                     limit,
                     ..
                 })) if event_type == crate::sse::ds::DATA_EVENT => {
-                    return End::Failed(self.oversized_message(size, limit));
+                    End::Failed(self.oversized_message(size, limit))
                 }
-                Some(Err(e)) => {
-                    return End::Retry(format!(
-                        "{e} (after committed offset {})",
-                        self.offset.as_deref().unwrap_or(OFFSET_START)
-                    ));
-                }
-            }
+                Some(Err(e)) => End::Retry(format!(
+                    "{e} (after committed offset {})",
+                    self.offset.as_deref().unwrap_or(OFFSET_START)
+                )),
+            };
+            // The connection is over: what was already ended by a control event is stored
+            // before reconnecting, so the next subscription starts after it.
+            return match self.settle(in_flight, ready).await {
+                Some(closed_or_failed) => closed_or_failed,
+                None => end,
+            };
         }
     }
 
-    /// Hands the batch to the writer and waits for its COMMIT.
-    async fn commit(&mut self, batch: Pending, next_offset: String) -> Result<(), End> {
+    /// Hands a batch to the writer; its reply is awaited by [`Self::finish`].
+    async fn send(&mut self, batch: Pending, control: Control) -> Result<InFlight, End> {
         let (reply, answer) = oneshot::channel();
+        let stored_events = !batch.is_empty();
         let commit = Commit {
             stream: self.stream.clone(),
             prev_offset: self.offset.clone(),
-            next_offset: next_offset.clone(),
+            next_offset: control.stream_next_offset.clone(),
             rows: batch.rows,
             dead: batch.dead,
             reply,
@@ -248,16 +303,53 @@ impl Subscription {
         if self.shared.writer.send(commit).await.is_err() {
             return Err(End::Stopped);
         }
-        match answer.await {
+        Ok(InFlight {
+            answer,
+            next_offset: control.stream_next_offset,
+            up_to_date: control.up_to_date,
+            closed: control.stream_closed,
+            stored_events,
+        })
+    }
+
+    /// The writer's answer: the offset moves on (`Ok(closed)`), or the subscription ends.
+    fn finish(
+        &mut self,
+        answer: Result<Result<(), CommitFailed>, oneshot::error::RecvError>,
+        f: InFlight,
+    ) -> Result<bool, End> {
+        match answer {
             Ok(Ok(())) => {
-                self.offset = Some(next_offset);
-                Ok(())
+                self.offset = Some(f.next_offset);
+                self.committed(f.up_to_date, f.stored_events);
+                Ok(f.closed)
             }
             Ok(Err(CommitFailed::Retry { committed, reason })) => {
                 self.offset = committed;
                 Err(End::Retry(reason))
             }
             Ok(Err(CommitFailed::Stopped)) | Err(_) => Err(End::Stopped),
+        }
+    }
+
+    /// Waits for the commit in flight, then commits what is ready; `Some` when that ends
+    /// the subscription otherwise than the caller's reason (closed, a failed commit).
+    async fn settle(&mut self, in_flight: Option<InFlight>, mut ready: Ready) -> Option<End> {
+        let mut next = in_flight;
+        loop {
+            if let Some(mut f) = next.take() {
+                let answer = (&mut f.answer).await;
+                match self.finish(answer, f) {
+                    Ok(true) => return Some(End::StreamClosed),
+                    Ok(false) => {}
+                    Err(end) => return Some(end),
+                }
+            }
+            let control = ready.control.take()?;
+            match self.send(ready.batch.take(), control).await {
+                Ok(f) => next = Some(f),
+                Err(end) => return Some(end),
+            }
         }
     }
 

@@ -297,7 +297,7 @@ async fn copy_rows(tx: &Transaction<'_>, batch: &[Commit]) -> Result<(), tokio_p
                 &r.event_type,
                 &r.operation,
                 &payload,
-                &c.next_offset,
+                &r.ds_offset.as_deref().unwrap_or(&c.next_offset),
             ];
             writer.as_mut().write(&values).await?;
         }
@@ -321,7 +321,10 @@ async fn insert_dead_letters(
         tracing::warn!(stream = %c.stream, offset = %c.next_offset, error = %d.error, size = d.size, "dead letter");
     }
     let streams: Vec<&str> = dead.iter().map(|(c, _)| c.stream.as_str()).collect();
-    let offsets: Vec<&str> = dead.iter().map(|(c, _)| c.next_offset.as_str()).collect();
+    let offsets: Vec<&str> = dead
+        .iter()
+        .map(|(c, d)| d.ds_offset.as_deref().unwrap_or(&c.next_offset))
+        .collect();
     let errors: Vec<&str> = dead.iter().map(|(_, d)| d.error.as_str()).collect();
     let raws: Vec<&[u8]> = dead.iter().map(|(_, d)| d.raw.as_slice()).collect();
     let sizes: Vec<i64> = dead
@@ -478,6 +481,7 @@ mod tests {
                     event_type: None,
                     operation: None,
                     payload: "{}".to_owned(),
+                    ds_offset: None,
                 })
                 .collect(),
             dead: Vec::new(),

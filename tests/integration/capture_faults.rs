@@ -206,6 +206,8 @@ async fn sigkill_at_random_moments_under_load_loses_and_duplicates_nothing() {
         "the writer wrote too little to test anything: {last}"
     );
     let capture = CaptureProcess::start(&db, &server.url(), &["--tables", "k", "--takeover"]).await;
+    // Everything may already be in the stream; stop it only once it runs.
+    capture.wait_log("streaming changes").await;
     expect_exactly_once(&client, "pg-k", last, &capture).await;
     let (code, log) = capture.stop().await;
     assert_eq!(code, 0, "seed {seed}:\n{log}");

@@ -197,10 +197,7 @@ async fn sigkill_at_random_moments_stores_every_event_exactly_once() {
     let process = CaptureProcess::start(&s.db, &url, &args).await;
     // The last kill may have come after every event was stored: then the counts below hold
     // at once, and a SIGTERM before ds-sync installed its handlers would end it by signal.
-    wait_for("the last ds-sync to run ingest", PATIENCE, || async {
-        process.log().contains("ingest running").then_some(())
-    })
-    .await;
+    process.wait_log("ingest running").await;
     let sql = &s.sql;
     wait_for(&format!("all {total} events"), PATIENCE * 4, || async {
         let c: i64 = sql

@@ -229,6 +229,17 @@ impl CaptureProcess {
         }
     }
 
+    /// Waits until the log contains `needle`: the process got that far (e.g. its signal
+    /// handlers are installed once it streams or ingests).
+    pub async fn wait_log(&self, needle: &str) {
+        wait_for(
+            &format!("{needle:?} in the ds-sync log"),
+            std::time::Duration::from_secs(60),
+            || async { self.log().contains(needle).then_some(()) },
+        )
+        .await;
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()

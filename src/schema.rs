@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "005_signals",
         sql: include_str!("../sql/005_signals.sql"),
     },
+    Migration {
+        version: 6,
+        name: "006_probe",
+        sql: include_str!("../sql/006_probe.sql"),
+    },
 ];
 
 /// Serializes concurrent `init` runs (the value spells "ds-sync" in ASCII).

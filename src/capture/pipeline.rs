@@ -93,6 +93,7 @@ pub async fn run(
         };
         let outcome = match source::connect(&client, &cfg.source, start).await {
             Ok(repl) => {
+                incremental.send_probe(&client).await;
                 tracing::info!(slot = %cfg.source.slot, start = %Lsn::from_u64(start), "streaming changes");
                 let mut session = Session::new(cfg, &client, start, hard_stop, &mut incremental);
                 let result = session.run(repl, shutdown).await;
@@ -219,6 +220,7 @@ impl<'a> Session<'a> {
             }
             let reading = !stopping && self.queues.buffered_bytes() < self.cfg.max_buffer_bytes;
             let linger = self.queues.next_linger_deadline();
+            let probe_warning = self.snap.probe_warning_at();
             tokio::select! {
                 biased;
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
@@ -235,6 +237,9 @@ impl<'a> Session<'a> {
                     self.queues.commit();
                 }
                 _ = sleep_until(linger), if linger.is_some() => {}
+                _ = sleep_until(probe_warning), if probe_warning.is_some() => {
+                    self.snap.warn_probe_missing();
+                }
                 event = repl.recv(), if reading => {
                     if let Some(end) = self.received(event, &mut repl).await? {
                         return Ok(end);
@@ -358,7 +363,9 @@ impl<'a> Session<'a> {
                 data, wal_start, ..
             } => self.xlog(&data, wal_start).await?,
             ReplicationEvent::KeepAlive { wal_end, .. } => {
+                // Not before this session's probe came back: see `Incremental::send_probe`.
                 if self.tx.is_none()
+                    && !self.snap.probe_pending()
                     && let Some(lsn) = self.ledger.keepalive(wal_end.as_u64())
                 {
                     repl.update_applied_lsn(Lsn::from_u64(lsn));

@@ -496,3 +496,97 @@ async fn a_lost_replication_connection_resumes_from_the_confirmed_position() {
         "the lost connection was noticed:\n{log}"
     );
 }
+
+/// A session whose probe row never comes back decoded (here: the signal table was taken out
+/// of the publication, standing in for a slot that skips the publication's changes) confirms
+/// no keepalive position, so the slot cannot move past skipped changes, and says so in the
+/// log; once the probe of a later session comes back, confirmations resume.
+#[tokio::test]
+async fn a_session_whose_probe_is_not_decoded_holds_the_slot() {
+    let Scenario {
+        server,
+        db,
+        sql,
+        pg: _pg,
+        ..
+    } = scenario(
+        "fault_probe",
+        "CREATE TABLE p (id int PRIMARY KEY); CREATE TABLE unpublished (id int)",
+        DsServerOptions::default(),
+    )
+    .await;
+    let slot = db.slot("cap");
+    let capture = start_streaming(&db, &server.url(), &["--tables", "p"]).await;
+    sql.batch_execute("ALTER PUBLICATION cap_pub DROP TABLE ds_sync.signals")
+        .await
+        .unwrap();
+    restart_walsender(&sql, &slot).await;
+    wait_for("a second session", LONG, || async {
+        (capture.log().matches("streaming changes").count() >= 2).then_some(())
+    })
+    .await;
+    let held = confirmed(&sql, &slot).await;
+    sql.batch_execute("INSERT INTO unpublished SELECT generate_series(1, 20000)")
+        .await
+        .unwrap();
+    let wal: String = sql
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    wait_for("the missing-probe warning", LONG, || async {
+        capture
+            .log()
+            .contains("the probe row has not come back")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        confirmed(&sql, &slot).await,
+        held,
+        "keepalives moved the slot although the probe never came back:\n{}",
+        capture.log()
+    );
+    assert!(!passed(&sql, &slot, &wal).await);
+    sql.batch_execute("ALTER PUBLICATION cap_pub ADD TABLE ds_sync.signals")
+        .await
+        .unwrap();
+    restart_walsender(&sql, &slot).await;
+    wait_for("confirmations to resume", LONG, || async {
+        passed(&sql, &slot, &wal).await.then_some(())
+    })
+    .await;
+    let (code, log) = capture.stop().await;
+    assert_eq!(code, 0, "{log}");
+}
+
+async fn confirmed(sql: &tokio_postgres::Client, slot: &str) -> String {
+    sql.query_one(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+async fn passed(sql: &tokio_postgres::Client, slot: &str, lsn: &str) -> bool {
+    sql.query_one(
+        "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots \
+         WHERE slot_name = $1",
+        &[&slot, &lsn],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+async fn restart_walsender(sql: &tokio_postgres::Client, slot: &str) {
+    sql.execute(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+         WHERE slot_name = $1 AND active",
+        &[&slot],
+    )
+    .await
+    .unwrap();
+}

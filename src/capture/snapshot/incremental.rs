@@ -24,6 +24,7 @@
 //! everything already sent. Watermarks of an earlier process are ignored when replayed.
 
 use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -51,7 +52,19 @@ pub struct Incremental {
     queued: HashSet<i64>,
     known_tables: HashSet<String>,
     active: Option<Active>,
+    /// The probe of the current session, until it comes back decoded.
+    probe: Option<Probe>,
 }
+
+/// A probe row in flight: see [`Incremental::send_probe`].
+struct Probe {
+    id: i64,
+    sent: Instant,
+    warn_at: Instant,
+}
+
+/// How long a probe may stay unseen before each warning.
+const PROBE_WARN_AFTER: Duration = Duration::from_secs(10);
 
 struct Active {
     request: i64,
@@ -108,7 +121,56 @@ impl Incremental {
             queue,
             known_tables: known,
             active: None,
+            probe: None,
         })
+    }
+
+    /// Inserts this session's probe row. Until it comes back decoded, capture confirms no
+    /// keepalive position: a slot that skips the publication's changes (seen once on
+    /// PostgreSQL 15, see the README) then holds its WAL instead of moving past them.
+    /// A failed insert is logged and capture goes on without the check.
+    pub async fn send_probe(&mut self, sql: &Client) {
+        match signals::probe(sql, &self.slot).await {
+            Ok(id) => {
+                let now = Instant::now();
+                self.probe = Some(Probe {
+                    id,
+                    sent: now,
+                    warn_at: now + PROBE_WARN_AFTER,
+                });
+            }
+            Err(e) => {
+                self.probe = None;
+                tracing::warn!(error = %e, "cannot insert the probe row; keepalive positions are confirmed without it");
+            }
+        }
+    }
+
+    /// True while this session's probe has not come back.
+    pub fn probe_pending(&self) -> bool {
+        self.probe.is_some()
+    }
+
+    /// When the next warning about a missing probe is due.
+    pub fn probe_warning_at(&self) -> Option<Instant> {
+        self.probe.as_ref().map(|p| p.warn_at)
+    }
+
+    /// Logs that the probe has not come back, and when to say so again.
+    pub fn warn_probe_missing(&mut self) {
+        if let Some(p) = &mut self.probe {
+            tracing::warn!(
+                probe = p.id,
+                waited_s = p.sent.elapsed().as_secs(),
+                slot = %self.slot,
+                publication = %self.publication,
+                "the probe row has not come back from the slot: either a large transaction is \
+                 still being decoded, or the slot skips this publication's changes. Keepalive \
+                 positions are not confirmed meanwhile, so nothing is skipped for good; if this \
+                 goes on while the server is idle, restart ds-sync"
+            );
+            p.warn_at = Instant::now() + PROBE_WARN_AFTER;
+        }
     }
 
     /// True (and remembered) when `rel` is the signal table.
@@ -187,6 +249,16 @@ impl Incremental {
                 .and_then(|a| a.chunk.as_ref())
                 .is_some_and(|c| c.high == sig.id),
             SignalKind::Done => false,
+            SignalKind::Probe => {
+                if self.probe.as_ref().is_some_and(|p| p.id == sig.id) {
+                    tracing::debug!(
+                        probe = sig.id,
+                        "probe decoded: the slot decodes the publication"
+                    );
+                    self.probe = None;
+                }
+                false
+            }
         }
     }
 

@@ -29,6 +29,8 @@ pub enum SignalKind {
     Low,
     High,
     Done,
+    /// A capture session's check that the slot decodes the publication's changes.
+    Probe,
 }
 
 impl SignalKind {
@@ -38,9 +40,23 @@ impl SignalKind {
             "low" => SignalKind::Low,
             "high" => SignalKind::High,
             "done" => SignalKind::Done,
+            "probe" => SignalKind::Probe,
             _ => return None,
         })
     }
+}
+
+/// Inserts a probe row for `slot`; its id.
+pub async fn probe(sql: &Client, slot: &str) -> Result<i64, PgError> {
+    let row = sql
+        .query_one(
+            "INSERT INTO ds_sync.signals (slot_name, kind, table_name) \
+             VALUES ($1, 'probe', '') RETURNING id",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| PgError::query("inserting a probe signal", &e))?;
+    Ok(row.get(0))
 }
 
 /// Reads a signal from an inserted row's text values, by column name (so a column added

@@ -4,10 +4,10 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::report::{Latency, Report};
+use super::latency::{self, Stamps};
+use super::report::Report;
 use super::stack::{DsSyncProcess, Stack};
 use super::workload::{self, Drain, Phase};
 use super::{BenchError, BenchOptions};
@@ -25,8 +25,6 @@ pub struct Ctx<'a> {
 const DRAIN_TARGET: f64 = 0.8;
 /// Target: peak RSS while a 1M-row transaction passes, in MB.
 const RSS_TARGET_MB: f64 = 100.0;
-/// Target: p99 commit-to-visible latency at 2,000 transactions/s, in ms.
-const LATENCY_P99_TARGET_MS: f64 = 25.0;
 
 /// Starts ds-sync on `phase`'s publication and slot and times the drain of `expected` rows.
 pub async fn ds_sync_drain(
@@ -37,19 +35,14 @@ pub async fn ds_sync_drain(
     end_lsn: &str,
     label: &str,
 ) -> Result<Drain, BenchError> {
-    let log = ctx.dir.join(format!("ds-sync-{}.log", phase.table));
-    let mut args = vec![
-        "run",
-        "--slot",
-        slot,
-        "--publication",
-        &phase.publication,
-        "--stream-template",
-        "bench-{table}",
-    ];
-    args.extend(ctx.opts.ds_sync_args.iter().map(String::as_str));
     let runner_cpu = super::stack::own_cpu_seconds();
-    let mut process = DsSyncProcess::spawn(&ctx.opts.exe, ctx.stack, &args, &log)?;
+    let mut process = spawn_run(
+        ctx,
+        phase,
+        slot,
+        &format!("ds-sync-{}.log", phase.table),
+        &[],
+    )?;
     let started = process.started;
     let mut drain = workload::wait_drained(
         ctx.stack,
@@ -68,6 +61,29 @@ pub async fn ds_sync_drain(
     workload::wait_confirmed(&sql, slot, end_lsn).await?;
     process.stop().await?;
     Ok(drain)
+}
+
+/// Starts `ds-sync run` on `phase`'s publication and `slot`, streaming to `bench-{table}`,
+/// with `extra` and the bench's `-- ARGS` appended; its log goes to `log` in the results.
+pub fn spawn_run(
+    ctx: &Ctx<'_>,
+    phase: &Phase,
+    slot: &str,
+    log: &str,
+    extra: &[&str],
+) -> Result<DsSyncProcess, BenchError> {
+    let mut args = vec![
+        "run",
+        "--slot",
+        slot,
+        "--publication",
+        &phase.publication,
+        "--stream-template",
+        "bench-{table}",
+    ];
+    args.extend_from_slice(extra);
+    args.extend(ctx.opts.ds_sync_args.iter().map(String::as_str));
+    DsSyncProcess::spawn(&ctx.opts.exe, ctx.stack, &args, &ctx.dir.join(log))
 }
 
 /// A backlog written while both slots wait, then drained by `pg_recvlogical` and by ds-sync.
@@ -182,27 +198,6 @@ pub async fn memory(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError
     Ok(())
 }
 
-/// Per-row timestamps in µs since `base`, indexed by row id (0: not yet).
-struct Stamps {
-    base: Instant,
-    committed: Vec<AtomicU64>,
-    seen: Vec<AtomicU64>,
-}
-
-impl Stamps {
-    fn new(n: usize) -> Stamps {
-        Stamps {
-            base: Instant::now(),
-            committed: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            seen: (0..n).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-
-    fn now(&self) -> u64 {
-        self.base.elapsed().as_micros() as u64 + 1
-    }
-}
-
 /// `capture-latency`: `rate` one-row transactions per second for `duration`; each row's
 /// latency runs from its commit returning to the writer to an SSE reader receiving it.
 pub async fn latency(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
@@ -210,76 +205,46 @@ pub async fn latency(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchErro
     let phase = Phase::create(&sql, "bench_live").await?;
     let slot = phase.slot(&sql, "dssync").await?;
     let total = (f64::from(ctx.opts.rate) * ctx.opts.duration.as_secs_f64()) as usize;
-    let stamps = Arc::new(Stamps::new(total + 1));
+    let stamps = Stamps::new(total);
     ctx.stack.ds.ensure_stream(&phase.stream()).await?;
-    let log = ctx.dir.join("ds-sync.log");
-    let mut args = vec![
-        "run",
-        "--slot",
-        &slot,
-        "--publication",
-        &phase.publication,
-        "--stream-template",
-        "bench-{table}",
-    ];
-    args.extend(ctx.opts.ds_sync_args.iter().map(String::as_str));
-    let mut process = DsSyncProcess::spawn(&ctx.opts.exe, ctx.stack, &args, &log)?;
+    let mut process = spawn_run(ctx, &phase, &slot, "ds-sync.log", &[])?;
     let reader = tokio::spawn(read_stream(
         ctx.stack.ds.clone(),
         phase.stream(),
-        stamps.clone(),
+        Arc::clone(&stamps),
     ));
     // Row 0 is the warm-up: ds-sync is streaming once it arrives.
-    write_row(&sql, &phase.table, 0, &stamps).await?;
-    wait_seen(&stamps, 0..1, Duration::from_secs(60), &mut process).await?;
-    let started = Instant::now();
+    insert_row(&sql, &phase.table, 0).await?;
+    stamps
+        .wait_arrived(
+            0..1,
+            Duration::from_secs(60),
+            &mut process,
+            "the warm-up row",
+        )
+        .await?;
     let writers = ctx.opts.writers.max(1);
-    let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..writers {
-        let (stack_sql, table, stamps) =
-            (ctx.stack.sql().await?, phase.table.clone(), stamps.clone());
-        let period = Duration::from_secs_f64(writers as f64 / f64::from(ctx.opts.rate));
-        tasks.spawn(async move {
-            let mut next = Instant::now();
-            for id in ((w + 1)..=total).step_by(writers) {
-                tokio::time::sleep_until(next.into()).await;
-                write_row(&stack_sql, &table, id, &stamps).await?;
-                next += period;
-            }
-            Ok::<(), BenchError>(())
-        });
+    let mut senders = Vec::with_capacity(writers);
+    for _ in 0..writers {
+        senders.push((ctx.stack.sql().await?, phase.table.clone()));
     }
     let bar = workload::Bar::new("writing", total as u64, ctx.opts.progress);
-    while !tasks.is_empty() {
-        tokio::select! {
-            r = tasks.join_next() => if let Some(r) = r {
-                r.map_err(|e| BenchError::Setup(format!("writer task: {e}")))??;
-            },
-            () = tokio::time::sleep(Duration::from_millis(250)) => {
-                process.check_alive()?;
-                bar.set(stamps.committed.iter().filter(|s| s.load(Ordering::Relaxed) > 0).count() as u64);
-            }
-        }
-    }
-    bar.finish();
-    let wrote = started.elapsed();
-    wait_seen(
+    let wrote = latency::paced(
+        senders,
+        ctx.opts.rate,
+        total,
         &stamps,
-        1..total + 1,
-        Duration::from_secs(120),
         &mut process,
+        &bar,
+        |s, id| async move { insert_row(&s.0, &s.1, id).await },
     )
     .await?;
+    stamps
+        .wait_arrived(1..total + 1, Duration::from_secs(120), &mut process, "rows")
+        .await?;
     reader.abort();
     process.stop().await?;
-    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
-        .map_err(|e| BenchError::Report(e.to_string()))?;
-    for id in 1..=total {
-        let c = stamps.committed[id].load(Ordering::Relaxed);
-        let s = stamps.seen[id].load(Ordering::Relaxed);
-        h.saturating_record(s.saturating_sub(c).max(1));
-    }
-    let l = Latency::from_histogram("commit to SSE", &h);
+    let l = stamps.latency("commit to SSE", 1..total + 1)?;
     report.figure("target rate", f64::from(ctx.opts.rate), "txn/s");
     report.figure("achieved rate", total as f64 / wrote.as_secs_f64(), "txn/s");
     report.figure("transactions", total as f64, "txn");
@@ -287,7 +252,7 @@ pub async fn latency(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchErro
         "p99 commit to SSE",
         l.p99,
         "ms",
-        Some(LATENCY_P99_TARGET_MS),
+        Some(latency::P99_TARGET_MS),
         true,
     );
     report.latencies.push(l);
@@ -299,11 +264,10 @@ pub async fn latency(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchErro
     Ok(())
 }
 
-async fn write_row(
+async fn insert_row(
     sql: &tokio_postgres::Client,
     table: &str,
     id: usize,
-    stamps: &Stamps,
 ) -> Result<(), BenchError> {
     sql.execute(
         &format!("INSERT INTO {table} (id, title) VALUES ($1, 'live')"),
@@ -311,35 +275,7 @@ async fn write_row(
     )
     .await
     .map_err(|e| BenchError::sql("writing a row", &e))?;
-    stamps.committed[id].store(stamps.now(), Ordering::Relaxed);
     Ok(())
-}
-
-async fn wait_seen(
-    stamps: &Stamps,
-    ids: std::ops::Range<usize>,
-    timeout: Duration,
-    process: &mut DsSyncProcess,
-) -> Result<(), BenchError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let missing = ids
-            .clone()
-            .filter(|&i| stamps.seen[i].load(Ordering::Relaxed) == 0)
-            .count();
-        if missing == 0 {
-            return Ok(());
-        }
-        process.check_alive()?;
-        if Instant::now() > deadline {
-            return Err(BenchError::Timeout {
-                what: "rows reaching the SSE reader".into(),
-                secs: timeout.as_secs(),
-                detail: format!("{missing} of {} rows never arrived", ids.len()),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Follows the stream over SSE and stamps each row id on arrival; reconnects from the last
@@ -351,7 +287,6 @@ async fn read_stream(ds: DsClient, stream: String, stamps: Arc<Stamps>) -> Resul
         while let Some(event) = sub.next().await {
             match event? {
                 DsEvent::Data(bytes) => {
-                    let now = stamps.now();
                     let Ok(messages) = serde_json::from_slice::<Vec<serde_json::Value>>(&bytes)
                     else {
                         continue;
@@ -360,9 +295,8 @@ async fn read_stream(ds: DsClient, stream: String, stamps: Arc<Stamps>) -> Resul
                         let id = m["value"]["id"]
                             .as_u64()
                             .or_else(|| m["value"]["id"].as_str().and_then(|s| s.parse().ok()));
-                        if let Some(slot) = id.and_then(|i| stamps.seen.get(i as usize)) {
-                            let _ =
-                                slot.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+                        if let Some(id) = id {
+                            stamps.arrived(id);
                         }
                     }
                 }

@@ -2,9 +2,7 @@
 //! `psql \copy ... FROM ... WITH (FORMAT binary)` of the same rows) and `ingest-latency`
 //! (POST returned to row committed, under a steady POST rate).
 
-use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,15 +10,15 @@ use serde_json::json;
 
 use super::BenchError;
 use super::capture::Ctx;
-use super::report::{Latency, Report, Series};
+use super::latency::{self, Stamps};
+use super::report::{Report, Series};
 use super::stack::{DsSyncProcess, Stack};
 use super::tail::count_in_offset;
-use super::workload::{Bar, postgres_tool};
+use super::workload::{self, Bar};
+use crate::ds::DsClient;
 
 /// Target: ingest drains at least this fraction of the binary-COPY rate.
 const DRAIN_TARGET: f64 = 0.8;
-/// Target: p99 POST-to-committed latency at 2,000 events/s, in ms.
-const LATENCY_P99_TARGET_MS: f64 = 25.0;
 /// Events per POST while preloading a backlog.
 const PRELOAD_BATCH: u64 = 1000;
 
@@ -233,8 +231,8 @@ async fn binary_copy_ceiling(
 ) -> Result<Duration, BenchError> {
     let file = ctx.dir.join("ceiling.copy");
     let cols = "stream_name, event_key, event_type, operation, payload, ds_offset";
-    psql(
-        ctx,
+    workload::psql(
+        ctx.stack,
         &format!(
             "\\copy (SELECT {cols} FROM public.session_events WHERE stream_name = '{stream}') \
              TO '{}' WITH (FORMAT binary)",
@@ -249,8 +247,8 @@ async fn binary_copy_ceiling(
     .await
     .map_err(|e| BenchError::sql("creating the ceiling table", &e))?;
     let started = Instant::now();
-    psql(
-        ctx,
+    workload::psql(
+        ctx.stack,
         &format!(
             "\\copy public.bench_copy_ceiling ({cols}) FROM '{}' WITH (FORMAT binary)",
             file.display()
@@ -265,105 +263,48 @@ async fn binary_copy_ceiling(
     Ok(took)
 }
 
-async fn psql(ctx: &Ctx<'_>, command: &str) -> Result<(), BenchError> {
-    let bin = postgres_tool("psql")?;
-    let t = ctx.stack.target()?;
-    let out = tokio::process::Command::new(&bin)
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", &t.host()])
-        .args([
-            "-p",
-            &t.port().to_string(),
-            "-U",
-            t.user(),
-            "-d",
-            t.dbname(),
-            "-c",
-            command,
-        ])
-        .env("PGPASSWORD", t.password().unwrap_or_default())
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| BenchError::Ceiling(format!("running {}: {e}", bin.display())))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(BenchError::Ceiling(format!(
-            "psql exited {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
-}
-
-/// Per-event timestamps in µs since `base`, indexed by event number (0: not yet).
-struct Stamps {
-    base: Instant,
-    posted: Vec<AtomicU64>,
-    stored: Vec<AtomicU64>,
-}
-
-impl Stamps {
-    fn now(&self) -> u64 {
-        self.base.elapsed().as_micros() as u64 + 1
-    }
-}
-
 /// `ingest-latency`: `rate` single-event POSTs per second for `duration`; each event's
 /// latency runs from its POST returning to a poller seeing its row committed.
 pub async fn latency(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
     let stream = "bench-ingest-live";
     ctx.stack.ds.ensure_stream(stream).await?;
     let total = (f64::from(ctx.opts.rate) * ctx.opts.duration.as_secs_f64()) as usize;
-    let stamps = Arc::new(Stamps {
-        base: Instant::now(),
-        posted: (0..=total).map(|_| AtomicU64::new(0)).collect(),
-        stored: (0..=total).map(|_| AtomicU64::new(0)).collect(),
-    });
+    let stamps = Stamps::new(total);
     let mut process = start_ingest(ctx, stream, "ds-sync-ingest.log")?;
-    let poller = tokio::spawn(poll_rows(ctx.stack.sql().await?, stamps.clone()));
+    let poller = tokio::spawn(poll_rows(ctx.stack.sql().await?, Arc::clone(&stamps)));
     // Event 0 is the warm-up: ingest is running once its row is there.
-    post(ctx.stack, stream, 0, &stamps).await?;
-    wait_stored(&stamps, 0..1, Duration::from_secs(60), &mut process).await?;
-    let started = Instant::now();
+    post(&ctx.stack.ds, stream, 0).await?;
+    stamps
+        .wait_arrived(
+            0..1,
+            Duration::from_secs(60),
+            &mut process,
+            "the warm-up event",
+        )
+        .await?;
     let writers = ctx.opts.writers.max(1);
-    let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..writers {
-        let (ds, stamps) = (ctx.stack.ds.clone(), stamps.clone());
-        let period = Duration::from_secs_f64(writers as f64 / f64::from(ctx.opts.rate));
-        tasks.spawn(async move {
-            let mut next = Instant::now();
-            for n in ((w + 1)..=total).step_by(writers) {
-                tokio::time::sleep_until(next.into()).await;
-                let body = Bytes::from(serde_json::to_vec(&[event(n as u64)]).unwrap_or_default());
-                ds.append(stream, body, None).await?;
-                stamps.posted[n].store(stamps.now(), Ordering::Relaxed);
-                next += period;
-            }
-            Ok::<(), BenchError>(())
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.map_err(|e| BenchError::Setup(format!("poster task: {e}")))??;
-    }
-    let posted = started.elapsed();
-    wait_stored(
+    let bar = Bar::new("posting", total as u64, ctx.opts.progress);
+    let posted = latency::paced(
+        vec![ctx.stack.ds.clone(); writers],
+        ctx.opts.rate,
+        total,
         &stamps,
-        1..total + 1,
-        Duration::from_secs(120),
         &mut process,
+        &bar,
+        move |ds, n| async move { post(&ds, stream, n).await },
     )
     .await?;
+    stamps
+        .wait_arrived(
+            1..total + 1,
+            Duration::from_secs(120),
+            &mut process,
+            "events",
+        )
+        .await?;
     poller.abort();
     process.stop().await?;
-    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
-        .map_err(|e| BenchError::Report(e.to_string()))?;
-    for n in 1..=total {
-        let p = stamps.posted[n].load(Ordering::Relaxed);
-        let s = stamps.stored[n].load(Ordering::Relaxed);
-        h.saturating_record(s.saturating_sub(p).max(1));
-    }
-    let l = Latency::from_histogram("POST to committed row", &h);
+    let l = stamps.latency("POST to committed row", 1..total + 1)?;
     report.figure("target rate", f64::from(ctx.opts.rate), "events/s");
     report.figure(
         "achieved rate",
@@ -375,7 +316,7 @@ pub async fn latency(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchErro
         "p99 POST to committed row",
         l.p99,
         "ms",
-        Some(LATENCY_P99_TARGET_MS),
+        Some(latency::P99_TARGET_MS),
         true,
     );
     report.latencies.push(l);
@@ -387,10 +328,9 @@ pub async fn latency(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchErro
     Ok(())
 }
 
-async fn post(stack: &Stack, stream: &str, n: usize, stamps: &Stamps) -> Result<(), BenchError> {
+async fn post(ds: &DsClient, stream: &str, n: usize) -> Result<(), BenchError> {
     let body = Bytes::from(serde_json::to_vec(&[event(n as u64)]).unwrap_or_default());
-    stack.ds.append(stream, body, None).await?;
-    stamps.posted[n].store(stamps.now(), Ordering::Relaxed);
+    ds.append(stream, body, None).await?;
     Ok(())
 }
 
@@ -413,41 +353,15 @@ async fn poll_rows(sql: tokio_postgres::Client, stamps: Arc<Stamps>) -> Result<(
                 continue;
             }
         };
-        let now = stamps.now();
         for r in rows {
             last_id = r.get(0);
-            let n: Option<i64> = r.get(1);
-            if let Some(slot) = n.and_then(|n| stamps.stored.get(n as usize)) {
-                let _ = slot.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+            if let Some(n) = r
+                .get::<_, Option<i64>>(1)
+                .and_then(|n| u64::try_from(n).ok())
+            {
+                stamps.arrived(n);
             }
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-async fn wait_stored(
-    stamps: &Stamps,
-    ids: std::ops::Range<usize>,
-    timeout: Duration,
-    process: &mut DsSyncProcess,
-) -> Result<(), BenchError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let missing = ids
-            .clone()
-            .filter(|&i| stamps.stored[i].load(Ordering::Relaxed) == 0)
-            .count();
-        if missing == 0 {
-            return Ok(());
-        }
-        process.check_alive()?;
-        if Instant::now() > deadline {
-            return Err(BenchError::Timeout {
-                what: "events reaching session_events".into(),
-                secs: timeout.as_secs(),
-                detail: format!("{missing} of {} events never arrived", ids.len()),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -15,6 +15,7 @@
 
 mod capture;
 mod ingest;
+mod latency;
 mod naive;
 pub mod report;
 mod snapshot;

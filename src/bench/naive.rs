@@ -155,7 +155,7 @@ async fn naive_drain(
     slot: &str,
     rows: u64,
 ) -> Result<Duration, BenchError> {
-    let t = ctx.stack.target()?;
+    let t = ctx.stack.target();
     let cfg = ReplicationConfig::new(
         t.host(),
         t.user(),

@@ -2,14 +2,10 @@
 //! next to `psql \copy (SELECT ...) TO '/dev/null'` of the same table: the speed at which
 //! Postgres can hand the rows out at all.
 
-use std::process::Stdio;
-use std::time::Instant;
-
 use super::BenchError;
-use super::capture::Ctx;
+use super::capture::{Ctx, spawn_run};
 use super::report::Report;
-use super::stack::DsSyncProcess;
-use super::workload::{self, Phase, postgres_tool};
+use super::workload::{self, Phase};
 
 /// Target: the snapshot delivers at least this fraction of the `psql \copy` rate.
 const SNAPSHOT_TARGET: f64 = 0.8;
@@ -23,22 +19,19 @@ pub async fn run(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
     sql.batch_execute(&format!("VACUUM ANALYZE {}", phase.table))
         .await
         .map_err(|e| BenchError::sql("vacuuming the table", &e))?;
-    let copy = psql_copy(ctx, &phase.table).await?;
+    let copy = workload::psql(
+        ctx.stack,
+        &format!("\\copy (SELECT * FROM {}) TO '/dev/null'", phase.table),
+    )
+    .await?;
     let slot = format!("{}_dssync", phase.table);
-    let log = ctx.dir.join("ds-sync-snapshot.log");
-    let mut args = vec![
-        "run",
-        "--slot",
+    let mut process = spawn_run(
+        ctx,
+        &phase,
         &slot,
-        "--publication",
-        &phase.publication,
-        "--stream-template",
-        "bench-{table}",
-        "--snapshot",
-        "initial",
-    ];
-    args.extend(ctx.opts.ds_sync_args.iter().map(String::as_str));
-    let mut process = DsSyncProcess::spawn(&ctx.opts.exe, ctx.stack, &args, &log)?;
+        "ds-sync-snapshot.log",
+        &["--snapshot", "initial"],
+    )?;
     let started = process.started;
     // snapshot-start, the rows, snapshot-end.
     let drain = workload::wait_drained(
@@ -78,37 +71,4 @@ pub async fn run(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
             .into(),
     );
     Ok(())
-}
-
-/// `psql -c "\copy (SELECT every column FROM table) TO '/dev/null'"`: the wall time.
-async fn psql_copy(ctx: &Ctx<'_>, table: &str) -> Result<std::time::Duration, BenchError> {
-    let psql = postgres_tool("psql")?;
-    let t = ctx.stack.target()?;
-    let started = Instant::now();
-    let out = tokio::process::Command::new(&psql)
-        .args([
-            "-X",
-            "-q",
-            "-h",
-            &t.host(),
-            "-p",
-            &t.port().to_string(),
-            "-U",
-            t.user(),
-        ])
-        .args(["-d", t.dbname(), "-c"])
-        .arg(format!("\\copy (SELECT * FROM {table}) TO '/dev/null'"))
-        .env("PGPASSWORD", t.password().unwrap_or_default())
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| BenchError::Ceiling(format!("running {}: {e}", psql.display())))?;
-    if !out.status.success() {
-        return Err(BenchError::Ceiling(format!(
-            "psql exited {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(started.elapsed())
 }

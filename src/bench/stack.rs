@@ -81,11 +81,11 @@ impl Stack {
 
     /// A new SQL connection.
     pub async fn sql(&self) -> Result<tokio_postgres::Client, BenchError> {
-        Ok(self.target()?.connect().await?)
+        Ok(self.target.connect().await?)
     }
 
-    pub fn target(&self) -> Result<PgTarget, BenchError> {
-        Ok(self.target.clone())
+    pub fn target(&self) -> &PgTarget {
+        &self.target
     }
 
     /// A `key=value` connection string without the password (which goes in `PGPASSWORD`),

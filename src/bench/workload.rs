@@ -118,15 +118,39 @@ pub async fn recvlogical_ceiling(
     publication: &str,
     end_lsn: &str,
 ) -> Result<Duration, BenchError> {
-    let bin = postgres_tool("pg_recvlogical")?;
-    let t = stack.target()?;
+    let publication = format!("publication_names={publication}");
+    let args = ["--slot", slot, "--start", "--no-loop", "--endpos", end_lsn];
+    let output = [
+        "-f",
+        "/dev/null",
+        "-o",
+        "proto_version=1",
+        "-o",
+        &publication,
+    ];
+    run_client(stack, "pg_recvlogical", &[&args[..], &output[..]].concat()).await
+}
+
+/// `psql -c COMMAND` (stopping at the first error); returns the wall time.
+pub async fn psql(stack: &Stack, command: &str) -> Result<Duration, BenchError> {
+    run_client(
+        stack,
+        "psql",
+        &["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", command],
+    )
+    .await
+}
+
+/// Runs a PostgreSQL client program against the stack's database (the password in
+/// `PGPASSWORD`, never on the command line); returns the wall time.
+async fn run_client(stack: &Stack, tool: &str, args: &[&str]) -> Result<Duration, BenchError> {
+    let bin = postgres_tool(tool)?;
+    let t = stack.target();
     let started = Instant::now();
     let out = tokio::process::Command::new(&bin)
         .args(["-h", &t.host(), "-p", &t.port().to_string(), "-U", t.user()])
-        .args(["-d", t.dbname(), "--slot", slot, "--start", "--no-loop"])
-        .args(["--endpos", end_lsn, "-f", "/dev/null"])
-        .args(["-o", "proto_version=1", "-o"])
-        .arg(format!("publication_names={publication}"))
+        .args(["-d", t.dbname()])
+        .args(args)
         .env("PGPASSWORD", t.password().unwrap_or_default())
         .stdin(Stdio::null())
         .output()
@@ -134,7 +158,7 @@ pub async fn recvlogical_ceiling(
         .map_err(|e| BenchError::Ceiling(format!("running {}: {e}", bin.display())))?;
     if !out.status.success() {
         return Err(BenchError::Ceiling(format!(
-            "pg_recvlogical exited {}: {}",
+            "{tool} exited {}: {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         )));
@@ -144,7 +168,7 @@ pub async fn recvlogical_ceiling(
 
 /// A client program of the PostgreSQL installation the clusters come from: next to
 /// `postgres`, next to what `postgres` links to, or on PATH.
-pub fn postgres_tool(name: &str) -> Result<std::path::PathBuf, BenchError> {
+fn postgres_tool(name: &str) -> Result<std::path::PathBuf, BenchError> {
     let dir = find_postgres_bin_dir()?;
     let mut candidates = vec![dir.join(name)];
     if let Ok(real) = std::fs::canonicalize(dir.join("postgres"))

@@ -192,7 +192,8 @@ pub struct BenchArgs {
     /// The scenario to run
     #[arg(value_enum)]
     pub scenario: crate::bench::Scenario,
-    /// Rows of the large transaction (capture-drain, memory)
+    /// Rows of the large transaction (capture-drain, memory), of the table (snapshot), events
+    /// of the backlog (ingest-drain)
     #[arg(long, default_value_t = 1_000_000)]
     pub rows: u64,
     /// One-row transactions (capture-drain); rows of the naive scenario's backlog

@@ -1,0 +1,148 @@
+//! What both latency scenarios share: per-item send and arrival times, senders paced to a
+//! rate, waiting for arrivals, and the distribution.
+
+use std::future::Future;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::BenchError;
+use super::report::Latency;
+use super::stack::DsSyncProcess;
+use super::workload::Bar;
+
+/// Target: p99 latency at 2,000 items/s, in ms (both directions).
+pub const P99_TARGET_MS: f64 = 25.0;
+
+/// Per-item times in µs since `base`, indexed by item number (0: not yet).
+pub struct Stamps {
+    base: Instant,
+    sent: Vec<AtomicU64>,
+    arrived: Vec<AtomicU64>,
+}
+
+impl Stamps {
+    /// Room for items `0..=last`.
+    pub fn new(last: usize) -> Arc<Stamps> {
+        let slots = || (0..=last).map(|_| AtomicU64::new(0)).collect();
+        Arc::new(Stamps {
+            base: Instant::now(),
+            sent: slots(),
+            arrived: slots(),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_micros() as u64 + 1
+    }
+
+    fn sent(&self, item: usize) {
+        self.sent[item].store(self.now(), Ordering::Relaxed);
+    }
+
+    /// Records the first arrival of `item`; items out of range are someone else's.
+    pub fn arrived(&self, item: u64) {
+        if let Some(slot) = usize::try_from(item).ok().and_then(|i| self.arrived.get(i)) {
+            let _ = slot.compare_exchange(0, self.now(), Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    fn sent_count(&self) -> u64 {
+        self.sent
+            .iter()
+            .filter(|s| s.load(Ordering::Relaxed) > 0)
+            .count() as u64
+    }
+
+    /// Waits until every item of `items` arrived; fails when ds-sync exits or `timeout`
+    /// passes first.
+    pub async fn wait_arrived(
+        &self,
+        items: Range<usize>,
+        timeout: Duration,
+        process: &mut DsSyncProcess,
+        what: &str,
+    ) -> Result<(), BenchError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let missing = items
+                .clone()
+                .filter(|&i| self.arrived[i].load(Ordering::Relaxed) == 0)
+                .count();
+            if missing == 0 {
+                return Ok(());
+            }
+            process.check_alive()?;
+            if Instant::now() > deadline {
+                return Err(BenchError::Timeout {
+                    what: format!("{what} arriving"),
+                    secs: timeout.as_secs(),
+                    detail: format!("{missing} of {} never arrived", items.len()),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The distribution of arrival minus send time over `items`.
+    pub fn latency(&self, name: &str, items: Range<usize>) -> Result<Latency, BenchError> {
+        let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
+            .map_err(|e| BenchError::Report(e.to_string()))?;
+        for i in items {
+            let sent = self.sent[i].load(Ordering::Relaxed);
+            let arrived = self.arrived[i].load(Ordering::Relaxed);
+            h.saturating_record(arrived.saturating_sub(sent).max(1));
+        }
+        Ok(Latency::from_histogram(name, &h))
+    }
+}
+
+/// Sends items `1..=total` at `rate` per second over all `senders` together (one task each,
+/// every one paced to its share), stamping each item when its send returns. Returns the
+/// time the sending took.
+pub async fn paced<S, F, Fut>(
+    senders: Vec<S>,
+    rate: u32,
+    total: usize,
+    stamps: &Arc<Stamps>,
+    process: &mut DsSyncProcess,
+    bar: &Bar,
+    send: F,
+) -> Result<Duration, BenchError>
+where
+    S: Send + Sync + 'static,
+    F: Fn(Arc<S>, usize) -> Fut + Copy + Send + 'static,
+    Fut: Future<Output = Result<(), BenchError>> + Send,
+{
+    let count = senders.len().max(1);
+    let period = Duration::from_secs_f64(count as f64 / f64::from(rate.max(1)));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (w, sender) in senders.into_iter().enumerate() {
+        let (sender, stamps) = (Arc::new(sender), Arc::clone(stamps));
+        tasks.spawn(async move {
+            let mut next = Instant::now();
+            for item in ((w + 1)..=total).step_by(count) {
+                tokio::time::sleep_until(next.into()).await;
+                send(Arc::clone(&sender), item).await?;
+                stamps.sent(item);
+                next += period;
+            }
+            Ok::<(), BenchError>(())
+        });
+    }
+    while !tasks.is_empty() {
+        tokio::select! {
+            r = tasks.join_next() => if let Some(r) = r {
+                r.map_err(|e| BenchError::Setup(format!("sender task: {e}")))??;
+            },
+            () = tokio::time::sleep(Duration::from_millis(250)) => {
+                process.check_alive()?;
+                bar.set(stamps.sent_count());
+            }
+        }
+    }
+    bar.finish();
+    Ok(started.elapsed())
+}

@@ -23,6 +23,7 @@ pub const DEFAULT_STREAM_TEMPLATE: &str = "pg-{table}";
 
 /// Runs capture until a signal.
 pub async fn run(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError> {
+    let (shutdown, hard_stop) = signals();
     let target = super::commands::target(settings)?;
     let ingest = super::ingest::config(&args.ingest, settings, &target).await?;
     let cfg = if args.ingest.no_capture {
@@ -35,7 +36,6 @@ pub async fn run(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError
             &settings.ds_server_url.value,
         )?)
     };
-    let (shutdown, hard_stop) = signals();
     super::ingest::run_directions(cfg, ingest, settings, &shutdown, &hard_stop).await
 }
 
@@ -128,20 +128,22 @@ fn capture_config(
     })
 }
 
-/// First SIGTERM/SIGINT: graceful shutdown. Second: hard stop.
+/// First SIGTERM/SIGINT: graceful shutdown. Second: hard stop. The handlers are installed
+/// before this returns, and commands call it first, so a signal that arrives while they
+/// still connect or start servers is a graceful stop too, not the default termination.
 fn signals() -> (CancellationToken, CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let shutdown = CancellationToken::new();
     let hard_stop = CancellationToken::new();
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers");
+        return (shutdown, hard_stop);
+    };
     let (s, h) = (shutdown.clone(), hard_stop.clone());
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::warn!("cannot install signal handlers");
-            return;
-        };
         for round in 0..2 {
             tokio::select! {
                 _ = term.recv() => {}
@@ -165,6 +167,7 @@ const DEMO_TABLE: &str = "CREATE TABLE IF NOT EXISTS items (\
 
 /// `ds-sync dev`: capture against throwaway servers unless real ones are given.
 pub async fn dev(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError> {
+    let (shutdown, hard_stop) = signals();
     let local_pg = if settings.postgres_url_source() == Source::Unset {
         eprintln!("starting a throwaway PostgreSQL cluster...");
         let pg = tokio::task::spawn_blocking(|| LocalPostgres::start(&PostgresOptions::default()))
@@ -201,7 +204,6 @@ pub async fn dev(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError
     crate::capture::source::prepare(&client, &cfg.source).await?;
     print_dev_banner(local_pg.as_ref(), &target, &ds_url, &args);
     let ingest = super::ingest::dev_config(&args.ingest, &target, &ds_url).await?;
-    let (shutdown, hard_stop) = signals();
     let result =
         super::ingest::run_directions(Some(cfg), ingest, settings, &shutdown, &hard_stop).await;
     drop(ds_server);

@@ -11,11 +11,6 @@ use crate::kit::{CaptureProcess, Scenario, scenario, start_streaming, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// All messages of a stream (empty when it does not exist yet).
-async fn read(client: &DsClient, stream: &str) -> Vec<Value> {
-    client.read_all(stream).await.unwrap_or_default()
-}
-
 /// Waits until the stream holds at least `n` messages and returns them.
 async fn wait_messages(
     client: &DsClient,
@@ -26,7 +21,7 @@ async fn wait_messages(
     let db = capture.db_url();
     let deadline = tokio::time::Instant::now() + LONG;
     loop {
-        let m = read(client, stream).await;
+        let m = crate::snapshot::read(client, stream).await;
         if m.len() >= n {
             return m;
         }
@@ -73,11 +68,6 @@ fn ops(messages: &[Value]) -> Vec<String> {
         .collect()
 }
 
-async fn stop_ok(capture: CaptureProcess) {
-    let (code, log) = capture.stop().await;
-    assert_eq!(code, 0, "ds-sync run exits 0 on SIGTERM:\n{log}");
-}
-
 #[tokio::test]
 async fn the_sync_layer_check_a_row_reaches_pg_items_over_sse_within_a_second() {
     let Scenario { server, client, db, sql, pg: _pg } =
@@ -114,7 +104,7 @@ async fn the_sync_layer_check_a_row_reaches_pg_items_over_sse_within_a_second() 
         latency < Duration::from_secs(1),
         "the sync-layer document's bound: took {latency:?}"
     );
-    stop_ok(capture).await;
+    capture.stop_ok().await;
 }
 
 #[tokio::test]
@@ -172,7 +162,7 @@ async fn every_operation_and_type_arrives_as_committed() {
             "{msg}"
         );
     }
-    stop_ok(capture).await;
+    capture.stop_ok().await;
 }
 
 #[tokio::test]
@@ -230,7 +220,7 @@ async fn multi_table_transactions_arrive_in_commit_order_and_alter_table_just_wo
     assert_eq!(m[4]["value"], json!({"id": 3, "v": "a3", "extra": 8}));
     assert_eq!(m[5]["value"], json!({"id": 4, "w": "a4", "extra": 9}));
     assert_eq!(m[6]["value"], json!({"id": 5, "w": 6}));
-    stop_ok(capture).await;
+    capture.stop_ok().await;
 }
 
 #[tokio::test]
@@ -264,7 +254,7 @@ async fn unchanged_toast_is_never_null() {
         "taken from the old row"
     );
     assert!(full[1]["headers"].get("unchanged_toast").is_none());
-    stop_ok(capture).await;
+    capture.stop_ok().await;
 }
 
 #[tokio::test]
@@ -295,7 +285,7 @@ async fn truncate_sends_reset_and_per_key_routing_fans_out() {
     assert_eq!(ops(&b), ["insert", "delete", "control"]);
     let slash = wait_messages(&client, "sessions/a%2Fx", 1, &capture).await;
     assert_eq!(slash[0]["value"]["session_id"], "a/x");
-    stop_ok(capture).await;
+    capture.stop_ok().await;
 }
 
 #[tokio::test]
@@ -321,7 +311,7 @@ async fn a_100k_row_transaction_arrives_whole_and_in_order() {
     for (i, msg) in m.iter().enumerate() {
         assert_eq!(msg["key"], (i + 1).to_string(), "message {i} out of order");
     }
-    stop_ok(capture).await;
+    capture.stop_ok().await;
 }
 
 #[tokio::test]
@@ -368,5 +358,5 @@ async fn writes_to_unpublished_tables_advance_the_slot() {
         },
     )
     .await;
-    stop_ok(capture).await;
+    capture.stop_ok().await;
 }

@@ -1,14 +1,14 @@
 //! Capture under faults: the DS server going away, SIGKILL at random moments, a stale
 //! walsender holding the slot, a change the server will never accept, SIGTERM.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use ds_sync::ds::DsClient;
 use ds_sync::embedded::DsServerOptions;
 
-use crate::kit::{CaptureProcess, Scenario, scenario, start_streaming, wait_for};
+use crate::kit::{CaptureProcess, Rng, Scenario, scenario, start_streaming, wait_for};
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -120,24 +120,11 @@ async fn the_ds_server_going_away_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.start_again().await.unwrap();
     expect_exactly_once(&client, "pg-o", 200, &capture).await;
-    let (code, log) = capture.stop().await;
-    assert_eq!(code, 0, "{log}");
+    let log = capture.stop_ok().await;
     assert!(
         log.contains("retrying"),
         "the outage was noticed and retried:\n{log}"
     );
-}
-
-/// A tiny deterministic generator seeded from the clock; the seed is printed on failure.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 #[tokio::test]
@@ -154,11 +141,7 @@ async fn sigkill_at_random_moments_under_load_loses_and_duplicates_nothing() {
         DsServerOptions::default(),
     )
     .await;
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
+    let seed = Rng::clock_seed();
     eprintln!("sigkill test seed {seed}");
     let mut rng = Rng(seed);
     // The slot must exist before the first write: rows committed before it are the
@@ -239,15 +222,9 @@ async fn takeover_terminates_a_stale_walsender() {
         .get(0);
     // A second instance without --takeover waits and says why.
     let mut waiting = CaptureProcess::start(&db, &server.url(), &["--tables", "s"]).await;
-    let deadline = tokio::time::Instant::now() + LONG;
-    while !waiting.log().contains("held by walsender pid") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the second instance never reported the busy slot (holder {holder}):\n{}",
-            waiting.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    waiting
+        .wait_log(&format!("held by walsender pid {holder}"))
+        .await;
     assert_eq!(
         waiting.try_exit(),
         None,
@@ -273,8 +250,7 @@ async fn takeover_terminates_a_stale_walsender() {
     let _ = frozen.kill().await;
     sql.batch_execute("INSERT INTO s VALUES (1)").await.unwrap();
     expect_exactly_once(&client, "pg-s", 1, &second).await;
-    let (code, log) = second.stop().await;
-    assert_eq!(code, 0, "{log}");
+    second.stop_ok().await;
 }
 
 #[tokio::test]
@@ -299,41 +275,24 @@ async fn a_change_larger_than_the_server_accepts_stops_with_table_and_key() {
     sql.execute("INSERT INTO l VALUES (42, $1)", &[&"y".repeat(64 * 1024)])
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + LONG;
-    let code = loop {
-        if let Some(code) = capture.try_exit() {
-            break code;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ds-sync did not stop on the oversized change:\n{}",
-            capture.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // Past the commit and (nearly) nothing else: WAL written later, by the server's own
+    // housekeeping, must not make a slot confirmed past the change look held.
+    let committed: String = sql
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let code = capture.wait_exit("on the oversized change").await;
     let log = capture.log();
     assert_eq!(code, 1, "{log}");
     assert!(
         log.contains("table l") && log.contains("key 42"),
         "the error names table and key:\n{log}"
     );
-    let confirmed: Option<String> = sql
-        .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&db.slot("cap")],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let after: bool = sql
-        .query_one(
-            "SELECT $1::text::pg_lsn < pg_current_wal_lsn()",
-            &[&confirmed],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(after, "the slot did not move past the undelivered change");
+    assert!(
+        !passed(&sql, &db.slot("cap"), &committed).await,
+        "the slot did not move past the undelivered change"
+    );
 }
 
 /// A batch the server refuses with 413 is split and its halves retried in order: when the
@@ -373,18 +332,7 @@ async fn a_refused_batch_is_split_and_delivers_its_prefix_in_order() {
     )
     .await
     .unwrap();
-    let deadline = tokio::time::Instant::now() + LONG;
-    let code = loop {
-        if let Some(code) = capture.try_exit() {
-            break code;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ds-sync did not stop at the stream limit:\n{}",
-            capture.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let code = capture.wait_exit("at the stream limit").await;
     let log = capture.log();
     assert_eq!(code, 1, "{log}");
     assert!(
@@ -437,8 +385,7 @@ async fn sigterm_delivers_then_confirms_everything() {
         .as_str()
         .unwrap()
         .to_string();
-    let (code, log) = capture.stop().await;
-    assert_eq!(code, 0, "{log}");
+    let log = capture.stop_ok().await;
     let confirmed_past: bool = sql
         .query_one(
             "SELECT confirmed_flush_lsn > $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
@@ -489,8 +436,7 @@ async fn a_lost_replication_connection_resumes_from_the_confirmed_position() {
         .unwrap();
     }
     expect_exactly_once(&client, "pg-r", 200, &capture).await;
-    let (code, log) = capture.stop().await;
-    assert_eq!(code, 0, "{log}");
+    let log = capture.stop_ok().await;
     assert!(
         log.contains("resuming from the slot's confirmed position"),
         "the lost connection was noticed:\n{log}"
@@ -520,11 +466,11 @@ async fn a_session_whose_probe_is_not_decoded_holds_the_slot() {
     sql.batch_execute("ALTER PUBLICATION cap_pub DROP TABLE ds_sync.signals")
         .await
         .unwrap();
+    let sessions = capture.log_count("streaming changes");
     restart_walsender(&sql, &slot).await;
-    wait_for("a second session", LONG, || async {
-        (capture.log().matches("streaming changes").count() >= 2).then_some(())
-    })
-    .await;
+    capture
+        .wait_log_count("streaming changes", sessions + 1)
+        .await;
     let held = confirmed(&sql, &slot).await;
     sql.batch_execute("INSERT INTO unpublished SELECT generate_series(1, 20000)")
         .await
@@ -534,13 +480,10 @@ async fn a_session_whose_probe_is_not_decoded_holds_the_slot() {
         .await
         .unwrap()
         .get(0);
-    wait_for("the missing-probe warning", LONG, || async {
-        capture
-            .log()
-            .contains("the probe row has not come back")
-            .then_some(())
-    })
-    .await;
+    // A warning logged after the writes, not an earlier one: keepalives past them had time
+    // to move the slot.
+    let warned = capture.log_count(MISSING_PROBE);
+    capture.wait_log_count(MISSING_PROBE, warned + 1).await;
     assert_eq!(
         confirmed(&sql, &slot).await,
         held,
@@ -556,9 +499,10 @@ async fn a_session_whose_probe_is_not_decoded_holds_the_slot() {
         passed(&sql, &slot, &wal).await.then_some(())
     })
     .await;
-    let (code, log) = capture.stop().await;
-    assert_eq!(code, 0, "{log}");
+    capture.stop_ok().await;
 }
+
+const MISSING_PROBE: &str = "the probe row has not come back";
 
 async fn confirmed(sql: &tokio_postgres::Client, slot: &str) -> String {
     sql.query_one(

@@ -4,10 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use ds_sync::ds::{AppendOutcome, ClientOptions, DsClient, DsError, SseSubscription};
@@ -32,21 +29,11 @@ fn body(value: Value) -> Bytes {
     Bytes::from(value.to_string())
 }
 
-/// A request the client does not offer, sent with a plain hyper client.
+/// A request the client does not offer.
 async fn raw(method: Method, url: &str, headers: &[(&str, &str)], body: &str) -> StatusCode {
-    let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut req = Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
-    let res = http
-        .request(req)
+    crate::kit::http(method, url, headers, body.as_bytes())
         .await
-        .expect("raw request to the DS server");
-    let status = res.status();
-    let _ = res.into_body().collect().await;
-    status
+        .0
 }
 
 /// The next event within 5 s, or a panic saying what was expected.

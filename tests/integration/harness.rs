@@ -2,26 +2,23 @@
 //! server speaks the protocol and survives a stop/start with its data.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
+use http_body_util::Full;
+use hyper::{Method, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use ds_sync::embedded::{DsServer, DsServerOptions};
 
-use crate::kit::test_db;
+use crate::kit::{http, test_db};
 
 async fn call(method: Method, url: &str, body: &str) -> (StatusCode, String) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let res = client.request(req).await.expect("request to the DS server");
-    let status = res.status();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let (status, body) = http(
+        method,
+        url,
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    )
+    .await;
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 

@@ -8,7 +8,6 @@ use ds_sync::embedded::DsServerOptions;
 use ds_sync::ingest::DEFAULT_MAX_EVENT_BYTES;
 
 use crate::ingest_kit::{Ingest, PATIENCE, create_stream, http, post_raw, setup};
-use crate::kit::wait_for;
 
 /// payload text, event_key, event_type, operation
 type Stored = (String, Option<String>, Option<String>, Option<String>);
@@ -110,18 +109,10 @@ async fn multi_line_and_large_split_frames_over_a_real_connection() {
     let pretty = "[\n  {\"key\": \"a\",\n   \"type\": \"multi\"},\r\n  {\"key\": \"b\"}\r]";
     post_raw(&base, "pretty", "text/plain", pretty.as_bytes()).await;
     s.wait_rows("pretty", 2).await;
-    let keys: Vec<Option<String>> = s
-        .sql
-        .query(
-            "SELECT event_key FROM session_events WHERE stream_name = 'pretty' ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(keys, [Some("a".to_owned()), Some("b".to_owned())]);
+    assert_eq!(
+        s.event_keys("pretty").await,
+        [Some("a".to_owned()), Some("b".to_owned())]
+    );
 
     // A JSON stream with a backlog of ~1 MB arrives as one data event, read in many chunks.
     s.ds.ensure_stream("big").await.unwrap();
@@ -153,7 +144,7 @@ async fn reconnects_when_the_server_closes_connections_every_second() {
         sse_reconnect_interval_secs: 1,
         ..DsServerOptions::default()
     };
-    let s = setup("ing_reconnect", opts).await;
+    let mut s = setup("ing_reconnect", opts).await;
     s.ds.ensure_stream("flaky").await.unwrap();
     let ingest = Ingest::start(&s.db, &s.server.url(), &["flaky"], DEFAULT_MAX_EVENT_BYTES).await;
     let mut n = 0;
@@ -182,11 +173,10 @@ async fn reconnects_when_the_server_closes_connections_every_second() {
         .get(0);
     assert_eq!(dupes, 0, "an event was stored twice");
     s.wait_caught_up("flaky").await;
-    // The server also going away entirely and coming back loses nothing.
-    let mut server = s.server;
-    server.stop().await;
+    // The server also going away entirely and coming back loses nothing, doubles nothing.
+    s.server.stop().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    server.start_again().await.unwrap();
+    s.server.start_again().await.unwrap();
     s.ds.append(
         "flaky",
         bytes::Bytes::from_static(br#"[{"key":"after-restart"}]"#),
@@ -194,20 +184,7 @@ async fn reconnects_when_the_server_closes_connections_every_second() {
     )
     .await
     .unwrap();
-    let sql = &s.sql;
-    wait_for("the event after the server restart", PATIENCE, || async {
-        let c: i64 = sql
-            .query_one(
-                "SELECT count(*) FROM session_events WHERE stream_name = 'flaky'",
-                &[],
-            )
-            .await
-            .ok()?
-            .get(0);
-        assert!(c <= n + 1, "duplicates after a server restart: {c}");
-        (c == n + 1).then_some(())
-    })
-    .await;
+    s.wait_rows("flaky", n + 1).await;
     ingest.stop().await;
 }
 
@@ -240,19 +217,8 @@ async fn bad_input_goes_to_dead_letters_while_good_events_flow() {
     s.wait_rows("huge", 1).await;
     s.wait_caught_up("bad").await;
     s.wait_caught_up("huge").await;
-    let keys: Vec<Option<String>> = s
-        .sql
-        .query(
-            "SELECT event_key FROM session_events WHERE stream_name = 'bad' ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
     assert_eq!(
-        keys,
+        s.event_keys("bad").await,
         [
             Some("good-1".into()),
             Some("good-2".into()),
@@ -391,15 +357,7 @@ async fn a_gone_stream_stops_its_subscription_with_the_way_out() {
     let status = http(&base, "DELETE", "doomed", &[], b"").await;
     assert_eq!(status, 204, "delete");
     s.wait_status("doomed", "failed").await;
-    let error: String = s
-        .sql
-        .query_one(
-            "SELECT error FROM ds_sync.subscriptions WHERE stream_name = 'doomed'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let error = s.subscription_error("doomed").await;
     assert!(error.contains("(410: deleted"), "{error}");
     assert!(
         error.contains("ds-sync subscribe doomed --reset-offset"),
@@ -548,15 +506,7 @@ async fn a_backlog_event_over_the_reader_limit_stops_the_subscription_and_keeps_
     let (sd, hs) = (shutdown.clone(), hard_stop.clone());
     let task = tokio::spawn(async move { ingest::run(&cfg, &sd, &hs).await });
     s.wait_status("backlog", "failed").await;
-    let error: String = s
-        .sql
-        .query_one(
-            "SELECT error FROM ds_sync.subscriptions WHERE stream_name = 'backlog'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let error = s.subscription_error("backlog").await;
     assert!(
         error.contains("over the reader's limit of 1024 bytes")
             && error.contains("ds-sync subscribe backlog"),

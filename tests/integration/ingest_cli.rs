@@ -7,7 +7,7 @@ use bytes::Bytes;
 use ds_sync::embedded::DsServerOptions;
 
 use crate::ingest_kit::{PATIENCE, setup};
-use crate::kit::{CaptureProcess, Run, TestDb, run_ds_sync, wait_for};
+use crate::kit::{CaptureProcess, Rng, Run, TestDb, run_ds_sync, wait_for};
 
 async fn cli(db: &TestDb, ds_url: &str, args: &[&str]) -> Run {
     run_ds_sync(
@@ -80,8 +80,7 @@ async fn subscribe_and_unsubscribe_while_running() {
     cli(&s.db, &url, &["subscribe", "live1"]).await.ok();
     s.wait_rows("live1", 2).await;
     s.wait_caught_up("live1").await;
-    let (code, log) = process.stop().await;
-    assert_eq!(code, 0, "{log}");
+    process.stop_ok().await;
     assert_eq!(s.count("live1").await, 2);
 }
 
@@ -139,26 +138,12 @@ async fn ingest_into_a_published_sink_table_is_refused() {
     assert_eq!(slots, 0, "refused before capture created anything");
 }
 
-/// A seeded xorshift, so a failing run can be told apart by its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % bound
-    }
-}
-
 #[tokio::test]
 async fn sigkill_at_random_moments_stores_every_event_exactly_once() {
     let s = setup("ing_cli_kill", DsServerOptions::default()).await;
     let url = s.server.url();
     s.ds.ensure_stream("hammer").await.unwrap();
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64 | 1);
+    let seed = Rng::clock_seed();
     eprintln!("seed {seed}");
     let mut rng = Rng(seed);
 
@@ -170,7 +155,7 @@ async fn sigkill_at_random_moments_stores_every_event_exactly_once() {
         tokio::spawn(async move {
             let mut next_id = 0u64;
             while !stop.is_cancelled() {
-                let n = 1 + rng.next(20);
+                let n = 1 + rng.below(20);
                 let msgs: Vec<String> = (next_id..next_id + n)
                     .map(|id| format!(r#"{{"key":"k{id}","type":"hammer","id":{id}}}"#))
                     .collect();
@@ -178,7 +163,7 @@ async fn sigkill_at_random_moments_stores_every_event_exactly_once() {
                     .await
                     .expect("POST");
                 next_id += n;
-                tokio::time::sleep(Duration::from_millis(rng.next(8))).await;
+                tokio::time::sleep(Duration::from_millis(rng.below(8))).await;
             }
             next_id
         })
@@ -186,7 +171,7 @@ async fn sigkill_at_random_moments_stores_every_event_exactly_once() {
     let args = ["--no-capture", "--ingest", "hammer"];
     for round in 0..5 {
         let process = CaptureProcess::start(&s.db, &url, &args).await;
-        let alive = 200 + rng.next(1500);
+        let alive = 200 + rng.below(1500);
         tokio::time::sleep(Duration::from_millis(alive)).await;
         let stored = s.count("hammer").await;
         eprintln!("round {round}: killing after {alive} ms with {stored} rows stored");
@@ -209,8 +194,7 @@ async fn sigkill_at_random_moments_stores_every_event_exactly_once() {
     })
     .await;
     s.wait_caught_up("hammer").await;
-    let (code, log) = process.stop().await;
-    assert_eq!(code, 0, "{log}");
+    process.stop_ok().await;
     let row = s
         .sql
         .query_one(

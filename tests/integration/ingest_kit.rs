@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -130,6 +129,32 @@ impl Setup {
         .await;
     }
 
+    /// `event_key` of the rows of one stream, in the order they were stored.
+    pub async fn event_keys(&self, stream: &str) -> Vec<Option<String>> {
+        self.sql
+            .query(
+                "SELECT event_key FROM session_events WHERE stream_name = $1 ORDER BY id",
+                &[&stream],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    /// The error a subscription stopped with.
+    pub async fn subscription_error(&self, stream: &str) -> String {
+        self.sql
+            .query_one(
+                "SELECT error FROM ds_sync.subscriptions WHERE stream_name = $1",
+                &[&stream],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// The stored offset of a stream.
     pub async fn stored_offset(&self, stream: &str) -> Option<String> {
         self.sql
@@ -162,7 +187,7 @@ impl Setup {
     }
 }
 
-/// Sends one HTTP/1.1 request to the DS server and returns the status code.
+/// Sends one request to a stream of the DS server at `base` and returns the status code.
 pub async fn http(
     base: &str,
     method: &str,
@@ -170,27 +195,12 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> u16 {
-    let addr = base.trim_start_matches("http://");
-    let mut sock = tokio::net::TcpStream::connect(addr)
+    let method = hyper::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+    let url = format!("{base}/v1/stream/{stream}");
+    crate::kit::http(method, &url, headers, body)
         .await
-        .expect("connect to DS");
-    let mut req = format!(
-        "{method} /v1/stream/{stream} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    sock.write_all(req.as_bytes()).await.expect("send head");
-    sock.write_all(body).await.expect("send body");
-    let mut resp = Vec::new();
-    sock.read_to_end(&mut resp).await.expect("read response");
-    let text = String::from_utf8_lossy(&resp);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {text}"))
+        .0
+        .as_u16()
 }
 
 /// Creates a stream with a given content type.

@@ -232,12 +232,27 @@ impl CaptureProcess {
     /// Waits until the log contains `needle`: the process got that far (e.g. its signal
     /// handlers are installed once it streams or ingests).
     pub async fn wait_log(&self, needle: &str) {
-        wait_for(
-            &format!("{needle:?} in the ds-sync log"),
-            std::time::Duration::from_secs(60),
-            || async { self.log().contains(needle).then_some(()) },
-        )
-        .await;
+        self.wait_log_count(needle, 1).await;
+    }
+
+    /// How many times the log says `needle` so far.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    /// Waits until the log says `needle` at least `n` times; with `n` one more than
+    /// [`Self::log_count`] before an action, it waits for what that action caused rather
+    /// than passing on an earlier line. Panics with the log after 60 s.
+    pub async fn wait_log_count(&self, needle: &str, n: usize) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.log_count(needle) < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {needle:?} {n} time(s) in the ds-sync log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// The process id, while it runs.
@@ -270,6 +285,13 @@ impl CaptureProcess {
         (status.code().unwrap_or(-1), self.log())
     }
 
+    /// SIGTERM, then checks it exited 0; returns the log.
+    pub async fn stop_ok(self) -> String {
+        let (code, log) = self.stop().await;
+        assert_eq!(code, 0, "ds-sync run exits 0 on SIGTERM:\n{log}");
+        log
+    }
+
     /// SIGKILL: no chance to flush or confirm anything.
     pub async fn kill(mut self) -> String {
         let _ = self.child.kill().await;
@@ -294,6 +316,76 @@ impl CaptureProcess {
             .flatten()
             .map(|s| s.code().unwrap_or(-1))
     }
+
+    /// Waits until the process ends by itself (panics with `what` and the log after 90 s)
+    /// and returns its exit code.
+    pub async fn wait_exit(&mut self, what: &str) -> i32 {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            if let Some(code) = self.try_exit() {
+                return code;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "ds-sync did not stop {what}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A seeded xorshift for tests that act at random moments; they print the seed, so a
+/// failing run can be told apart. The state must not be zero.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// An odd seed from the clock.
+    pub fn clock_seed() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64 | 1)
+    }
+
+    /// The next number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Sends one HTTP request (for what the DS client does not send: other content types,
+/// closing or deleting a stream) and returns the status and the body.
+pub async fn http(
+    method: hyper::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (hyper::StatusCode, bytes::Bytes) {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let mut req = hyper::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(bytes::Bytes::copy_from_slice(body)))
+        .unwrap();
+    let res = client
+        .request(req)
+        .await
+        .unwrap_or_else(|e| panic!("request to {url}: {e}"));
+    let status = res.status();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("response from {url}: {e}"))
+        .to_bytes();
+    (status, body)
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.

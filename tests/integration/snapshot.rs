@@ -17,6 +17,7 @@ use crate::kit::{CaptureProcess, Scenario, scenario, wait_for};
 
 const LONG: Duration = Duration::from_secs(120);
 
+/// All messages of a stream (empty when it does not exist yet).
 pub(crate) async fn read(client: &DsClient, stream: &str) -> Vec<Value> {
     client.read_all(stream).await.unwrap_or_default()
 }
@@ -258,8 +259,7 @@ async fn existing_rows_then_concurrent_changes_arrive_once_each() {
         .unwrap()
         .get(0);
     assert_eq!(state, "done");
-    let (code, log) = capture.stop().await;
-    assert_eq!(code, 0, "{log}");
+    capture.stop_ok().await;
 }
 
 #[tokio::test]
@@ -312,8 +312,7 @@ async fn a_crash_mid_snapshot_is_followed_by_reset_and_a_whole_snapshot() {
     assert_eq!(resets, 1, "one reset before the new snapshot");
     let rows = check_last_section(&messages);
     assert!(rows >= 99_000, "the new snapshot is whole: {rows} rows");
-    let (code, log) = capture.stop().await;
-    assert_eq!(code, 0, "{log}");
+    capture.stop_ok().await;
 }
 
 #[tokio::test]
@@ -340,8 +339,7 @@ async fn never_streams_only_and_always_snapshots_again_with_a_reset() {
     .await;
     assert_eq!(m.len(), 1, "never: no snapshot, only the change: {m:?}");
     assert_eq!(m[0]["key"], "3");
-    let (code, log) = capture.stop().await;
-    assert_eq!(code, 0, "{log}");
+    capture.stop_ok().await;
     sql.batch_execute("DELETE FROM items WHERE id = 1")
         .await
         .unwrap();
@@ -358,8 +356,7 @@ async fn never_streams_only_and_always_snapshots_again_with_a_reset() {
         .expect("a reset");
     assert_eq!(control(&messages[reset + 1]), Some("snapshot-start"));
     assert_eq!(check_last_section(&messages), 2);
-    let (code, log) = capture.stop().await;
-    assert_eq!(code, 0, "{log}");
+    capture.stop_ok().await;
 }
 
 #[tokio::test]

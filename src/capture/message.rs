@@ -134,9 +134,25 @@ pub struct RowMessage {
     pub operation: Operation,
     /// The whole message object, ready to append.
     pub message: Value,
+    /// Routing values that `message` does not hold (a delete's key-only old row); empty
+    /// otherwise: [`RowMessage::columns`] then reads them from `message`, so a row's values
+    /// are not copied for every message.
+    pub extra_columns: Map<String, Value>,
+}
+
+impl RowMessage {
     /// Column values for routing: the new row's, plus old or key values for columns the new
     /// row lacks; for a delete, only the old or key values that were actually sent.
-    pub columns: Map<String, Value>,
+    pub fn columns(&self) -> &Map<String, Value> {
+        match self
+            .message
+            .get("value")
+            .or_else(|| self.message.get("old_value"))
+        {
+            Some(Value::Object(columns)) => columns,
+            _ => &self.extra_columns,
+        }
+    }
 }
 
 /// Which tuple of a change an error is about.
@@ -476,7 +492,7 @@ fn row_message(
     let mut message = Map::new();
     message.insert("type".to_owned(), Value::String(table.type_name.clone()));
     message.insert("key".to_owned(), Value::String(key));
-    message.insert("value".to_owned(), Value::Object(columns.clone()));
+    message.insert("value".to_owned(), Value::Object(columns));
     if let Some(old_value) = old_value {
         message.insert("old_value".to_owned(), Value::Object(old_value));
     }
@@ -484,7 +500,7 @@ fn row_message(
     RowMessage {
         operation,
         message: Value::Object(message),
-        columns,
+        extra_columns: Map::new(),
     }
 }
 
@@ -495,19 +511,20 @@ fn delete_message(
     old: &OldRow<'_>,
 ) -> Result<RowMessage, MessageError> {
     let key = encode_key(table, &old.cells, Operation::Delete)?;
-    let columns = to_object(table, &old.cells);
+    let mut columns = to_object(table, &old.cells);
     let mut message = Map::new();
     message.insert("type".to_owned(), Value::String(table.type_name.clone()));
     message.insert("key".to_owned(), Value::String(key));
     if old.full {
-        message.insert("old_value".to_owned(), Value::Object(columns.clone()));
+        let old_value = std::mem::take(&mut columns);
+        message.insert("old_value".to_owned(), Value::Object(old_value));
     }
     let headers = headers(Operation::Delete, meta);
     message.insert("headers".to_owned(), Value::Object(headers));
     Ok(RowMessage {
         operation: Operation::Delete,
         message: Value::Object(message),
-        columns,
+        extra_columns: columns,
     })
 }
 

@@ -24,20 +24,18 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::ds::{Backoff, DsClient};
 use crate::pgoutput::{PgOutputMessage, Truncate, decode};
 
-use super::batch::{Batch, Limits, OutMessage, Queues, Seq};
+use super::batch::{Limits, OutMessage, Queues, Seq};
 use super::error::CaptureError;
 use super::ledger::{Ledger, TxId};
 use super::message::{self, ChangeRef, RowMessage, TableInfo, TxMeta};
 use super::route::Router;
-use super::sender::{Delivery, deliver};
+use super::sender::Deliveries;
 use super::snapshot::incremental::Incremental;
 use super::source::{self, SourceConfig};
 
@@ -166,10 +164,8 @@ struct Session<'a> {
     tables: HashMap<u32, Arc<TableInfo>>,
     /// Streams each table has written to, for TRUNCATE's reset messages.
     table_streams: HashMap<u32, HashSet<Arc<str>>>,
-    ensured: HashSet<Arc<str>>,
     tx: Option<OpenTx>,
-    in_flight: JoinSet<(Batch, Delivery)>,
-    permits: Arc<Semaphore>,
+    deliveries: Deliveries,
     hard_stop: CancellationToken,
     /// Snapshots taken while streaming; outlives sessions, so a reconnect re-sends a chunk
     /// the DS server has not acknowledged with the same sequences.
@@ -191,10 +187,8 @@ impl<'a> Session<'a> {
             queues: Queues::new(cfg.limits),
             tables: HashMap::new(),
             table_streams: HashMap::new(),
-            ensured: HashSet::new(),
             tx: None,
-            in_flight: JoinSet::new(),
-            permits: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
+            deliveries: Deliveries::new(cfg.ds.clone(), cfg.max_in_flight, hard_stop),
             hard_stop: hard_stop.clone(),
             snap,
         }
@@ -210,8 +204,8 @@ impl<'a> Session<'a> {
             if !stopping {
                 self.snap.poll(self.sql, self.ledger.confirmed()).await?;
             }
-            self.dispatch();
-            if stopping && self.in_flight.is_empty() && self.queues.is_idle() {
+            self.deliveries.dispatch(&mut self.queues);
+            if stopping && self.deliveries.is_empty() && self.queues.is_idle() {
                 self.ledger.abandon_open();
                 self.ledger.advance();
                 repl.update_applied_lsn(Lsn::from_u64(self.ledger.confirmed()));
@@ -223,12 +217,12 @@ impl<'a> Session<'a> {
             let probe_warning = self.snap.probe_warning_at();
             tokio::select! {
                 biased;
-                Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
-                    let (batch, delivery) = joined.map_err(|e| CaptureError::Replication {
-                        reason: format!("a delivery task failed: {e}"),
-                        transient: false,
-                    })?;
-                    self.delivered(batch, delivery)?;
+                Some(done) = self.deliveries.next(&mut self.queues), if !self.deliveries.is_empty() => {
+                    if let Some(batch) = done? {
+                        for (tx, n) in batch.tx_counts() {
+                            self.ledger.acked(tx, n);
+                        }
+                    }
                 }
                 _ = self.hard_stop.cancelled() => return Err(CaptureError::Interrupted),
                 _ = shutdown.cancelled(), if !stopping => {
@@ -277,55 +271,10 @@ impl<'a> Session<'a> {
         Ok(None)
     }
 
-    /// Sends every batch that may go now.
-    fn dispatch(&mut self) {
-        for batch in self.queues.take_ready(Instant::now()) {
-            let client = self.cfg.ds.clone();
-            let permits = Arc::clone(&self.permits);
-            let hard_stop = self.hard_stop.clone();
-            let ensure = !self.ensured.contains(&batch.stream);
-            self.in_flight.spawn(async move {
-                let _permit = permits.acquire_owned().await;
-                let delivery = deliver(&client, &batch, ensure, &hard_stop).await;
-                (batch, delivery)
-            });
-        }
-    }
-
-    fn delivered(&mut self, batch: Batch, delivery: Delivery) -> Result<(), CaptureError> {
-        match delivery {
-            Delivery::Written | Delivery::AlreadyWritten => {
-                let accepted = matches!(delivery, Delivery::Written);
-                if !accepted {
-                    tracing::debug!(stream = %batch.stream, messages = batch.messages.len(), "already in the stream, skipped");
-                }
-                for (tx, n) in batch.tx_counts() {
-                    self.ledger.acked(tx, n);
-                }
-                self.ensured.insert(Arc::clone(&batch.stream));
-                self.queues.finished(&batch, accepted);
-                Ok(())
-            }
-            Delivery::TooLarge => match batch.clone().split() {
-                Some((a, b)) => {
-                    tracing::info!(stream = %batch.stream, messages = batch.messages.len(), "batch too large for the server, splitting");
-                    self.queues.requeue_front(vec![a, b]);
-                    Ok(())
-                }
-                None => Err(too_large(&batch)),
-            },
-            Delivery::Failed(source) => Err(CaptureError::Ds {
-                stream: batch.stream.to_string(),
-                source,
-            }),
-            Delivery::Cancelled => Err(CaptureError::Interrupted),
-        }
-    }
-
     /// Waits for deliveries still running (they finish or are cancelled by a hard stop), so
     /// a new session never races an old POST on the same stream.
     async fn drain(&mut self) {
-        while self.in_flight.join_next().await.is_some() {}
+        self.deliveries.drain().await;
     }
 
     async fn event(
@@ -469,7 +418,7 @@ impl<'a> Session<'a> {
         let reset = RowMessage {
             operation: message::Operation::Delete,
             message: message::reset_message(),
-            columns: serde_json::Map::new(),
+            extra_columns: serde_json::Map::new(),
         };
         for oid in &t.relation_oids {
             if self.snap.is_signal(*oid) {
@@ -515,25 +464,6 @@ impl<'a> Session<'a> {
             streams.insert(Arc::from(stream));
         }
         Ok(())
-    }
-}
-
-pub(super) fn too_large(batch: &Batch) -> CaptureError {
-    let msg: serde_json::Value = batch
-        .messages
-        .first()
-        .and_then(|m| serde_json::from_slice(&m.json).ok())
-        .unwrap_or_default();
-    let text = |v: &serde_json::Value| {
-        v.as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| v.to_string())
-    };
-    CaptureError::RowTooLarge {
-        stream: batch.stream.to_string(),
-        table: text(&msg["type"]),
-        key: text(&msg["key"]),
-        bytes: batch.bytes,
     }
 }
 

@@ -20,6 +20,8 @@
 //! `_null_`). A placeholder's values map to distinct texts, so with one placeholder per
 //! segment, rows with different values never share a stream by accident.
 
+use std::fmt::Write as _;
+
 use serde_json::Value;
 
 use super::message::{Operation, RowMessage, TableInfo};
@@ -228,12 +230,18 @@ impl Router {
         Ok(Router { default, per_table })
     }
 
-    /// The template rows of `table` are routed by.
+    /// The template rows of `table` are routed by. Called for every row, so the
+    /// `schema.name` form is matched in place rather than built.
     pub fn template_for(&self, table: &TableInfo) -> &Template {
-        let qualified = table.qualified_name();
+        let relation = &table.relation;
+        let is_qualified = |name: &str| {
+            name.strip_prefix(relation.namespace.as_str())
+                .and_then(|rest| rest.strip_prefix('.'))
+                == Some(relation.name.as_str())
+        };
         self.per_table
             .iter()
-            .find(|(name, _)| *name == table.type_name || *name == qualified)
+            .find(|(name, _)| *name == table.type_name || is_qualified(name))
             .map_or(&self.default, |(_, template)| template)
     }
 
@@ -255,13 +263,13 @@ impl Router {
         }
     }
 
-    /// The stream `row` goes to, rendered from its table's template and `row.columns`.
+    /// The stream `row` goes to, rendered from its table's template and `row.columns()`.
     pub fn stream_for(&self, table: &TableInfo, row: &RowMessage) -> Result<String, RouteError> {
         let relation = &table.relation;
         let name = self.template_for(table).render(|part| match part {
             Part::Table => Ok(encode_text(&relation.name)),
             Part::Schema => Ok(encode_text(&relation.namespace)),
-            Part::Column(column) => match row.columns.get(column) {
+            Part::Column(column) => match row.columns().get(column) {
                 Some(value) => Ok(encode_value(value)),
                 None => Err(RouteError::ColumnUnavailable {
                     table: table.qualified_name(),
@@ -339,7 +347,8 @@ fn encode_text(text: &str) -> String {
         if is_unreserved(char::from(byte)) {
             encoded.push(char::from(byte));
         } else {
-            encoded.push_str(&format!("%{byte:02X}"));
+            // Writing to a String cannot fail.
+            let _ = write!(encoded, "%{byte:02X}");
         }
     }
     encoded

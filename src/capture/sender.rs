@@ -6,13 +6,18 @@
 //! "Too large" goes back to the loop, which splits the batch. Anything else stops capture
 //! with the stream named.
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::ds::{AppendOutcome, Backoff, DsClient, DsError};
 
-use super::batch::Batch;
+use super::batch::{Batch, Queues};
+use super::error::CaptureError;
 
 /// How a delivery ended.
 #[derive(Debug)]
@@ -29,11 +34,127 @@ pub enum Delivery {
     Cancelled,
 }
 
+/// The POSTs of one set of [`Queues`] (the capture loop's, or a snapshot writer's): at most
+/// `max_in_flight` at once, each stream created before this process's first POST to it.
+pub struct Deliveries {
+    ds: DsClient,
+    in_flight: JoinSet<(Batch, Delivery)>,
+    permits: Arc<Semaphore>,
+    ensured: HashSet<Arc<str>>,
+    hard_stop: CancellationToken,
+}
+
+impl Deliveries {
+    pub fn new(ds: DsClient, max_in_flight: usize, hard_stop: &CancellationToken) -> Deliveries {
+        Deliveries {
+            ds,
+            in_flight: JoinSet::new(),
+            permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            ensured: HashSet::new(),
+            hard_stop: hard_stop.clone(),
+        }
+    }
+
+    /// True when no POST is running.
+    pub fn is_empty(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
+    /// Starts a POST for every batch of `queues` that may go now.
+    pub fn dispatch(&mut self, queues: &mut Queues) {
+        for batch in queues.take_ready(Instant::now()) {
+            let client = self.ds.clone();
+            let permits = Arc::clone(&self.permits);
+            let hard_stop = self.hard_stop.clone();
+            let ensure = !self.ensured.contains(&batch.stream);
+            self.in_flight.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let delivery = deliver(&client, &batch, ensure, &hard_stop).await;
+                (batch, delivery)
+            });
+        }
+    }
+
+    /// Waits for one POST to finish and books it in `queues`: `Some(batch)` when the server
+    /// holds the batch (for the caller's acknowledgements), `None` when it was split and
+    /// queued again. `None` from the outer option when no POST is running.
+    pub async fn next(
+        &mut self,
+        queues: &mut Queues,
+    ) -> Option<Result<Option<Batch>, CaptureError>> {
+        let joined = self.in_flight.join_next().await?;
+        Some(match joined {
+            Ok((batch, delivery)) => self.delivered(queues, batch, delivery),
+            Err(e) => Err(CaptureError::Replication {
+                reason: format!("a delivery task failed: {e}"),
+                transient: false,
+            }),
+        })
+    }
+
+    /// Waits for every POST still running, booking none of them.
+    pub async fn drain(&mut self) {
+        while self.in_flight.join_next().await.is_some() {}
+    }
+
+    fn delivered(
+        &mut self,
+        queues: &mut Queues,
+        batch: Batch,
+        delivery: Delivery,
+    ) -> Result<Option<Batch>, CaptureError> {
+        match delivery {
+            Delivery::Written | Delivery::AlreadyWritten => {
+                let accepted = matches!(delivery, Delivery::Written);
+                if !accepted {
+                    tracing::debug!(stream = %batch.stream, messages = batch.messages.len(), "already in the stream, skipped");
+                }
+                self.ensured.insert(Arc::clone(&batch.stream));
+                queues.finished(&batch, accepted);
+                Ok(Some(batch))
+            }
+            Delivery::TooLarge => match batch.clone().split() {
+                Some((a, b)) => {
+                    tracing::info!(stream = %batch.stream, messages = batch.messages.len(), "batch too large for the server, splitting");
+                    queues.requeue_front(vec![a, b]);
+                    Ok(None)
+                }
+                None => Err(too_large(&batch)),
+            },
+            Delivery::Failed(source) => Err(CaptureError::Ds {
+                stream: batch.stream.to_string(),
+                source,
+            }),
+            Delivery::Cancelled => Err(CaptureError::Interrupted),
+        }
+    }
+}
+
+/// A single message the server refuses as too large: the error names its row.
+fn too_large(batch: &Batch) -> CaptureError {
+    let msg: serde_json::Value = batch
+        .messages
+        .first()
+        .and_then(|m| serde_json::from_slice(&m.json).ok())
+        .unwrap_or_default();
+    let text = |v: &serde_json::Value| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
+    CaptureError::RowTooLarge {
+        stream: batch.stream.to_string(),
+        table: text(&msg["type"]),
+        key: text(&msg["key"]),
+        bytes: batch.bytes,
+    }
+}
+
 /// Posts `batch`, creating the stream when needed and retrying transient failures.
 ///
 /// `ensure_first` creates the stream (an idempotent PUT) before the first POST to a stream
 /// this process has not used yet.
-pub async fn deliver(
+async fn deliver(
     client: &DsClient,
     batch: &Batch,
     ensure_first: bool,

@@ -82,7 +82,7 @@ fn recorded_composite_key_changes() {
         ]
     );
     assert_eq!(
-        Value::Object(rows[3].columns.clone()),
+        Value::Object(rows[3].columns().clone()),
         json!({"region": "us", "id": 2})
     );
     assert!(

@@ -39,7 +39,7 @@ fn row(operation: Operation, columns: Value) -> RowMessage {
     RowMessage {
         operation,
         message: Value::Null,
-        columns,
+        extra_columns: columns,
     }
 }
 
@@ -55,7 +55,7 @@ fn stream(router: &Router, table: &TableInfo, columns: Value) -> String {
     let row = row(Operation::Insert, columns);
     router
         .stream_for(table, &row)
-        .unwrap_or_else(|err| panic!("routing {columns:?} failed: {err}", columns = row.columns))
+        .unwrap_or_else(|err| panic!("routing {columns:?} failed: {err}", columns = row.columns()))
 }
 
 #[test]

@@ -27,21 +27,24 @@ pub struct SnapshotTable {
 /// The schema of ds-sync's bookkeeping tables.
 pub const SIGNAL_SCHEMA: &str = "ds_sync";
 
-const TABLES_SQL_15: &str = "\
-    SELECT c.oid, pt.schemaname::text, pt.tablename::text, pt.attnames::text[], pt.rowfilter, \
-           greatest(c.reltuples, 0)::int8, c.relreplident::text \
-    FROM pg_publication_tables pt \
-    JOIN pg_namespace n ON n.nspname = pt.schemaname \
-    JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
-    WHERE pt.pubname = $1 ORDER BY 2, 3";
+/// The publication's tables; `$columns` are the column list and row filter, which exist
+/// from PostgreSQL 15 on.
+macro_rules! tables_sql {
+    ($columns:literal) => {
+        concat!(
+            "SELECT c.oid, pt.schemaname::text, pt.tablename::text, ",
+            $columns,
+            ", greatest(c.reltuples, 0)::int8, c.relreplident::text \
+             FROM pg_publication_tables pt \
+             JOIN pg_namespace n ON n.nspname = pt.schemaname \
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
+             WHERE pt.pubname = $1 ORDER BY 2, 3"
+        )
+    };
+}
 
-const TABLES_SQL_14: &str = "\
-    SELECT c.oid, pt.schemaname::text, pt.tablename::text, NULL::text[], NULL::text, \
-           greatest(c.reltuples, 0)::int8, c.relreplident::text \
-    FROM pg_publication_tables pt \
-    JOIN pg_namespace n ON n.nspname = pt.schemaname \
-    JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
-    WHERE pt.pubname = $1 ORDER BY 2, 3";
+const TABLES_SQL_15: &str = tables_sql!("pt.attnames::text[], pt.rowfilter");
+const TABLES_SQL_14: &str = tables_sql!("NULL::text[], NULL::text");
 
 /// Columns pgoutput sends, in table order, with the replica-identity flag it would set.
 /// Generated columns are not replicated, so they are not read either.

@@ -124,7 +124,7 @@ fn fixed_stream(router: &Router, table: &SnapshotTable) -> Option<String> {
     let empty = RowMessage {
         operation: message::Operation::Insert,
         message: serde_json::Value::Null,
-        columns: serde_json::Map::new(),
+        extra_columns: serde_json::Map::new(),
     };
     router.stream_for(&table.info, &empty).ok()
 }

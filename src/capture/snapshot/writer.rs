@@ -12,20 +12,17 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::ds::DsClient;
 
-use super::super::batch::{Batch, Limits, OutMessage, Queues, Seq};
+use super::super::batch::{Limits, OutMessage, Queues, Seq};
 use super::super::error::CaptureError;
 use super::super::message::{self, SnapshotControl};
-use super::super::sender::{Delivery, deliver};
+use super::super::sender::Deliveries;
 use super::state;
 
 /// Where streams a snapshot writes to are recorded before their first message.
@@ -69,19 +66,15 @@ impl SnapshotSeqs {
 
 /// Queues, delivery tasks and the snapshot framing of each stream.
 pub struct Writer<'a> {
-    ds: DsClient,
     queues: Queues,
     seqs: SnapshotSeqs,
-    in_flight: JoinSet<(Batch, Delivery)>,
-    permits: Arc<Semaphore>,
-    ensured: HashSet<Arc<str>>,
+    deliveries: Deliveries,
     /// Streams framed so far, in first-touch order.
     touched: Vec<Arc<str>>,
     touched_set: HashSet<Arc<str>>,
     /// Send `reset` before `snapshot-start` (the stream may hold older rows).
     reset: bool,
     record: Option<StreamRecord<'a>>,
-    hard_stop: CancellationToken,
     pub rows: u64,
 }
 
@@ -96,17 +89,13 @@ impl<'a> Writer<'a> {
         hard_stop: &CancellationToken,
     ) -> Writer<'a> {
         Writer {
-            ds,
             queues: Queues::new(limits),
             seqs: SnapshotSeqs::new(consistent_point),
-            in_flight: JoinSet::new(),
-            permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
-            ensured: HashSet::new(),
+            deliveries: Deliveries::new(ds, max_in_flight, hard_stop),
             touched: Vec::new(),
             touched_set: HashSet::new(),
             reset,
             record,
-            hard_stop: hard_stop.clone(),
             rows: 0,
         }
     }
@@ -166,61 +155,22 @@ impl<'a> Writer<'a> {
 
     /// True when nothing is queued or in flight.
     pub fn is_idle(&self) -> bool {
-        self.in_flight.is_empty() && self.queues.is_idle()
+        self.deliveries.is_empty() && self.queues.is_idle()
     }
 
     /// Starts every POST that may go now.
     pub fn dispatch(&mut self) {
-        for batch in self.queues.take_ready(Instant::now()) {
-            let client = self.ds.clone();
-            let permits = Arc::clone(&self.permits);
-            let hard_stop = self.hard_stop.clone();
-            let ensure = !self.ensured.contains(&batch.stream);
-            self.in_flight.spawn(async move {
-                let _permit = permits.acquire_owned().await;
-                let delivery = deliver(&client, &batch, ensure, &hard_stop).await;
-                (batch, delivery)
-            });
-        }
+        self.deliveries.dispatch(&mut self.queues);
     }
 
     /// Waits for one POST to finish and books it; `None` when none is in flight.
     pub async fn next_delivery(&mut self) -> Option<Result<(), CaptureError>> {
-        let joined = self.in_flight.join_next().await?;
-        Some(match joined {
-            Ok((batch, delivery)) => self.delivered(batch, delivery),
-            Err(e) => Err(CaptureError::Replication {
-                reason: format!("a delivery task failed: {e}"),
-                transient: false,
-            }),
-        })
+        let done = self.deliveries.next(&mut self.queues).await?;
+        Some(done.map(drop))
     }
 
     pub fn has_in_flight(&self) -> bool {
-        !self.in_flight.is_empty()
-    }
-
-    fn delivered(&mut self, batch: Batch, delivery: Delivery) -> Result<(), CaptureError> {
-        match delivery {
-            Delivery::Written | Delivery::AlreadyWritten => {
-                self.ensured.insert(Arc::clone(&batch.stream));
-                self.queues
-                    .finished(&batch, matches!(delivery, Delivery::Written));
-                Ok(())
-            }
-            Delivery::TooLarge => match batch.clone().split() {
-                Some((a, b)) => {
-                    self.queues.requeue_front(vec![a, b]);
-                    Ok(())
-                }
-                None => Err(super::super::pipeline::too_large(&batch)),
-            },
-            Delivery::Failed(source) => Err(CaptureError::Ds {
-                stream: batch.stream.to_string(),
-                source,
-            }),
-            Delivery::Cancelled => Err(CaptureError::Interrupted),
-        }
+        !self.deliveries.is_empty()
     }
 }
 

@@ -63,26 +63,59 @@ impl DeadLetter {
     }
 }
 
-/// What one data event turned into, in stream order per kind.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Decoded {
-    pub rows: Vec<Row>,
-    pub dead: Vec<DeadLetter>,
-}
-
-/// Rows and dead letters held until the next control event commits them.
-#[derive(Debug, Default)]
+/// Rows and dead letters held until the next control event commits them, in stream order
+/// per kind.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Pending {
     pub rows: Vec<Row>,
     pub dead: Vec<DeadLetter>,
 }
 
 impl Pending {
-    /// Decodes a data event into the pending batch.
+    /// Decodes one data event into the pending batch; messages over `max_message_bytes`
+    /// become dead letters. Rows are pushed straight here: a backlog merged into one event
+    /// may carry a million messages, and a separate vector for them would be built, then
+    /// copied, at twice the memory.
     pub fn push_data(&mut self, data: &[u8], max_message_bytes: usize) {
-        let decoded = decode(data, max_message_bytes);
-        self.rows.extend(decoded.rows);
-        self.dead.extend(decoded.dead);
+        let text = match std::str::from_utf8(data) {
+            Ok(t) => t,
+            Err(e) => {
+                let error = format!(
+                    "data is not valid UTF-8 (invalid byte at position {})",
+                    e.valid_up_to()
+                );
+                self.dead.push(DeadLetter::new(error, data));
+                return;
+            }
+        };
+        let elements = match serde_json::from_str::<Vec<&RawValue>>(text) {
+            Ok(v) => v,
+            Err(e) => {
+                self.dead
+                    .push(DeadLetter::new(not_an_array(text, &e), data));
+                return;
+            }
+        };
+        for (index, element) in elements.into_iter().enumerate() {
+            let size = element.get().len();
+            if size > max_message_bytes {
+                self.dead.push(DeadLetter::new(
+                    format!(
+                        "message {index} of the data event has {size} bytes, over the limit of \
+                         {max_message_bytes} bytes (--ingest-max-event-bytes)"
+                    ),
+                    element.get().as_bytes(),
+                ));
+                continue;
+            }
+            match row(element) {
+                Ok(row) => self.rows.push(row),
+                Err(why) => self.dead.push(DeadLetter::new(
+                    format!("message {index} of the data event: {why}"),
+                    element.get().as_bytes(),
+                )),
+            }
+        }
     }
 
     #[must_use]
@@ -106,58 +139,15 @@ impl Pending {
         }
     }
 
-    /// Appends `other` after what is here.
-    pub fn append(&mut self, other: Pending) {
-        self.rows.extend(other.rows);
-        self.dead.extend(other.dead);
-    }
-}
-
-/// Decodes one data event; messages over `max_message_bytes` become dead letters.
-#[must_use]
-pub fn decode(data: &[u8], max_message_bytes: usize) -> Decoded {
-    let text = match std::str::from_utf8(data) {
-        Ok(t) => t,
-        Err(e) => {
-            let error = format!(
-                "data is not valid UTF-8 (invalid byte at position {})",
-                e.valid_up_to()
-            );
-            return dead(error, data);
+    /// Appends `other` after what is here. An empty batch (the usual case: the last one
+    /// was just handed to the writer) takes `other`'s vectors instead of copying them.
+    pub fn append(&mut self, mut other: Pending) {
+        if self.is_empty() {
+            *self = other;
+            return;
         }
-    };
-    let elements = match serde_json::from_str::<Vec<&RawValue>>(text) {
-        Ok(v) => v,
-        Err(e) => return dead(not_an_array(text, &e), data),
-    };
-    let mut out = Decoded::default();
-    for (index, element) in elements.into_iter().enumerate() {
-        let size = element.get().len();
-        if size > max_message_bytes {
-            out.dead.push(DeadLetter::new(
-                format!(
-                    "message {index} of the data event has {size} bytes, over the limit of \
-                     {max_message_bytes} bytes (--ingest-max-event-bytes)"
-                ),
-                element.get().as_bytes(),
-            ));
-            continue;
-        }
-        match row(element) {
-            Ok(row) => out.rows.push(row),
-            Err(why) => out.dead.push(DeadLetter::new(
-                format!("message {index} of the data event: {why}"),
-                element.get().as_bytes(),
-            )),
-        }
-    }
-    out
-}
-
-fn dead(error: String, data: &[u8]) -> Decoded {
-    Decoded {
-        rows: Vec::new(),
-        dead: vec![DeadLetter::new(error, data)],
+        self.rows.append(&mut other.rows);
+        self.dead.append(&mut other.dead);
     }
 }
 
@@ -290,6 +280,12 @@ mod tests {
     use super::*;
 
     const LIMIT: usize = 1 << 20;
+
+    fn decode(data: &[u8], max_message_bytes: usize) -> Pending {
+        let mut p = Pending::default();
+        p.push_data(data, max_message_bytes);
+        p
+    }
 
     fn one_row(data: &str) -> Row {
         let d = decode(data.as_bytes(), LIMIT);
@@ -440,8 +436,8 @@ mod tests {
 
     #[test]
     fn empty_array_gives_nothing() {
-        assert_eq!(decode(b"[]", LIMIT), Decoded::default());
-        assert_eq!(decode(b" [ ] ", LIMIT), Decoded::default());
+        assert_eq!(decode(b"[]", LIMIT), Pending::default());
+        assert_eq!(decode(b" [ ] ", LIMIT), Pending::default());
     }
 
     #[test]

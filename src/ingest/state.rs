@@ -105,12 +105,15 @@ pub async fn report(
                 () = &mut deadline => break,
                 () = hard_stop.cancelled() => return,
                 msg = rx.recv() => match msg {
-                    Some(mut u) => {
-                        if let Some(old) = latest.remove(&u.stream) {
+                    Some(mut u) => match latest.get_mut(&u.stream) {
+                        Some(old) => {
                             u.stored_events |= old.stored_events;
+                            *old = u;
                         }
-                        latest.insert(u.stream.clone(), u);
-                    }
+                        None => {
+                            latest.insert(u.stream.clone(), u);
+                        }
+                    },
                     None => { open = false; break; }
                 },
             }

@@ -228,6 +228,24 @@ pub async fn offset(client: &Client, stream: &str) -> Result<Option<String>, PgE
     Ok(row.map(|r| r.get(0)))
 }
 
+/// The committed offsets of `streams`, in their order, read in one statement (a failed
+/// batch may hold thousands of streams).
+///
+/// # Errors
+///
+/// A failed statement.
+pub async fn offsets(client: &Client, streams: &[&str]) -> Result<Vec<Option<String>>, PgError> {
+    let rows = client
+        .query(
+            "SELECT o.ds_offset FROM unnest($1::text[]) WITH ORDINALITY AS i(stream_name, n) \
+             LEFT JOIN ds_sync.stream_offsets o USING (stream_name) ORDER BY i.n",
+            &[&streams],
+        )
+        .await
+        .map_err(q("reading stored offsets"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Whether any subscription is stored (false when the schema is not there yet).
 ///
 /// # Errors

@@ -95,7 +95,7 @@ struct Subscription {
 
 impl Subscription {
     async fn run(&mut self, stop: &CancellationToken) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut backoff = Backoff::default();
         let mut waiting = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
         loop {
             self.report(Status::Connecting, None);

@@ -26,7 +26,6 @@
 
 use std::collections::HashSet;
 use std::error::Error;
-use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use tokio::sync::{mpsc, oneshot};
@@ -115,7 +114,7 @@ pub async fn run(
 ) -> Result<(), IngestError> {
     let mut client = target.connect().await?;
     let mut carry: Option<Commit> = None;
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut backoff = Backoff::default();
     loop {
         let first = match carry.take() {
             Some(c) => c,
@@ -435,11 +434,8 @@ async fn reply_stored(
 }
 
 async fn stored_offsets(client: &Client, batch: &[Commit]) -> Result<Vec<Option<String>>, PgError> {
-    let mut out = Vec::with_capacity(batch.len());
-    for c in batch {
-        out.push(super::store::offset(client, &c.stream).await?);
-    }
-    Ok(out)
+    let streams: Vec<&str> = batch.iter().map(|c| c.stream.as_str()).collect();
+    super::store::offsets(client, &streams).await
 }
 
 /// A JSON text sent as `jsonb` in binary form (version byte 1, then the text), so the

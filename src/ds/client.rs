@@ -30,6 +30,7 @@ use super::status::{
 };
 use super::subscription::SseSubscription;
 use super::url::{encode_component, normalize_base, stream_url};
+use crate::pg::error_chain;
 
 /// Content type of every stream ds-sync creates and writes (DS JSON mode).
 pub const JSON: &str = "application/json";
@@ -357,7 +358,7 @@ impl DsClient {
         let url = req.uri().to_string();
         match tokio::time::timeout_at(deadline, self.http.request(req)).await {
             Ok(Ok(res)) => Ok((url, res)),
-            Ok(Err(e)) => Err(transient(stream, url, describe(&e))),
+            Ok(Err(e)) => Err(transient(stream, url, error_chain(&e))),
             Err(_) => {
                 let reason = format!("no response within {:?}", self.request_timeout);
                 Err(transient(stream, url, reason))
@@ -384,7 +385,7 @@ impl DsClient {
             Ok(Err(e)) => Err(transient(
                 stream,
                 url,
-                format!("reading the body: {}", describe(&e)),
+                format!("reading the body: {}", error_chain(&e)),
             )),
             Err(_) => {
                 let reason = format!("body not complete within {:?}", self.request_timeout);
@@ -450,20 +451,4 @@ pub(crate) fn transient(stream: &str, url: String, reason: String) -> DsError {
         url,
         reason,
     }
-}
-
-/// An error and its sources on one line: hyper's own message ("client error (Connect)")
-/// says little without the OS error underneath.
-pub(crate) fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

@@ -11,7 +11,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::DsError;
-use super::client::{describe, transient};
+use super::client::transient;
+use crate::pg::error_chain;
 use crate::sse::{DsEvent, SseItem, SseParser, classify};
 
 /// An open SSE response; see the module documentation.
@@ -93,7 +94,7 @@ impl SseSubscription {
                 }
                 Some(Err(e)) => {
                     self.ended = true;
-                    let reason = format!("sse body broke: {}", describe(&e));
+                    let reason = format!("sse body broke: {}", error_chain(&e));
                     return Some(Err(transient(&self.stream, self.url.clone(), reason)));
                 }
                 Some(Ok(frame)) => {

@@ -97,6 +97,7 @@ pub async fn report(
     let mut latest: HashMap<String, StateUpdate> = HashMap::new();
     let mut client: Option<Client> = None;
     let mut open = true;
+    let mut failing = false;
     while open {
         let deadline = tokio::time::sleep(FLUSH_EVERY);
         tokio::pin!(deadline);
@@ -122,9 +123,26 @@ pub async fn report(
             continue;
         }
         let batch: Vec<StateUpdate> = latest.drain().map(|(_, u)| u).collect();
-        if let Err(e) = write(&target, &mut client, &batch).await {
-            tracing::warn!(error = %e, updates = batch.len(), "cannot record subscription state");
-            client = None;
+        match write(&target, &mut client, &batch).await {
+            Ok(()) if failing => {
+                tracing::info!("subscription state is recorded again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                // Said once per outage, not on every flush; the states wait for the next
+                // try unless a newer one replaces them meanwhile.
+                if failing {
+                    tracing::debug!(error = %e, "still cannot record subscription state");
+                } else {
+                    tracing::warn!(error = %e, updates = batch.len(), "cannot record subscription state; retrying");
+                }
+                failing = true;
+                client = None;
+                for u in batch {
+                    latest.entry(u.stream.clone()).or_insert(u);
+                }
+            }
         }
     }
 }
@@ -134,11 +152,9 @@ async fn write(
     client: &mut Option<Client>,
     batch: &[StateUpdate],
 ) -> Result<(), crate::pg::PgError> {
-    if client.as_ref().is_none_or(Client::is_closed) {
-        *client = Some(target.connect().await?);
-    }
-    let Some(c) = client.as_ref() else {
-        return Ok(());
+    let c = match client {
+        Some(c) if !c.is_closed() => c,
+        _ => client.insert(target.connect().await?),
     };
     let streams: Vec<&str> = batch.iter().map(|u| u.stream.as_str()).collect();
     let statuses: Vec<&str> = batch.iter().map(|u| u.status.as_str()).collect();

@@ -72,8 +72,14 @@ pub fn describe(err: &tokio_postgres::Error) -> String {
         }
         return out;
     }
+    error_chain(err)
+}
+
+/// An error with its whole cause chain, each cause once (`outer: inner: root`), for errors
+/// whose own message leaves out why (I/O, TLS, protocol).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
-    let mut source = std::error::Error::source(err);
+    let mut source = err.source();
     while let Some(cause) = source {
         let text = cause.to_string();
         if !out.contains(&text) {

@@ -61,12 +61,14 @@ pub async fn run(
     hard_stop: &CancellationToken,
 ) -> Result<(), CaptureError> {
     let mut sql = cfg.source.target.connect().await?;
-    let mut start = match super::snapshot::prepare(&mut sql, cfg, shutdown, hard_stop).await? {
+    // Snapshot bookkeeping, the signal table and the probe all live in the ds_sync schema.
+    crate::schema::apply(&mut sql).await?;
+    let mut start = match super::snapshot::prepare(&sql, cfg, shutdown, hard_stop).await? {
         super::snapshot::Prepared::Start(start) => start,
         super::snapshot::Prepared::Stopped => return Ok(()),
     };
     let mut incremental = super::snapshot::incremental::Incremental::start(
-        &mut sql,
+        &sql,
         &cfg.source.slot,
         &cfg.source.publication,
         cfg.snapshot.chunk_rows,

@@ -89,14 +89,12 @@ struct Chunk {
 impl Incremental {
     /// Applies the schema, publishes the signal table and loads unfinished requests.
     pub async fn start(
-        sql: &mut Client,
+        sql: &Client,
         slot: &str,
         publication: &str,
         chunk_rows: usize,
         new_tables: bool,
     ) -> Result<Incremental, CaptureError> {
-        crate::schema::apply(sql).await?;
-        let sql: &Client = sql;
         signals::ensure_published(sql, publication).await?;
         let queue: VecDeque<Unfinished> = signals::unfinished(sql, slot).await?.into();
         let mut known: HashSet<String> = signals::snapshotted_tables(sql, slot)

@@ -111,7 +111,7 @@ pub enum Prepared {
 /// Creates the publication and slot as `source::prepare` does, snapshotting when the mode
 /// says so; returns where streaming starts.
 pub async fn prepare(
-    sql: &mut Client,
+    sql: &Client,
     cfg: &CaptureConfig,
     shutdown: &CancellationToken,
     hard_stop: &CancellationToken,
@@ -120,8 +120,6 @@ pub async fn prepare(
     if mode == SnapshotMode::Never {
         return source::prepare(sql, &cfg.source).await.map(Prepared::Start);
     }
-    crate::schema::apply(sql).await?;
-    let sql: &Client = sql;
     let slot_name = cfg.source.slot.as_str();
     source::ensure_publication(sql, &cfg.source).await?;
     let exists = slot::find(sql, slot_name).await?.is_some();

@@ -349,7 +349,17 @@ async fn never_streams_only_and_always_snapshots_again_with_a_reset() {
         &["--tables", "items", "--snapshot", "always"],
     )
     .await;
-    let messages = wait_converged(&client, "pg-items", &sql, "items", &capture).await;
+    wait_converged(&client, "pg-items", &sql, "items", &capture).await;
+    // The rows can match the table before `snapshot-end` is written: wait for the frame.
+    let messages = wait_for("snapshot-end after the reset", LONG, || async {
+        let m = read(&client, "pg-items").await;
+        let reset = m.iter().position(|m| control(m) == Some("reset"))?;
+        m[reset..]
+            .iter()
+            .any(|m| control(m) == Some("snapshot-end"))
+            .then_some(m)
+    })
+    .await;
     let reset = messages
         .iter()
         .position(|m| control(m) == Some("reset"))

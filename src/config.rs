@@ -42,6 +42,12 @@ pub enum OutputFormat {
 pub struct FileConfig {
     pub postgres_url: Option<String>,
     pub ds_server_url: Option<String>,
+    pub ds_token: Option<String>,
+    pub ds_token_file: Option<PathBuf>,
+    pub ds_headers: Option<Vec<String>>,
+    pub ds_ca_file: Option<PathBuf>,
+    pub ds_client_cert: Option<PathBuf>,
+    pub ds_client_key: Option<PathBuf>,
     pub slot: Option<String>,
     pub publication: Option<String>,
     pub log_format: Option<LogFormat>,
@@ -94,6 +100,58 @@ pub enum Source {
     Unset,
 }
 
+/// A value that is never shown: `Debug` and `Serialize` (hence `config show`) print
+/// `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// `--ds-header` lines; shown as `Name: <redacted>`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct HeaderLines(pub Vec<String>);
+
+impl HeaderLines {
+    fn shown(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|h| match h.split_once(':') {
+                Some((name, _)) => format!("{}: <redacted>", name.trim()),
+                None => "<redacted>".to_owned(),
+            })
+            .collect()
+    }
+}
+
+impl fmt::Debug for HeaderLines {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.shown()).finish()
+    }
+}
+
+impl Serialize for HeaderLines {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.shown().serialize(s)
+    }
+}
+
 /// One resolved value with its origin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Sourced<T> {
@@ -122,6 +180,12 @@ impl<T> Default for CliValue<T> {
 pub struct CliValues {
     pub postgres_url: CliValue<String>,
     pub ds_server_url: CliValue<String>,
+    pub ds_token: CliValue<String>,
+    pub ds_token_file: CliValue<PathBuf>,
+    pub ds_headers: CliValue<Vec<String>>,
+    pub ds_ca_file: CliValue<PathBuf>,
+    pub ds_client_cert: CliValue<PathBuf>,
+    pub ds_client_key: CliValue<PathBuf>,
     pub slot: CliValue<String>,
     pub publication: CliValue<String>,
     pub log_format: CliValue<LogFormat>,
@@ -139,6 +203,8 @@ pub enum ConfigError {
     MissingPostgresUrl,
     #[error(transparent)]
     Pg(#[from] crate::pg::PgError),
+    #[error("DS server settings: {0}")]
+    Ds(String),
 }
 
 impl ConfigError {
@@ -149,8 +215,9 @@ impl ConfigError {
                 "Pass --postgres-url, or set POSTGRES_URL (or DATABASE_URL), or postgres_url in the --config file.".into(),
             ),
             ConfigError::Parse { .. } => Some(
-                "Accepted keys: postgres_url, ds_server_url, slot, publication, log_format, output, a [capture] and an [ingest] section (see the README).".into(),
+                "Accepted keys: postgres_url, ds_server_url, ds_token, ds_token_file, ds_headers, ds_ca_file, ds_client_cert, ds_client_key, slot, publication, log_format, output, a [capture] and an [ingest] section (see the README).".into(),
             ),
+            ConfigError::Pg(e) => e.hint(),
             _ => None,
         }
     }
@@ -164,6 +231,15 @@ pub struct Settings {
     #[serde(skip)]
     postgres_url: Option<Sourced<String>>,
     pub ds_server_url: Sourced<String>,
+    /// Sent as `Authorization: Bearer ...`; shown redacted.
+    pub ds_token: Option<Sourced<Secret>>,
+    /// A file holding the token (read when the token itself is not given).
+    pub ds_token_file: Option<Sourced<PathBuf>>,
+    /// Extra request headers; values shown redacted.
+    pub ds_headers: Sourced<HeaderLines>,
+    pub ds_ca_file: Option<Sourced<PathBuf>>,
+    pub ds_client_cert: Option<Sourced<PathBuf>>,
+    pub ds_client_key: Option<Sourced<PathBuf>>,
     pub slot: Sourced<String>,
     pub publication: Sourced<String>,
     pub log_format: Sourced<LogFormat>,
@@ -181,6 +257,8 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("postgres_url", &"<redacted>")
             .field("ds_server_url", &self.ds_server_url)
+            .field("ds_token", &self.ds_token)
+            .field("ds_headers", &self.ds_headers)
             .field("slot", &self.slot)
             .field("publication", &self.publication)
             .finish()
@@ -214,6 +292,29 @@ impl Settings {
                 file.ds_server_url,
                 DEFAULT_DS_SERVER_URL.into(),
             ),
+            ds_token: pick(
+                CliValue {
+                    value: cli.ds_token.value.map(Secret),
+                    source: cli.ds_token.source,
+                },
+                file.ds_token.map(Secret),
+            ),
+            ds_token_file: pick(cli.ds_token_file, file.ds_token_file),
+            ds_headers: pick_or(
+                CliValue {
+                    value: cli
+                        .ds_headers
+                        .value
+                        .filter(|h| !h.is_empty())
+                        .map(HeaderLines),
+                    source: cli.ds_headers.source,
+                },
+                file.ds_headers.map(HeaderLines),
+                HeaderLines::default(),
+            ),
+            ds_ca_file: pick(cli.ds_ca_file, file.ds_ca_file),
+            ds_client_cert: pick(cli.ds_client_cert, file.ds_client_cert),
+            ds_client_key: pick(cli.ds_client_key, file.ds_client_key),
             slot: pick_or(cli.slot, file.slot, DEFAULT_SLOT.into()),
             publication: pick_or(
                 cli.publication,
@@ -227,13 +328,32 @@ impl Settings {
         }
     }
 
-    /// The Postgres target, with `PGPASSWORD` as the password when the URL has none.
+    /// The Postgres target, with libpq's environment under the URL: `PGPASSWORD` for a
+    /// password it lacks, `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`.
     pub fn postgres(&self, env: EnvLookup<'_>) -> Result<PgTarget, ConfigError> {
         let url = self
             .postgres_url
             .as_ref()
             .ok_or(ConfigError::MissingPostgresUrl)?;
-        Ok(PgTarget::parse(&url.value, env("PGPASSWORD").as_deref())?)
+        Ok(PgTarget::parse_env(&url.value, env)?)
+    }
+
+    /// How to reach the DS server beyond its URL: TLS files and request headers (the token
+    /// from `ds_token`, else read from `ds_token_file`).
+    pub fn ds_access(&self) -> Result<crate::ds::DsAccess, ConfigError> {
+        let token = match (&self.ds_token, &self.ds_token_file) {
+            (Some(t), _) => Some(t.value.expose().to_owned()),
+            (None, Some(file)) => Some(read_token_file(&file.value)?),
+            (None, None) => None,
+        };
+        let path = |p: &Option<Sourced<PathBuf>>| p.as_ref().map(|p| p.value.clone());
+        let tls = crate::ds::DsTls {
+            ca_file: path(&self.ds_ca_file),
+            client_cert: path(&self.ds_client_cert),
+            client_key: path(&self.ds_client_key),
+        };
+        crate::ds::DsAccess::new(tls, token.as_deref(), &self.ds_headers.value.0)
+            .map_err(ConfigError::Ds)
     }
 
     /// Where the Postgres URL came from (`Unset` when none was given).
@@ -242,6 +362,24 @@ impl Settings {
             .as_ref()
             .map_or(Source::Unset, |u| u.source)
     }
+}
+
+/// The token in a file (a mounted secret), without the trailing newline.
+fn read_token_file(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::Ds(format!(
+            "cannot read the DS token file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ConfigError::Ds(format!(
+            "the DS token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(token.to_owned())
 }
 
 fn pick<T>(cli: CliValue<T>, file: Option<T>) -> Option<Sourced<T>> {
@@ -352,6 +490,49 @@ mod tests {
         let s = Settings::resolve(cli, FileConfig::default(), &no_env);
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(!serde_json::to_string(&s).unwrap().contains("hunter2"));
+    }
+
+    #[test]
+    fn ds_credentials_are_never_shown() {
+        let cli = CliValues {
+            ds_token: flag("tok-s3cret".into()),
+            ds_headers: flag(vec!["X-Api-Key: k3y-s3cret".into()]),
+            ..CliValues::default()
+        };
+        let s = Settings::resolve(cli, FileConfig::default(), &no_env);
+        let json = serde_json::to_string(&s).unwrap();
+        let debug = format!("{s:?}");
+        for shown in [&json, &debug] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
+        assert!(json.contains("X-Api-Key: <redacted>"), "{json}");
+        let access = s.ds_access().unwrap();
+        assert_eq!(access.headers().len(), 2, "bearer token and the header");
+    }
+
+    #[test]
+    fn ds_settings_come_from_the_file_and_the_token_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "from-file\n").unwrap();
+        let f: FileConfig = toml::from_str(&format!(
+            "ds_token_file = {:?}\nds_headers = [\"X-Tenant: acme\"]\nds_ca_file = \"/ca.pem\"\n",
+            token.display().to_string()
+        ))
+        .unwrap();
+        let s = Settings::resolve(CliValues::default(), f, &no_env);
+        assert_eq!(s.ds_headers.source, Source::File);
+        let access = s.ds_access().unwrap();
+        let auth = access.headers()[0].1.to_str().unwrap().to_owned();
+        assert_eq!(auth, "Bearer from-file");
+        assert_eq!(access.tls.ca_file, Some(PathBuf::from("/ca.pem")));
+        let cli = CliValues {
+            ds_headers: flag(vec!["X-Tenant: flag".into()]),
+            ..CliValues::default()
+        };
+        let f: FileConfig = toml::from_str("ds_headers = [\"X-Tenant: file\"]\n").unwrap();
+        let s = Settings::resolve(cli, f, &no_env);
+        assert_eq!(s.ds_headers.value.0, ["X-Tenant: flag"], "flag over file");
     }
 
     #[test]

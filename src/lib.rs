@@ -8,7 +8,10 @@
 //! Modules, one per concern:
 //! * [`cli`]: the command line, configuration precedence, exit codes.
 //! * [`config`]: flag > env > file > default.
-//! * [`pg`]: connection targets (password never shown), SQL identifier safety.
+//! * [`pg`]: connection targets (password never shown), libpq's TLS settings, keepalive,
+//!   SQL identifier safety.
+//! * [`keepalive`]: TCP keepalive on every socket to Postgres and the DS server.
+//! * [`tls`]: rustls pieces shared by the Postgres connections and the DS client.
 //! * [`slot`], [`publication`]: replication slot and publication management.
 //! * [`schema`]: `ds-sync init`: embedded `sql/` and the server prerequisite checks.
 //! * [`pgoutput`]: the pure pgoutput v1 decoder and relation cache.
@@ -30,6 +33,7 @@ pub mod config;
 pub mod ds;
 pub mod embedded;
 pub mod ingest;
+pub mod keepalive;
 pub mod pg;
 pub mod pgoutput;
 pub mod publication;
@@ -38,6 +42,7 @@ pub mod slot;
 pub mod sse;
 #[cfg(test)]
 mod test_rng;
+pub mod tls;
 pub mod values;
 
 /// The README quotes the documented encodings; these tests keep it from drifting.

@@ -83,6 +83,9 @@ pub struct BenchOptions {
     pub postgres: Option<crate::pg::PgTarget>,
     /// Use this DS server instead of an in-process one.
     pub ds_url: Option<String>,
+    /// TLS files and headers for the given DS server (the runner's own requests and the
+    /// ds-sync child's).
+    pub ds_access: crate::ds::DsAccess,
     /// The ds-sync executable to measure.
     pub exe: PathBuf,
     /// Show progress bars (a terminal) or log lines.
@@ -133,7 +136,12 @@ impl BenchError {
 /// Runs one scenario and writes its report; returns it and the directory it went to.
 pub async fn run(opts: &BenchOptions) -> Result<(Report, PathBuf), BenchError> {
     let started = Instant::now();
-    let stack = stack::Stack::start(opts.postgres.clone(), opts.ds_url.clone()).await?;
+    let stack = stack::Stack::start(
+        opts.postgres.clone(),
+        opts.ds_url.clone(),
+        opts.ds_access.clone(),
+    )
+    .await?;
     let dir = opts.out.join(format!(
         "{}-{}",
         opts.scenario.name(),

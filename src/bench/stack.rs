@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
 use super::BenchError;
-use crate::ds::{ClientOptions, DsClient};
+use crate::ds::{ClientOptions, DsAccess, DsClient};
 use crate::embedded::{DsServer, DsServerOptions, LocalPostgres, PostgresOptions};
 use crate::pg::PgTarget;
 
@@ -33,13 +33,16 @@ pub struct Stack {
     target: PgTarget,
     pub ds_url: String,
     pub ds: DsClient,
+    /// Credentials and TLS files of a given DS server, passed to the ds-sync child.
+    ds_access: DsAccess,
 }
 
 impl Stack {
-    /// Starts what is not given.
+    /// Starts what is not given; `ds_access` applies to a given DS server only.
     pub async fn start(
         target: Option<PgTarget>,
         ds_url: Option<String>,
+        ds_access: DsAccess,
     ) -> Result<Stack, BenchError> {
         let local_pg = match target {
             Some(_) => None,
@@ -63,19 +66,29 @@ impl Stack {
                 .map_err(|e| BenchError::Setup(format!("the local cluster's URL: {e}")))?,
             (None, None) => unreachable!("a cluster is started when no target is given"),
         };
-        let ds_server = match ds_url {
-            Some(_) => None,
-            None => Some(DsServer::start(DsServerOptions::default()).await?),
+        let (ds_server, ds_access) = match ds_url {
+            Some(_) => (None, ds_access),
+            None => (
+                Some(DsServer::start(DsServerOptions::default()).await?),
+                DsAccess::default(),
+            ),
         };
         let ds_url =
             ds_url.unwrap_or_else(|| ds_server.as_ref().map(DsServer::url).unwrap_or_default());
-        let ds = DsClient::new(&ds_url, ClientOptions::default())?;
+        let ds = DsClient::new(
+            &ds_url,
+            ClientOptions {
+                access: ds_access.clone(),
+                ..ClientOptions::default()
+            },
+        )?;
         Ok(Stack {
             local_pg,
             ds_server,
             target,
             ds_url,
             ds,
+            ds_access,
         })
     }
 
@@ -88,8 +101,8 @@ impl Stack {
         &self.target
     }
 
-    /// A `key=value` connection string without the password (which goes in `PGPASSWORD`),
-    /// so it never shows in a process listing.
+    /// A `key=value` connection string without the password (which goes in `PGPASSWORD`)
+    /// and the TLS settings (which go in `PGSSL*`), so it never shows in a process listing.
     fn conninfo(&self) -> String {
         let t = &self.target;
         format!(
@@ -152,6 +165,8 @@ impl DsSyncProcess {
             .env("PGPASSWORD", stack.target.password().unwrap_or_default())
             .env("DS_SERVER_URL", &stack.ds_url)
             .env("DS_SYNC_LOG_FORMAT", "text")
+            .envs(stack.target.ssl_env())
+            .envs(stack.ds_access.child_env())
             .env_remove("DATABASE_URL")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -152,6 +152,7 @@ async fn run_client(stack: &Stack, tool: &str, args: &[&str]) -> Result<Duration
         .args(["-d", t.dbname()])
         .args(args)
         .env("PGPASSWORD", t.password().unwrap_or_default())
+        .envs(t.ssl_env())
         .stdin(Stdio::null())
         .output()
         .await

@@ -102,6 +102,8 @@ impl CaptureError {
             CaptureError::Ds { source, .. } => source.hint(),
             CaptureError::Slot(e) => e.hint(),
             CaptureError::Publication(e) => e.hint(),
+            CaptureError::Pg(e) => e.hint(),
+            CaptureError::Session(e) => e.hint(),
             _ => None,
         }
     }

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, TlsConfig};
 use tokio_postgres::Client;
 
 use crate::pg::ident::resolve_table;
+use crate::pg::ssl::{SslOptions, Step};
 use crate::pg::{PgError, PgTarget};
 use crate::publication::{self, PublicationError, TableSpec};
 use crate::slot;
@@ -135,13 +136,57 @@ async fn claim_slot(sql: &Client, cfg: &SourceConfig) -> Result<(), CaptureError
     })
 }
 
-/// Opens the replication stream at `start` (the slot's confirmed position).
+/// Opens the replication stream at `start` (the slot's confirmed position), TLS as the
+/// target's `sslmode` says: the attempts of [`SslOptions::steps`], a later one only when the
+/// server refused the earlier one. pgwire-replication opens the socket itself and has no
+/// keepalive setting; its standby status update every second keeps data flowing, so a dead
+/// server shows as unacknowledged data (TCP retransmission timeout) rather than silence.
 pub async fn connect(
     sql: &Client,
     cfg: &SourceConfig,
     start: u64,
 ) -> Result<ReplicationClient, CaptureError> {
     claim_slot(sql, cfg).await?;
+    let t = &cfg.target;
+    let mut failed: Vec<(Step, CaptureError, bool)> = Vec::new();
+    for &step in t.ssl().steps(t.is_unix_socket()) {
+        if let Some((last, _, refused)) = failed.last()
+            && !SslOptions::retry_after(*last, *last != Step::Plain, *refused)
+        {
+            break;
+        }
+        let tls = match step {
+            Step::Plain => TlsConfig::disabled(),
+            Step::Tls | Step::TlsIfOffered => {
+                t.ssl()
+                    .pgwire(&t.host())
+                    .map_err(|e| CaptureError::Replication {
+                        reason: format!("TLS settings: {e}"),
+                        transient: false,
+                    })?
+            }
+        };
+        match start_stream(cfg, start, tls).await {
+            Ok(client) => return Ok(client),
+            Err(e) => {
+                let refused = !matches!(e, pgwire_replication::PgWireError::Io(_));
+                failed.push((step, replication_error(&e), refused));
+            }
+        }
+    }
+    // The TLS attempt's error says more than a plain connection's refusal.
+    let index = failed
+        .iter()
+        .position(|(step, _, _)| *step != Step::Plain)
+        .unwrap_or(failed.len().saturating_sub(1));
+    Err(failed.swap_remove(index).1)
+}
+
+async fn start_stream(
+    cfg: &SourceConfig,
+    start: u64,
+    tls: TlsConfig,
+) -> Result<ReplicationClient, pgwire_replication::PgWireError> {
     let t = &cfg.target;
     let repl_cfg = ReplicationConfig::new(
         t.host(),
@@ -152,19 +197,15 @@ pub async fn connect(
         cfg.publication.clone(),
     )
     .with_port(t.port())
+    .with_tls(tls)
     .with_start_lsn(Lsn::from_u64(start))
     .with_ack_lsn(Lsn::from_u64(start))
     .with_status_interval(Duration::from_secs(1))
     .with_wakeup_interval(Duration::from_secs(1))
     .with_buffer_size(4096)
     .with_application_name("ds-sync");
-    let mut client = ReplicationClient::connect(repl_cfg)
-        .await
-        .map_err(|e| replication_error(&e))?;
-    client
-        .wait_started()
-        .await
-        .map_err(|e| replication_error(&e))?;
+    let mut client = ReplicationClient::connect(repl_cfg).await?;
+    client.wait_started().await?;
     Ok(client)
 }
 

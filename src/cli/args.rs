@@ -31,12 +31,14 @@ pub struct Cli {
 #[derive(Debug, Args, Clone)]
 pub struct GlobalArgs {
     /// TOML file with defaults for the options below (keys: postgres_url, ds_server_url,
-    /// slot, publication, log_format, output)
+    /// ds_token, ds_token_file, ds_headers, ds_ca_file, ds_client_cert, ds_client_key, slot,
+    /// publication, log_format, output)
     #[arg(long, global = true, env = "DS_SYNC_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Postgres URL, e.g. postgres://user:password@localhost:5432/app (DATABASE_URL is also
-    /// accepted; PGPASSWORD supplies a password the URL lacks)
+    /// Postgres URL, e.g. postgres://user:password@localhost:5432/app?sslmode=verify-full&sslrootcert=ca.pem
+    /// (DATABASE_URL is also accepted; PGPASSWORD supplies a password the URL lacks; PGSSLMODE,
+    /// PGSSLROOTCERT, PGSSLCERT, PGSSLKEY apply under the URL's own TLS parameters)
     #[arg(
         long,
         global = true,
@@ -46,9 +48,64 @@ pub struct GlobalArgs {
     )]
     pub postgres_url: Option<String>,
 
-    /// Durable Streams server base URL [default: http://127.0.0.1:4437]
+    /// Durable Streams server base URL, http:// or https:// [default: http://127.0.0.1:4437]
     #[arg(long, global = true, env = "DS_SERVER_URL", value_name = "URL")]
     pub ds_server_url: Option<String>,
+
+    /// Token sent to the DS server as `Authorization: Bearer TOKEN` on every request (never
+    /// logged or shown)
+    #[arg(
+        long,
+        global = true,
+        env = "DS_SYNC_DS_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub ds_token: Option<String>,
+
+    /// File holding the DS token (e.g. a mounted secret), read when --ds-token is not given
+    #[arg(
+        long,
+        global = true,
+        env = "DS_SYNC_DS_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub ds_token_file: Option<PathBuf>,
+
+    /// Header sent to the DS server on every request, 'Name: value'; repeatable (env: one
+    /// header per line; values are never logged or shown)
+    #[arg(
+        long = "ds-header",
+        global = true,
+        env = "DS_SYNC_DS_HEADERS",
+        hide_env_values = true,
+        value_delimiter = '\n',
+        value_name = "NAME: VALUE"
+    )]
+    pub ds_headers: Vec<String>,
+
+    /// PEM file of the CA that signs an https:// DS server's certificate [default: the
+    /// system's trust store]
+    #[arg(long, global = true, env = "DS_SYNC_DS_CA_FILE", value_name = "FILE")]
+    pub ds_ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS with the DS server (with --ds-client-key)
+    #[arg(
+        long,
+        global = true,
+        env = "DS_SYNC_DS_CLIENT_CERT",
+        value_name = "FILE"
+    )]
+    pub ds_client_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --ds-client-cert
+    #[arg(
+        long,
+        global = true,
+        env = "DS_SYNC_DS_CLIENT_KEY",
+        value_name = "FILE"
+    )]
+    pub ds_client_key: Option<PathBuf>,
 
     /// Replication slot ds-sync consumes [default: ds_sync]
     #[arg(long, global = true, env = "DS_SYNC_SLOT", value_name = "NAME")]
@@ -58,7 +115,9 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "DS_SYNC_PUBLICATION", value_name = "NAME")]
     pub publication: Option<String>,
 
-    /// Log line format (filter with RUST_LOG, e.g. RUST_LOG=ds_sync=debug) [default: text]
+    /// Log line format on stderr: text (coloured only on a terminal, unless NO_COLOR is set)
+    /// or json (one object per line, for log shippers); filter with RUST_LOG, e.g.
+    /// RUST_LOG=ds_sync=debug [default: text]
     #[arg(long, global = true, env = "DS_SYNC_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
 

@@ -16,6 +16,7 @@ pub async fn bench(args: &BenchArgs, settings: &Settings) -> Result<(), CliError
         .transpose()?;
     let ds_url = (settings.ds_server_url.source != Source::Default)
         .then(|| settings.ds_server_url.value.clone());
+    let ds_access = settings.ds_access()?;
     let exe = std::env::current_exe()
         .map_err(|e| CliError::Invalid(format!("cannot find the ds-sync executable: {e}")))?;
     let opts = BenchOptions {
@@ -27,6 +28,7 @@ pub async fn bench(args: &BenchArgs, settings: &Settings) -> Result<(), CliError
         out: args.out.clone(),
         postgres,
         ds_url,
+        ds_access,
         exe,
         progress: std::io::stderr().is_terminal(),
         command: command_line(),
@@ -47,22 +49,53 @@ pub async fn bench(args: &BenchArgs, settings: &Settings) -> Result<(), CliError
     Ok(())
 }
 
-/// The command as typed, without values that may hold a password.
+/// Options whose values may hold a secret.
+const SECRET_OPTIONS: [&str; 3] = ["--postgres-url", "--ds-token", "--ds-header"];
+
+/// The command as typed, without values that may hold a password or a token.
 fn command_line() -> String {
+    hide_secrets(std::env::args().skip(1))
+}
+
+fn hide_secrets(args: impl Iterator<Item = String>) -> String {
     let mut out = vec!["ds-sync".to_owned()];
     let mut hide_next = false;
-    for a in std::env::args().skip(1) {
+    for a in args {
         if hide_next {
             out.push("<hidden>".into());
             hide_next = false;
-        } else if a == "--postgres-url" {
+        } else if SECRET_OPTIONS.contains(&a.as_str()) {
             out.push(a);
             hide_next = true;
-        } else if a.starts_with("--postgres-url=") {
-            out.push("--postgres-url=<hidden>".into());
+        } else if let Some(option) = SECRET_OPTIONS
+            .iter()
+            .find(|o| a.starts_with(&format!("{o}=")))
+        {
+            out.push(format!("{option}=<hidden>"));
         } else {
             out.push(a);
         }
     }
     out.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_report_never_shows_a_password_or_token() {
+        let args = [
+            "bench",
+            "capture-drain",
+            "--postgres-url",
+            "postgres://u:pw@h/db",
+            "--ds-token=tok123",
+            "--ds-header",
+            "X-Key: k3y",
+        ];
+        let line = super::hide_secrets(args.iter().map(|s| s.to_string()));
+        for secret in ["pw@", "tok123", "k3y"] {
+            assert!(!line.contains(secret), "{line}");
+        }
+        assert!(line.contains("--ds-token=<hidden>"), "{line}");
+    }
 }

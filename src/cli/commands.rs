@@ -130,6 +130,9 @@ async fn init(settings: &Settings, out: &Printer) -> Result<(), CliError> {
 
 fn config_show(settings: &Settings, out: &Printer) -> Result<(), CliError> {
     let env = |k: &str| std::env::var(k).ok();
+    // Settings that cannot work (a malformed --ds-header, an unreadable token file) are
+    // reported here rather than at the first request.
+    settings.ds_access()?;
     let postgres = match settings.postgres(&env) {
         Ok(t) => Some(t.to_string()),
         Err(crate::config::ConfigError::MissingPostgresUrl) => None,

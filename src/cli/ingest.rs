@@ -57,7 +57,8 @@ pub(super) async fn config(
         &settings.ds_server_url.value,
         streams,
         max_event_bytes,
-    )?;
+    )?
+    .with_access(settings.ds_access()?)?;
     cfg.writer = WriterOptions {
         max_rows: args
             .ingest_batch_max_rows
@@ -78,6 +79,7 @@ pub(super) async fn dev_config(
     args: &IngestArgs,
     target: &PgTarget,
     ds_url: &str,
+    access: crate::ds::DsAccess,
 ) -> Result<Option<IngestConfig>, CliError> {
     if args.no_ingest {
         return Ok(None);
@@ -90,7 +92,7 @@ pub(super) async fn dev_config(
     let max = args
         .ingest_max_event_bytes
         .unwrap_or(DEFAULT_MAX_EVENT_BYTES);
-    let cfg = IngestConfig::new(target.clone(), ds_url, streams, max)?;
+    let cfg = IngestConfig::new(target.clone(), ds_url, streams, max)?.with_access(access)?;
     for s in &cfg.streams {
         cfg.ds.ensure_stream(s).await?;
     }
@@ -221,6 +223,7 @@ pub(super) async fn subscriptions(settings: &Settings, out: &Printer) -> Result<
         &settings.ds_server_url.value,
         ClientOptions {
             request_timeout: HEAD_TIMEOUT,
+            access: settings.ds_access()?,
             ..ClientOptions::default()
         },
     )?;

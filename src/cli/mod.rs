@@ -77,6 +77,7 @@ impl CliError {
     pub fn hint(&self) -> Option<String> {
         match self {
             CliError::Config(e) => e.hint(),
+            CliError::Pg(e) => e.hint(),
             CliError::Slot(e) => e.hint(),
             CliError::Publication(e) => e.hint(),
             CliError::Capture(e) => e.hint(),
@@ -141,6 +142,16 @@ fn settings(
     let cli = CliValues {
         postgres_url: cli_value(matches, "postgres_url", global.postgres_url.clone()),
         ds_server_url: cli_value(matches, "ds_server_url", global.ds_server_url.clone()),
+        ds_token: cli_value(matches, "ds_token", global.ds_token.clone()),
+        ds_token_file: cli_value(matches, "ds_token_file", global.ds_token_file.clone()),
+        ds_headers: cli_value(
+            matches,
+            "ds_headers",
+            Some(global.ds_headers.clone()).filter(|h| !h.is_empty()),
+        ),
+        ds_ca_file: cli_value(matches, "ds_ca_file", global.ds_ca_file.clone()),
+        ds_client_cert: cli_value(matches, "ds_client_cert", global.ds_client_cert.clone()),
+        ds_client_key: cli_value(matches, "ds_client_key", global.ds_client_key.clone()),
         slot: cli_value(matches, "slot", global.slot.clone()),
         publication: cli_value(matches, "publication", global.publication.clone()),
         log_format: cli_value(matches, "log_format", global.log_format),

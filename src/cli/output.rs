@@ -195,6 +195,12 @@ impl Printer {
             source_name(s.postgres_url_source()),
         ]);
         add_sourced(&mut table, "ds_server_url", &s.ds_server_url);
+        add_optional(&mut table, "ds_token", s.ds_token.as_ref());
+        add_optional(&mut table, "ds_token_file", s.ds_token_file.as_ref());
+        add_sourced(&mut table, "ds_headers", &s.ds_headers);
+        add_optional(&mut table, "ds_ca_file", s.ds_ca_file.as_ref());
+        add_optional(&mut table, "ds_client_cert", s.ds_client_cert.as_ref());
+        add_optional(&mut table, "ds_client_key", s.ds_client_key.as_ref());
         add_sourced(&mut table, "slot", &s.slot);
         add_sourced(&mut table, "publication", &s.publication);
         add_sourced(&mut table, "log_format", &s.log_format);
@@ -211,6 +217,19 @@ fn add_sourced<T: Serialize>(table: &mut Table, name: &str, v: &Sourced<T>) {
         Err(_) => "?".into(),
     };
     table.add_row(vec![name.to_string(), value, source_name(v.source)]);
+}
+
+fn add_optional<T: Serialize>(table: &mut Table, name: &str, v: Option<&Sourced<T>>) {
+    match v {
+        Some(v) => add_sourced(table, name, v),
+        None => {
+            table.add_row(vec![
+                name.to_string(),
+                "(not set)".into(),
+                source_name(Source::Unset),
+            ]);
+        }
+    }
 }
 
 fn source_name(source: Source) -> String {

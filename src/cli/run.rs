@@ -10,7 +10,7 @@ use crate::capture::batch::Limits;
 use crate::capture::route::{Router, Template, parse_route_option};
 use crate::capture::source::SourceConfig;
 use crate::config::{Settings, Source};
-use crate::ds::{ClientOptions, DsClient};
+use crate::ds::{ClientOptions, DsAccess, DsClient};
 use crate::embedded::{DsServer, DsServerOptions, LocalPostgres, PostgresOptions};
 use crate::pg::PgTarget;
 use crate::pg::ident::{validate_publication_name, validate_slot_name};
@@ -34,6 +34,7 @@ pub async fn run(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError
             settings,
             target,
             &settings.ds_server_url.value,
+            settings.ds_access()?,
         )?)
     };
     super::ingest::run_directions(cfg, ingest, settings, &shutdown, &hard_stop).await
@@ -45,6 +46,7 @@ fn capture_config(
     settings: &Settings,
     target: PgTarget,
     ds_url: &str,
+    access: DsAccess,
 ) -> Result<CaptureConfig, CliError> {
     let file = &settings.capture_file;
     let slot = settings.slot.value.clone();
@@ -90,6 +92,7 @@ fn capture_config(
         ds_url,
         ClientOptions {
             request_timeout: timeout,
+            access,
             ..ClientOptions::default()
         },
     )?;
@@ -191,6 +194,11 @@ pub async fn dev(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError
     let ds_url = ds_server
         .as_ref()
         .map_or_else(|| settings.ds_server_url.value.clone(), DsServer::url);
+    // The throwaway server needs no credentials; a given one gets the configured ones.
+    let access = match ds_server {
+        Some(_) => DsAccess::default(),
+        None => settings.ds_access()?,
+    };
     let mut client = target.connect().await?;
     crate::schema::apply(&mut client).await?;
     client
@@ -199,11 +207,11 @@ pub async fn dev(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError
         .map_err(|e| crate::pg::PgError::query("creating the demo table items", &e))?;
     let mut args = args.clone();
     args.tables.get_or_insert_with(|| vec!["items".into()]);
-    let cfg = capture_config(&args, settings, target.clone(), &ds_url)?;
+    let cfg = capture_config(&args, settings, target.clone(), &ds_url, access.clone())?;
     // The slot exists before the banner invites inserts, so no row falls before it.
     crate::capture::source::prepare(&client, &cfg.source).await?;
     print_dev_banner(local_pg.as_ref(), &target, &ds_url, &args);
-    let ingest = super::ingest::dev_config(&args.ingest, &target, &ds_url).await?;
+    let ingest = super::ingest::dev_config(&args.ingest, &target, &ds_url, access).await?;
     let result =
         super::ingest::run_directions(Some(cfg), ingest, settings, &shutdown, &hard_stop).await;
     drop(ds_server);

@@ -2,6 +2,10 @@
 //!
 //! Each call is one HTTP request on a pooled keep-alive connection, bounded by the
 //! per-request timeout from sending to the last body byte (SSE: to the response head only).
+//! `https://` servers are reached over rustls ([`DsAccess`] holds the trust anchors and the
+//! client certificate), every socket has TCP keepalive ([`crate::keepalive`]), and every
+//! request, SSE and HEAD included, carries the configured headers (`Authorization: Bearer`,
+//! `--ds-header`).
 //! Nothing is retried here: whether and when to retry depends on what the caller was doing
 //! (a WAL writer replays with `Stream-Seq`, a reader reconnects from its committed offset),
 //! so the client reports [`DsError::is_transient`] and the caller drives a
@@ -16,6 +20,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -23,6 +28,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::DsError;
+use super::access::DsAccess;
 use super::error::body_preview;
 use super::status::{
     AppendOutcome, Failure, STREAM_CLOSED, STREAM_NEXT_OFFSET, STREAM_SEQ, STREAM_UP_TO_DATE,
@@ -52,6 +58,8 @@ pub struct ClientOptions {
     /// Largest SSE event accepted. One server sends a whole backlog as one data event, so
     /// this must exceed the largest backlog a reader may catch up on.
     pub max_sse_event_bytes: usize,
+    /// TLS material and the headers every request carries.
+    pub access: DsAccess,
 }
 
 impl Default for ClientOptions {
@@ -61,6 +69,7 @@ impl Default for ClientOptions {
             pool_idle_timeout: Duration::from_secs(30),
             max_idle_per_host: 8,
             max_sse_event_bytes: 64 << 20,
+            access: DsAccess::default(),
         }
     }
 }
@@ -81,8 +90,9 @@ pub struct ReadBatch {
 /// A client for one DS server. Cloning is cheap and clones share the connection pool.
 #[derive(Clone)]
 pub struct DsClient {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: Arc<str>,
+    headers: Arc<[(hyper::header::HeaderName, HeaderValue)]>,
     request_timeout: Duration,
     max_sse_event_bytes: usize,
 }
@@ -110,12 +120,12 @@ impl DsClient {
     ///
     /// # Errors
     ///
-    /// [`DsError::InvalidUrl`] if the URL is not a usable `http://` URL.
+    /// [`DsError::InvalidUrl`] if the URL is not a usable `http://` or `https://` URL;
+    /// [`DsError::Settings`] when the CA file or client certificate of an `https://` server
+    /// cannot be read.
     pub fn new(base_url: &str, opts: ClientOptions) -> Result<DsClient, DsError> {
         let base = normalize_base(base_url)?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(opts.request_timeout));
+        let connector = connector(&base, &opts)?;
         let http = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(opts.pool_idle_timeout)
@@ -124,6 +134,7 @@ impl DsClient {
         Ok(DsClient {
             http,
             base: base.into(),
+            headers: opts.access.headers().to_vec().into(),
             request_timeout: opts.request_timeout,
             max_sse_event_bytes: opts.max_sse_event_bytes,
         })
@@ -328,14 +339,18 @@ impl DsClient {
         url: String,
         body: Bytes,
     ) -> Result<Request<Full<Bytes>>, DsError> {
-        Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(&url)
             .body(Full::new(body))
             .map_err(|e| DsError::InvalidRequest {
                 stream: stream.to_owned(),
                 reason: format!("cannot build a request for {url}: {e}"),
-            })
+            })?;
+        for (name, value) in self.headers.iter() {
+            req.headers_mut().insert(name.clone(), value.clone());
+        }
+        Ok(req)
     }
 
     /// Sends `req` and reads the whole response, all before `request_timeout` runs out.
@@ -358,7 +373,7 @@ impl DsClient {
         let url = req.uri().to_string();
         match tokio::time::timeout_at(deadline, self.http.request(req)).await {
             Ok(Ok(res)) => Ok((url, res)),
-            Ok(Err(e)) => Err(transient(stream, url, error_chain(&e))),
+            Ok(Err(e)) => Err(request_error(stream, url, &e)),
             Err(_) => {
                 let reason = format!("no response within {:?}", self.request_timeout);
                 Err(transient(stream, url, reason))
@@ -382,11 +397,14 @@ impl DsClient {
                 headers: parts.headers,
                 body: collected.to_bytes(),
             }),
-            Ok(Err(e)) => Err(transient(
-                stream,
-                url,
-                format!("reading the body: {}", error_chain(&e)),
-            )),
+            Ok(Err(e)) => match tls_failure(stream, &url, &e) {
+                Some(tls) => Err(tls),
+                None => Err(transient(
+                    stream,
+                    url,
+                    format!("reading the body: {}", error_chain(&e)),
+                )),
+            },
             Err(_) => {
                 let reason = format!("body not complete within {:?}", self.request_timeout);
                 Err(transient(stream, url, reason))
@@ -437,6 +455,52 @@ impl Exchange {
                 self.invalid(stream, reason)
             })
     }
+}
+
+/// The connector: TCP with keepalive, and rustls for `https://` bases.
+fn connector(base: &str, opts: &ClientOptions) -> Result<HttpsConnector<HttpConnector>, DsError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(opts.request_timeout));
+    http.set_keepalive(Some(crate::keepalive::IDLE));
+    http.set_keepalive_interval(Some(crate::keepalive::INTERVAL));
+    http.set_keepalive_retries(Some(crate::keepalive::RETRIES));
+    let tls = if base.starts_with("https://") {
+        opts.access.tls_config().map_err(|e| DsError::Settings {
+            reason: e.to_string(),
+        })?
+    } else {
+        // Never used: plain http bases never start a handshake.
+        crate::tls::client_config(
+            rustls::RootCertStore::empty(),
+            crate::tls::Verify::Full,
+            None,
+        )
+        .map_err(|e| DsError::Settings {
+            reason: e.to_string(),
+        })?
+    };
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
+}
+
+/// A failed request: a certificate problem stops (someone must change a certificate or a
+/// setting), everything else is worth a retry.
+fn request_error(stream: &str, url: String, e: &hyper_util::client::legacy::Error) -> DsError {
+    tls_failure(stream, &url, e).unwrap_or_else(|| transient(stream, url, error_chain(e)))
+}
+
+fn tls_failure(stream: &str, url: &str, e: &(dyn std::error::Error + 'static)) -> Option<DsError> {
+    let found = crate::tls::find_rustls_error(e)?;
+    crate::tls::is_certificate_error(found).then(|| DsError::Tls {
+        stream: stream.to_owned(),
+        url: url.to_owned(),
+        reason: crate::tls::describe_rustls(found),
+    })
 }
 
 fn with_json(mut req: Request<Full<Bytes>>) -> Request<Full<Bytes>> {

@@ -64,6 +64,17 @@ pub enum DsError {
     /// The DS server base URL cannot be used.
     #[error("invalid DS server URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
+    /// A TLS handshake failed on a certificate: the server's (not trusted, wrong name,
+    /// expired) or ours (missing or refused for mutual TLS).
+    #[error("stream {stream:?}: TLS to {url} failed: {reason}")]
+    Tls {
+        stream: String,
+        url: String,
+        reason: String,
+    },
+    /// The TLS or header settings for the DS server cannot be used.
+    #[error("DS server settings: {reason}")]
+    Settings { reason: String },
 }
 
 impl DsError {
@@ -86,8 +97,9 @@ impl DsError {
             | DsError::Transient { stream, .. }
             | DsError::InvalidResponse { stream, .. }
             | DsError::EventTooLarge { stream, .. }
-            | DsError::InvalidRequest { stream, .. } => Some(stream),
-            DsError::InvalidUrl { .. } => None,
+            | DsError::InvalidRequest { stream, .. }
+            | DsError::Tls { stream, .. } => Some(stream),
+            DsError::InvalidUrl { .. } | DsError::Settings { .. } => None,
         }
     }
 
@@ -113,7 +125,7 @@ impl DsError {
             DsError::Rejected {
                 status: 401 | 403, ..
             } => {
-                "The server refused access: check the DS server URL and any proxy or credentials in front of it."
+                "The server refused access: give its credentials with --ds-token (sent as a bearer token) or --ds-header 'Name: value', and check the DS server URL."
             }
             DsError::Rejected { .. } => {
                 "The server found the request invalid; check the stream name and the server's protocol version, and report the body above if it persists."
@@ -129,7 +141,13 @@ impl DsError {
                 "This is a bug in the caller: Stream-Seq values must be visible ASCII."
             }
             DsError::InvalidUrl { .. } => {
-                "Give ds_server_url as http://host:port, optionally with a path prefix and without a query."
+                "Give ds_server_url as http://host:port or https://host:port, optionally with a path prefix and without a query."
+            }
+            DsError::Tls { .. } => {
+                "Give --ds-ca-file the PEM file of the CA that signed the server's certificate (the system's trust store is used without it), check the host name in the DS server URL, and for mutual TLS give --ds-client-cert and --ds-client-key."
+            }
+            DsError::Settings { .. } => {
+                "Check --ds-ca-file, --ds-client-cert, --ds-client-key and --ds-header (or their environment variables and config-file keys)."
             }
         };
         Some(hint.to_owned())

@@ -23,6 +23,7 @@
 //! **Offsets are opaque.** They are passed through, percent-encoded in queries, and compared
 //! bytewise by callers; never parsed.
 
+mod access;
 mod backoff;
 mod client;
 mod error;
@@ -30,6 +31,7 @@ mod status;
 mod subscription;
 mod url;
 
+pub use access::{DsAccess, DsTls, parse_header};
 pub use backoff::{Backoff, DEFAULT_INITIAL, DEFAULT_MAX};
 pub use client::{ClientOptions, DsClient, EVENT_STREAM, JSON, OFFSET_START, ReadBatch};
 pub use error::{BODY_PREVIEW_CHARS, DsError};

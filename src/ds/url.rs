@@ -23,8 +23,7 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 
 /// Checks a DS server base URL and returns it without a trailing slash.
 ///
-/// Only `http://` is accepted: the project has no TLS stack yet, and failing here is clearer
-/// than a connection error on the first request.
+/// `http://` and `https://` are accepted.
 ///
 /// # Errors
 ///
@@ -42,16 +41,11 @@ pub fn normalize_base(base: &str) -> Result<String, DsError> {
         .trim()
         .parse()
         .map_err(|e: hyper::http::uri::InvalidUri| invalid(&e.to_string()))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(invalid(
-                "https is not supported yet (ds-sync has no TLS support); use http://",
-            ));
-        }
+    let scheme = match uri.scheme_str() {
+        Some(s @ ("http" | "https")) => s.to_owned(),
         Some(other) => return Err(invalid(&format!("unsupported scheme {other:?}"))),
         None => return Err(invalid("missing scheme; expected http://host:port")),
-    }
+    };
     let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
         return Err(invalid("missing host"));
     };
@@ -59,7 +53,7 @@ pub fn normalize_base(base: &str) -> Result<String, DsError> {
         return Err(invalid("a base URL cannot have a query"));
     }
     let path = uri.path().trim_end_matches('/');
-    Ok(format!("http://{authority}{path}"))
+    Ok(format!("{scheme}://{authority}{path}"))
 }
 
 /// `{base}/v1/stream/{name}`, `base` as returned by [`normalize_base`].
@@ -102,12 +96,15 @@ mod tests {
             normalize_base("http://ds.internal/prefix/").unwrap(),
             "http://ds.internal/prefix"
         );
+        assert_eq!(
+            normalize_base("https://ds.internal:8443/").unwrap(),
+            "https://ds.internal:8443"
+        );
     }
 
     #[test]
     fn bad_bases_are_invalid_urls() {
         for (base, why) in [
-            ("https://ds.example", "https is not supported yet"),
             ("ftp://ds.example", "unsupported scheme"),
             ("127.0.0.1:4437", "missing scheme"),
             ("http://ds.example/?a=b", "query"),

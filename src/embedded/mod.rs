@@ -9,8 +9,8 @@ mod ds_server;
 mod postgres;
 mod spawn;
 
-pub use ds_server::{DsServer, DsServerOptions};
-pub use postgres::{LocalPostgres, PostgresOptions, find_postgres_bin_dir};
+pub use ds_server::{DsServer, DsServerOptions, DsServerTls, RouterLayer};
+pub use postgres::{LocalPostgres, PostgresOptions, PostgresSsl, find_postgres_bin_dir};
 
 /// Errors of the embedded servers.
 #[derive(Debug, thiserror::Error)]

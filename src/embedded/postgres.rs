@@ -33,6 +33,22 @@ pub struct PostgresOptions {
     pub initdb_args: Vec<String>,
     /// The superuser created by initdb.
     pub superuser: String,
+    /// Serve TLS (`ssl = on`) with these files.
+    pub ssl: Option<PostgresSsl>,
+    /// `pg_hba.conf` lines replacing initdb's (e.g. `hostssl` only).
+    pub hba: Option<Vec<String>>,
+}
+
+/// TLS files of the cluster; they are copied into the cluster directory, owned by the
+/// server's user with the private key readable by it alone (PostgreSQL refuses others).
+#[derive(Debug, Clone)]
+pub struct PostgresSsl {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// CA whose client certificates the server accepts (`ssl_ca_file`, for `cert` auth).
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for PostgresOptions {
@@ -42,6 +58,8 @@ impl Default for PostgresOptions {
             settings: Vec::new(),
             initdb_args: Vec::new(),
             superuser: "postgres".into(),
+            ssl: None,
+            hba: None,
         }
     }
 }
@@ -132,6 +150,7 @@ impl LocalPostgres {
         let password = random_password();
         prepare_dir(dir.path(), owner, &password)?;
         initdb(&bin, dir.path(), owner, opts)?;
+        configure_access(dir.path(), owner, opts)?;
         let mut pg = LocalPostgres {
             dir: Some(dir),
             child: None,
@@ -188,6 +207,15 @@ impl LocalPostgres {
             ("full_page_writes".into(), "off".into()),
             ("shared_buffers".into(), "64MB".into()),
         ];
+        if opts.ssl.is_some() {
+            let file = |name: &str| dir.join("tls").join(name).display().to_string();
+            settings.push(("ssl".into(), "on".into()));
+            settings.push(("ssl_cert_file".into(), file("server.crt")));
+            settings.push(("ssl_key_file".into(), file("server.key")));
+            if opts.ssl.as_ref().is_some_and(|s| s.client_ca.is_some()) {
+                settings.push(("ssl_ca_file".into(), file("client-ca.crt")));
+            }
+        }
         settings.extend(opts.settings.iter().cloned());
         for (k, v) in &settings {
             cmd.arg("-c").arg(format!("{k}={v}"));
@@ -318,6 +346,45 @@ fn prepare_dir(dir: &Path, owner: Option<(u32, u32)>, password: &str) -> Result<
     }
     fs::set_permissions(dir.join("pwfile"), fs::Permissions::from_mode(0o600))
         .map_err(EmbeddedError::io("restricting the password file"))?;
+    Ok(())
+}
+
+/// Copies the TLS files into `dir/tls` and writes `pg_hba.conf`, all owned by the server's
+/// user.
+fn configure_access(
+    dir: &Path,
+    owner: Option<(u32, u32)>,
+    opts: &PostgresOptions,
+) -> Result<(), EmbeddedError> {
+    let give = |path: &Path, mode: u32| -> Result<(), EmbeddedError> {
+        let what = format!("preparing {}", path.display());
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .map_err(EmbeddedError::io(what.clone()))?;
+        }
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(EmbeddedError::io(what))
+    };
+    if let Some(ssl) = &opts.ssl {
+        let tls = dir.join("tls");
+        fs::create_dir(&tls).map_err(EmbeddedError::io("creating the TLS directory"))?;
+        give(&tls, 0o700)?;
+        let mut files = vec![(&ssl.cert, "server.crt"), (&ssl.key, "server.key")];
+        if let Some(ca) = &ssl.client_ca {
+            files.push((ca, "client-ca.crt"));
+        }
+        for (from, name) in files {
+            let to = tls.join(name);
+            fs::copy(from, &to)
+                .map_err(EmbeddedError::io(format!("copying {}", from.display())))?;
+            give(&to, 0o600)?;
+        }
+    }
+    if let Some(lines) = &opts.hba {
+        let path = dir.join("data").join("pg_hba.conf");
+        fs::write(&path, lines.join("\n") + "\n")
+            .map_err(EmbeddedError::io("writing pg_hba.conf"))?;
+        give(&path, 0o600)?;
+    }
     Ok(())
 }
 

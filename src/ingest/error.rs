@@ -40,7 +40,7 @@ impl IngestError {
             IngestError::InvalidStream { .. } => Some(
                 "Give the stream name as it appears after /v1/stream/ in its URL, without a leading or trailing '/'.".into(),
             ),
-            IngestError::Pg(_) => None,
+            IngestError::Pg(e) => e.hint(),
         }
     }
 }

@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::IngestError;
 pub use writer::WriterOptions;
 
-use crate::ds::{ClientOptions, DsClient, DsError};
+use crate::ds::{ClientOptions, DsAccess, DsClient, DsError};
 use crate::pg::PgTarget;
 
 /// Default largest message stored; larger ones become dead letters.
@@ -91,6 +91,26 @@ impl IngestConfig {
             max_event_bytes,
             writer: WriterOptions::default(),
         })
+    }
+}
+
+impl IngestConfig {
+    /// The same configuration with the DS server reached through `access` (TLS files and
+    /// the headers every request carries).
+    ///
+    /// # Errors
+    ///
+    /// [`DsError::Settings`] when the TLS files of an `https://` server cannot be read.
+    pub fn with_access(mut self, access: DsAccess) -> Result<IngestConfig, DsError> {
+        self.ds = DsClient::new(
+            self.ds.base_url(),
+            ClientOptions {
+                max_sse_event_bytes: sse_event_limit(self.max_event_bytes),
+                access,
+                ..ClientOptions::default()
+            },
+        )?;
+        Ok(self)
     }
 }
 

@@ -7,20 +7,28 @@
 
 pub mod ident;
 pub mod replication_session;
+pub mod ssl;
+pub mod tls_connect;
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{Host, SslMode as TpSslMode};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, Connection, Socket};
+
+use ssl::{SslMode, SslOptions, Step};
+use tls_connect::{RustlsConnect, RustlsStream};
 
 /// Application name ds-sync reports to the server (visible in `pg_stat_activity`).
 pub const APPLICATION_NAME: &str = "ds-sync";
 
 /// How long to wait for a TCP connection to the server before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A tokio-postgres connection of ds-sync (TLS or plain), to be driven by its owner.
+pub type PgConnection = Connection<Socket, RustlsStream<Socket>>;
 
 /// Errors of the Postgres layer.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +38,18 @@ pub enum PgError {
     InvalidUrl { reason: String },
     /// The server could not be reached or refused the login.
     #[error("could not connect to {target}: {reason}")]
-    Connect { target: String, reason: String },
+    Connect {
+        target: String,
+        reason: String,
+        hint: Option<String>,
+    },
+    /// The TLS settings cannot be used (a certificate or key file missing or unreadable).
+    #[error("could not connect to {target}: {source}")]
+    Tls {
+        target: String,
+        #[source]
+        source: crate::tls::TlsError,
+    },
     /// A statement failed.
     #[error("{context}: {reason}")]
     Query {
@@ -57,10 +76,22 @@ impl PgError {
             _ => None,
         }
     }
+
+    /// What to do about it, when there is something specific to say.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            PgError::Connect { hint, .. } => hint.clone(),
+            PgError::Tls { .. } => Some(
+                "Check the sslrootcert, sslcert and sslkey paths in the URL (or PGSSLROOTCERT, PGSSLCERT, PGSSLKEY): each must be a readable PEM file.".into(),
+            ),
+            _ => None,
+        }
+    }
 }
 
 /// A human description of a tokio-postgres error: the server's message, SQLSTATE, detail
-/// and hint for server errors; the whole cause chain otherwise.
+/// and hint for server errors; the certificate problem for a failed TLS handshake; the
+/// whole cause chain otherwise.
 pub fn describe(err: &tokio_postgres::Error) -> String {
     if let Some(db) = err.as_db_error() {
         let mut out = format!("{} (SQLSTATE {})", db.message(), db.code().code());
@@ -71,6 +102,9 @@ pub fn describe(err: &tokio_postgres::Error) -> String {
             out.push_str(&format!("; hint: {hint}"));
         }
         return out;
+    }
+    if let Some(problem) = crate::tls::certificate_problem(err) {
+        return format!("TLS handshake failed: {problem}");
     }
     error_chain(err)
 }
@@ -94,17 +128,38 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 #[derive(Clone)]
 pub struct PgTarget {
     config: Config,
+    ssl: SslOptions,
+}
+
+/// One failed connection attempt.
+struct Attempt {
+    step: Step,
+    tls_used: bool,
+    error: tokio_postgres::Error,
 }
 
 impl PgTarget {
-    /// Parses a `postgres://` / `postgresql://` URL or a `key=value` connection string.
+    /// Parses a `postgres://` / `postgresql://` URL or a `key=value` connection string,
+    /// TLS parameters included; the environment is not consulted.
     ///
     /// When the URL carries no password, `fallback_password` (e.g. `PGPASSWORD`) is used.
     pub fn parse(url: &str, fallback_password: Option<&str>) -> Result<Self, PgError> {
-        let mut config = Config::from_str(url).map_err(|e| PgError::InvalidUrl {
+        let env = |k: &str| (k == "PGPASSWORD").then(|| fallback_password.map(str::to_owned))?;
+        Self::parse_env(url, &env)
+    }
+
+    /// Parses a connection string the way libpq does with its environment: `PGPASSWORD`
+    /// for a password the string lacks, `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT` and
+    /// `PGSSLKEY` under the string's own TLS parameters, and the default certificate files
+    /// under `$HOME/.postgresql`.
+    pub fn parse_env(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, PgError> {
+        let extracted = ssl::extract(url);
+        let mut config = Config::from_str(&extracted.rest).map_err(|e| PgError::InvalidUrl {
             // The parser's messages name options and positions, never option values.
             reason: e.to_string(),
         })?;
+        let ssl = SslOptions::resolve(&extracted.ssl, env)
+            .map_err(|reason| PgError::InvalidUrl { reason })?;
         if config.get_hosts().is_empty() {
             return Err(PgError::InvalidUrl {
                 reason: "no host given (e.g. postgres://user@localhost:5432/db)".into(),
@@ -116,7 +171,7 @@ impl PgTarget {
             });
         }
         if config.get_password().is_none()
-            && let Some(pw) = fallback_password
+            && let Some(pw) = env("PGPASSWORD").filter(|p| !p.is_empty())
         {
             config.password(pw);
         }
@@ -126,12 +181,23 @@ impl PgTarget {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
-        Ok(PgTarget { config })
+        apply_keepalive_defaults(&mut config, &extracted.keys);
+        Ok(PgTarget { config, ssl })
     }
 
-    /// The tokio-postgres configuration.
+    /// The tokio-postgres configuration (TLS aside: see [`Self::ssl`]).
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The TLS settings.
+    pub fn ssl(&self) -> &SslOptions {
+        &self.ssl
+    }
+
+    /// Whether the first host is a Unix-domain socket directory (never TLS, as libpq).
+    pub fn is_unix_socket(&self) -> bool {
+        matches!(self.config.get_hosts().first(), Some(Host::Unix(_)))
     }
 
     /// First host name (or socket directory).
@@ -167,14 +233,7 @@ impl PgTarget {
 
     /// Opens a connection and drives it on a background task.
     pub async fn connect(&self) -> Result<Client, PgError> {
-        let (client, connection) =
-            self.config
-                .connect(NoTls)
-                .await
-                .map_err(|e| PgError::Connect {
-                    target: self.to_string(),
-                    reason: describe(&e),
-                })?;
+        let (client, connection) = self.connect_raw().await?;
         let target = self.to_string();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -183,31 +242,154 @@ impl PgTarget {
         });
         Ok(client)
     }
+
+    /// Opens a connection, TLS as `sslmode` says, and returns it for the caller to drive
+    /// (e.g. to receive notifications). Attempts follow libpq: `allow` tries plain first
+    /// and TLS when the server refuses; `prefer` tries TLS first and plain when the TLS
+    /// connection was refused or its handshake failed.
+    pub async fn connect_raw(&self) -> Result<(Client, PgConnection), PgError> {
+        let mut failed: Vec<Attempt> = Vec::new();
+        for &step in self.ssl.steps(self.is_unix_socket()) {
+            if let Some(last) = failed.last() {
+                let refused = last.error.as_db_error().is_some()
+                    || crate::tls::find_rustls_error(&last.error).is_some();
+                if !SslOptions::retry_after(last.step, last.tls_used, refused) {
+                    break;
+                }
+            }
+            match self.attempt(step).await? {
+                Ok(pair) => return Ok(pair),
+                Err(attempt) => failed.push(attempt),
+            }
+        }
+        Err(self.connect_error(&failed))
+    }
+
+    /// One attempt; the outer error is a TLS setting that cannot work at all.
+    async fn attempt(
+        &self,
+        step: Step,
+    ) -> Result<Result<(Client, PgConnection), Attempt>, PgError> {
+        let mut config = self.config.clone();
+        let tls = match step {
+            Step::Plain => {
+                config.ssl_mode(TpSslMode::Disable);
+                None
+            }
+            Step::TlsIfOffered | Step::Tls => {
+                config.ssl_mode(if step == Step::Tls {
+                    TpSslMode::Require
+                } else {
+                    TpSslMode::Prefer
+                });
+                Some(self.ssl.rustls_config().map_err(|source| PgError::Tls {
+                    target: self.to_string(),
+                    source,
+                })?)
+            }
+        };
+        let connector = RustlsConnect::new(tls);
+        Ok(match config.connect(connector.clone()).await {
+            Ok(pair) => Ok(pair),
+            Err(error) => Err(Attempt {
+                step,
+                tls_used: connector.tls_used(),
+                error,
+            }),
+        })
+    }
+
+    fn connect_error(&self, failed: &[Attempt]) -> PgError {
+        let label = |a: &Attempt| match (a.step, a.tls_used) {
+            (Step::Plain, _) | (Step::TlsIfOffered, false) => "without TLS",
+            _ => "with TLS",
+        };
+        let reason = match failed {
+            [only] => describe(&only.error),
+            many => many
+                .iter()
+                .map(|a| format!("{}: {}", label(a), describe(&a.error)))
+                .collect::<Vec<_>>()
+                .join("; then "),
+        };
+        PgError::Connect {
+            target: self.to_string(),
+            reason,
+            hint: failed.iter().find_map(|a| connect_hint(a, self.ssl.mode)),
+        }
+    }
+
+    /// The TLS settings as libpq environment variables, for child processes.
+    pub fn ssl_env(&self) -> Vec<(&'static str, String)> {
+        self.ssl.env_vars()
+    }
 }
 
-/// Shows the target as a URL without the password.
+/// ds-sync's keepalive ([`crate::keepalive`]) for every connection, unless the URL chose its
+/// own `keepalives*` settings.
+fn apply_keepalive_defaults(config: &mut Config, given: &[String]) {
+    let given = |k: &str| given.iter().any(|g| g == k);
+    if !given("keepalives") {
+        config.keepalives(true);
+    }
+    if !given("keepalives_idle") {
+        config.keepalives_idle(crate::keepalive::IDLE);
+    }
+    if !given("keepalives_interval") {
+        config.keepalives_interval(crate::keepalive::INTERVAL);
+    }
+    if !given("keepalives_retries") {
+        config.keepalives_retries(crate::keepalive::RETRIES);
+    }
+}
+
+/// A hint for a failed attempt: a certificate problem, or a plain connection refused by a
+/// server that wants TLS.
+fn connect_hint(a: &Attempt, mode: SslMode) -> Option<String> {
+    if let Some(e) = crate::tls::find_rustls_error(&a.error) {
+        return Some(tls_hint(e));
+    }
+    let refused_plain =
+        !a.tls_used && a.error.code() == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION);
+    (refused_plain && mode <= SslMode::Prefer).then(|| {
+        format!(
+            "The server refused a connection without TLS (sslmode={mode}); it may accept only TLS              (hostssl lines in pg_hba.conf). Set sslmode=verify-full with sslrootcert (or              sslmode=require) in the URL or PGSSLMODE."
+        )
+    })
+}
+
+/// What to do about a failed handshake.
+pub fn tls_hint(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+            "sslrootcert must name the PEM file of the CA that signed the server's certificate (or `system` for a publicly trusted one).".into()
+        }
+        rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            "Connect with a host name the server's certificate names, or use sslmode=verify-ca to check the chain only.".into()
+        }
+        rustls::Error::AlertReceived(_) => {
+            "Give a client certificate the server trusts with sslcert and sslkey (or PGSSLCERT and PGSSLKEY).".into()
+        }
+        _ => "Check the server's certificate and the sslmode, sslrootcert, sslcert and sslkey settings.".into(),
+    }
+}
+
+/// Shows the target as a URL without the password, with `sslmode` when it is not libpq's
+/// default `prefer`.
 impl fmt::Display for PgTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let host = self.host();
+        let (user, port, db) = (self.user(), self.port(), self.dbname());
         if host.starts_with('/') {
-            write!(
-                f,
-                "postgres://{}@[{}]:{}/{}",
-                self.user(),
-                host,
-                self.port(),
-                self.dbname()
-            )
+            write!(f, "postgres://{user}@[{host}]:{port}/{db}")?;
         } else {
-            write!(
-                f,
-                "postgres://{}@{}:{}/{}",
-                self.user(),
-                host,
-                self.port(),
-                self.dbname()
-            )
+            write!(f, "postgres://{user}@{host}:{port}/{db}")?;
         }
+        if self.ssl.mode != SslMode::Prefer {
+            write!(f, "?sslmode={}", self.ssl.mode)?;
+        }
+        Ok(())
     }
 }
 
@@ -252,6 +434,74 @@ mod tests {
             }
         }
         assert!(PgTarget::parse("postgres://alice:topsecret@h:notaport/db", None).is_err());
+    }
+
+    #[test]
+    fn libpq_tls_parameters_are_accepted() {
+        let t = PgTarget::parse(
+            "postgres://alice:s3cr3t@db.example/app?sslmode=verify-full&sslrootcert=/etc/ca.pem&sslcert=/c.pem&sslkey=/k.pem&application_name=x",
+            None,
+        )
+        .expect("the parameters tokio-postgres refuses are handled");
+        assert_eq!(t.ssl().mode, SslMode::VerifyFull);
+        assert_eq!(t.config().get_application_name(), Some("x"));
+        assert_eq!(
+            t.to_string(),
+            "postgres://alice@db.example:5432/app?sslmode=verify-full"
+        );
+        let kv = PgTarget::parse("host=h user=u sslmode=require password=pw", None).unwrap();
+        assert_eq!(kv.ssl().mode, SslMode::Require);
+        assert_eq!(kv.password().as_deref(), Some("pw"));
+    }
+
+    #[test]
+    fn the_environment_supplies_tls_settings_under_the_url() {
+        let env = |k: &str| match k {
+            "PGSSLMODE" => Some("disable".to_owned()),
+            "PGPASSWORD" => Some("envpw".to_owned()),
+            _ => None,
+        };
+        let t = PgTarget::parse_env("postgres://u@h/db", &env).unwrap();
+        assert_eq!(t.ssl().mode, SslMode::Disable);
+        assert_eq!(t.password().as_deref(), Some("envpw"));
+        let t = PgTarget::parse_env("postgres://u@h/db?sslmode=require", &env).unwrap();
+        assert_eq!(t.ssl().mode, SslMode::Require);
+        let t = PgTarget::parse("postgres://u@h/db", None).unwrap();
+        assert_eq!(
+            t.ssl().mode,
+            SslMode::Prefer,
+            "parse() reads no environment"
+        );
+    }
+
+    #[test]
+    fn keepalive_is_on_unless_the_url_sets_it() {
+        let t = PgTarget::parse("postgres://u@h/db", None).unwrap();
+        assert!(t.config().get_keepalives());
+        assert_eq!(t.config().get_keepalives_idle(), crate::keepalive::IDLE);
+        assert_eq!(
+            t.config().get_keepalives_interval(),
+            Some(crate::keepalive::INTERVAL)
+        );
+        assert_eq!(
+            t.config().get_keepalives_retries(),
+            Some(crate::keepalive::RETRIES)
+        );
+        let own = PgTarget::parse("postgres://u@h/db?keepalives_idle=7", None).unwrap();
+        assert_eq!(own.config().get_keepalives_idle(), Duration::from_secs(7));
+    }
+
+    #[test]
+    fn tls_parameter_errors_never_echo_the_password() {
+        for url in [
+            "postgres://alice:topsecret@h/db?sslmode=bogus",
+            "postgres://alice:topsecret@h/db?sslmode=verify-full",
+            "postgres://alice:topsecret@h/db?sslcert=/c.pem",
+            "host=h user=alice password=topsecret sslmode=verify-ca",
+        ] {
+            let e = PgTarget::parse(url, None).unwrap_err();
+            assert!(!e.to_string().contains("topsecret"), "{url}: {e}");
+        }
     }
 
     #[test]

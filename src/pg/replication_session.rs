@@ -31,6 +31,8 @@ use tokio_postgres::config::Host;
 
 use super::PgTarget;
 use super::ident::{NameError, quote, validate_slot_name};
+use super::ssl::{SslOptions, Step};
+use super::tls_connect::{handshake, server_name};
 
 /// An error the server sent, with the fields that matter for deciding and reporting.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -99,6 +101,21 @@ pub enum SessionError {
     Protocol { target: String, reason: String },
     #[error("replication session to {target}: the server closed the connection {context}")]
     Closed { target: String, context: String },
+    /// TLS was required and the server declined it, or the handshake failed (the reason
+    /// names the certificate problem).
+    #[error("replication session to {target}: TLS: {reason}")]
+    Tls {
+        target: String,
+        reason: String,
+        hint: Option<String>,
+    },
+    /// The TLS settings cannot be used (a certificate or key file).
+    #[error("replication session to {target}: {source}")]
+    TlsSettings {
+        target: String,
+        #[source]
+        source: crate::tls::TlsError,
+    },
     #[error(transparent)]
     InvalidName(#[from] NameError),
 }
@@ -110,6 +127,23 @@ impl SessionError {
             SessionError::Server { error, .. } => Some(&error.code),
             _ => None,
         }
+    }
+
+    /// What to do about it, when there is something specific to say.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            SessionError::Tls { hint, .. } => hint.clone(),
+            SessionError::TlsSettings { .. } => Some(
+                "Check the sslrootcert, sslcert and sslkey paths: each must be a readable PEM file.".into(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// The server was reached and refused (login error, failed handshake): libpq's
+    /// `allow`/`prefer` then try the other way.
+    fn refused(&self) -> bool {
+        matches!(self, SessionError::Auth { .. } | SessionError::Tls { .. })
     }
 }
 
@@ -290,31 +324,58 @@ pub struct ReplicationSession {
 }
 
 impl ReplicationSession {
-    /// Connects and logs in with `replication=database`.
+    /// Connects and logs in with `replication=database`, TLS as the target's `sslmode`
+    /// says (the attempts of [`SslOptions::steps`]). When attempts fail, the error of the
+    /// one that used TLS is returned: it says more than a plain connection's refusal.
     pub async fn connect(target: &PgTarget) -> Result<ReplicationSession, SessionError> {
+        let mut failed: Vec<(Step, bool, SessionError)> = Vec::new();
+        for &step in target.ssl().steps(target.is_unix_socket()) {
+            if let Some((last, tls_used, e)) = failed.last()
+                && !SslOptions::retry_after(*last, *tls_used, e.refused())
+            {
+                break;
+            }
+            match Self::attempt(target, step).await {
+                Ok(session) => return Ok(session),
+                Err((tls_used, e)) => failed.push((step, tls_used, e)),
+            }
+        }
+        let pick = failed.iter().rposition(|(_, tls_used, _)| *tls_used);
+        let index = pick.unwrap_or(failed.len().saturating_sub(1));
+        Err(failed.swap_remove(index).2)
+    }
+
+    /// One attempt; the flag says whether TLS was used.
+    async fn attempt(
+        target: &PgTarget,
+        step: Step,
+    ) -> Result<ReplicationSession, (bool, SessionError)> {
         let name = target.to_string();
         let timeout = target
             .config()
             .get_connect_timeout()
             .copied()
             .unwrap_or(Duration::from_secs(10));
-        let io = tokio::time::timeout(timeout, open(target))
+        let (io, tls_used) = tokio::time::timeout(timeout, open(target, step))
             .await
-            .map_err(|_| SessionError::Connect {
-                target: name.clone(),
-                reason: format!("timed out after {timeout:?}"),
+            .map_err(|_| {
+                let reason = format!("timed out after {timeout:?}");
+                (
+                    false,
+                    SessionError::Connect {
+                        target: name.clone(),
+                        reason,
+                    },
+                )
             })?
-            .map_err(|e| SessionError::Connect {
-                target: name.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| (false, e))?;
         let mut session = ReplicationSession {
             io,
             buf: BytesMut::with_capacity(8192),
             target: name,
             server_version_num: 0,
         };
-        session.login(target).await?;
+        session.login(target).await.map_err(|e| (tls_used, e))?;
         Ok(session)
     }
 
@@ -459,17 +520,80 @@ impl ReplicationSession {
     }
 }
 
-async fn open(target: &PgTarget) -> std::io::Result<Box<dyn Io>> {
-    match target.config().get_hosts().first() {
-        Some(Host::Unix(dir)) => {
-            let path = dir.join(format!(".s.PGSQL.{}", target.port()));
-            Ok(Box::new(tokio::net::UnixStream::connect(path).await?))
+/// Opens the socket (keepalive on) and, for TLS steps, sends the SSLRequest and does the
+/// handshake. Returns the stream and whether it is TLS.
+async fn open(target: &PgTarget, step: Step) -> Result<(Box<dyn Io>, bool), SessionError> {
+    let name = target.to_string();
+    let connect_error = |e: std::io::Error| SessionError::Connect {
+        target: name.clone(),
+        reason: e.to_string(),
+    };
+    if let Some(Host::Unix(dir)) = target.config().get_hosts().first() {
+        let path = dir.join(format!(".s.PGSQL.{}", target.port()));
+        let stream = tokio::net::UnixStream::connect(path)
+            .await
+            .map_err(connect_error)?;
+        return Ok((Box::new(stream), false));
+    }
+    let config =
+        match step {
+            Step::Plain => None,
+            Step::Tls | Step::TlsIfOffered => Some(target.ssl().rustls_config().map_err(
+                |source| SessionError::TlsSettings {
+                    target: name.clone(),
+                    source,
+                },
+            )?),
+        };
+    let mut stream = tokio::net::TcpStream::connect((target.host(), target.port()))
+        .await
+        .map_err(connect_error)?;
+    stream.set_nodelay(true).map_err(connect_error)?;
+    crate::keepalive::enable(&stream).map_err(connect_error)?;
+    let Some(config) = config else {
+        return Ok((Box::new(stream), false));
+    };
+    if !ssl_request(&mut stream).await.map_err(connect_error)? {
+        if step == Step::TlsIfOffered {
+            return Ok((Box::new(stream), false));
         }
-        _ => {
-            let stream = tokio::net::TcpStream::connect((target.host(), target.port())).await?;
-            stream.set_nodelay(true)?;
-            Ok(Box::new(stream))
-        }
+        return Err(SessionError::Tls {
+            target: name,
+            reason: format!(
+                "the server does not accept TLS connections, and sslmode={} requires TLS",
+                target.ssl().mode
+            ),
+            hint: Some("Turn ssl on in the server's configuration, or lower sslmode.".into()),
+        });
+    }
+    let host = server_name(&target.host()).map_err(connect_error)?;
+    match handshake(stream, config, host).await {
+        Ok(tls) => Ok((Box::new(tls), true)),
+        Err(e) => Err(SessionError::Tls {
+            target: name,
+            hint: crate::tls::find_rustls_error(&e).map(super::tls_hint),
+            reason: crate::tls::certificate_problem(&e).map_or_else(
+                || format!("handshake failed: {e}"),
+                |p| format!("handshake failed: {p}"),
+            ),
+        }),
+    }
+}
+
+/// Sends an SSLRequest; `true` when the server answers `S` (go on with TLS).
+async fn ssl_request(stream: &mut tokio::net::TcpStream) -> std::io::Result<bool> {
+    let mut buf = BytesMut::new();
+    frontend::ssl_request(&mut buf);
+    stream.write_all(&buf).await?;
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => Ok(true),
+        b'N' => Ok(false),
+        other => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("unexpected answer {other:#04x} to the SSLRequest"),
+        )),
     }
 }
 

@@ -206,6 +206,16 @@ impl CaptureProcess {
     /// Starts `ds-sync run` for `db` against the DS server at `ds_url`, with a slot and
     /// publication named after the database.
     pub async fn start(db: &TestDb, ds_url: &str, args: &[&str]) -> CaptureProcess {
+        Self::start_with_env(db, ds_url, args, &[]).await
+    }
+
+    /// [`Self::start`] with more environment variables.
+    pub async fn start_with_env(
+        db: &TestDb,
+        ds_url: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> CaptureProcess {
         let log = tempfile::NamedTempFile::new().expect("capture log file");
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ds-sync"));
         cmd.arg("run")
@@ -218,6 +228,7 @@ impl CaptureProcess {
                 "RUST_LOG",
                 std::env::var("DS_SYNC_TEST_LOG").unwrap_or_else(|_| "ds_sync=debug".into()),
             )
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(log.reopen().expect("capture log file"))
             .kill_on_drop(true);

@@ -182,18 +182,48 @@ fn cli_value<T>(matches: &ArgMatches, id: &str, value: Option<T>) -> CliValue<T>
 /// Logs go to stderr (stdout carries command output), filtered by `RUST_LOG`. The in-process
 /// DS server (`dev`, `bench`) logs every 404 as a warning; readers polling for a stream that
 /// does not exist yet make those routine, so only its errors are shown by default.
+///
+/// Text lines are coloured only when stderr is a terminal and `NO_COLOR` is unset or empty,
+/// so files, pipes and `docker logs` get plain text. JSON is one object per line with the
+/// event's fields at the top level (see [`JSON_LOG_FIELDS`]).
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("ds_sync=info,durable_streams_server=error,warn"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour_logs(std::io::stderr().is_terminal(), no_color));
     let result = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
     };
     if let Err(e) = result {
         eprintln!("warning: logging not initialised: {e}");
+    }
+}
+
+/// The keys of a JSON log line, documented in the README for log shippers.
+pub const JSON_LOG_FIELDS: [&str; 4] = ["timestamp", "level", "target", "message"];
+
+/// Colour (ANSI escapes) only for a person at a terminal who did not ask for none.
+fn colour_logs(stderr_is_terminal: bool, no_color: bool) -> bool {
+    stderr_is_terminal && !no_color
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(super::colour_logs(true, false));
+        assert!(!super::colour_logs(false, false));
+        assert!(!super::colour_logs(true, true));
     }
 }

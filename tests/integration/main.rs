@@ -19,6 +19,7 @@ mod ingest_kit;
 mod ingest_scale;
 mod init;
 mod keepalive;
+mod logs;
 mod publication;
 mod resnapshot;
 mod slot;

@@ -1,9 +1,12 @@
 //! Integration tests: every test runs against a real PostgreSQL cluster (one per test
 //! binary, a fresh database per test) and, where it needs one, a real Durable Streams server
-//! started in-process. CLI tests run the `ds-sync` binary itself.
+//! started in-process. CLI tests run the `ds-sync` binary itself; end-to-end tests read the
+//! streams with the official TypeScript client (`official_client`, node).
 
 mod kit;
+mod official_client;
 
+mod app_writes;
 mod bench;
 mod capture;
 mod capture_faults;
@@ -16,7 +19,12 @@ mod ingest_cli;
 mod ingest_kit;
 mod ingest_scale;
 mod init;
+mod partitions;
 mod publication;
+mod publication_rules;
 mod resnapshot;
+mod server_errors;
 mod slot;
 mod snapshot;
+mod stream_names;
+mod whole_rows;

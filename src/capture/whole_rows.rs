@@ -34,7 +34,7 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 #[derive(Debug, Default)]
 pub struct WholeRows {
     /// Per table oid: when its incomplete updates were last reported, and how many since.
-    warned: Mutex<HashMap<u32, (Instant, u64)>>,
+    warned: Mutex<HashMap<u32, (Option<Instant>, u64)>>,
 }
 
 impl WholeRows {
@@ -97,15 +97,16 @@ impl WholeRows {
         };
         let now = Instant::now();
         let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = warned
-            .entry(table.relation.oid)
-            .or_insert((now - WARN_EVERY, 0));
+        let entry = warned.entry(table.relation.oid).or_insert((None, 0));
         entry.1 += 1;
-        if now.duration_since(entry.0) < WARN_EVERY {
+        if entry
+            .0
+            .is_some_and(|last| now.duration_since(last) < WARN_EVERY)
+        {
             return;
         }
         let count = std::mem::take(&mut entry.1);
-        entry.0 = now;
+        entry.0 = Some(now);
         let columns: Vec<&str> = columns.iter().filter_map(|c| c.as_str()).collect();
         let name = table.qualified_name();
         tracing::warn!(

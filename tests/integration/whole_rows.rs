@@ -165,3 +165,68 @@ async fn a_table_added_to_the_publication_while_streaming_gets_whole_rows_too() 
     assert_eq!(state.rows("docs").len(), 21);
     capture.stop_ok().await;
 }
+
+/// An existing slot holds updates written before the table became FULL: they reach clients
+/// without the unchanged value (never null), capture says so and how to repair, and
+/// `ds-sync snapshot --table` repairs it.
+#[tokio::test]
+async fn updates_written_before_full_are_reported_and_a_snapshot_makes_them_whole() {
+    let Scenario {
+        server,
+        db,
+        sql,
+        pg: _pg,
+        ..
+    } = scenario("whole_backlog", DOCS, DsServerOptions::default()).await;
+    let base = server.url();
+    let slot = db.slot("cap");
+    db.ds_sync(&[
+        "publication",
+        "create",
+        "cap_pub",
+        "--tables",
+        "docs",
+        "--toast",
+        "partial",
+    ])
+    .await
+    .ok();
+    db.ds_sync(&["slot", "create", &slot]).await.ok();
+    sql.batch_execute("UPDATE docs SET title = 'before' WHERE id <= 5")
+        .await
+        .unwrap();
+    let capture = start_streaming(&db, &base, &[]).await;
+    capture
+        .wait_log("updates reached clients without unchanged TOASTed values")
+        .await;
+    assert!(
+        capture
+            .log()
+            .contains("ds-sync snapshot --table public.docs"),
+        "the warning names the fix:\n{}",
+        capture.log()
+    );
+    let partial = official_client::try_read(&base, "pg-docs", &[])
+        .await
+        .unwrap();
+    let rows = partial.rows("docs");
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert!(
+        rows.values()
+            .all(|r| r.get("body").is_none() && r["title"] == "before"),
+        "left out, never null: {rows:?}"
+    );
+    db.ds_sync(&[
+        "snapshot",
+        "--table",
+        "docs",
+        "--slot",
+        &slot,
+        "--publication",
+        "cap_pub",
+    ])
+    .await
+    .ok();
+    wait_table(&base, "pg-docs", "docs", &sql, "docs", &capture).await;
+    capture.stop_ok().await;
+}

@@ -324,6 +324,28 @@ async fn partitions_published_on_their_own_are_refused_with_the_fix() {
         "{}",
         refused.stderr
     );
+    // `run` refuses such a publication before it creates a slot.
+    let slot = db.slot("parts");
+    let run = db
+        .ds_sync(&[
+            "run",
+            "--publication",
+            "old",
+            "--slot",
+            &slot,
+            "--ds-server-url",
+            "http://127.0.0.1:9",
+            "--no-ingest",
+        ])
+        .await
+        .expect_code(1);
+    assert!(
+        run.stderr.contains(
+            "changes to public.ev_2025, public.ev_2026 would reach streams named after each partition"
+        ),
+        "{}",
+        run.stderr
+    );
 }
 
 #[tokio::test]

@@ -75,6 +75,9 @@ pub struct IngestFile {
 #[serde(deny_unknown_fields)]
 pub struct CaptureFile {
     pub tables: Option<Vec<String>>,
+    pub insert_only: Option<Vec<String>>,
+    pub toast: Option<crate::publication::ToastMode>,
+    pub keep_replica_identity: Option<bool>,
     pub stream_template: Option<String>,
     /// Table → stream template.
     pub routes: Option<std::collections::BTreeMap<String, String>>,

@@ -68,6 +68,7 @@ mod readme_tests {
                 crate::capture::message::UNCHANGED_TOAST_DOC,
             ),
             ("STREAM_NAME_DOC", crate::capture::route::STREAM_NAME_DOC),
+            ("TOAST_MODE_DOC", crate::publication::TOAST_MODE_DOC),
         ] {
             assert!(
                 readme.contains(&flat(doc)),

@@ -1,12 +1,33 @@
 //! Publication management: which tables (and which rows and columns of them) the slot
-//! decodes.
+//! decodes, and what those tables need so that publishing them never breaks the
+//! application's writes.
 //!
-//! `show` also reports each table's replica identity, because it decides what UPDATE and
-//! DELETE messages carry: with `default` and no primary key, or `nothing`, deletes carry no
-//! key at all; only `full` carries the whole old row (and so the values of unchanged TOAST
-//! columns).
+//! ```text
+//!  --tables a,b       ──▶ publication NAME              publish insert, update, delete, truncate
+//!  --insert-only log  ──▶ publication NAME_insert_only  publish insert, truncate
+//!                          both WITH (publish_via_partition_root = true); one slot decodes both
+//! ```
+//!
+//! * **Insert-only tables.** A publication's `publish` list applies to all its tables, and
+//!   PostgreSQL refuses UPDATE and DELETE on a table without a replica identity while any of
+//!   its publications publishes them. A table published insert-only therefore goes to a
+//!   second publication, `NAME_insert_only`, that publishes only INSERT and TRUNCATE; capture
+//!   asks pgoutput for both (`publication_names 'NAME,NAME_insert_only'`). It is created with
+//!   `NAME`, before any slot decodes WAL: pgoutput before PostgreSQL 18 stops with "publication
+//!   does not exist" when it decodes a change from before a publication it was asked for.
+//! * **Partitioned tables** are published as the table the application writes to
+//!   (`publish_via_partition_root = true`): changes to any partition arrive as the partitioned
+//!   table's, with its name and key. A publication that already publishes partitions on their
+//!   own is refused with the fix rather than changed, since that would move their streams.
+//! * **Checks before changes** ([`identity`]): a table whose UPDATE and DELETE would fail once
+//!   published is refused with the fix before the publication is touched; tables whose updates
+//!   could lose TOASTed values get REPLICA IDENTITY FULL (logged), unless the caller accepts
+//!   partial updates or forbids changes to tables.
 
-use serde::Serialize;
+pub mod identity;
+mod membership;
+mod show;
+
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
@@ -15,6 +36,10 @@ use crate::pg::ident::{
     LookupError, NameError, TableRef, check_row_filter, quote, resolve_table,
     validate_publication_name,
 };
+
+pub use identity::{IdentityPolicy, Refusal, TOAST_MODE_DOC, ToastMode};
+pub use membership::{add, create, ensure};
+pub use show::{PublicationInfo, PublishedTable, show};
 
 /// Errors of publication management.
 #[derive(Debug, thiserror::Error)]
@@ -27,12 +52,57 @@ pub enum PublicationError {
     AlreadyExists(String),
     #[error("no tables given")]
     NoTables,
-    #[error("--{option} names table '{table}', which is not in --tables")]
+    #[error("--{option} names table '{table}', which is not in --tables or --insert-only")]
     OptionForUnlistedTable { option: &'static str, table: String },
+    #[error("table {0} is named both in --tables and in --insert-only")]
+    ListedTwice(String),
+    #[error(
+        "table {table} is published {now} in publication '{publication}'; it cannot also be \
+         published {asked}"
+    )]
+    PublishedOtherwise {
+        table: String,
+        publication: String,
+        now: &'static str,
+        asked: &'static str,
+    },
+    #[error(
+        "publication '{0}' publishes all tables (FOR ALL TABLES): no table can be added to it \
+         or published insert-only beside it"
+    )]
+    AllTables(String),
+    #[error(
+        "publication '{publication}' publishes partitions as tables of their own \
+         (publish_via_partition_root is off): changes to {tables} would reach streams named \
+         after each partition, with the partition's name as type"
+    )]
+    PartitionsSeparately { publication: String, tables: String },
+    #[error(
+        "insert-only tables go to publication '{companion}', which does not exist yet, while \
+         slot '{slot}' already decodes WAL written before it: PostgreSQL (before 18) stops \
+         decoding when a publication it is asked for did not exist at the decoded position"
+    )]
+    CompanionAfterSlot { companion: String, slot: String },
+    #[error("{}", refused_message(.0))]
+    Refused(Vec<Refusal>),
     #[error(transparent)]
     Lookup(#[from] LookupError),
     #[error(transparent)]
     Pg(#[from] PgError),
+}
+
+fn refused_message(refusals: &[Refusal]) -> String {
+    match refusals {
+        [one] => one.to_string(),
+        many => {
+            let lines: Vec<String> = many.iter().map(|r| format!("  - {r}")).collect();
+            format!(
+                "{} tables cannot be published as asked:\n{}",
+                many.len(),
+                lines.join("\n")
+            )
+        }
+    }
 }
 
 impl PublicationError {
@@ -46,6 +116,29 @@ impl PublicationError {
                 "Use `ds-sync publication add` to add tables to an existing publication.".into(),
             ),
             PublicationError::NoTables => Some("Name tables with --tables a,b.".into()),
+            PublicationError::PublishedOtherwise { table, publication, .. } => Some(format!(
+                "Remove it first (`ds-sync publication remove {publication} --tables {table}` \
+                 removes it from either), then add it the other way."
+            )),
+            PublicationError::AllTables(_) => Some(
+                "Use a publication of listed tables (ds-sync publication create NAME --tables ...).".into(),
+            ),
+            PublicationError::PartitionsSeparately { publication, .. } => Some(format!(
+                "Publish partitions through their partitioned table: ALTER PUBLICATION \
+                 \"{publication}\" SET (publish_via_partition_root = true) (capture then sends \
+                 their changes as the partitioned table's, and snapshots it when it first sees \
+                 it); or remove the partitioned tables from the publication."
+            )),
+            PublicationError::CompanionAfterSlot { slot, .. } => Some(format!(
+                "Give the table a primary key or a replica identity and publish it with \
+                 --tables instead; or drop the slot (`ds-sync slot drop {slot}`) and run again \
+                 with --insert-only: ds-sync then creates the publication before the slot and \
+                 takes a new snapshot."
+            )),
+            PublicationError::Refused(refusals) => {
+                let hints: Vec<String> = refusals.iter().map(Refusal::hint).collect();
+                Some(hints.join("\n"))
+            }
             _ => None,
         }
     }
@@ -59,96 +152,117 @@ pub struct TableSpec {
     pub columns: Option<Vec<String>>,
 }
 
-/// Creates a publication for the given tables.
-pub async fn create(
-    client: &Client,
-    name: &str,
-    tables: &[TableSpec],
-) -> Result<(), PublicationError> {
-    validate_publication_name(name)?;
-    let list = table_list(client, tables).await?;
-    let sql = format!("CREATE PUBLICATION {} FOR TABLE {list}", quote(name));
-    client
-        .execute(sql.as_str(), &[])
-        .await
-        .map_err(|e| match e.code() {
-            Some(&SqlState::DUPLICATE_OBJECT) => PublicationError::AlreadyExists(name.to_string()),
-            _ => PgError::query(format!("creating publication '{name}'"), &e).into(),
-        })?;
-    Ok(())
+impl TableSpec {
+    /// A whole table, every row and column.
+    pub fn named(table: &str) -> TableSpec {
+        TableSpec {
+            table: table.to_owned(),
+            ..TableSpec::default()
+        }
+    }
 }
 
-/// Adds tables to a publication.
-pub async fn add(
-    client: &Client,
-    name: &str,
-    tables: &[TableSpec],
-) -> Result<(), PublicationError> {
-    alter(client, name, "ADD", tables).await
+/// Tables to publish and what may be done to them.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// Published with inserts, updates, deletes and TRUNCATE.
+    pub tables: Vec<TableSpec>,
+    /// Published with inserts and TRUNCATE only (the companion publication).
+    pub insert_only: Vec<TableSpec>,
+    pub policy: IdentityPolicy,
 }
 
-/// Removes tables from a publication (filters and column lists do not apply here).
+/// What a create, add or ensure did, for the command's output and logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub created: bool,
+    /// Tables added to either publication.
+    pub added: Vec<String>,
+    /// Tables and partitions set to REPLICA IDENTITY FULL.
+    pub full: Vec<String>,
+    /// `publish_via_partition_root` was turned on.
+    pub via_root: bool,
+}
+
+/// Suffix of the companion publication of insert-only tables.
+pub const INSERT_ONLY_SUFFIX: &str = "_insert_only";
+
+/// The companion publication of `name`: its insert-only tables.
+pub fn insert_only_name(name: &str) -> String {
+    format!("{name}{INSERT_ONLY_SUFFIX}")
+}
+
+/// The publications a slot decodes for `name`: `name`, and its insert-only companion when
+/// it exists.
+pub async fn decoded_names(client: &Client, name: &str) -> Result<Vec<String>, PublicationError> {
+    let companion = insert_only_name(name);
+    let mut names = vec![name.to_owned()];
+    if show::flags(client, &companion).await?.is_some() {
+        names.push(companion);
+    }
+    Ok(names)
+}
+
+/// Removes tables from a publication or its insert-only companion, wherever each is
+/// (filters and column lists do not apply here).
 pub async fn remove(
     client: &Client,
     name: &str,
     tables: &[String],
 ) -> Result<(), PublicationError> {
-    let specs: Vec<TableSpec> = tables
-        .iter()
-        .map(|t| TableSpec {
-            table: t.clone(),
-            ..TableSpec::default()
-        })
-        .collect();
-    alter(client, name, "DROP", &specs).await
-}
-
-async fn alter(
-    client: &Client,
-    name: &str,
-    action: &str,
-    tables: &[TableSpec],
-) -> Result<(), PublicationError> {
-    validate_publication_name(name)?;
-    let list = table_list(client, tables).await?;
-    let sql = format!("ALTER PUBLICATION {} {action} TABLE {list}", quote(name));
-    client
-        .execute(sql.as_str(), &[])
-        .await
-        .map_err(|e| match e.code() {
-            Some(&SqlState::UNDEFINED_OBJECT) => PublicationError::NotFound(name.to_string()),
-            _ => PgError::query(format!("altering publication '{name}'"), &e).into(),
-        })?;
+    let info = show(client, name).await?;
+    let companion = insert_only_name(name);
+    for raw in tables {
+        let table = resolve_table(client, raw).await?;
+        let owner = match info.table(&table.schema, &table.name) {
+            Some(t) if t.insert_only => companion.as_str(),
+            _ => name,
+        };
+        let sql = format!(
+            "ALTER PUBLICATION {} DROP TABLE {}",
+            quote(owner),
+            table.quoted()
+        );
+        execute(client, &sql, owner, "altering").await?;
+    }
     Ok(())
 }
 
-/// Drops a publication.
+/// Drops a publication and its insert-only companion.
 pub async fn drop(client: &Client, name: &str) -> Result<(), PublicationError> {
     validate_publication_name(name)?;
-    let sql = format!("DROP PUBLICATION {}", quote(name));
-    client
-        .execute(sql.as_str(), &[])
-        .await
-        .map_err(|e| match e.code() {
-            Some(&SqlState::UNDEFINED_OBJECT) => PublicationError::NotFound(name.to_string()),
-            _ => PgError::query(format!("dropping publication '{name}'"), &e).into(),
-        })?;
+    let companion = insert_only_name(name);
+    execute(
+        client,
+        &format!("DROP PUBLICATION {}", quote(name)),
+        name,
+        "dropping",
+    )
+    .await?;
+    if show::flags(client, &companion).await?.is_some() {
+        let sql = format!("DROP PUBLICATION {}", quote(&companion));
+        execute(client, &sql, &companion, "dropping").await?;
+    }
     Ok(())
 }
 
-/// Builds `"s"."t" (cols) WHERE (filter), ...` from resolved, quoted names.
-async fn table_list(client: &Client, tables: &[TableSpec]) -> Result<String, PublicationError> {
-    if tables.is_empty() {
-        return Err(PublicationError::NoTables);
-    }
-    let mut parts = Vec::with_capacity(tables.len());
-    for spec in tables {
-        let table = resolve_table(client, &spec.table).await?;
-        parts.push(table_clause(&table, spec)?);
-    }
-    Ok(parts.join(", "))
+/// Runs one publication statement (extended protocol: a single statement only), mapping
+/// the server's codes for a missing or duplicate publication.
+async fn execute(
+    client: &Client,
+    sql: &str,
+    publication: &str,
+    doing: &str,
+) -> Result<(), PublicationError> {
+    client.execute(sql, &[]).await.map_err(|e| match e.code() {
+        Some(&SqlState::UNDEFINED_OBJECT) => PublicationError::NotFound(publication.into()),
+        Some(&SqlState::DUPLICATE_OBJECT) => PublicationError::AlreadyExists(publication.into()),
+        _ => PgError::query(format!("{doing} publication '{publication}'"), &e).into(),
+    })?;
+    Ok(())
 }
 
+/// `"s"."t" (cols) WHERE (filter)` from a resolved, quoted name.
 fn table_clause(table: &TableRef, spec: &TableSpec) -> Result<String, PublicationError> {
     let mut clause = table.quoted();
     if let Some(columns) = &spec.columns {
@@ -166,140 +280,6 @@ fn table_clause(table: &TableRef, spec: &TableSpec) -> Result<String, Publicatio
         clause.push_str(&format!(" WHERE ({filter})"));
     }
     Ok(clause)
-}
-
-/// What `show` reports about a publication.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct PublicationInfo {
-    pub name: String,
-    pub all_tables: bool,
-    /// Operations published: insert, update, delete, truncate.
-    pub operations: Vec<String>,
-    pub tables: Vec<PublishedTable>,
-}
-
-/// One table of a publication.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct PublishedTable {
-    pub schema: String,
-    pub table: String,
-    /// The row filter expression, as the server deparses it.
-    pub row_filter: Option<String>,
-    /// The column list; `None` means every column.
-    pub columns: Option<Vec<String>>,
-    /// `default`, `nothing`, `full` or `index`.
-    pub replica_identity: String,
-    /// The key the replica identity uses: the primary key or the chosen index, if any.
-    pub identity_index: Option<String>,
-    /// A warning when UPDATE/DELETE will not carry a usable key.
-    pub warning: Option<String>,
-}
-
-/// Describes a publication.
-pub async fn show(client: &Client, name: &str) -> Result<PublicationInfo, PublicationError> {
-    validate_publication_name(name)?;
-    let row = client
-        .query_opt(
-            "SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate \
-             FROM pg_publication WHERE pubname = $1::text",
-            &[&name],
-        )
-        .await
-        .map_err(|e| PgError::query(format!("reading publication '{name}'"), &e))?
-        .ok_or_else(|| PublicationError::NotFound(name.to_string()))?;
-    let mut operations = Vec::new();
-    for (i, op) in ["insert", "update", "delete", "truncate"]
-        .iter()
-        .enumerate()
-    {
-        if row.get::<_, bool>(i + 1) {
-            operations.push(op.to_string());
-        }
-    }
-    Ok(PublicationInfo {
-        name: name.to_string(),
-        all_tables: row.get(0),
-        operations,
-        tables: published_tables(client, name).await?,
-    })
-}
-
-/// Row filters and column lists exist from PostgreSQL 15 on; on 14 they are reported empty.
-async fn published_tables(
-    client: &Client,
-    name: &str,
-) -> Result<Vec<PublishedTable>, PublicationError> {
-    let version: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .map_err(|e| PgError::query("reading the server version", &e))?
-        .get(0);
-    let (filter, columns) = if version >= 150000 {
-        (
-            "pt.rowfilter",
-            "CASE WHEN pr.prattrs IS NULL THEN NULL ELSE pt.attnames::text[] END",
-        )
-    } else {
-        ("NULL::text", "NULL::text[]")
-    };
-    let sql = format!(
-        "SELECT pt.schemaname::text, pt.tablename::text, {filter}, {columns}, \
-                c.relreplident::text, \
-                (SELECT i.indexrelid::regclass::text FROM pg_index i \
-                  WHERE i.indrelid = c.oid AND ((c.relreplident = 'i' AND i.indisreplident) \
-                     OR (c.relreplident = 'd' AND i.indisprimary))) \
-         FROM pg_publication_tables pt \
-         JOIN pg_namespace n ON n.nspname = pt.schemaname \
-         JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
-         JOIN pg_publication p ON p.pubname = pt.pubname \
-         LEFT JOIN pg_publication_rel pr ON pr.prpubid = p.oid AND pr.prrelid = c.oid \
-         WHERE pt.pubname = $1::text ORDER BY 1, 2"
-    );
-    let rows = client
-        .query(sql.as_str(), &[&name])
-        .await
-        .map_err(|e| PgError::query(format!("reading the tables of publication '{name}'"), &e))?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let ident: String = r.get(4);
-            let index: Option<String> = r.get(5);
-            let (replica_identity, warning) = describe_identity(&ident, index.is_some());
-            PublishedTable {
-                schema: r.get(0),
-                table: r.get(1),
-                row_filter: r.get(2),
-                columns: r.get(3),
-                replica_identity,
-                identity_index: index,
-                warning,
-            }
-        })
-        .collect())
-}
-
-fn describe_identity(relreplident: &str, has_index: bool) -> (String, Option<String>) {
-    let name = match relreplident {
-        "d" => "default",
-        "n" => "nothing",
-        "f" => "full",
-        "i" => "index",
-        other => other,
-    };
-    let warning = match (relreplident, has_index) {
-        ("d", false) => Some(
-            "no primary key: UPDATE and DELETE on this table fail while it is published; \
-             add a primary key or set REPLICA IDENTITY FULL"
-                .to_string(),
-        ),
-        ("n", _) => Some(
-            "replica identity NOTHING: UPDATE and DELETE fail while it is published; \
-             set REPLICA IDENTITY DEFAULT (with a primary key) or FULL"
-                .to_string(),
-        ),
-        _ => None,
-    };
-    (name.to_string(), warning)
 }
 
 /// Parses `TABLE=VALUE` from `--row-filter` / `--columns`: the table is everything before the
@@ -321,6 +301,26 @@ pub fn split_table_option(raw: &str) -> Option<(String, String)> {
         }
     }
     None
+}
+
+/// Combines `--tables` and `--insert-only` with `--row-filter T=EXPR` and `--columns T=a,b`
+/// into a request.
+pub fn build_request(
+    tables: &[String],
+    insert_only: &[String],
+    row_filters: &[(String, String)],
+    column_lists: &[(String, String)],
+    policy: IdentityPolicy,
+) -> Result<Request, PublicationError> {
+    let all = build_specs(&[tables, insert_only].concat(), row_filters, column_lists)?;
+    let (insert_only, tables) = all
+        .into_iter()
+        .partition(|spec| insert_only.contains(&spec.table));
+    Ok(Request {
+        tables,
+        insert_only,
+        policy,
+    })
 }
 
 /// Combines `--tables`, `--row-filter T=EXPR` and `--columns T=a,b` into table specs.
@@ -413,13 +413,5 @@ mod tests {
             ..spec
         };
         assert!(table_clause(&t, &bad).is_err());
-    }
-
-    #[test]
-    fn identity_warnings() {
-        assert!(describe_identity("d", false).1.is_some());
-        assert!(describe_identity("d", true).1.is_none());
-        assert_eq!(describe_identity("f", false), ("full".into(), None));
-        assert!(describe_identity("n", false).1.is_some());
     }
 }

@@ -43,14 +43,18 @@ pub enum CaptureError {
         #[source]
         source: DsError,
     },
+    /// 413 for a batch of one change. The server's words say which limit: usually the
+    /// stream is full, not the change too large.
     #[error(
-        "a single change is larger than the DS server accepts: table {table}, key {key}, {bytes} bytes, stream {stream}"
+        "the DS server refused a change as too large: table {table}, key {key}, {bytes} bytes, stream {stream}{}",
+        reply.as_ref().map(|r| format!("; the server said: {r}")).unwrap_or_default()
     )]
     RowTooLarge {
         stream: String,
         table: String,
         key: String,
         bytes: usize,
+        reply: Option<Box<crate::ds::ServerReply>>,
     },
     #[error("stopped before every change in flight was delivered (second interrupt)")]
     Interrupted,
@@ -59,6 +63,17 @@ pub enum CaptureError {
     Session(Box<crate::pg::replication_session::SessionError>),
     #[error("snapshot {table}: {reason}")]
     Snapshot { table: String, reason: String },
+}
+
+/// The hint for a change the server will not take: the DS client's hint for the limit the
+/// server named; for a request over the limit, a single change cannot be split further, so
+/// the way out is a larger limit or a narrower row.
+fn row_too_large_hint(reply: Option<&crate::ds::ServerReply>) -> String {
+    use crate::ds::TooLargeKind;
+    match reply.map(crate::ds::ServerReply::too_large_kind) {
+        Some(TooLargeKind::Request) => "This one change is larger than the server (or a proxy in front of it) accepts in one request: raise that request size limit, or leave the large column out with a publication column list.".to_owned(),
+        _ => crate::ds::too_large_hint(reply),
+    }
 }
 
 impl From<crate::pg::replication_session::SessionError> for CaptureError {
@@ -95,10 +110,7 @@ impl CaptureError {
             CaptureError::SlotBusy { pid, .. } => Some(format!(
                 "Another consumer holds the slot. Stop it, or pass --takeover to terminate pid {pid}."
             )),
-            CaptureError::RowTooLarge { .. } => Some(
-                "Raise the DS server's request size limit, or exclude the column with a publication column list."
-                    .into(),
-            ),
+            CaptureError::RowTooLarge { reply, .. } => Some(row_too_large_hint(reply.as_deref())),
             CaptureError::Ds { source, .. } => source.hint(),
             CaptureError::Slot(e) => e.hint(),
             CaptureError::Publication(e) => e.hint(),

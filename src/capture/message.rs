@@ -51,9 +51,11 @@ use identity::encode_key;
 /// What happens to TOASTed columns an UPDATE did not change, for docs and `--help`.
 pub const UNCHANGED_TOAST_DOC: &str = "\
 An UPDATE does not resend a large (TOASTed) value it did not change. ds-sync never emits null \
-for such a column: it takes the value from the old row when the old row was sent (REPLICA \
-IDENTITY FULL), and otherwise leaves the column out of value and names it in \
-headers.unchanged_toast, a JSON array of column names; the client keeps its previous value.";
+for such a column: it takes the value from the old row, which PostgreSQL sends with REPLICA \
+IDENTITY FULL (set where needed by the default --toast complete). Only when the old row was not \
+sent (--toast partial, or WAL written before the table's replica identity became FULL) it leaves \
+the column out of value and names it in headers.unchanged_toast, a JSON array of column names; \
+the client must keep its previous value.";
 
 /// The transaction a change belongs to, from its Begin message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

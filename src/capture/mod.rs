@@ -13,6 +13,8 @@
 //! * [`sender`]: one POST with retries until the server has it.
 //! * [`ledger`]: which WAL positions may be confirmed (pure).
 //! * [`pipeline`]: the loop that ties them together, and reconnection.
+//! * [`whole_rows`]: REPLICA IDENTITY FULL for tables seen while streaming; reports updates
+//!   that arrive without unchanged TOASTed values.
 //!
 //! Exactly once: every message carries `(commit LSN, index in its transaction)`, which a
 //! replay recomputes identically; each POST sends its last message's value as
@@ -28,6 +30,7 @@ pub mod route;
 mod sender;
 pub mod snapshot;
 pub mod source;
+pub mod whole_rows;
 
 pub use error::CaptureError;
 pub use pipeline::{CaptureConfig, run};

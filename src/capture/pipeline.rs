@@ -51,6 +51,8 @@ pub struct CaptureConfig {
     pub max_in_flight: usize,
     /// When and how to snapshot the published tables before streaming.
     pub snapshot: super::snapshot::SnapshotOptions,
+    /// Keeps updates whole for tables seen while streaming (see `whole_rows`).
+    pub whole_rows: super::whole_rows::WholeRows,
 }
 
 /// Runs capture until `shutdown` (graceful) or `hard_stop` (second signal), reconnecting on
@@ -342,6 +344,8 @@ impl<'a> Session<'a> {
                 let table = TableInfo::new(rel, pk);
                 if !signal {
                     self.cfg.router.validate(&table)?;
+                    let (source, whole) = (&self.cfg.source, &self.cfg.whole_rows);
+                    whole.relation(self.sql, source, &table).await;
                     self.snap
                         .relation_seen(self.sql, &table.qualified_name())
                         .await?;
@@ -390,6 +394,7 @@ impl<'a> Session<'a> {
         let table = self.table(oid)?;
         let meta = self.open_tx()?.meta;
         for row in message::build(&table, &change, &meta)? {
+            self.cfg.whole_rows.change(&self.cfg.source, &table, &row);
             self.snap.change(oid, &row);
             let stream = self.cfg.router.stream_for(&table, &row)?;
             self.enqueue(oid, &stream, &row)?;

@@ -14,13 +14,17 @@
 //! the relation's names, even when a column has that name. A table's route is the entry named like its message `type` (`name` in
 //! schema `public`, `schema.name` otherwise) or by `schema.name`; else the default.
 //!
-//! Stream names: [`STREAM_NAME_DOC`]. The rules exist because a name becomes a URL path
-//! (`/v1/stream/<name>`): a value must never add a path segment (`a/b`), climb out of one
-//! (`..`), end the path (`?`, `#`), or collide with another value (NULL and the text
-//! `_null_`). A placeholder's values map to distinct texts, so with one placeholder per
-//! segment, rows with different values never share a stream by accident.
-
-use std::fmt::Write as _;
+//! Stream names: [`STREAM_NAME_DOC`]. A name is the stream as the server knows it, not yet
+//! URL-encoded: the DS client encodes each `/`-separated segment once, exactly as
+//! `encodeURIComponent` does (see `ds::url`), so a client that substitutes a value and
+//! encodes it finds the same stream. Servers either decode the path (`durable-streams-server`:
+//! `%2F` becomes `/`) or key streams by the raw path (the Node server and the upstream Rust
+//! one); both agree with that rule for every value except those that cannot stand for
+//! themselves in a path: a value with `/` would add a segment (and, decoded, collide with a
+//! real one), `.` and `..` are dot segments URL parsers remove, the empty string makes an empty
+//! segment, and NULL has no text. Those are escaped, `%` first so that escapes cannot collide
+//! with values; a placeholder's values therefore map to distinct texts, and with one
+//! placeholder per segment, rows with different values never share a stream by accident.
 
 use serde_json::Value;
 
@@ -31,14 +35,17 @@ mod tests;
 
 /// How placeholder values and templates make a stream name, for docs and `--help`.
 pub const STREAM_NAME_DOC: &str = "\
-A substituted value keeps the URL-safe characters A-Z a-z 0-9 - . _ ~ and percent-encodes \
-every other UTF-8 byte (a/b becomes a%2Fb), so a value never adds a path segment. Strings are \
-used as they are, numbers and booleans as JSON text (42, true), JSON documents as compact \
-JSON. SQL NULL becomes _null_ and the empty string _empty_; values that are literally _null_ \
-or _empty_ get their first _ encoded (%5Fnull_), and the values . and .. their dots (%2E). A \
-template's literal text may use those safe characters, '/', and ! $ & ' ( ) * + , ; = : @. \
-A stream name must be non-empty, must not start or end with '/', and must not contain an \
-empty, '.' or '..' segment.";
+A placeholder is replaced by the value's text as it is (strings as they are, numbers and \
+booleans as JSON text such as 42 or true, JSON documents as compact JSON), so a client finds \
+a per-key stream by substituting the value and URL-encoding it once, with \
+encodeURIComponent: a b@c.com is served at /v1/stream/sessions/a%20b%40c.com. Four kinds of \
+value cannot stand for themselves in a URL path and are escaped, so that no two values share \
+a stream: % becomes %25 and / becomes %2F (a/b is the name sessions/a%2Fb, at \
+/v1/stream/sessions/a%252Fb), the values . and .. become %2E and %2E%2E, SQL NULL becomes \
+_null_ and the empty string _empty_, and values that are literally _null_ or _empty_ get their \
+first _ encoded (%5Fnull_). A template's literal text may use A-Z a-z 0-9 - . _ ~, '/', and \
+! $ & ' ( ) * + , ; = : @. A stream name must be non-empty, must not start or end with '/', \
+and must not contain an empty, '.' or '..' segment.";
 
 /// What NULL renders as.
 const NULL_VALUE: &str = "_null_";
@@ -332,26 +339,18 @@ fn encode_value(value: &Value) -> String {
     }
 }
 
-/// Percent-encodes text for one place in a stream name; distinct texts stay distinct, and
-/// none of them can be confused with NULL.
+/// A value's text for one place in a stream name: itself, except the escapes of
+/// [`STREAM_NAME_DOC`]. Distinct texts stay distinct (`%` is escaped first, so every `%` in
+/// the result starts an escape), none of them contains `/` or is `.` or `..`, and none can be
+/// confused with NULL.
 fn encode_text(text: &str) -> String {
     match text {
-        "" => return EMPTY_VALUE.to_owned(),
-        NULL_VALUE | EMPTY_VALUE => return format!("%5F{}", &text[1..]),
-        "." => return "%2E".to_owned(),
-        ".." => return "%2E%2E".to_owned(),
-        _ => {}
+        "" => EMPTY_VALUE.to_owned(),
+        NULL_VALUE | EMPTY_VALUE => format!("%5F{}", &text[1..]),
+        "." => "%2E".to_owned(),
+        ".." => "%2E%2E".to_owned(),
+        _ => text.replace('%', "%25").replace('/', "%2F"),
     }
-    let mut encoded = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if is_unreserved(char::from(byte)) {
-            encoded.push(char::from(byte));
-        } else {
-            // Writing to a String cannot fail.
-            let _ = write!(encoded, "%{byte:02X}");
-        }
-    }
-    encoded
 }
 
 /// RFC 3986 unreserved characters: safe anywhere in a URL path.

@@ -26,8 +26,9 @@ pub enum Delivery {
     Written,
     /// The server already held it (its sequence was not above the stream's last).
     AlreadyWritten,
-    /// The server refused it as too large: split it, or give up on a single message.
-    TooLarge,
+    /// The server refused it as too large: split it, or give up on a single message (the
+    /// error says what the server said).
+    TooLarge(DsError),
     /// A permanent error: capture stops.
     Failed(DsError),
     /// Hard stop requested while retrying; the batch was not delivered.
@@ -113,13 +114,13 @@ impl Deliveries {
                 queues.finished(&batch, accepted);
                 Ok(Some(batch))
             }
-            Delivery::TooLarge => match batch.clone().split() {
+            Delivery::TooLarge(error) => match batch.clone().split() {
                 Some((a, b)) => {
                     tracing::info!(stream = %batch.stream, messages = batch.messages.len(), "batch too large for the server, splitting");
                     queues.requeue_front(vec![a, b]);
                     Ok(None)
                 }
-                None => Err(too_large(&batch)),
+                None => Err(too_large(&batch, &error)),
             },
             Delivery::Failed(source) => Err(CaptureError::Ds {
                 stream: batch.stream.to_string(),
@@ -130,8 +131,9 @@ impl Deliveries {
     }
 }
 
-/// A single message the server refuses as too large: the error names its row.
-fn too_large(batch: &Batch) -> CaptureError {
+/// A single message the server refuses as too large: the error names its row and quotes
+/// the server, whose words tell a full stream from a request over the size limit.
+fn too_large(batch: &Batch, error: &DsError) -> CaptureError {
     let msg: serde_json::Value = batch
         .messages
         .first()
@@ -147,6 +149,7 @@ fn too_large(batch: &Batch) -> CaptureError {
         table: text(&msg["type"]),
         key: text(&msg["key"]),
         bytes: batch.bytes,
+        reply: error.reply().cloned().map(Box::new),
     }
 }
 
@@ -185,7 +188,7 @@ async fn deliver(
         let error = match result {
             Ok(AppendOutcome::Written { .. }) => return Delivery::Written,
             Ok(AppendOutcome::AlreadyWritten) => return Delivery::AlreadyWritten,
-            Err(DsError::TooLarge { .. }) => return Delivery::TooLarge,
+            Err(e @ DsError::TooLarge { .. }) => return Delivery::TooLarge(e),
             // Created just now and gone again (deleted meanwhile): back off like any
             // other failure instead of spinning.
             Err(e @ DsError::NotFound { .. }) if attempt > 1 => {

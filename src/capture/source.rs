@@ -6,10 +6,9 @@ use std::time::Duration;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, TlsConfig};
 use tokio_postgres::Client;
 
-use crate::pg::ident::resolve_table;
 use crate::pg::ssl::{SslOptions, Step};
 use crate::pg::{PgError, PgTarget};
-use crate::publication::{self, PublicationError, TableSpec};
+use crate::publication::{self, IdentityPolicy, PublicationError, Request, TableSpec};
 use crate::slot;
 
 use super::error::CaptureError;
@@ -22,6 +21,10 @@ pub struct SourceConfig {
     pub publication: String,
     /// Tables to create the publication with (or add to it) when given.
     pub tables: Vec<String>,
+    /// Tables to publish insert-only (in the publication's `_insert_only` companion).
+    pub insert_only: Vec<String>,
+    /// Whole rows in updates, and whether ds-sync may set a table's replica identity.
+    pub policy: IdentityPolicy,
     /// Terminate a stale walsender that holds the slot.
     pub takeover: bool,
 }
@@ -38,49 +41,33 @@ pub async fn prepare(sql: &Client, cfg: &SourceConfig) -> Result<u64, CaptureErr
     confirmed_position(sql, &cfg.slot).await
 }
 
+/// Creates the publication (and its insert-only companion) from `tables` and `insert_only`,
+/// or adds the tables it lacks, after checking that publishing them breaks none of the
+/// application's writes; sets REPLICA IDENTITY FULL where whole rows need it (see
+/// [`publication::ensure`]). Every change is logged.
 pub(crate) async fn ensure_publication(
     sql: &Client,
     cfg: &SourceConfig,
 ) -> Result<(), CaptureError> {
-    let specs: Vec<TableSpec> = cfg
-        .tables
-        .iter()
-        .map(|t| TableSpec {
-            table: t.clone(),
-            ..TableSpec::default()
-        })
-        .collect();
-    match publication::show(sql, &cfg.publication).await {
-        Ok(info) => {
-            // Compare by the catalog's names: `items`, `public.items` and `"items"` are one
-            // table, and `items` in another schema is not.
-            let mut missing = Vec::new();
-            for spec in specs {
-                let table = resolve_table(sql, &spec.table)
-                    .await
-                    .map_err(PublicationError::from)?;
-                let listed = info
-                    .tables
-                    .iter()
-                    .any(|t| t.schema == table.schema && t.table == table.name);
-                if !listed {
-                    missing.push(spec);
-                }
-            }
-            if !missing.is_empty() && !info.all_tables {
-                publication::add(sql, &cfg.publication, &missing).await?;
-                tracing::info!(publication = %cfg.publication, tables = missing.len(), "added tables to publication");
-            }
-            Ok(())
-        }
-        Err(PublicationError::NotFound(_)) if !specs.is_empty() => {
-            publication::create(sql, &cfg.publication, &specs).await?;
-            tracing::info!(publication = %cfg.publication, "created publication");
-            Ok(())
-        }
-        Err(PublicationError::NotFound(p)) => Err(CaptureError::NoPublication(p)),
-        Err(e) => Err(e.into()),
+    let specs = |tables: &[String]| tables.iter().map(|t| TableSpec::named(t)).collect();
+    let req = Request {
+        tables: specs(&cfg.tables),
+        insert_only: specs(&cfg.insert_only),
+        policy: cfg.policy,
+    };
+    let changes = match publication::ensure(sql, &cfg.publication, &req, Some(&cfg.slot)).await {
+        Err(PublicationError::NotFound(p)) => return Err(CaptureError::NoPublication(p)),
+        other => other?,
+    };
+    if changes.created {
+        tracing::info!(publication = %cfg.publication, tables = changes.added.len(), "created publication");
+    } else if !changes.added.is_empty() {
+        tracing::info!(publication = %cfg.publication, tables = %changes.added.join(", "), "added tables to publication");
     }
+    if changes.via_root {
+        tracing::info!(publication = %cfg.publication, "publishing partitions through their partitioned tables (publish_via_partition_root)");
+    }
+    Ok(())
 }
 
 /// The slot's confirmed position; a lost slot is an error.
@@ -147,6 +134,8 @@ pub async fn connect(
     start: u64,
 ) -> Result<ReplicationClient, CaptureError> {
     claim_slot(sql, cfg).await?;
+    // The publication and, when it exists, its insert-only companion.
+    let publications = publication::decoded_names(sql, &cfg.publication).await?;
     let t = &cfg.target;
     let mut failed: Vec<(Step, CaptureError, bool)> = Vec::new();
     for &step in t.ssl().steps(t.is_unix_socket()) {
@@ -166,7 +155,7 @@ pub async fn connect(
                     })?
             }
         };
-        match start_stream(cfg, start, tls).await {
+        match start_stream(cfg, start, &publications, tls).await {
             Ok(client) => return Ok(client),
             Err(e) => {
                 let refused = !matches!(e, pgwire_replication::PgWireError::Io(_));
@@ -185,6 +174,7 @@ pub async fn connect(
 async fn start_stream(
     cfg: &SourceConfig,
     start: u64,
+    publications: &[String],
     tls: TlsConfig,
 ) -> Result<ReplicationClient, pgwire_replication::PgWireError> {
     let t = &cfg.target;
@@ -194,7 +184,7 @@ async fn start_stream(
         t.password().unwrap_or_default(),
         t.dbname(),
         cfg.slot.clone(),
-        cfg.publication.clone(),
+        publications.to_vec(),
     )
     .with_port(t.port())
     .with_tls(tls)

@@ -131,8 +131,12 @@ pub enum Command {
     /// Capture row changes from the replication slot into Durable Streams (runs until
     /// SIGTERM/SIGINT)
     #[command(after_help = "\
-Creates the publication from --tables and the slot when they are missing, then streams every
-committed row change, in commit order, to its DS stream (default pg-{table}). The slot only
+Creates the publication from --tables (and NAME_insert_only from --insert-only) and the slot
+when they are missing, then streams every committed row change, in commit order, to its DS
+stream (default pg-{table}). A table whose UPDATE and DELETE PostgreSQL would refuse once
+published (no primary key, no replica identity) is refused first, with the fix; tables with
+TOASTable columns get REPLICA IDENTITY FULL (logged) so that updates carry whole rows, unless
+--toast partial or --keep-replica-identity. Partitioned tables stream as themselves. The slot only
 advances for changes the DS server has acknowledged; after a crash, replayed changes are
 recognised by their Stream-Seq and skipped. SIGTERM/SIGINT: stop reading, deliver what was
 read, confirm, exit 0; a second signal exits at once (nothing is lost: the slot did not move).
@@ -140,6 +144,7 @@ read, confirm, exit 0; a second signal exits at once (nothing is lost: the slot 
 Examples:
   ds-sync run --tables items,orders
   ds-sync run --tables sessions --route 'sessions=sessions/{session_id}'
+  ds-sync run --tables items --insert-only audit_log
   ds-sync run --stream-template 'db/{schema}/{table}' --takeover
 
 Ingest (streams into session_events, the offset committed with the rows) runs beside capture
@@ -287,6 +292,25 @@ pub struct CaptureArgs {
         value_name = "TABLE,..."
     )]
     pub tables: Option<Vec<String>>,
+    /// Tables to publish insert-only: their inserts (and TRUNCATE) are captured, not their
+    /// updates and deletes, so they need no primary key or replica identity (they go to the
+    /// publication's NAME_insert_only companion)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        env = "DS_SYNC_INSERT_ONLY",
+        value_name = "TABLE,..."
+    )]
+    pub insert_only: Option<Vec<String>>,
+    /// complete: every insert and update carries the whole row (ds-sync sets REPLICA
+    /// IDENTITY FULL on published tables with TOASTable columns); partial: updates may leave
+    /// unchanged TOASTed columns out, named in headers.unchanged_toast [default: complete]
+    #[arg(long, env = "DS_SYNC_TOAST", value_enum, value_name = "MODE")]
+    pub toast: Option<crate::publication::ToastMode>,
+    /// Never change an application table (its replica identity is the only change ds-sync
+    /// makes); a table that would need one is refused with the fix
+    #[arg(long, env = "DS_SYNC_KEEP_REPLICA_IDENTITY")]
+    pub keep_replica_identity: bool,
     /// Stream name template for tables without a --route: {table}, {schema}, {column}
     /// [default: pg-{table}]
     #[arg(long, env = "DS_SYNC_STREAM_TEMPLATE", value_name = "TEMPLATE")]
@@ -416,9 +440,19 @@ Example:
 /// Tables and their per-table options.
 #[derive(Debug, Args, Clone)]
 pub struct TableArgs {
-    /// Tables, comma separated (schema-qualified or resolved through search_path)
-    #[arg(long, value_delimiter = ',', required = true, value_name = "TABLE,...")]
+    /// Tables, comma separated (schema-qualified or resolved through search_path); each needs
+    /// a primary key or a replica identity, or PostgreSQL would refuse its UPDATE and DELETE
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required_unless_present = "insert_only",
+        value_name = "TABLE,..."
+    )]
     pub tables: Vec<String>,
+    /// Tables to publish insert-only (inserts and TRUNCATE; no key needed), in the
+    /// NAME_insert_only companion publication
+    #[arg(long, value_delimiter = ',', value_name = "TABLE,...")]
+    pub insert_only: Vec<String>,
     /// Row filter for one table (PostgreSQL 15+): TABLE=EXPR, e.g. "orders=status <> 'draft'";
     /// repeat for more tables
     #[arg(long = "row-filter", value_name = "TABLE=EXPR", value_parser = parse_table_option)]
@@ -427,6 +461,14 @@ pub struct TableArgs {
     /// repeat for more tables
     #[arg(long = "columns", value_name = "TABLE=COLS", value_parser = parse_table_option)]
     pub column_lists: Vec<(String, String)>,
+    /// complete: set REPLICA IDENTITY FULL on tables with TOASTable columns, so that updates
+    /// carry whole rows; partial: leave replica identities as they are [default: complete]
+    #[arg(long, env = "DS_SYNC_TOAST", value_enum, value_name = "MODE")]
+    pub toast: Option<crate::publication::ToastMode>,
+    /// Never change an application table; a table that would need REPLICA IDENTITY FULL is
+    /// refused with the fix
+    #[arg(long, env = "DS_SYNC_KEEP_REPLICA_IDENTITY")]
+    pub keep_replica_identity: bool,
 }
 
 fn parse_table_option(raw: &str) -> Result<(String, String), String> {
@@ -438,10 +480,19 @@ fn parse_table_option(raw: &str) -> Result<(String, String), String> {
 pub enum PublicationCommand {
     /// Create a publication for some tables
     #[command(after_help = "\
+Creates NAME (inserts, updates, deletes, TRUNCATE) and NAME_insert_only (inserts and
+TRUNCATE, for --insert-only tables), both publishing partitions through their partitioned
+table (publish_via_partition_root). Before changing anything it refuses a table whose UPDATE
+and DELETE PostgreSQL would refuse once published (no primary key and no replica identity,
+or a column list without the key), with the fix. Tables with TOASTable columns get REPLICA
+IDENTITY FULL (logged) so that updates carry whole rows, unless --toast partial or
+--keep-replica-identity.
+
 Examples:
   ds-sync publication create ds_sync --tables items,orders
+  ds-sync publication create ds_sync --tables items --insert-only audit_log
   ds-sync publication create ds_sync --tables items,orders \\
-      --row-filter \"orders=status <> 'draft'\" --columns \"items=id,title\"")]
+      --row-filter \"orders=status <> 'draft'\" --columns \"items=id,title\" --toast partial")]
     Create {
         /// Publication name; defaults to --publication
         name: Option<String>,
@@ -449,14 +500,21 @@ Examples:
         tables: TableArgs,
     },
     /// Add tables to a publication
-    #[command(after_help = "Example:\n  ds-sync publication add ds_sync --tables invoices")]
+    #[command(after_help = "\
+Checks the tables as `publication create` does, before changing anything. Insert-only tables
+go to NAME_insert_only; when that publication does not exist yet and the slot (--slot) does,
+the command refuses: the slot would stop at WAL written before it.
+
+Examples:
+  ds-sync publication add ds_sync --tables invoices
+  ds-sync publication add ds_sync --insert-only page_views")]
     Add {
         /// Publication name; defaults to --publication
         name: Option<String>,
         #[command(flatten)]
         tables: TableArgs,
     },
-    /// Remove tables from a publication
+    /// Remove tables from a publication (or from its insert-only companion)
     #[command(after_help = "Example:\n  ds-sync publication remove ds_sync --tables invoices")]
     Remove {
         /// Publication name; defaults to --publication
@@ -471,7 +529,7 @@ Examples:
         /// Publication name; defaults to --publication
         name: Option<String>,
     },
-    /// Drop a publication
+    /// Drop a publication and its insert-only companion
     #[command(after_help = "Example:\n  ds-sync publication drop ds_sync")]
     Drop {
         /// Publication name; defaults to --publication

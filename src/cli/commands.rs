@@ -80,21 +80,38 @@ async fn publication_command(
 ) -> Result<(), CliError> {
     let client = target(settings)?.connect().await?;
     let pick = |name: Option<String>| name.unwrap_or_else(|| settings.publication.value.clone());
-    let specs =
-        |t: &TableArgs| publication::build_specs(&t.tables, &t.row_filters, &t.column_lists);
+    let request = |t: &TableArgs| {
+        let file = &settings.capture_file;
+        let policy = publication::IdentityPolicy {
+            toast: t.toast.or(file.toast).unwrap_or_default(),
+            keep_replica_identity: t.keep_replica_identity
+                || file.keep_replica_identity.unwrap_or(false),
+        };
+        publication::build_request(
+            &t.tables,
+            &t.insert_only,
+            &t.row_filters,
+            &t.column_lists,
+            policy,
+        )
+    };
     match cmd {
         PublicationCommand::Create { name, tables } => {
             let name = pick(name);
-            publication::create(&client, &name, &specs(&tables)?).await?;
-            out.message(&format!("created publication {name}"), &name)
+            let changes = publication::create(&client, &name, &request(&tables)?).await?;
+            let text = format!("created publication {name}{}", described(&changes));
+            out.message(&text, &name)
         }
         PublicationCommand::Add { name, tables } => {
             let name = pick(name);
-            publication::add(&client, &name, &specs(&tables)?).await?;
-            out.message(
-                &format!("added {} to publication {name}", tables.tables.join(", ")),
-                &name,
-            )
+            let slot = settings.slot.value.as_str();
+            let changes = publication::add(&client, &name, &request(&tables)?, Some(slot)).await?;
+            let text = format!(
+                "added {} to publication {name}{}",
+                changes.added.join(", "),
+                described(&changes)
+            );
+            out.message(&text, &name)
         }
         PublicationCommand::Remove { name, tables } => {
             let name = pick(name);
@@ -113,6 +130,21 @@ async fn publication_command(
             out.message(&format!("dropped publication {name}"), &name)
         }
     }
+}
+
+/// What a create or add changed besides the publication, for its output line.
+fn described(changes: &publication::Changes) -> String {
+    let mut text = String::new();
+    if changes.via_root {
+        text.push_str("; partitions are now published through their partitioned tables");
+    }
+    if !changes.full.is_empty() {
+        text.push_str(&format!(
+            "; set REPLICA IDENTITY FULL on {} so that updates carry whole rows",
+            changes.full.join(", ")
+        ));
+    }
+    text
 }
 
 async fn init(settings: &Settings, out: &Printer) -> Result<(), CliError> {

@@ -123,12 +123,28 @@ impl Printer {
         } else {
             "listed tables"
         };
+        let partitions = if p.via_root {
+            "partitions through their partitioned table"
+        } else {
+            "partitions as tables of their own"
+        };
         let mut text = format!(
-            "publication {} ({scope}; publishes {})\n",
+            "publication {} ({scope}; publishes {}; {partitions})\n",
             p.name,
             p.operations.join(", ")
         );
-        let mut table = new_table(&["table", "row filter", "columns", "replica identity"]);
+        if let Some(companion) = &p.insert_only_publication {
+            text.push_str(&format!(
+                "insert-only tables: publication {companion} (publishes insert, truncate)\n"
+            ));
+        }
+        let mut table = new_table(&[
+            "table",
+            "published",
+            "row filter",
+            "columns",
+            "replica identity",
+        ]);
         let mut warnings = Vec::new();
         for t in &p.tables {
             let identity = match &t.identity_index {
@@ -139,8 +155,14 @@ impl Printer {
             if let Some(w) = &t.warning {
                 warnings.push(format!("warning: {name}: {w}"));
             }
+            let published = match (t.insert_only, t.partitioned) {
+                (true, _) => "inserts only",
+                (false, true) => "all changes (partitioned)",
+                (false, false) => "all changes",
+            };
             table.add_row(vec![
                 name,
+                published.into(),
                 t.row_filter.clone().unwrap_or_else(|| "-".into()),
                 t.columns.as_ref().map_or("all".into(), |c| c.join(", ")),
                 identity,

@@ -106,6 +106,16 @@ fn capture_config(
                 .clone()
                 .or_else(|| file.tables.clone())
                 .unwrap_or_default(),
+            insert_only: args
+                .insert_only
+                .clone()
+                .or_else(|| file.insert_only.clone())
+                .unwrap_or_default(),
+            policy: crate::publication::IdentityPolicy {
+                toast: args.toast.or(file.toast).unwrap_or_default(),
+                keep_replica_identity: args.keep_replica_identity
+                    || file.keep_replica_identity.unwrap_or(false),
+            },
             takeover: args.takeover || file.takeover.unwrap_or(false),
         },
         ds,
@@ -128,6 +138,7 @@ fn capture_config(
                 .unwrap_or(crate::capture::snapshot::incremental::DEFAULT_CHUNK_ROWS)
                 .max(1),
         },
+        whole_rows: crate::capture::whole_rows::WholeRows::default(),
     })
 }
 

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use super::DsError;
 use super::access::DsAccess;
-use super::error::body_preview;
+use super::reply::ServerReply;
 use super::status::{
     AppendOutcome, Failure, STREAM_CLOSED, STREAM_NEXT_OFFSET, STREAM_SEQ, STREAM_UP_TO_DATE,
     classify_append, classify_status, header_is_true, header_str,
@@ -171,6 +171,7 @@ impl DsClient {
         if header_is_true(&ex.headers, STREAM_CLOSED) {
             return Err(DsError::Closed {
                 stream: stream.to_owned(),
+                reply: None,
             });
         }
         Ok(())
@@ -414,26 +415,37 @@ impl DsClient {
 }
 
 impl Exchange {
-    /// The error for a refused request; `sent_bytes` is the request body's size.
+    /// The error for a refused request; `sent_bytes` is the request body's size. What the
+    /// server said goes into the message; the failure was decided from the status alone.
     fn error(&self, failure: Failure, stream: &str, sent_bytes: usize) -> DsError {
         let stream = stream.to_owned();
+        let reply = || Box::new(ServerReply::parse(self.status, &self.headers, &self.body));
         match failure {
-            Failure::NotFound => DsError::NotFound { stream },
+            Failure::NotFound => DsError::NotFound {
+                stream,
+                reply: Some(reply()),
+            },
             Failure::TooLarge => DsError::TooLarge {
                 stream,
                 bytes: sent_bytes,
+                reply: Some(reply()),
             },
-            Failure::Closed => DsError::Closed { stream },
-            Failure::Gone => DsError::Gone { stream },
+            Failure::Closed => DsError::Closed {
+                stream,
+                reply: Some(reply()),
+            },
+            Failure::Gone => DsError::Gone {
+                stream,
+                reply: Some(reply()),
+            },
             Failure::Rejected => DsError::Rejected {
                 stream,
-                status: self.status.as_u16(),
-                body_preview: body_preview(&self.body),
+                reply: reply(),
             },
             Failure::Transient => DsError::Transient {
                 stream,
                 url: self.url.clone(),
-                reason: format!("status {}: {}", self.status, body_preview(&self.body)),
+                reason: reply().to_string(),
             },
         }
     }

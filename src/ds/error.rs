@@ -1,6 +1,9 @@
 //! The one error type of the DS client, decided from status codes and headers where the
 //! response arrives, so that callers only ask one question: retry ([`DsError::is_transient`])
-//! or stop and tell the operator ([`DsError::hint`]).
+//! or stop and tell the operator ([`DsError::hint`]). Every refusal carries what the server
+//! said ([`ServerReply`]: its problem details or its text), quoted in the message.
+
+use super::reply::{ServerReply, TooLargeKind};
 
 /// Longest server error body quoted in a [`DsError::Rejected`] message, in characters.
 pub const BODY_PREVIEW_CHARS: usize = 200;
@@ -9,25 +12,42 @@ pub const BODY_PREVIEW_CHARS: usize = 200;
 #[derive(Debug, thiserror::Error)]
 pub enum DsError {
     /// 404: the stream does not exist (yet).
-    #[error("stream {stream:?} does not exist")]
-    NotFound { stream: String },
-    /// 413: the append would exceed the server's size limit for the stream or the server.
-    #[error("stream {stream:?} refused an append of {bytes} bytes as too large")]
-    TooLarge { stream: String, bytes: usize },
-    /// 409 with `Stream-Closed: true`: the stream takes no more appends.
-    #[error("stream {stream:?} is closed")]
-    Closed { stream: String },
-    /// 410: the stream was deleted, or the offset lies before its retention window.
-    #[error("stream {stream:?} is gone (deleted, or the offset is before its retention window)")]
-    Gone { stream: String },
-    /// Any other 4xx (and unexpected 1xx/3xx): retrying the same request cannot succeed.
+    #[error("stream {stream:?} does not exist{}", said(reply))]
+    NotFound {
+        stream: String,
+        reply: Option<Box<ServerReply>>,
+    },
+    /// 413: the append would exceed a size limit of the server: the stream's, the server's,
+    /// or the request's.
     #[error(
-        "stream {stream:?}: the server refused the request with status {status}: {body_preview}"
+        "stream {stream:?} refused an append of {bytes} bytes as too large{}",
+        said(reply)
     )]
+    TooLarge {
+        stream: String,
+        bytes: usize,
+        reply: Option<Box<ServerReply>>,
+    },
+    /// 409 with `Stream-Closed: true` (or a PUT answered with it): no more appends.
+    #[error("stream {stream:?} is closed{}", said(reply))]
+    Closed {
+        stream: String,
+        reply: Option<Box<ServerReply>>,
+    },
+    /// 410: the stream was deleted, or the offset lies before its retention window.
+    #[error(
+        "stream {stream:?} is gone (deleted, or the offset is before its retention window){}",
+        said(reply)
+    )]
+    Gone {
+        stream: String,
+        reply: Option<Box<ServerReply>>,
+    },
+    /// Any other 4xx (and unexpected 1xx/3xx): retrying the same request cannot succeed.
+    #[error("stream {stream:?}: the server refused the request: {reply}")]
     Rejected {
         stream: String,
-        status: u16,
-        body_preview: String,
+        reply: Box<ServerReply>,
     },
     /// 5xx, 408, 429, timeouts, refused or reset connections, broken bodies: retry later.
     #[error("stream {stream:?}: transient failure at {url}: {reason}")]
@@ -89,10 +109,10 @@ impl DsError {
     #[must_use]
     pub fn stream(&self) -> Option<&str> {
         match self {
-            DsError::NotFound { stream }
+            DsError::NotFound { stream, .. }
             | DsError::TooLarge { stream, .. }
-            | DsError::Closed { stream }
-            | DsError::Gone { stream }
+            | DsError::Closed { stream, .. }
+            | DsError::Gone { stream, .. }
             | DsError::Rejected { stream, .. }
             | DsError::Transient { stream, .. }
             | DsError::InvalidResponse { stream, .. }
@@ -103,6 +123,19 @@ impl DsError {
         }
     }
 
+    /// What the server said, for refusals that came with a response.
+    #[must_use]
+    pub fn reply(&self) -> Option<&ServerReply> {
+        match self {
+            DsError::NotFound { reply, .. }
+            | DsError::TooLarge { reply, .. }
+            | DsError::Closed { reply, .. }
+            | DsError::Gone { reply, .. } => reply.as_deref(),
+            DsError::Rejected { reply, .. } => Some(reply),
+            _ => None,
+        }
+    }
+
     /// What to do about it, as a full sentence.
     #[must_use]
     pub fn hint(&self) -> Option<String> {
@@ -110,26 +143,24 @@ impl DsError {
             DsError::NotFound { .. } => {
                 "Create the stream first (ds-sync creates the streams it writes with PUT), or check the stream name."
             }
-            DsError::TooLarge { .. } => {
-                "Send smaller batches, or raise the server's limits (for durable-streams-server: DS_LIMITS__MAX_STREAM_BYTES and DS_LIMITS__MAX_MEMORY_BYTES)."
-            }
+            DsError::TooLarge { reply, .. } => return Some(too_large_hint(reply.as_deref())),
             DsError::Closed { .. } => {
                 "A closed stream accepts no more data: write to a new stream, or delete and recreate this one."
             }
             DsError::Gone { .. } => {
                 "The stream was deleted or its data expired: recreate the stream and re-snapshot, or resume readers from offset -1."
             }
-            DsError::Rejected { status: 409, .. } => {
-                "The stream exists with another configuration (content type or TTL): delete it or use another stream name."
-            }
-            DsError::Rejected {
-                status: 401 | 403, ..
-            } => {
-                "The server refused access: give its credentials with --ds-token (sent as a bearer token) or --ds-header 'Name: value', and check the DS server URL."
-            }
-            DsError::Rejected { .. } => {
-                "The server found the request invalid; check the stream name and the server's protocol version, and report the body above if it persists."
-            }
+            DsError::Rejected { reply, .. } => match reply.status {
+                409 => {
+                    "The stream exists with another configuration (content type or TTL): delete it or use another stream name."
+                }
+                401 | 403 => {
+                    "The server refused access: give its credentials with --ds-token (sent as a bearer token) or --ds-header 'Name: value', and check the DS server URL."
+                }
+                _ => {
+                    "The server found the request invalid; check the stream name and the server's protocol version, and report what the server said if it persists."
+                }
+            },
             DsError::Transient { .. } => return None,
             DsError::InvalidResponse { .. } => {
                 "Check that ds_server_url points at a Durable Streams server and not at another service or proxy."
@@ -154,26 +185,40 @@ impl DsError {
     }
 }
 
-/// `body` as one line of at most [`BODY_PREVIEW_CHARS`] characters, for error messages.
-pub(crate) fn body_preview(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let mut out: String = text
-        .chars()
-        .take(BODY_PREVIEW_CHARS)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if text.chars().count() > BODY_PREVIEW_CHARS {
-        out.push_str("...");
+/// `; the server said: <reply>` when there is a reply, for messages.
+fn said(reply: &Option<Box<ServerReply>>) -> String {
+    reply
+        .as_ref()
+        .map(|r| format!("; the server said: {r}"))
+        .unwrap_or_default()
+}
+
+/// The hint for a 413, chosen by what the server said it ran out of: a full stream needs a
+/// higher stream limit (smaller requests would not help), a large request a smaller batch.
+#[must_use]
+pub fn too_large_hint(reply: Option<&ServerReply>) -> String {
+    let kind = reply.map_or(TooLargeKind::Unknown, ServerReply::too_large_kind);
+    match kind {
+        TooLargeKind::StreamFull => "The stream is full: the server keeps at most a fixed number of bytes per stream (durable-streams-server: DS_LIMITS__MAX_STREAM_BYTES, 10 MiB by default), and the size of this request is not the problem. Raise that limit (with in-memory storage also DS_LIMITS__MAX_MEMORY_BYTES), give the stream a retention the server enforces, or spread the table over several streams with --route.",
+        TooLargeKind::ServerFull => "The server's storage for all streams together is full (durable-streams-server: DS_LIMITS__MAX_MEMORY_BYTES): raise it, or delete streams that are no longer read.",
+        TooLargeKind::Request => "The request was larger than the server (or a proxy in front of it) accepts in one request: lower --batch-max-bytes, or raise that request size limit.",
+        TooLargeKind::Unknown => "The server did not say which limit was hit. If the stream already holds a lot, it is likely its per-stream size limit (durable-streams-server: DS_LIMITS__MAX_STREAM_BYTES, 10 MiB by default); otherwise the request size limit of the server or a proxy in front of it.",
     }
-    if out.trim().is_empty() {
-        out = "(empty body)".to_owned();
-    }
-    out
+    .to_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reply(status: u16, detail: &str) -> Option<Box<ServerReply>> {
+        Some(Box::new(ServerReply {
+            status,
+            code: Some("PAYLOAD_TOO_LARGE".into()),
+            detail: Some(detail.into()),
+            ..ServerReply::default()
+        }))
+    }
 
     #[test]
     fn only_transient_errors_are_transient() {
@@ -184,28 +229,37 @@ mod tests {
         };
         assert!(transient.is_transient());
         assert!(transient.hint().is_none());
-        let closed = DsError::Closed { stream: "s".into() };
+        let closed = DsError::Closed {
+            stream: "s".into(),
+            reply: None,
+        };
         assert!(!closed.is_transient());
         assert!(closed.hint().is_some_and(|h| h.ends_with('.')));
     }
 
     #[test]
-    fn messages_are_lowercase_and_name_the_stream() {
+    fn messages_are_lowercase_name_the_stream_and_quote_the_server() {
         let errors = [
             DsError::NotFound {
                 stream: "a/b".into(),
+                reply: None,
             },
             DsError::TooLarge {
                 stream: "a/b".into(),
                 bytes: 5,
+                reply: reply(413, "Stream size limit exceeded"),
             },
             DsError::Gone {
                 stream: "a/b".into(),
+                reply: None,
             },
             DsError::Rejected {
                 stream: "a/b".into(),
-                status: 400,
-                body_preview: "bad".into(),
+                reply: Box::new(ServerReply {
+                    status: 400,
+                    text: Some("bad".into()),
+                    ..ServerReply::default()
+                }),
             },
         ];
         for e in errors {
@@ -213,6 +267,9 @@ mod tests {
             assert!(msg.starts_with("stream \"a/b\""), "{msg}");
             assert!(!msg.ends_with('.'), "{msg}");
             assert_eq!(e.stream(), Some("a/b"));
+            if let Some(reply) = e.reply() {
+                assert!(msg.ends_with(&reply.to_string()), "{msg}");
+            }
         }
     }
 
@@ -220,8 +277,10 @@ mod tests {
     fn rejected_hint_depends_on_status() {
         let rejected = |status| DsError::Rejected {
             stream: "s".into(),
-            status,
-            body_preview: String::new(),
+            reply: Box::new(ServerReply {
+                status,
+                ..ServerReply::default()
+            }),
         };
         let conflict = rejected(409).hint().unwrap_or_default();
         assert!(conflict.contains("another configuration"), "{conflict}");
@@ -230,11 +289,25 @@ mod tests {
     }
 
     #[test]
-    fn body_preview_is_one_bounded_line() {
-        assert_eq!(body_preview(b"line1\nline2"), "line1 line2");
-        assert_eq!(body_preview(b""), "(empty body)");
-        let long = body_preview("é".repeat(500).as_bytes());
-        assert_eq!(long.chars().count(), BODY_PREVIEW_CHARS + 3);
-        assert!(long.ends_with("..."));
+    fn too_large_hint_fits_the_limit_the_server_named() {
+        let hint = |detail: &str| {
+            DsError::TooLarge {
+                stream: "s".into(),
+                bytes: 1166,
+                reply: reply(413, detail),
+            }
+            .hint()
+            .unwrap_or_default()
+        };
+        let full = hint("Stream size limit exceeded");
+        assert!(
+            full.contains("stream is full") && full.contains("MAX_STREAM_BYTES"),
+            "{full}"
+        );
+        assert!(full.contains("not the problem"), "{full}");
+        let request = hint("request body length limit exceeded");
+        assert!(request.contains("--batch-max-bytes"), "{request}");
+        let unknown = too_large_hint(None);
+        assert!(unknown.contains("did not say"), "{unknown}");
     }
 }

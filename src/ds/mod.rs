@@ -12,8 +12,9 @@
 //! **Status codes decide, never error text.** The servers ds-sync supports word their errors
 //! differently (problem+json with a `code` on one, plain text on the others), but agree on
 //! status codes and protocol headers. So a response is classified in one pure function
-//! ([`classify_append`], [`classify_status`]) from its status and headers; the body is only
-//! quoted in messages. Transient versus permanent is decided there, where it is known, so
+//! ([`classify_append`], [`classify_status`]) from its status and headers; the body is read
+//! only for the message ([`ServerReply`]: the problem details' `title`, `code`, `type` and
+//! `detail`, or the text) and for the hint of a 413 (a full stream or a large request). Transient versus permanent is decided there, where it is known, so
 //! callers retry with [`Backoff`] or stop with [`DsError::hint`] without inspecting anything.
 //!
 //! **Exactly-once appends.** A writer that sends a deterministic `Stream-Seq` (a zero-padded
@@ -27,6 +28,7 @@ mod access;
 mod backoff;
 mod client;
 mod error;
+mod reply;
 mod status;
 mod subscription;
 mod url;
@@ -34,7 +36,8 @@ mod url;
 pub use access::{DsAccess, DsTls, parse_header};
 pub use backoff::{Backoff, DEFAULT_INITIAL, DEFAULT_MAX};
 pub use client::{ClientOptions, DsClient, EVENT_STREAM, JSON, OFFSET_START, ReadBatch};
-pub use error::{BODY_PREVIEW_CHARS, DsError};
+pub use error::{BODY_PREVIEW_CHARS, DsError, too_large_hint};
+pub use reply::{PROBLEM_JSON, ServerReply, TooLargeKind};
 pub use status::{
     AppendOutcome, Failure, STREAM_CLOSED, STREAM_NEXT_OFFSET, STREAM_SEQ, STREAM_UP_TO_DATE,
     classify_append, classify_status,

@@ -2,9 +2,14 @@
 //! percent-encoded, and offsets percent-encoded in the query.
 //!
 //! Names keep their `/` (servers route `/v1/stream/sessions/42` to the stream
-//! `sessions/42`), and everything but the unreserved characters of RFC 3986 is encoded inside
-//! a segment, so a name with spaces, `?`, `#` or `%` reaches the server unchanged. Offsets are
-//! opaque; they are encoded the same way so that no server format can break the query.
+//! `sessions/42`), and each segment is encoded exactly as JavaScript's `encodeURIComponent`
+//! encodes it (everything but `A-Z a-z 0-9 - _ . ! ~ * ' ( )`, as UTF-8 bytes, with upper-case
+//! hex), so a name with spaces, `?`, `#`, `%` or non-ASCII reaches the server unchanged. The
+//! byte-for-byte match matters: `durable-streams-server` decodes the path, but the Node
+//! reference server and the upstream Rust server key streams by the raw path, where `!` and
+//! `%21` would be two streams. A client that builds the URL the ordinary way therefore reaches
+//! the same stream on every server. Offsets are opaque; they are encoded the same way so that
+//! no server format can break the query.
 
 use hyper::Uri;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -14,12 +19,17 @@ use super::DsError;
 /// Path under which every DS server serves its streams.
 pub const STREAM_PATH: &str = "/v1/stream";
 
-/// Everything but RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`).
+/// What `encodeURIComponent` encodes: everything but `A-Z a-z 0-9 - _ . ! ~ * ' ( )`.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
-    .remove(b'.')
     .remove(b'_')
-    .remove(b'~');
+    .remove(b'.')
+    .remove(b'!')
+    .remove(b'~')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
 
 /// Checks a DS server base URL and returns it without a trailing slash.
 ///
@@ -136,6 +146,11 @@ mod tests {
             "http://h:1/v1/stream/a%20b/c%3Fd%23e%25f"
         );
         assert_eq!(stream_url(base, "é-._~"), "http://h:1/v1/stream/%C3%A9-._~");
+        // encodeURIComponent("a!*'()@$&+,;=: b%2F") in JavaScript:
+        assert_eq!(
+            stream_url(base, "x/a!*'()@$&+,;=: b%2F"),
+            "http://h:1/v1/stream/x/a!*'()%40%24%26%2B%2C%3B%3D%3A%20b%252F"
+        );
         let url = stream_url(base, "x y/z+w:1");
         assert!(url.parse::<Uri>().is_ok(), "{url} must be a valid URI");
     }

@@ -248,7 +248,7 @@ async fn a_refused_token_stops_capture_with_a_hint() {
     )
     .await
     .expect_code(1);
-    assert!(run.stderr.contains("status 401"), "{}", run.stderr);
+    assert!(run.stderr.contains("401"), "{}", run.stderr);
     assert!(run.stderr.contains("--ds-token"), "{}", run.stderr);
     assert!(!run.stderr.contains("not-the-token"), "{}", run.stderr);
 }

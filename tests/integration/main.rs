@@ -1,9 +1,12 @@
 //! Integration tests: every test runs against a real PostgreSQL cluster (one per test
 //! binary, a fresh database per test) and, where it needs one, a real Durable Streams server
-//! started in-process. CLI tests run the `ds-sync` binary itself.
+//! started in-process. CLI tests run the `ds-sync` binary itself; end-to-end tests read the
+//! streams with the official TypeScript client (`official_client`, node).
 
 mod kit;
+mod official_client;
 
+mod app_writes;
 mod bench;
 mod capture;
 mod capture_faults;
@@ -20,9 +23,14 @@ mod ingest_scale;
 mod init;
 mod keepalive;
 mod logs;
+mod partitions;
 mod publication;
+mod publication_rules;
 mod resnapshot;
+mod server_errors;
 mod slot;
 mod snapshot;
+mod stream_names;
 mod tls_kit;
 mod tls_pg;
+mod whole_rows;

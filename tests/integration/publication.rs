@@ -40,6 +40,9 @@ async fn create_with_row_filter_and_columns_then_show() {
         "orders=status <> 'draft'",
         "--columns",
         "items=id,title",
+        // A column list rules out REPLICA IDENTITY FULL, which whole rows need for title.
+        "--toast",
+        "partial",
     ])
     .await
     .ok();
@@ -84,7 +87,7 @@ async fn add_remove_drop() {
     db.ds_sync(&["publication", "create", "p2", "--tables", "items"])
         .await
         .ok();
-    db.ds_sync(&["publication", "add", "p2", "--tables", "logs"])
+    db.ds_sync(&["publication", "add", "p2", "--insert-only", "logs"])
         .await
         .ok();
     let show = db
@@ -93,9 +96,30 @@ async fn add_remove_drop() {
         .ok()
         .json();
     let logs = table(&show, "logs");
+    assert_eq!(logs["insert_only"], true, "{logs}");
+    assert_eq!(
+        logs["warning"],
+        serde_json::Value::Null,
+        "inserts need no key: {logs}"
+    );
+    // Published with its updates by hand, a keyless table is flagged.
+    db.client()
+        .await
+        .batch_execute("CREATE TABLE logs2 (line text); ALTER PUBLICATION p2 ADD TABLE logs2")
+        .await
+        .unwrap();
+    let show = db
+        .ds_sync(&["publication", "show", "p2", "--output", "json"])
+        .await
+        .ok()
+        .json();
+    let logs2 = table(&show, "logs2");
     assert!(
-        logs["warning"].as_str().unwrap().contains("no primary key"),
-        "a table without a key is flagged: {logs}"
+        logs2["warning"]
+            .as_str()
+            .unwrap()
+            .contains("no primary key"),
+        "a table without a key is flagged: {logs2}"
     );
     db.ds_sync(&["publication", "remove", "p2", "--tables", "items"])
         .await
@@ -105,8 +129,32 @@ async fn add_remove_drop() {
         .await
         .ok()
         .json();
-    assert_eq!(show["tables"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        show["tables"].as_array().unwrap().len(),
+        2,
+        "logs and logs2: {show}"
+    );
+    db.ds_sync(&["publication", "remove", "p2", "--tables", "logs"])
+        .await
+        .ok();
+    let show = db
+        .ds_sync(&["publication", "show", "p2", "--output", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(show["tables"].as_array().unwrap().len(), 1, "logs2: {show}");
     db.ds_sync(&["publication", "drop", "p2"]).await.ok();
+    let left: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_publication WHERE pubname LIKE 'p2%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "drop removes the insert-only companion too");
     let gone = db
         .ds_sync(&["publication", "show", "p2"])
         .await
@@ -195,7 +243,7 @@ async fn bad_input_is_refused_with_clear_errors() {
                 "--row-filter",
                 "items=true",
             ],
-            "not in --tables",
+            "not in --tables or --insert-only",
         ),
         (
             &[

@@ -248,6 +248,8 @@ async fn a_certificate_of_another_ca_is_refused_on_every_connection_kind() {
             slot: "other_ca_slot".into(),
             publication: "other_ca_pub".into(),
             tables: Vec::new(),
+            insert_only: Vec::new(),
+            policy: Default::default(),
             takeover: false,
         };
         let e = match replication_connect(&good, &cfg, 0).await {
@@ -354,6 +356,8 @@ async fn sslmode_behaves_as_in_libpq() {
             slot: "modes_slot".into(),
             publication: "modes_pub".into(),
             tables: Vec::new(),
+            insert_only: Vec::new(),
+            policy: Default::default(),
             takeover: false,
         };
         let mut stream = replication_connect(&sql, &cfg, 0)

@@ -70,7 +70,7 @@ fn default_template_names_one_stream_per_table() {
     let schema = Router::new(template("{schema}/{table}"), Vec::new()).expect("router");
     assert_eq!(
         stream(&schema, &table("app", "my items"), json!({})),
-        "app/my%20items"
+        "app/my items"
     );
 }
 
@@ -129,14 +129,18 @@ fn column_templates_fan_rows_out_by_value() {
         (json!("_empty_"), "sessions/%5Fempty_"),
         (json!("a/b"), "sessions/a%2Fb"),
         (json!("50%"), "sessions/50%25"),
+        (json!("a%2Fb"), "sessions/a%252Fb"),
+        (json!("%5Fnull_"), "sessions/%255Fnull_"),
         (json!(".."), "sessions/%2E%2E"),
         (json!("."), "sessions/%2E"),
+        (json!("%2E"), "sessions/%252E"),
         (json!("..."), "sessions/..."),
-        (json!("x?y#z"), "sessions/x%3Fy%23z"),
-        (json!("tab\there\n"), "sessions/tab%09here%0A"),
-        (json!("héllo wörld"), "sessions/h%C3%A9llo%20w%C3%B6rld"),
+        (json!("x?y#z"), "sessions/x?y#z"),
+        (json!("a b@c.com"), "sessions/a b@c.com"),
+        (json!("tab\there\n"), "sessions/tab\there\n"),
+        (json!("héllo wörld"), "sessions/héllo wörld"),
         (json!("A-z_0.9~"), "sessions/A-z_0.9~"),
-        (json!({"a": [1]}), "sessions/%7B%22a%22%3A%5B1%5D%7D"),
+        (json!({"a": [1]}), "sessions/{\"a\":[1]}"),
     ];
     for (value, expected) in cases {
         let got = stream(&router, &items, json!({"id": "1", "session_id": value}));
@@ -277,7 +281,15 @@ fn route_options_split_at_the_first_equals_sign() {
 
 #[test]
 fn the_documented_encoding_is_what_the_code_does() {
-    for fragment in ["a%2Fb", "_null_", "_empty_", "%5Fnull_", "%2E"] {
+    for fragment in [
+        "a%2Fb",
+        "%25",
+        "_null_",
+        "_empty_",
+        "%5Fnull_",
+        "%2E",
+        "encodeURIComponent",
+    ] {
         assert!(
             STREAM_NAME_DOC.contains(fragment),
             "{fragment} undocumented"
@@ -285,4 +297,46 @@ fn the_documented_encoding_is_what_the_code_does() {
     }
     assert_eq!(encode_value(&Value::Null), NULL_VALUE);
     assert_eq!(encode_text(""), EMPTY_VALUE);
+}
+
+#[test]
+fn distinct_values_never_share_a_name_and_never_add_a_segment() {
+    let mut values: Vec<Value> = [
+        "",
+        "_empty_",
+        "%5Fempty_",
+        "_null_",
+        "%5Fnull_",
+        ".",
+        "..",
+        "%2E",
+        "%2E%2E",
+        "/",
+        "%2F",
+        "a/b",
+        "a%2Fb",
+        "a%252Fb",
+        "%",
+        "%25",
+        "a b",
+        "a%20b",
+        "...",
+        "./",
+        "/..",
+    ]
+    .iter()
+    .map(|v| json!(v))
+    .collect();
+    values.push(Value::Null);
+    let mut seen: std::collections::HashMap<String, Value> = std::collections::HashMap::new();
+    for value in values {
+        let text = encode_value(&value);
+        assert!(
+            !text.is_empty() && !text.contains('/') && text != "." && text != "..",
+            "{value} became {text:?}, which is not one plain path segment"
+        );
+        if let Some(earlier) = seen.insert(text.clone(), value.clone()) {
+            panic!("{earlier} and {value} both became {text:?}");
+        }
+    }
 }

@@ -1,6 +1,12 @@
-//! Which tables a snapshot reads, and how: the publication's tables with their row filters
-//! and column lists, each described the way pgoutput's Relation message would describe it,
-//! so snapshot rows get the same `type`, key columns and value conversion as streamed rows.
+//! Which tables a snapshot reads, and how: the publication's tables (and its insert-only
+//! companion's) with their row filters and column lists, each described the way pgoutput's
+//! Relation message would describe it, so snapshot rows get the same `type`, key columns and
+//! value conversion as streamed rows.
+//!
+//! Partitioned tables: ds-sync's publications publish them through their root
+//! (`publish_via_partition_root`), so `pg_publication_tables` lists the partitioned table,
+//! not its partitions; it is read as one table (`SELECT .. FROM root` reads every partition)
+//! and keyed by its own primary key, exactly as its streamed changes are.
 
 use std::sync::Arc;
 
@@ -32,13 +38,16 @@ pub const SIGNAL_SCHEMA: &str = "ds_sync";
 macro_rules! tables_sql {
     ($columns:literal) => {
         concat!(
-            "SELECT c.oid, pt.schemaname::text, pt.tablename::text, ",
+            "SELECT DISTINCT ON (2, 3) c.oid, pt.schemaname::text, pt.tablename::text, ",
             $columns,
-            ", greatest(c.reltuples, 0)::int8, c.relreplident::text \
+            ", CASE c.relkind WHEN 'p' THEN (SELECT coalesce(sum(greatest(l.reltuples, 0)), 0) \
+                 FROM pg_partition_tree(c.oid) t JOIN pg_class l ON l.oid = t.relid \
+                 WHERE t.isleaf)::int8 ELSE greatest(c.reltuples, 0)::int8 END, \
+               c.relreplident::text \
              FROM pg_publication_tables pt \
              JOIN pg_namespace n ON n.nspname = pt.schemaname \
              JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
-             WHERE pt.pubname = $1 ORDER BY 2, 3"
+             WHERE pt.pubname = ANY($1::text[]) ORDER BY 2, 3"
         )
     };
 }
@@ -61,7 +70,8 @@ const COLUMNS_SQL: &str = "\
     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
     ORDER BY a.attnum";
 
-/// The publication's tables, largest first (so parallel readers finish close together).
+/// The tables of the publication and of its insert-only companion, largest first (so
+/// parallel readers finish close together).
 pub async fn published_tables(
     sql: &Client,
     publication: &str,
@@ -76,7 +86,11 @@ pub async fn published_tables(
     } else {
         TABLES_SQL_14
     };
-    let rows = sql.query(query, &[&publication]).await.map_err(|e| {
+    let names = [
+        publication.to_owned(),
+        crate::publication::insert_only_name(publication),
+    ];
+    let rows = sql.query(query, &[&&names[..]]).await.map_err(|e| {
         PgError::query(
             format!("listing the tables of publication '{publication}'"),
             &e,

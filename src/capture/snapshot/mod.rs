@@ -55,7 +55,7 @@ use super::pipeline::CaptureConfig;
 use super::route::Router;
 use super::source;
 
-pub use catalog::{SnapshotTable, published_tables};
+pub use catalog::{SIGNAL_SCHEMA, SnapshotTable, published_tables};
 pub use copy_text::{CopyTextError, parse_line};
 pub use reader::ReadContext;
 pub use state::{Reason, Recorded, decide};

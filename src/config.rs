@@ -46,6 +46,8 @@ pub struct FileConfig {
     pub publication: Option<String>,
     pub log_format: Option<LogFormat>,
     pub output: Option<OutputFormat>,
+    /// Address of the metrics and health endpoints (`run`, `dev`) and of `health`.
+    pub listen: Option<String>,
     /// `[capture]`: defaults for `ds-sync run` / `ds-sync dev`.
     #[serde(default)]
     pub capture: CaptureFile,
@@ -81,6 +83,7 @@ pub struct CaptureFile {
     pub request_timeout_ms: Option<u64>,
     pub snapshot: Option<crate::capture::snapshot::SnapshotMode>,
     pub snapshot_workers: Option<usize>,
+    pub metrics_stream_labels: Option<bool>,
 }
 
 /// Where a setting's value came from.
@@ -126,6 +129,7 @@ pub struct CliValues {
     pub publication: CliValue<String>,
     pub log_format: CliValue<LogFormat>,
     pub output: CliValue<OutputFormat>,
+    pub listen: CliValue<String>,
 }
 
 /// Errors of configuration.
@@ -149,7 +153,7 @@ impl ConfigError {
                 "Pass --postgres-url, or set POSTGRES_URL (or DATABASE_URL), or postgres_url in the --config file.".into(),
             ),
             ConfigError::Parse { .. } => Some(
-                "Accepted keys: postgres_url, ds_server_url, slot, publication, log_format, output, a [capture] and an [ingest] section (see the README).".into(),
+                "Accepted keys: postgres_url, ds_server_url, slot, publication, log_format, output, listen, a [capture] and an [ingest] section (see the README).".into(),
             ),
             _ => None,
         }
@@ -168,6 +172,8 @@ pub struct Settings {
     pub publication: Sourced<String>,
     pub log_format: Sourced<LogFormat>,
     pub output: Sourced<OutputFormat>,
+    /// `--listen`: where `run` and `dev` serve metrics and health (off when unset).
+    pub listen: Option<Sourced<String>>,
     /// The file's `[capture]` section, merged with `run`'s flags by that command.
     #[serde(skip)]
     pub capture_file: CaptureFile,
@@ -222,6 +228,7 @@ impl Settings {
             ),
             log_format: pick_or(cli.log_format, file.log_format, LogFormat::Text),
             output: pick_or(cli.output, file.output, OutputFormat::Table),
+            listen: pick(cli.listen, file.listen),
             capture_file: file.capture,
             ingest_file: file.ingest,
         }

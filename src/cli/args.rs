@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Args, Clone)]
 pub struct GlobalArgs {
     /// TOML file with defaults for the options below (keys: postgres_url, ds_server_url,
-    /// slot, publication, log_format, output)
+    /// slot, publication, log_format, output, listen)
     #[arg(long, global = true, env = "DS_SYNC_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -65,6 +65,11 @@ pub struct GlobalArgs {
     /// Output format of commands that print results [default: table]
     #[arg(long, global = true, env = "DS_SYNC_OUTPUT", value_enum)]
     pub output: Option<OutputFormat>,
+
+    /// Serve /metrics (Prometheus), /livez and /readyz on this IP:PORT while `run` or `dev`
+    /// runs; `health` checks it [default: off]
+    #[arg(long, global = true, env = "DS_SYNC_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,6 +181,21 @@ stay in clients' state. The table needs a primary key.
 Example:
   ds-sync snapshot --table items --slot ds_sync --publication ds_sync")]
     Snapshot(SnapshotArgs),
+    /// Check a running ds-sync's readiness (/readyz): exit 0 when ready, 1 otherwise, with
+    /// the reason; the healthcheck of the container image
+    #[command(after_help = "\
+Asks GET /readyz of the ds-sync listening on --listen (DS_SYNC_LISTEN, file key listen; an
+unspecified IP such as 0.0.0.0 means loopback), or on --url. Prints the reason when not ready.
+Needs no shell or curl, so it is the HEALTHCHECK of the distroless image.
+
+Examples:
+  ds-sync health --url http://127.0.0.1:9464
+  DS_SYNC_LISTEN=0.0.0.0:9464 ds-sync health")]
+    Health {
+        /// Base URL of the ds-sync to check, e.g. http://127.0.0.1:9464 [default: from --listen]
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
 }
 
 /// Options of `ds-sync snapshot`.
@@ -270,6 +290,10 @@ pub struct CaptureArgs {
     /// tables added to the publication later) [default: 1000]
     #[arg(long, env = "DS_SYNC_SNAPSHOT_CHUNK_ROWS", value_name = "N")]
     pub snapshot_chunk_rows: Option<usize>,
+    /// Count messages per capture stream in the metrics (one series per stream, at most
+    /// 10000; per-key routes make many) [default: off]
+    #[arg(long, env = "DS_SYNC_METRICS_STREAM_LABELS")]
+    pub metrics_stream_labels: bool,
     #[command(flatten)]
     pub ingest: IngestArgs,
 }

@@ -93,7 +93,7 @@ fn capture_config(
             ..ClientOptions::default()
         },
     )?;
-    Ok(CaptureConfig {
+    let cfg = CaptureConfig {
         source: SourceConfig {
             target,
             slot,
@@ -125,7 +125,10 @@ fn capture_config(
                 .unwrap_or(crate::capture::snapshot::incremental::DEFAULT_CHUNK_ROWS)
                 .max(1),
         },
-    })
+    };
+    let stream_labels = args.metrics_stream_labels || file.metrics_stream_labels.unwrap_or(false);
+    crate::observe::capture().configured(cfg.max_buffer_bytes, stream_labels);
+    Ok(cfg)
 }
 
 /// First SIGTERM/SIGINT: graceful shutdown. Second: hard stop. The handlers are installed

@@ -16,6 +16,8 @@ mod ingest_cli;
 mod ingest_kit;
 mod ingest_scale;
 mod init;
+mod observe;
+mod prom;
 mod publication;
 mod resnapshot;
 mod slot;

@@ -395,6 +395,31 @@ mod tests {
     }
 
     #[test]
+    fn listen_comes_from_the_flag_or_the_file_and_is_off_by_default() {
+        let f: FileConfig =
+            toml::from_str("listen = \"0.0.0.0:9464\"\n[capture]\nmetrics_stream_labels = true\n")
+                .unwrap();
+        assert_eq!(f.capture.metrics_stream_labels, Some(true));
+        let s = Settings::resolve(CliValues::default(), f.clone(), &no_env);
+        let listen = s.listen.clone().unwrap();
+        assert_eq!(
+            (listen.value.as_str(), listen.source),
+            ("0.0.0.0:9464", Source::File)
+        );
+        let cli = CliValues {
+            listen: CliValue {
+                value: Some("127.0.0.1:1".into()),
+                source: Some(Source::Env),
+            },
+            ..CliValues::default()
+        };
+        let s = Settings::resolve(cli, f, &no_env);
+        assert_eq!(s.listen.unwrap().source, Source::Env);
+        let off = Settings::resolve(CliValues::default(), FileConfig::default(), &no_env);
+        assert!(off.listen.is_none());
+    }
+
+    #[test]
     fn file_rejects_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");

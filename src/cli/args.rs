@@ -102,10 +102,12 @@ when --ingest, the [ingest] section or stored subscriptions name streams:
 Without --postgres-url it starts a private PostgreSQL cluster in a temp directory; without
 --ds-server-url it serves a DS server in-process (port 4437 when free). It creates the table
 items (id, title, body, created_at), runs capture, and prints a curl line that tails the
-stream over SSE and a psql line to insert rows.
+stream over SSE and a psql line to insert rows. With --no-capture it only starts the servers
+(and ingest), for another ds-sync (e.g. the container image) to use.
 
-Example:
-  ds-sync dev")]
+Examples:
+  ds-sync dev
+  ds-sync dev --no-capture")]
     Dev {
         #[command(flatten)]
         capture: CaptureArgs,

@@ -202,13 +202,17 @@ pub async fn dev(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError
         .map_err(|e| crate::pg::PgError::query("creating the demo table items", &e))?;
     let mut args = args.clone();
     args.tables.get_or_insert_with(|| vec!["items".into()]);
-    let cfg = capture_config(&args, settings, target.clone(), &ds_url)?;
-    // The slot exists before the banner invites inserts, so no row falls before it.
-    crate::capture::source::prepare(&client, &cfg.source).await?;
-    print_dev_banner(local_pg.as_ref(), &target, &ds_url, &args);
+    let cfg = if args.ingest.no_capture {
+        None
+    } else {
+        let cfg = capture_config(&args, settings, target.clone(), &ds_url)?;
+        // The slot exists before the banner invites inserts, so no row falls before it.
+        crate::capture::source::prepare(&client, &cfg.source).await?;
+        Some(cfg)
+    };
+    print_dev_banner(local_pg.as_ref(), &target, &ds_url, &args, cfg.is_some());
     let ingest = super::ingest::dev_config(&args.ingest, &target, &ds_url).await?;
-    let result =
-        super::ingest::run_directions(Some(cfg), ingest, settings, &shutdown, &hard_stop).await;
+    let result = super::ingest::run_directions(cfg, ingest, settings, &shutdown, &hard_stop).await;
     drop(ds_server);
     drop(local_pg);
     eprintln!("stopped; throwaway servers removed");
@@ -232,8 +236,20 @@ fn print_dev_banner(
     target: &PgTarget,
     ds_url: &str,
     args: &CaptureArgs,
+    capture: bool,
 ) {
     let psql_url = local_pg.map_or_else(|| target.to_string(), |pg| pg.url("postgres"));
+    if !capture {
+        eprintln!(
+            "\nds-sync dev is running without capture: the servers are there for another ds-sync.\n\n\
+             \x20 Postgres   {target}\n\
+             \x20 DS server  {ds_url}\n\n\
+             Connect:\n\
+             \x20 psql '{psql_url}'\n\n\
+             Ctrl-C removes the throwaway servers.\n"
+        );
+        return;
+    }
     let tables = args.tables.clone().unwrap_or_default();
     let first = tables.first().cloned().unwrap_or_else(|| "items".into());
     let stream = format!("{}/v1/stream/pg-{first}", ds_url.trim_end_matches('/'));

@@ -446,6 +446,33 @@ mod tests {
     }
 
     #[test]
+    fn stream_labels_are_opt_in_and_bounded() {
+        let m = CaptureMetrics::new(Family::default());
+        let written = Ok(AppendOutcome::Written { next_offset: None });
+        let labels = |s: &str| StreamLabels { stream: s.into() };
+        m.post("s/1", &written, 3, 10);
+        assert!(
+            m.stream_messages.get(&labels("s/1")).is_none(),
+            "off by default"
+        );
+        m.configured(1 << 20, true);
+        m.post("s/1", &written, 3, 10);
+        m.post("s/1", &Ok(AppendOutcome::AlreadyWritten), 2, 10);
+        assert_eq!(m.stream_messages.get_or_create(&labels("s/1")).get(), 5);
+        for i in 0..MAX_STREAM_SERIES + 5 {
+            m.post(&format!("k/{i}"), &written, 1, 10);
+        }
+        assert_eq!(lock(&m.labelled_streams).len(), MAX_STREAM_SERIES);
+        let last = format!("k/{}", MAX_STREAM_SERIES + 4);
+        assert!(m.stream_messages.get(&labels(&last)).is_none());
+        assert_eq!(
+            m.stream_messages.get_or_create(&labels(OTHER_STREAM)).get(),
+            6
+        );
+        assert_eq!(m.buffer_limit_bytes.get(), 1 << 20);
+    }
+
+    #[test]
     fn post_outcomes_follow_the_client_errors() {
         let written = Ok(AppendOutcome::Written { next_offset: None });
         assert_eq!(outcome(&written), Outcome::written);

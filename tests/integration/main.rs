@@ -9,6 +9,7 @@ mod capture;
 mod capture_faults;
 mod cli;
 mod dev;
+mod docker;
 mod ds_client;
 mod harness;
 mod ingest;

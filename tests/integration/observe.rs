@@ -381,3 +381,24 @@ async fn listening_on_a_taken_address_is_an_error() {
     );
     assert!(run.stderr.contains("hint:"), "{}", run.stderr);
 }
+
+#[tokio::test]
+async fn config_show_names_the_listen_address_and_its_source() {
+    let run = run_ds_sync(
+        &["config", "show", "--output", "json"],
+        &[("DS_SYNC_LISTEN", "0.0.0.0:9464")],
+    )
+    .await
+    .ok();
+    let show = run.json();
+    assert_eq!(show["listen"]["value"], "0.0.0.0:9464", "{show}");
+    assert_eq!(show["listen"]["source"], "env");
+    let run = run_ds_sync(&["config", "show", "--output", "json"], &[])
+        .await
+        .ok();
+    let show = run.json();
+    assert_eq!(show["listen"]["value"], serde_json::Value::Null, "{show}");
+    assert_eq!(show["listen"]["source"], "unset");
+    let table = run_ds_sync(&["config", "show"], &[]).await.ok();
+    assert!(table.stdout.contains("listen"), "{}", table.stdout);
+}

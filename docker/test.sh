@@ -147,18 +147,25 @@ pod build --quiet --format docker --network host --target runtime \
   -t "$IMAGE" -f docker/Dockerfile "$WORK/ctx" >/dev/null || fail "podman build"
 [ "$(pod image inspect --format '{{.Config.User}}' "$IMAGE")" = "65532:65532" ] \
   || fail "the image does not run as 65532:65532"
-pod run --rm --network host --health-interval disable "$IMAGE" --version | grep -q '^ds-sync ' \
-  || fail "the image's entrypoint is not ds-sync"
+# podman logs an error about systemd timers for healthchecks on every run here: kept in
+# files, shown only when a step fails.
+pod run --rm --network host --health-interval disable "$IMAGE" --version 2>"$WORK/podman.err" \
+  | grep -q '^ds-sync ' || fail "the image's entrypoint is not ds-sync: $(cat "$WORK/podman.err")"
 
 say "starting a throwaway PostgreSQL and DS server (ds-sync dev --no-capture)"
 env -u POSTGRES_URL -u DATABASE_URL -u DS_SERVER_URL -u DS_SYNC_LISTEN \
-  "$BIN" dev --no-capture --ingest dev-sessions >"$WORK/dev.log" 2>&1 &
+  "$BIN" dev --no-capture >"$WORK/dev.log" 2>&1 &
 DEV_PID=$!
 wait_until 120 "the dev servers" grep -q "Ctrl-C removes the throwaway servers" "$WORK/dev.log"
-PG_URL=$(sed -n "s/^ *psql '\([^']*\)'.*/\1/p" "$WORK/dev.log" | head -n 1)
+ADMIN_URL=$(sed -n "s/^ *psql '\([^']*\)'.*/\1/p" "$WORK/dev.log" | head -n 1)
 DS_URL=$(sed -n 's/^ *DS server *\(http[^ ]*\).*/\1/p' "$WORK/dev.log" | head -n 1)
-[ -n "$PG_URL" ] && [ -n "$DS_URL" ] || fail "cannot read the server URLs from the dev banner"
+[ -n "$ADMIN_URL" ] && [ -n "$DS_URL" ] || fail "cannot read the server URLs from the dev banner"
+# A database of its own: dev ingests in its own, and subscriptions are per database.
+PG_URL=${ADMIN_URL%/postgres}/image
+"$PSQL" "$ADMIN_URL" -X -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE image" >/dev/null \
+  || fail "creating the test database"
 sql() { "$PSQL" "$PG_URL" -X -q -t -A -v ON_ERROR_STOP=1 -c "$1"; }
+sql "$(cat docker/postgres-init.sql)" >/dev/null || fail "creating the table items"
 
 PORT=$(free_port)
 say "running the image as the sidecar (metrics and health on 127.0.0.1:$PORT)"
@@ -174,7 +181,7 @@ pod run -d --name "$NAME" --network host --health-interval disable \
   -e DS_SYNC_SLOT=image_slot \
   -e DS_SYNC_PUBLICATION=image_pub \
   -e DS_SYNC_LISTEN="127.0.0.1:$PORT" \
-  "$IMAGE" >/dev/null || fail "podman run"
+  "$IMAGE" >/dev/null 2>"$WORK/podman.err" || fail "podman run: $(cat "$WORK/podman.err")"
 CONTAINER_STARTED=1
 pid=$(pod inspect --format '{{.State.Pid}}' "$NAME")
 uid=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")
@@ -210,7 +217,8 @@ status=$(pod inspect --format '{{.State.Health.Status}}' "$NAME" 2>/dev/null \
 [ "$status" = "healthy" ] || fail "health status is '$status', not healthy"
 
 say "stopping: SIGTERM delivers what is in flight and exits 0"
-pod stop --time 60 "$NAME" >/dev/null || fail "podman stop"
+pod stop --time 60 "$NAME" >/dev/null 2>"$WORK/podman.err" \
+  || fail "podman stop: $(cat "$WORK/podman.err")"
 code=$(pod inspect --format '{{.State.ExitCode}}' "$NAME")
 [ "$code" = "0" ] || fail "the container exited with $code"
 

@@ -9,7 +9,8 @@ use crate::config::{LogFormat, OutputFormat};
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  error (connection, SQL, invalid input); the message says what and where
+  1  error (connection, SQL, invalid input); the message says what and where;
+     health: not ready (the reason follows)
   2  usage error (unknown option, missing argument)
   3  init: a server prerequisite is not met (each failed check is printed with its fix)
   4  slot status / slot drop: the slot does not exist

@@ -402,3 +402,40 @@ async fn config_show_names_the_listen_address_and_its_source() {
     let table = run_ds_sync(&["config", "show"], &[]).await.ok();
     assert!(table.stdout.contains("listen"), "{}", table.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_is_503_while_another_process_holds_the_slot() {
+    let sc = scenario("obs_slot", ITEMS, DsServerOptions::default()).await;
+    let first = CaptureProcess::start(&sc.db, &sc.server.url(), &["--tables", "items"]).await;
+    wait_streaming(&sc.db).await;
+    let second = CaptureProcess::start(
+        &sc.db,
+        &sc.server.url(),
+        &["--tables", "items", "--listen", "127.0.0.1:0"],
+    )
+    .await;
+    let readyz = format!("http://{}/readyz", listen_addr(&second).await);
+    let held = wait_for(
+        "/readyz to name the slot's holder",
+        Duration::from_secs(60),
+        || async {
+            let (status, _, body) = get(&readyz, "*/*").await;
+            (status == 503 && body.contains("is held by walsender pid")).then_some(body)
+        },
+    )
+    .await;
+    let report: serde_json::Value = serde_json::from_str(&held).unwrap();
+    assert_eq!(report["capture"]["state"], "reconnecting", "{held}");
+    assert_eq!(report["ds_server"]["ready"], true, "{held}");
+    first.stop_ok().await;
+    wait_for(
+        "/readyz to answer 200 once the slot is free",
+        Duration::from_secs(60),
+        || async {
+            let (status, _, _) = get(&readyz, "*/*").await;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+    second.stop_ok().await;
+}

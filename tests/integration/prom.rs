@@ -86,9 +86,7 @@ fn parse_labels(s: &str) -> Result<(BTreeMap<String, String>, &str), String> {
 }
 
 fn parse_sample(line: &str) -> Result<Sample, String> {
-    let name_end = line
-        .find(|c: char| c == '{' || c == ' ')
-        .ok_or("sample without value")?;
+    let name_end = line.find(['{', ' ']).ok_or("sample without value")?;
     let name = &line[..name_end];
     if !valid_name(name, true) {
         return Err(format!("invalid metric name {name:?}"));
@@ -225,12 +223,15 @@ impl Scrape {
     }
 }
 
+/// A histogram's label set without `le`.
+type LabelKey = Vec<(String, String)>;
+
 /// Buckets cumulative per label set, the last `+Inf`, equal to `_count`.
 fn check_histogram(name: &str, f: &Family) -> Result<(), String> {
-    let mut groups: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
-    let mut counts: BTreeMap<Vec<(String, String)>, f64> = BTreeMap::new();
+    let mut groups: BTreeMap<LabelKey, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut counts: BTreeMap<LabelKey, f64> = BTreeMap::new();
     for s in &f.samples {
-        let mut key: Vec<(String, String)> = s
+        let mut key: LabelKey = s
             .labels
             .iter()
             .filter(|(k, _)| *k != "le")

@@ -52,6 +52,8 @@ pub struct FileConfig {
     pub publication: Option<String>,
     pub log_format: Option<LogFormat>,
     pub output: Option<OutputFormat>,
+    /// Address of the metrics and health endpoints (`run`, `dev`) and of `health`.
+    pub listen: Option<String>,
     /// `[capture]`: defaults for `ds-sync run` / `ds-sync dev`.
     #[serde(default)]
     pub capture: CaptureFile,
@@ -90,6 +92,7 @@ pub struct CaptureFile {
     pub request_timeout_ms: Option<u64>,
     pub snapshot: Option<crate::capture::snapshot::SnapshotMode>,
     pub snapshot_workers: Option<usize>,
+    pub metrics_stream_labels: Option<bool>,
 }
 
 /// Where a setting's value came from.
@@ -193,6 +196,7 @@ pub struct CliValues {
     pub publication: CliValue<String>,
     pub log_format: CliValue<LogFormat>,
     pub output: CliValue<OutputFormat>,
+    pub listen: CliValue<String>,
 }
 
 /// Errors of configuration.
@@ -218,7 +222,7 @@ impl ConfigError {
                 "Pass --postgres-url, or set POSTGRES_URL (or DATABASE_URL), or postgres_url in the --config file.".into(),
             ),
             ConfigError::Parse { .. } => Some(
-                "Accepted keys: postgres_url, ds_server_url, ds_token, ds_token_file, ds_headers, ds_ca_file, ds_client_cert, ds_client_key, slot, publication, log_format, output, a [capture] and an [ingest] section (see the README).".into(),
+                "Accepted keys: postgres_url, ds_server_url, ds_token, ds_token_file, ds_headers, ds_ca_file, ds_client_cert, ds_client_key, slot, publication, log_format, output, listen, a [capture] and an [ingest] section (see the README).".into(),
             ),
             ConfigError::Pg(e) => e.hint(),
             _ => None,
@@ -247,6 +251,8 @@ pub struct Settings {
     pub publication: Sourced<String>,
     pub log_format: Sourced<LogFormat>,
     pub output: Sourced<OutputFormat>,
+    /// `--listen`: where `run` and `dev` serve metrics and health (off when unset).
+    pub listen: Option<Sourced<String>>,
     /// The file's `[capture]` section, merged with `run`'s flags by that command.
     #[serde(skip)]
     pub capture_file: CaptureFile,
@@ -326,6 +332,7 @@ impl Settings {
             ),
             log_format: pick_or(cli.log_format, file.log_format, LogFormat::Text),
             output: pick_or(cli.output, file.output, OutputFormat::Table),
+            listen: pick(cli.listen, file.listen),
             capture_file: file.capture,
             ingest_file: file.ingest,
         }
@@ -569,6 +576,31 @@ mod tests {
         assert_eq!(f.ingest.max_event_bytes, Some(1024));
         assert_eq!(f.ingest.batch_max_rows, Some(50));
         assert!(toml::from_str::<FileConfig>("[ingest]\nstream = [\"x\"]\n").is_err());
+    }
+
+    #[test]
+    fn listen_comes_from_the_flag_or_the_file_and_is_off_by_default() {
+        let f: FileConfig =
+            toml::from_str("listen = \"0.0.0.0:9464\"\n[capture]\nmetrics_stream_labels = true\n")
+                .unwrap();
+        assert_eq!(f.capture.metrics_stream_labels, Some(true));
+        let s = Settings::resolve(CliValues::default(), f.clone(), &no_env);
+        let listen = s.listen.clone().unwrap();
+        assert_eq!(
+            (listen.value.as_str(), listen.source),
+            ("0.0.0.0:9464", Source::File)
+        );
+        let cli = CliValues {
+            listen: CliValue {
+                value: Some("127.0.0.1:1".into()),
+                source: Some(Source::Env),
+            },
+            ..CliValues::default()
+        };
+        let s = Settings::resolve(cli, f, &no_env);
+        assert_eq!(s.listen.unwrap().source, Source::Env);
+        let off = Settings::resolve(CliValues::default(), FileConfig::default(), &no_env);
+        assert!(off.listen.is_none());
     }
 
     #[test]

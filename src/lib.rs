@@ -23,6 +23,7 @@
 //! * [`ingest`]: stream → DB: SSE subscriptions, binary COPY with the offset in the same
 //!   transaction, dead letters, subscriptions that change at run time.
 //! * [`bench`]: `ds-sync bench`, the load-test runner: scenarios next to their ceilings.
+//! * [`observe`]: Prometheus metrics, `/livez` and `/readyz` on `--listen`, `ds-sync health`.
 //! * [`embedded`]: a throwaway local PostgreSQL cluster and an in-process DS server, used by
 //!   the test suite and by `ds-sync dev`.
 
@@ -34,6 +35,7 @@ pub mod ds;
 pub mod embedded;
 pub mod ingest;
 pub mod keepalive;
+pub mod observe;
 pub mod pg;
 pub mod pgoutput;
 pub mod publication;

@@ -96,11 +96,13 @@ pub async fn run(
         let outcome = match source::connect(&client, &cfg.source, start).await {
             Ok(repl) => {
                 incremental.send_probe(&client).await;
+                crate::observe::capture().session_started();
                 tracing::info!(slot = %cfg.source.slot, start = %Lsn::from_u64(start), "streaming changes");
                 let mut session = Session::new(cfg, &client, start, hard_stop, &mut incremental);
                 let result = session.run(repl, shutdown).await;
                 let confirmed = session.ledger.confirmed();
                 session.drain().await;
+                crate::observe::capture().session_ended();
                 if result.is_ok() {
                     backoff.reset();
                 }
@@ -116,6 +118,7 @@ pub async fn run(
                 return Ok(());
             }
             Ok(SessionEnd::ServerEnded) => {
+                crate::observe::capture().server_ended();
                 tracing::warn!(
                     "the server ended the replication stream; resuming from the slot's confirmed position"
                 )
@@ -139,6 +142,7 @@ async fn wait_or_stop(
     shutdown: &CancellationToken,
 ) -> Result<(), CaptureError> {
     let delay = backoff.next_delay();
+    crate::observe::capture().reconnect(e);
     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "capture interrupted, resuming from the slot's confirmed position");
     tokio::select! {
         _ = tokio::time::sleep(delay) => Ok(()),
@@ -212,10 +216,12 @@ impl<'a> Session<'a> {
             if stopping && self.deliveries.is_empty() && self.queues.is_idle() {
                 self.ledger.abandon_open();
                 self.ledger.advance();
+                crate::observe::capture().acknowledged(self.ledger.confirmed());
                 repl.update_applied_lsn(Lsn::from_u64(self.ledger.confirmed()));
                 let _ = repl.shutdown().await;
                 return Ok(SessionEnd::Stopped);
             }
+            crate::observe::capture().buffered(self.queues.buffered_bytes());
             let reading = !stopping && self.queues.buffered_bytes() < self.cfg.max_buffer_bytes;
             let linger = self.queues.next_linger_deadline();
             let probe_warning = self.snap.probe_warning_at();
@@ -245,6 +251,7 @@ impl<'a> Session<'a> {
                 }
             }
             if let Some(lsn) = self.ledger.advance() {
+                crate::observe::capture().acknowledged(lsn);
                 repl.update_applied_lsn(Lsn::from_u64(lsn));
             }
         }
@@ -286,6 +293,7 @@ impl<'a> Session<'a> {
         event: ReplicationEvent,
         repl: &ReplicationClient,
     ) -> Result<(), CaptureError> {
+        crate::observe::capture().received(&event);
         match event {
             ReplicationEvent::Begin {
                 final_lsn,
@@ -307,6 +315,11 @@ impl<'a> Session<'a> {
             ReplicationEvent::Commit { end_lsn, .. } => {
                 if let Some(tx) = self.tx.take() {
                     tracing::debug!(commit_lsn = %Lsn::from_u64(tx.id), messages = tx.next_index, "transaction read");
+                    crate::observe::capture().committed(
+                        end_lsn.as_u64(),
+                        tx.meta.commit_time_micros,
+                        tx.next_index,
+                    );
                     self.ledger.commit(tx.id, end_lsn.as_u64());
                     self.snap.committed(tx.id, end_lsn.as_u64());
                     self.queues.commit();
@@ -321,6 +334,7 @@ impl<'a> Session<'a> {
                     && !self.snap.probe_pending()
                     && let Some(lsn) = self.ledger.keepalive(wal_end.as_u64())
                 {
+                    crate::observe::capture().acknowledged(lsn);
                     repl.update_applied_lsn(Lsn::from_u64(lsn));
                 }
             }
@@ -398,6 +412,7 @@ impl<'a> Session<'a> {
             self.snap.change(oid, &row);
             let stream = self.cfg.router.stream_for(&table, &row)?;
             self.enqueue(oid, &stream, &row)?;
+            crate::observe::capture().change(&table.type_name, row.operation);
         }
         Ok(())
     }
@@ -412,6 +427,7 @@ impl<'a> Session<'a> {
         let (oid, table, rows) = self
             .snap
             .chunk_messages(tx.commit_lsn, tx.commit_time_micros)?;
+        crate::observe::snapshot().chunk_rows(rows.len());
         for row in rows {
             let stream = self.cfg.router.stream_for(&table, &row)?;
             self.enqueue(oid, &stream, &row)?;
@@ -443,6 +459,9 @@ impl<'a> Session<'a> {
                 streams.push(Arc::from(stream.as_str()));
             }
             streams.sort();
+            if let Some(t) = self.tables.get(oid) {
+                crate::observe::capture().truncated(&t.type_name);
+            }
             for stream in streams {
                 self.enqueue(*oid, &stream, &reset)?;
             }

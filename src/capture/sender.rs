@@ -185,6 +185,7 @@ async fn deliver(
         let result = client
             .append(&batch.stream, body.clone(), seq.as_deref())
             .await;
+        crate::observe::capture().post(&batch.stream, &result, batch.messages.len(), body.len());
         let error = match result {
             Ok(AppendOutcome::Written { .. }) => return Delivery::Written,
             Ok(AppendOutcome::AlreadyWritten) => return Delivery::AlreadyWritten,

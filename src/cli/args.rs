@@ -9,7 +9,8 @@ use crate::config::{LogFormat, OutputFormat};
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  error (connection, SQL, invalid input); the message says what and where
+  1  error (connection, SQL, invalid input); the message says what and where;
+     health: not ready (the reason follows)
   2  usage error (unknown option, missing argument)
   3  init: a server prerequisite is not met (each failed check is printed with its fix)
   4  slot status / slot drop: the slot does not exist
@@ -32,7 +33,7 @@ pub struct Cli {
 pub struct GlobalArgs {
     /// TOML file with defaults for the options below (keys: postgres_url, ds_server_url,
     /// ds_token, ds_token_file, ds_headers, ds_ca_file, ds_client_cert, ds_client_key, slot,
-    /// publication, log_format, output)
+    /// publication, log_format, output, listen)
     #[arg(long, global = true, env = "DS_SYNC_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -124,6 +125,11 @@ pub struct GlobalArgs {
     /// Output format of commands that print results [default: table]
     #[arg(long, global = true, env = "DS_SYNC_OUTPUT", value_enum)]
     pub output: Option<OutputFormat>,
+
+    /// Serve /metrics (Prometheus), /livez and /readyz on this IP:PORT while `run` or `dev`
+    /// runs; `health` checks it [default: off]
+    #[arg(long, global = true, env = "DS_SYNC_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,10 +167,12 @@ when --ingest, the [ingest] section or stored subscriptions name streams:
 Without --postgres-url it starts a private PostgreSQL cluster in a temp directory; without
 --ds-server-url it serves a DS server in-process (port 4437 when free). It creates the table
 items (id, title, body, created_at), runs capture, and prints a curl line that tails the
-stream over SSE and a psql line to insert rows.
+stream over SSE and a psql line to insert rows. With --no-capture it only starts the servers
+(and ingest), for another ds-sync (e.g. the container image) to use.
 
-Example:
-  ds-sync dev")]
+Examples:
+  ds-sync dev
+  ds-sync dev --no-capture")]
     Dev {
         #[command(flatten)]
         capture: CaptureArgs,
@@ -240,6 +248,21 @@ stay in clients' state. The table needs a primary key.
 Example:
   ds-sync snapshot --table items --slot ds_sync --publication ds_sync")]
     Snapshot(SnapshotArgs),
+    /// Check a running ds-sync's readiness (/readyz): exit 0 when ready, 1 otherwise, with
+    /// the reason; the healthcheck of the container image
+    #[command(after_help = "\
+Asks GET /readyz of the ds-sync listening on --listen (DS_SYNC_LISTEN, file key listen; an
+unspecified IP such as 0.0.0.0 means loopback), or on --url. Prints the reason when not ready.
+Needs no shell or curl, so it is the HEALTHCHECK of the distroless image.
+
+Examples:
+  ds-sync health --url http://127.0.0.1:9464
+  DS_SYNC_LISTEN=0.0.0.0:9464 ds-sync health")]
+    Health {
+        /// Base URL of the ds-sync to check, e.g. http://127.0.0.1:9464 [default: from --listen]
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
 }
 
 /// Options of `ds-sync snapshot`.
@@ -353,6 +376,10 @@ pub struct CaptureArgs {
     /// tables added to the publication later) [default: 1000]
     #[arg(long, env = "DS_SYNC_SNAPSHOT_CHUNK_ROWS", value_name = "N")]
     pub snapshot_chunk_rows: Option<usize>,
+    /// Count messages per capture stream in the metrics (one series per stream, at most
+    /// 10000; per-key routes make many) [default: off]
+    #[arg(long, env = "DS_SYNC_METRICS_STREAM_LABELS")]
+    pub metrics_stream_labels: bool,
     #[command(flatten)]
     pub ingest: IngestArgs,
 }

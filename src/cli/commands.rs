@@ -28,7 +28,17 @@ pub async fn run(command: Command, settings: &Settings) -> Result<(), CliError> 
         }
         Command::Subscriptions => super::ingest::subscriptions(settings, &out).await,
         Command::Snapshot(args) => request_snapshot(&args, settings, &out).await,
+        Command::Health { url } => health(url.as_deref(), settings, &out).await,
     }
+}
+
+/// `ds-sync health`: exit 0 when the running ds-sync is ready, 1 with the reason otherwise.
+async fn health(url: Option<&str>, settings: &Settings, out: &Printer) -> Result<(), CliError> {
+    use crate::observe::health;
+    let listen = settings.listen.as_ref().map(|l| l.value.as_str());
+    let url = health::readyz_url(url, listen)?;
+    health::check(&url).await?;
+    out.message(&format!("ready ({url})"), &url)
 }
 
 pub(super) fn target(settings: &Settings) -> Result<PgTarget, CliError> {

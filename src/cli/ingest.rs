@@ -107,9 +107,73 @@ pub(super) async fn dev_config(
     Ok(Some(cfg))
 }
 
-/// Runs capture, ingest, or both side by side; when one fails the other is stopped
-/// gracefully and the first error is returned.
+/// Runs capture, ingest, or both side by side, with the metrics and health endpoints when
+/// `--listen` is set; when one direction fails the other is stopped gracefully and the first
+/// error is returned.
 pub(super) async fn run_directions(
+    capture: Option<CaptureConfig>,
+    ingest: Option<IngestConfig>,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+    hard_stop: &CancellationToken,
+) -> Result<(), CliError> {
+    let observer = match &settings.listen {
+        Some(listen) => observe(&listen.value, capture.as_ref(), ingest.as_ref(), shutdown).await?,
+        None => None,
+    };
+    let result = directions(capture, ingest, settings, shutdown, hard_stop).await;
+    if let Some(o) = observer {
+        o.stop().await;
+    }
+    result
+}
+
+/// Starts the endpoints and pollers for the directions that run.
+async fn observe(
+    listen: &str,
+    capture: Option<&CaptureConfig>,
+    ingest: Option<&IngestConfig>,
+    shutdown: &CancellationToken,
+) -> Result<Option<crate::observe::Observer>, CliError> {
+    let Some(ds) = capture
+        .map(|c| c.ds.clone())
+        .or(ingest.map(|i| i.ds.clone()))
+    else {
+        return Ok(None);
+    };
+    let cfg = crate::observe::ObserveConfig {
+        listen: listen.to_owned(),
+        slot: capture.map(|c| (c.source.target.clone(), c.source.slot.clone())),
+        ds,
+        ingest_ds: ingest.map(|i| i.ds.clone()),
+        capture: capture.is_some(),
+    };
+    Ok(Some(crate::observe::Observer::start(cfg, shutdown).await?))
+}
+
+async fn run_capture(
+    c: &CaptureConfig,
+    shutdown: &CancellationToken,
+    hard_stop: &CancellationToken,
+) -> Result<(), CliError> {
+    let r = capture::run(c, shutdown, hard_stop).await;
+    let reason = r.as_ref().err().map(ToString::to_string);
+    crate::observe::readiness().capture(crate::observe::readiness::CapturePhase::Stopped, reason);
+    Ok(r?)
+}
+
+async fn run_ingest(
+    i: &IngestConfig,
+    shutdown: &CancellationToken,
+    hard_stop: &CancellationToken,
+) -> Result<(), CliError> {
+    let r = ingest::run(i, shutdown, hard_stop).await;
+    let reason = r.as_ref().err().map(ToString::to_string);
+    crate::observe::readiness().ingest(crate::observe::readiness::IngestPhase::Stopped, reason);
+    Ok(r?)
+}
+
+async fn directions(
     capture: Option<CaptureConfig>,
     ingest: Option<IngestConfig>,
     settings: &Settings,
@@ -121,28 +185,28 @@ pub(super) async fn run_directions(
         (None, None) => Err(CliError::Invalid(
             "--no-capture together with --no-ingest leaves nothing to run".into(),
         )),
-        (Some(c), None) => Ok(capture::run(&c, shutdown, hard_stop).await?),
+        (Some(c), None) => run_capture(&c, shutdown, hard_stop).await,
         (None, Some(i)) => {
             let client = i.target.connect().await?;
             if let Some(how) = ingest::guard::sink_published(&client, publication, &[]).await? {
                 tracing::warn!(%publication, %how, "public.session_events is in a capture publication: a capture process using it would echo ingested rows back into streams");
             }
             drop(client);
-            Ok(ingest::run(&i, shutdown, hard_stop).await?)
+            run_ingest(&i, shutdown, hard_stop).await
         }
         (Some(c), Some(i)) => {
             let client = i.target.connect().await?;
             ingest::guard::refuse_loop(&client, publication, &c.source.tables).await?;
             drop(client);
             let capture = async {
-                let r = capture::run(&c, shutdown, hard_stop).await;
+                let r = run_capture(&c, shutdown, hard_stop).await;
                 if r.is_err() {
                     shutdown.cancel();
                 }
                 r
             };
             let ingest = async {
-                let r = ingest::run(&i, shutdown, hard_stop).await;
+                let r = run_ingest(&i, shutdown, hard_stop).await;
                 if r.is_err() {
                     shutdown.cancel();
                 }

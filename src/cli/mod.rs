@@ -58,6 +58,10 @@ pub enum CliError {
     Bench(#[from] crate::bench::BenchError),
     #[error(transparent)]
     Ingest(#[from] crate::ingest::IngestError),
+    #[error(transparent)]
+    Observe(#[from] crate::observe::ObserveError),
+    #[error(transparent)]
+    Health(#[from] crate::observe::health::HealthError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -84,6 +88,8 @@ impl CliError {
             CliError::Embedded(e) => e.hint(),
             CliError::Ds(e) => e.hint(),
             CliError::Ingest(e) => e.hint(),
+            CliError::Observe(e) => e.hint(),
+            CliError::Health(e) => e.hint(),
             CliError::SlotLost(name) => Some(format!(
                 "A lost slot cannot be resumed: drop it (`ds-sync slot drop {name}`), create it again and re-snapshot the tables."
             )),
@@ -156,6 +162,7 @@ fn settings(
         publication: cli_value(matches, "publication", global.publication.clone()),
         log_format: cli_value(matches, "log_format", global.log_format),
         output: cli_value(matches, "output", global.output),
+        listen: cli_value(matches, "listen", global.listen.clone()),
     };
     Ok(Settings::resolve(cli, file, env))
 }

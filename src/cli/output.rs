@@ -208,6 +208,9 @@ impl Printer {
         if self.format == OutputFormat::Json {
             let mut v = serde_json::to_value(s).map_err(|e| CliError::Output(e.to_string()))?;
             v["postgres_url"] = pg;
+            if s.listen.is_none() {
+                v["listen"] = json!({"value": null, "source": Source::Unset});
+            }
             return self.json(&v);
         }
         let mut table = new_table(&["setting", "value", "source"]);
@@ -227,6 +230,16 @@ impl Printer {
         add_sourced(&mut table, "publication", &s.publication);
         add_sourced(&mut table, "log_format", &s.log_format);
         add_sourced(&mut table, "output", &s.output);
+        match &s.listen {
+            Some(listen) => add_sourced(&mut table, "listen", listen),
+            None => {
+                table.add_row(vec![
+                    "listen",
+                    "(not set: no metrics or health endpoints)",
+                    "unset",
+                ]);
+            }
+        }
         self.emit(&table.to_string())
     }
 }

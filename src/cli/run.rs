@@ -96,7 +96,7 @@ fn capture_config(
             ..ClientOptions::default()
         },
     )?;
-    Ok(CaptureConfig {
+    let cfg = CaptureConfig {
         source: SourceConfig {
             target,
             slot,
@@ -139,7 +139,10 @@ fn capture_config(
                 .max(1),
         },
         whole_rows: crate::capture::whole_rows::WholeRows::default(),
-    })
+    };
+    let stream_labels = args.metrics_stream_labels || file.metrics_stream_labels.unwrap_or(false);
+    crate::observe::capture().configured(cfg.max_buffer_bytes, stream_labels);
+    Ok(cfg)
 }
 
 /// First SIGTERM/SIGINT: graceful shutdown. Second: hard stop. The handlers are installed
@@ -218,13 +221,17 @@ pub async fn dev(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError
         .map_err(|e| crate::pg::PgError::query("creating the demo table items", &e))?;
     let mut args = args.clone();
     args.tables.get_or_insert_with(|| vec!["items".into()]);
-    let cfg = capture_config(&args, settings, target.clone(), &ds_url, access.clone())?;
-    // The slot exists before the banner invites inserts, so no row falls before it.
-    crate::capture::source::prepare(&client, &cfg.source).await?;
-    print_dev_banner(local_pg.as_ref(), &target, &ds_url, &args);
+    let cfg = if args.ingest.no_capture {
+        None
+    } else {
+        let cfg = capture_config(&args, settings, target.clone(), &ds_url, access.clone())?;
+        // The slot exists before the banner invites inserts, so no row falls before it.
+        crate::capture::source::prepare(&client, &cfg.source).await?;
+        Some(cfg)
+    };
+    print_dev_banner(local_pg.as_ref(), &target, &ds_url, &args, cfg.is_some());
     let ingest = super::ingest::dev_config(&args.ingest, &target, &ds_url, access).await?;
-    let result =
-        super::ingest::run_directions(Some(cfg), ingest, settings, &shutdown, &hard_stop).await;
+    let result = super::ingest::run_directions(cfg, ingest, settings, &shutdown, &hard_stop).await;
     drop(ds_server);
     drop(local_pg);
     eprintln!("stopped; throwaway servers removed");
@@ -248,8 +255,20 @@ fn print_dev_banner(
     target: &PgTarget,
     ds_url: &str,
     args: &CaptureArgs,
+    capture: bool,
 ) {
     let psql_url = local_pg.map_or_else(|| target.to_string(), |pg| pg.url("postgres"));
+    if !capture {
+        eprintln!(
+            "\nds-sync dev is running without capture: the servers are there for another ds-sync.\n\n\
+             \x20 Postgres   {target}\n\
+             \x20 DS server  {ds_url}\n\n\
+             Connect:\n\
+             \x20 psql '{psql_url}'\n\n\
+             Ctrl-C removes the throwaway servers.\n"
+        );
+        return;
+    }
     let tables = args.tables.clone().unwrap_or_default();
     let first = tables.first().cloned().unwrap_or_else(|| "items".into());
     let stream = format!("{}/v1/stream/pg-{first}", ds_url.trim_end_matches('/'));

@@ -227,6 +227,23 @@ impl DsClient {
         ex.next_offset(stream).map(Some)
     }
 
+    /// Whether the server answers: `GET {base}/healthz`. Any status below 500 counts (a
+    /// server without that endpoint answers 404, which still shows it serves requests).
+    ///
+    /// # Errors
+    ///
+    /// [`DsError::Transient`] when the server cannot be reached, does not answer within the
+    /// request timeout, or answers with a 5xx status.
+    pub async fn ping(&self) -> Result<StatusCode, DsError> {
+        let url = format!("{}/healthz", self.base);
+        let req = self.request(Method::GET, "", url, Bytes::new())?;
+        let ex = self.exchange("", req).await?;
+        if ex.status.is_server_error() {
+            return Err(ex.error(Failure::Transient, "", 0));
+        }
+        Ok(ex.status)
+    }
+
     /// One catch-up read from `offset` (opaque; [`OFFSET_START`] for the beginning).
     ///
     /// # Errors

@@ -161,6 +161,7 @@ pub async fn run(
     let supervisor = supervisor::supervise(cfg.target.clone(), shared, stop.clone());
     tokio::pin!(supervisor);
     tracing::info!("ingest running");
+    crate::observe::ingest().running();
     let result = tokio::select! {
         () = &mut supervisor => (&mut writer).await,
         w = &mut writer => {

@@ -74,6 +74,7 @@ pub async fn run(
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
+    crate::observe::ingest().offset(&stream, offset.as_deref());
     let mut sub = Subscription {
         stream,
         offset,
@@ -239,6 +240,7 @@ impl Subscription {
             let end = match event {
                 None => End::ServerEnded { progressed },
                 Some(Ok(DsEvent::Data(data))) => {
+                    crate::observe::ingest().event(&self.stream);
                     pending.push_data(&data, self.shared.max_event_bytes);
                     continue;
                 }
@@ -320,6 +322,7 @@ impl Subscription {
     ) -> Result<bool, End> {
         match answer {
             Ok(Ok(())) => {
+                crate::observe::ingest().offset(&self.stream, Some(&f.next_offset));
                 self.offset = Some(f.next_offset);
                 self.committed(f.up_to_date, f.stored_events);
                 Ok(f.closed)
@@ -361,6 +364,7 @@ impl Subscription {
         if now.0 != Status::Streaming {
             self.up_to_date = false;
         }
+        crate::observe::ingest().status(&self.stream, now.0);
         self.shared.state.send(StateUpdate {
             stream: self.stream.clone(),
             status: now.0,

@@ -106,6 +106,7 @@ async fn reconcile(
         if let Some(r) = running.remove(&stream) {
             tracing::info!(%stream, "unsubscribed; stopping its ingest");
             stop(r).await;
+            crate::observe::ingest().forget(&stream);
         }
     }
     for (stream, w) in wanted {

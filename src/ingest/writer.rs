@@ -125,6 +125,7 @@ pub async fn run(
         };
         let mut batch = vec![first];
         carry = fill(&mut rx, &mut batch, opts.max_rows);
+        let started = std::time::Instant::now();
         let outcome = tokio::select! {
             r = write_batch(&mut client, &mut batch) => r,
             () = hard_stop.cancelled() => {
@@ -135,6 +136,7 @@ pub async fn run(
         match outcome {
             Ok(()) => {
                 backoff.reset();
+                crate::observe::ingest().stored(&batch, started.elapsed());
                 for c in batch {
                     let _ = c.reply.send(Ok(()));
                 }
@@ -144,6 +146,7 @@ pub async fn run(
                 return Err(IngestError::Write { reason });
             }
             Err(Failure::Retry(reason)) => {
+                crate::observe::ingest().writer_failed(&reason);
                 tracing::warn!(%reason, commits = batch.len(), "ingest transaction failed; resuming from the stored offsets");
                 client =
                     reply_stored(&target, client, batch, &reason, &mut backoff, &hard_stop).await?;

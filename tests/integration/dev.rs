@@ -96,3 +96,57 @@ async fn dev_runs_capture_on_throwaway_servers_and_cleans_up() {
         "the throwaway cluster is gone"
     );
 }
+
+#[tokio::test]
+async fn dev_without_capture_only_serves_the_throwaway_servers() {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ds-sync"));
+    cmd.args(["dev", "--no-capture"])
+        .env_remove("POSTGRES_URL")
+        .env_remove("DATABASE_URL")
+        .env_remove("DS_SERVER_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("starting ds-sync dev --no-capture");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut banner = String::new();
+    let read_banner = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            banner.push_str(&line);
+            banner.push('\n');
+            if line.contains("ingest running") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), read_banner)
+        .await
+        .expect("the dev banner");
+    assert!(banner.contains("without capture"), "{banner}");
+    let psql_url = quoted_after(&banner, "psql");
+    let (client, conn) = tokio_postgres::connect(&psql_url, tokio_postgres::NoTls)
+        .await
+        .expect("the printed psql URL works");
+    tokio::spawn(conn);
+    let slots: i64 = client
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0, "no capture, so no slot");
+    client
+        .batch_execute("SELECT 1 FROM items")
+        .await
+        .expect("the demo table exists for a capture to use");
+    drop(client);
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(_)) = lines.next_line().await {}
+        child.wait().await
+    })
+    .await
+    .expect("dev exits after Ctrl-C")
+    .unwrap();
+    assert!(status.success());
+}

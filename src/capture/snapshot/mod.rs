@@ -229,6 +229,7 @@ async fn copy(
 ) -> Result<CopyEnd, CaptureError> {
     let estimate = job.tables.iter().map(|t| t.estimated_rows).sum();
     let progress = progress::Progress::start(estimate);
+    crate::observe::snapshot().started(job.tables.len(), estimate);
     let mut writer = Writer::new(
         job.ds.clone(),
         job.limits,
@@ -249,6 +250,7 @@ async fn copy(
     let mut reading = true;
     loop {
         writer.dispatch();
+        crate::observe::capture().buffered(writer.buffered_bytes());
         if !reading && writer.is_idle() {
             break;
         }
@@ -274,6 +276,7 @@ async fn copy(
                     }
                     writer.commit();
                     progress.add(n);
+                    crate::observe::snapshot().rows(n);
                 }
                 None => {
                     // Every reader dropped its sender: collect their results before the
@@ -292,6 +295,7 @@ async fn copy(
     }
     let rows = writer.rows;
     progress.finish();
+    crate::observe::snapshot().finished();
     Ok(CopyEnd::Done { rows })
 }
 
@@ -307,6 +311,7 @@ fn spawn_readers(
         readers.spawn(async move {
             let _permit = permits.acquire_owned().await;
             let rows = reader::read_table(&ctx, &table, &tx).await?;
+            crate::observe::snapshot().table_done();
             tracing::debug!(table = %table.info.qualified_name(), rows, "table read");
             Ok(())
         });

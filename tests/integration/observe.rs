@@ -1,0 +1,441 @@
+//! Metrics and health: `/metrics` parsed strictly and checked against the work done,
+//! `/readyz` following the DS server, and `ds-sync health`'s exit codes.
+
+use std::time::{Duration, Instant};
+
+use ds_sync::embedded::DsServerOptions;
+
+use crate::kit::{self, CaptureProcess, run_ds_sync, scenario, wait_for, wait_streaming};
+use crate::prom::Scrape;
+
+const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, title text);\
+                     INSERT INTO items VALUES (1, 'a'), (2, 'b');";
+
+/// The address the process serves its endpoints on, from its log line.
+async fn listen_addr(p: &CaptureProcess) -> String {
+    const NEEDLE: &str = "metrics and health endpoints on http://";
+    p.wait_log(NEEDLE).await;
+    let log = p.log();
+    let at = log.find(NEEDLE).expect("logged") + NEEDLE.len();
+    log[at..]
+        .split(|c: char| c.is_whitespace())
+        .next()
+        .expect("an address")
+        .to_owned()
+}
+
+/// GET `url` with an `Accept` header: status, content type, body.
+async fn get(url: &str, accept: &str) -> (u16, String, String) {
+    use http_body_util::{BodyExt, Empty};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
+    let req = hyper::Request::get(url)
+        .header("accept", accept)
+        .body(Empty::new())
+        .unwrap();
+    let res = client
+        .request(req)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = res.status().as_u16();
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        content_type,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+async fn scrape(addr: &str) -> Scrape {
+    let (status, content_type, body) = get(&format!("http://{addr}/metrics"), "*/*").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    Scrape::parse(&body)
+        .unwrap_or_else(|e| panic!("/metrics is not valid text format: {e}\n{body}"))
+}
+
+/// Scrapes until `check` holds, then returns that scrape (panics with the last body).
+async fn scrape_until(addr: &str, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = scrape(addr).await;
+        if check(&s) {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let (_, _, body) = get(&format!("http://{addr}/metrics"), "*/*").await;
+            panic!("timed out waiting for {what} in /metrics:\n{body}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn lsn_number(text: &str) -> f64 {
+    let (hi, lo) = text.split_once('/').expect("an LSN");
+    (u64::from_str_radix(hi, 16).unwrap() << 32 | u64::from_str_radix(lo, 16).unwrap()) as f64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_the_work_capture_and_ingest_did() {
+    let sc = scenario("obs_metrics", ITEMS, DsServerOptions::default()).await;
+    sc.client.ensure_stream("events").await.unwrap();
+    let p = CaptureProcess::start(
+        &sc.db,
+        &sc.server.url(),
+        &[
+            "--tables",
+            "items",
+            "--listen",
+            "127.0.0.1:0",
+            "--ingest",
+            "events",
+        ],
+    )
+    .await;
+    wait_streaming(&sc.db).await;
+    let addr = listen_addr(&p).await;
+    let slot = sc.db.slot("cap");
+
+    let s = scrape_until(&addr, "the snapshot's two rows", |s| {
+        s.value("ds_sync_snapshot_rows_total", &[("kind", "initial")]) == Some(2.0)
+    })
+    .await;
+    let tables = s.value("ds_sync_snapshot_tables", &[]).unwrap();
+    assert!(tables >= 1.0);
+    assert_eq!(s.value("ds_sync_snapshot_tables_done", &[]), Some(tables));
+    assert_eq!(s.value("ds_sync_snapshot_running", &[]), Some(0.0));
+    assert_eq!(
+        s.value("ds_sync_capture_buffer_limit_bytes", &[]),
+        Some(16777216.0)
+    );
+
+    for statement in [
+        "INSERT INTO items VALUES (3, 'c'), (4, 'd'), (5, 'e')",
+        "UPDATE items SET title = 'z' WHERE id IN (1, 2)",
+        "DELETE FROM items WHERE id = 5",
+    ] {
+        sc.sql.batch_execute(statement).await.unwrap();
+    }
+    let row = sc
+        .sql
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap();
+    let after = lsn_number(&row.get::<_, String>(0));
+
+    let s = scrape_until(&addr, "every change acknowledged", |s| {
+        s.value("ds_sync_capture_acknowledged_lsn_bytes", &[])
+            .unwrap_or(0.0)
+            >= after
+            && s.value("ds_sync_capture_buffered_bytes", &[]) == Some(0.0)
+    })
+    .await;
+    let changes = |op| {
+        s.value(
+            "ds_sync_capture_changes_total",
+            &[("table", "items"), ("op", op)],
+        )
+    };
+    assert_eq!(changes("insert"), Some(3.0));
+    assert_eq!(changes("update"), Some(2.0));
+    assert_eq!(changes("delete"), Some(1.0));
+    let received = s.value("ds_sync_capture_received_lsn_bytes", &[]).unwrap();
+    assert!(received >= after, "received {received} < {after}");
+    // Everything in the stream was written by a counted POST: snapshot-start, 2 rows,
+    // snapshot-end, then 6 changes.
+    let in_stream = sc.client.read_all("pg-items").await.unwrap().len() as f64;
+    assert_eq!(in_stream, 10.0);
+    assert_eq!(
+        s.value("ds_sync_capture_batch_messages_sum", &[]),
+        Some(in_stream)
+    );
+    let written = s
+        .value("ds_sync_capture_posts_total", &[("outcome", "written")])
+        .unwrap();
+    assert_eq!(
+        s.value("ds_sync_capture_batch_messages_count", &[]),
+        Some(written)
+    );
+    assert!(s.value("ds_sync_capture_batch_bytes_sum", &[]).unwrap() > in_stream * 10.0);
+    // Three transactions carried changes; each one's latency was observed once.
+    assert_eq!(
+        s.value("ds_sync_capture_commit_to_ack_seconds_count", &[]),
+        Some(3.0)
+    );
+    assert!(s.value("ds_sync_capture_transactions_total", &[]).unwrap() >= 3.0);
+
+    let s = scrape_until(&addr, "the slot's confirmed position", |s| {
+        s.value("ds_sync_slot_confirmed_lsn_bytes", &[("slot", &slot)])
+            .unwrap_or(0.0)
+            >= after
+    })
+    .await;
+    assert_eq!(
+        s.value(
+            "ds_sync_slot_wal_status",
+            &[("slot", &slot), ("status", "reserved")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        s.value(
+            "ds_sync_slot_wal_status",
+            &[("slot", &slot), ("status", "lost")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        s.value("ds_sync_slot_active", &[("slot", &slot)]),
+        Some(1.0)
+    );
+    assert!(
+        s.value("ds_sync_slot_lag_bytes", &[("slot", &slot)])
+            .unwrap()
+            >= 0.0
+    );
+    assert!(
+        s.value("ds_sync_slot_retained_wal_bytes", &[("slot", &slot)])
+            .unwrap()
+            >= 0.0
+    );
+
+    // Ingest: two rows and one message jsonb refuses (a dead letter).
+    let events = sc.client.stream_url("events");
+    let json = [("content-type", "application/json")];
+    for body in [
+        &br#"[{"key":"a","type":"t"},{"key":"b","type":"t"}]"#[..],
+        &br#"[{"key":"c","v":"\u0000"}]"#[..],
+    ] {
+        let (status, _) = kit::http(hyper::Method::POST, &events, &json, body).await;
+        assert!(status.is_success(), "POST to events: {status}");
+    }
+    let s = scrape_until(&addr, "the ingested rows and the dead letter", |s| {
+        s.value("ds_sync_ingest_rows_total", &[("stream", "events")]) == Some(2.0)
+            && s.value("ds_sync_ingest_dead_letters_total", &[("stream", "events")]) == Some(1.0)
+    })
+    .await;
+    let stored: i64 = sc
+        .sql
+        .query_one(
+            "SELECT count(*) FROM session_events WHERE stream_name = 'events'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 2);
+    assert!(
+        s.value("ds_sync_ingest_events_total", &[("stream", "events")])
+            .unwrap()
+            >= 1.0
+    );
+    assert!(s.value("ds_sync_ingest_transactions_total", &[]).unwrap() >= 1.0);
+    assert_eq!(
+        s.value(
+            "ds_sync_ingest_stream_status",
+            &[("stream", "events"), ("status", "streaming")]
+        ),
+        Some(1.0)
+    );
+    let s = scrape_until(&addr, "ingest caught up with the tail", |s| {
+        s.value("ds_sync_ingest_caught_up", &[("stream", "events")]) == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        s.value("ds_sync_ingest_lag_seconds", &[("stream", "events")]),
+        Some(0.0)
+    );
+    assert_eq!(s.value("ds_sync_ds_server_up", &[]), Some(1.0));
+
+    let (status, _, body) = get(&format!("http://{addr}/livez"), "*/*").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, _, body) = get(&format!("http://{addr}/readyz"), "*/*").await;
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["capture"]["state"], "streaming");
+    assert_eq!(report["ingest"]["state"], "running");
+    let (_, content_type, body) = get(
+        &format!("http://{addr}/metrics"),
+        "application/openmetrics-text;version=1.0.0",
+    )
+    .await;
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    assert!(body.trim_end().ends_with("# EOF"));
+    p.stop_ok().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_follows_the_ds_server_and_health_exits_accordingly() {
+    let mut sc = scenario("obs_ready", ITEMS, DsServerOptions::default()).await;
+    let p = CaptureProcess::start(
+        &sc.db,
+        &sc.server.url(),
+        &["--tables", "items", "--listen", "127.0.0.1:0"],
+    )
+    .await;
+    let addr = listen_addr(&p).await;
+    let readyz = format!("http://{addr}/readyz");
+    let base = format!("http://{addr}");
+    let ready = |want: u16| {
+        let readyz = readyz.clone();
+        async move {
+            let (status, _, body) = get(&readyz, "*/*").await;
+            (status == want).then_some(body)
+        }
+    };
+    wait_for("/readyz to answer 200", Duration::from_secs(60), || {
+        ready(200)
+    })
+    .await;
+    let ok = run_ds_sync(&["health", "--url", &base], &[]).await.ok();
+    assert!(ok.stdout.contains("ready"), "{ok:?}");
+    run_ds_sync(&["health"], &[("DS_SYNC_LISTEN", addr.as_str())])
+        .await
+        .ok();
+
+    sc.server.stop().await;
+    let stopped = Instant::now();
+    let body = wait_for("/readyz to answer 503", Duration::from_secs(20), || {
+        ready(503)
+    })
+    .await;
+    assert!(
+        stopped.elapsed() <= Duration::from_secs(15),
+        "503 only after {:?}",
+        stopped.elapsed()
+    );
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["ready"], false);
+    assert_eq!(report["ds_server"]["ready"], false, "{body}");
+    assert_eq!(report["capture"]["ready"], true, "{body}");
+    let down = run_ds_sync(&["health", "--url", &base], &[])
+        .await
+        .expect_code(1);
+    assert!(
+        down.stderr.contains("not ready: ds_server: not answering"),
+        "{}",
+        down.stderr
+    );
+    let s = scrape(&addr).await;
+    assert_eq!(s.value("ds_sync_ds_server_up", &[]), Some(0.0));
+
+    sc.server.start_again().await.unwrap();
+    let back = Instant::now();
+    wait_for(
+        "/readyz to answer 200 again",
+        Duration::from_secs(20),
+        || ready(200),
+    )
+    .await;
+    assert!(
+        back.elapsed() <= Duration::from_secs(15),
+        "200 only after {:?}",
+        back.elapsed()
+    );
+    run_ds_sync(&["health", "--url", &base], &[]).await.ok();
+    p.stop_ok().await;
+}
+
+#[tokio::test]
+async fn health_without_a_running_ds_sync_fails_with_the_reason() {
+    let down = run_ds_sync(&["health", "--url", "http://127.0.0.1:1"], &[])
+        .await
+        .expect_code(1);
+    assert!(
+        down.stderr
+            .contains("not ready: cannot reach http://127.0.0.1:1/readyz"),
+        "{}",
+        down.stderr
+    );
+    let unset = run_ds_sync(&["health"], &[]).await.expect_code(1);
+    assert!(unset.stderr.contains("--listen"), "{}", unset.stderr);
+}
+
+#[tokio::test]
+async fn listening_on_a_taken_address_is_an_error() {
+    let db = kit::test_db("obs_bind").await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let run = run_ds_sync(
+        &["run", "--no-capture", "--listen", &addr],
+        &[("POSTGRES_URL", db.url.as_str())],
+    )
+    .await
+    .expect_code(1);
+    assert!(
+        run.stderr.contains(&format!("cannot listen on {addr}")),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("hint:"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn config_show_names_the_listen_address_and_its_source() {
+    let run = run_ds_sync(
+        &["config", "show", "--output", "json"],
+        &[("DS_SYNC_LISTEN", "0.0.0.0:9464")],
+    )
+    .await
+    .ok();
+    let show = run.json();
+    assert_eq!(show["listen"]["value"], "0.0.0.0:9464", "{show}");
+    assert_eq!(show["listen"]["source"], "env");
+    let run = run_ds_sync(&["config", "show", "--output", "json"], &[])
+        .await
+        .ok();
+    let show = run.json();
+    assert_eq!(show["listen"]["value"], serde_json::Value::Null, "{show}");
+    assert_eq!(show["listen"]["source"], "unset");
+    let table = run_ds_sync(&["config", "show"], &[]).await.ok();
+    assert!(table.stdout.contains("listen"), "{}", table.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_is_503_while_another_process_holds_the_slot() {
+    let sc = scenario("obs_slot", ITEMS, DsServerOptions::default()).await;
+    let first = CaptureProcess::start(&sc.db, &sc.server.url(), &["--tables", "items"]).await;
+    wait_streaming(&sc.db).await;
+    let second = CaptureProcess::start(
+        &sc.db,
+        &sc.server.url(),
+        &["--tables", "items", "--listen", "127.0.0.1:0"],
+    )
+    .await;
+    let readyz = format!("http://{}/readyz", listen_addr(&second).await);
+    let held = wait_for(
+        "/readyz to name the slot's holder",
+        Duration::from_secs(60),
+        || async {
+            let (status, _, body) = get(&readyz, "*/*").await;
+            (status == 503 && body.contains("is held by walsender pid")).then_some(body)
+        },
+    )
+    .await;
+    let report: serde_json::Value = serde_json::from_str(&held).unwrap();
+    assert_eq!(report["capture"]["state"], "reconnecting", "{held}");
+    assert_eq!(report["ds_server"]["ready"], true, "{held}");
+    first.stop_ok().await;
+    wait_for(
+        "/readyz to answer 200 once the slot is free",
+        Duration::from_secs(60),
+        || async {
+            let (status, _, _) = get(&readyz, "*/*").await;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+    second.stop_ok().await;
+}

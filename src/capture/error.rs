@@ -59,6 +59,18 @@ pub enum CaptureError {
     Session(Box<crate::pg::replication_session::SessionError>),
     #[error("snapshot {table}: {reason}")]
     Snapshot { table: String, reason: String },
+    /// The exported snapshot a reader needs is gone: the replication session that held it
+    /// was lost. The snapshot is taken again.
+    #[error("snapshot {table}: the exported snapshot is gone ({reason})")]
+    SnapshotGone { table: String, reason: String },
+}
+
+fn publication_transient(e: &PublicationError) -> bool {
+    match e {
+        PublicationError::Pg(e) => e.is_transient(),
+        PublicationError::Lookup(crate::pg::ident::LookupError::Pg(e)) => e.is_transient(),
+        _ => false,
+    }
 }
 
 impl From<crate::pg::replication_session::SessionError> for CaptureError {
@@ -72,13 +84,12 @@ impl CaptureError {
     pub fn is_transient(&self) -> bool {
         match self {
             CaptureError::Replication { transient, .. } => *transient,
-            CaptureError::Pg(PgError::Connect { .. }) => true,
-            CaptureError::Session(e) => matches!(
-                **e,
-                crate::pg::replication_session::SessionError::Connect { .. }
-                    | crate::pg::replication_session::SessionError::Closed { .. }
-            ),
+            CaptureError::Pg(e) => e.is_transient(),
+            CaptureError::Slot(SlotError::Pg(e)) => e.is_transient(),
+            CaptureError::Publication(e) => publication_transient(e),
+            CaptureError::Session(e) => e.is_transient(),
             CaptureError::SlotBusy { .. } => true,
+            CaptureError::SnapshotGone { .. } => true,
             _ => false,
         }
     }

@@ -67,15 +67,11 @@ pub async fn supervise(target: PgTarget, shared: Arc<Shared>, shutdown: Cancella
 
 /// A connection that LISTENs for subscription changes and wakes the supervisor.
 async fn listen(target: &PgTarget, wake: Arc<Notify>) -> Result<Client, PgError> {
-    let (client, mut connection) =
-        target
-            .config()
-            .connect(NoTls)
-            .await
-            .map_err(|e| PgError::Connect {
-                target: target.to_string(),
-                reason: describe(&e),
-            })?;
+    let (client, mut connection) = target
+        .config()
+        .connect(NoTls)
+        .await
+        .map_err(|e| PgError::connect(target, &e))?;
     tokio::spawn(async move {
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
             match message {

@@ -30,13 +30,20 @@ pub enum PgError {
     InvalidUrl { reason: String },
     /// The server could not be reached or refused the login.
     #[error("could not connect to {target}: {reason}")]
-    Connect { target: String, reason: String },
+    Connect {
+        target: String,
+        reason: String,
+        /// The server's SQLSTATE when it refused the login (`None`: it was not reached).
+        code: Option<SqlState>,
+    },
     /// A statement failed.
     #[error("{context}: {reason}")]
     Query {
         context: String,
         reason: String,
         code: Option<SqlState>,
+        /// The connection was lost or the server is going away: see [`is_transient`].
+        transient: bool,
     },
 }
 
@@ -47,14 +54,83 @@ impl PgError {
             context: context.into(),
             reason: describe(err),
             code: err.code().cloned(),
+            transient: is_transient(err),
+        }
+    }
+
+    /// A failed connection attempt to `target`.
+    pub fn connect(target: &PgTarget, err: &tokio_postgres::Error) -> Self {
+        PgError::Connect {
+            target: target.to_string(),
+            reason: describe(err),
+            code: err.code().cloned(),
         }
     }
 
     /// The SQLSTATE the server answered with, when the error came from the server.
     pub fn code(&self) -> Option<&SqlState> {
         match self {
-            PgError::Query { code, .. } => code.as_ref(),
-            _ => None,
+            PgError::Query { code, .. } | PgError::Connect { code, .. } => code.as_ref(),
+            PgError::InvalidUrl { .. } => None,
+        }
+    }
+
+    /// Whether trying again on a new connection can succeed: the server was not reached,
+    /// the connection was lost, or the server is shutting down, starting or out of
+    /// resources. A refused login (wrong password, unknown database) and refused
+    /// statements are definite.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PgError::InvalidUrl { .. } => false,
+            PgError::Connect { code, .. } => code.as_ref().is_none_or(is_transient_code),
+            PgError::Query { transient, .. } => *transient,
+        }
+    }
+}
+
+/// SQLSTATEs that say the connection or the server, not the statement, failed: class 08
+/// (connection exception), 57P01-57P03 (terminated by an administrator, crash shutdown,
+/// cannot connect now) and class 53 (insufficient resources, too many connections).
+const TRANSIENT_CODES: &[SqlState] = &[
+    SqlState::CONNECTION_EXCEPTION,
+    SqlState::CONNECTION_DOES_NOT_EXIST,
+    SqlState::CONNECTION_FAILURE,
+    SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+    SqlState::SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION,
+    SqlState::TRANSACTION_RESOLUTION_UNKNOWN,
+    SqlState::PROTOCOL_VIOLATION,
+    SqlState::ADMIN_SHUTDOWN,
+    SqlState::CRASH_SHUTDOWN,
+    SqlState::CANNOT_CONNECT_NOW,
+    SqlState::INSUFFICIENT_RESOURCES,
+    SqlState::DISK_FULL,
+    SqlState::OUT_OF_MEMORY,
+    SqlState::TOO_MANY_CONNECTIONS,
+    SqlState::CONFIGURATION_LIMIT_EXCEEDED,
+];
+
+/// Whether a SQLSTATE is one of [`TRANSIENT_CODES`].
+pub fn is_transient_code(code: &SqlState) -> bool {
+    TRANSIENT_CODES.contains(code)
+}
+
+/// Whether a tokio-postgres error is worth a retry on a new connection: the connection is
+/// closed, broke (I/O), or the server answered with a [`TRANSIENT_CODES`] SQLSTATE.
+pub fn is_transient(err: &tokio_postgres::Error) -> bool {
+    if err.is_closed() {
+        return true;
+    }
+    match err.code() {
+        Some(code) => is_transient_code(code),
+        None => {
+            let mut source = std::error::Error::source(err);
+            while let Some(cause) = source {
+                if cause.is::<std::io::Error>() {
+                    return true;
+                }
+                source = cause.source();
+            }
+            false
         }
     }
 }
@@ -94,6 +170,8 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 #[derive(Clone)]
 pub struct PgTarget {
     config: Config,
+    /// The URL named no `application_name`: ds-sync names each of its connections.
+    own_application_name: bool,
 }
 
 impl PgTarget {
@@ -120,13 +198,36 @@ impl PgTarget {
         {
             config.password(pw);
         }
-        if config.get_application_name().is_none() {
+        let own_application_name = config.get_application_name().is_none();
+        if own_application_name {
             config.application_name(APPLICATION_NAME);
         }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
-        Ok(PgTarget { config })
+        Ok(PgTarget {
+            config,
+            own_application_name,
+        })
+    }
+
+    /// The same target with `name` (`ds-sync/<role>`) as `application_name`, so each of
+    /// ds-sync's connections can be told apart in `pg_stat_activity`; an `application_name`
+    /// given in the URL is kept as it is.
+    #[must_use]
+    pub fn with_application_name(&self, name: &str) -> PgTarget {
+        let mut target = self.clone();
+        if self.own_application_name {
+            target.config.application_name(name);
+        }
+        target
+    }
+
+    /// The `application_name` connections report.
+    pub fn application_name(&self) -> &str {
+        self.config
+            .get_application_name()
+            .unwrap_or(APPLICATION_NAME)
     }
 
     /// The tokio-postgres configuration.
@@ -167,14 +268,11 @@ impl PgTarget {
 
     /// Opens a connection and drives it on a background task.
     pub async fn connect(&self) -> Result<Client, PgError> {
-        let (client, connection) =
-            self.config
-                .connect(NoTls)
-                .await
-                .map_err(|e| PgError::Connect {
-                    target: self.to_string(),
-                    reason: describe(&e),
-                })?;
+        let (client, connection) = self
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(|e| PgError::connect(self, &e))?;
         let target = self.to_string();
         tokio::spawn(async move {
             if let Err(e) = connection.await {

@@ -111,6 +111,19 @@ impl SessionError {
             _ => None,
         }
     }
+
+    /// Whether a new session can succeed: the server was not reached, the connection was
+    /// lost, or the server ended the session for a reason of its own (see
+    /// [`super::is_transient_code`]).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SessionError::Connect { .. } | SessionError::Closed { .. } => true,
+            SessionError::Server { error, .. } => {
+                super::is_transient_code(&tokio_postgres::error::SqlState::from_code(&error.code))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The result row of `CREATE_REPLICATION_SLOT ... (SNAPSHOT 'export')`.
@@ -287,7 +300,11 @@ pub struct ReplicationSession {
     buf: BytesMut,
     target: String,
     server_version_num: i32,
+    backend_pid: i32,
 }
+
+/// `application_name` of the session (see `pg_stat_activity`).
+pub const APPLICATION_NAME: &str = "ds-sync/snapshot";
 
 impl ReplicationSession {
     /// Connects and logs in with `replication=database`.
@@ -313,6 +330,7 @@ impl ReplicationSession {
             buf: BytesMut::with_capacity(8192),
             target: name,
             server_version_num: 0,
+            backend_pid: 0,
         };
         session.login(target).await?;
         Ok(session)
@@ -323,13 +341,18 @@ impl ReplicationSession {
         self.server_version_num
     }
 
+    /// The pid of the server process serving this session (0 if the server did not say).
+    pub fn backend_pid(&self) -> i32 {
+        self.backend_pid
+    }
+
     async fn login(&mut self, target: &PgTarget) -> Result<(), SessionError> {
         let mut startup = BytesMut::new();
         let params = [
             ("user", target.user()),
             ("database", target.dbname()),
             ("replication", "database"),
-            ("application_name", "ds-sync-snapshot"),
+            ("application_name", APPLICATION_NAME),
             ("client_encoding", "UTF8"),
         ];
         frontend::startup_message(params.iter().copied(), &mut startup)
@@ -346,6 +369,10 @@ impl ReplicationSession {
                         target: self.target.clone(),
                         reason: ServerError::from_fields(body).to_string(),
                     });
+                }
+                Message::BackendKeyData(key) => {
+                    self.backend_pid = key.process_id();
+                    continue;
                 }
                 Message::ParameterStatus(p) => {
                     if p.name().ok() == Some("server_version") {

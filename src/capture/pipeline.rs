@@ -415,6 +415,7 @@ impl<'a> Session<'a> {
     }
 
     fn truncate(&mut self, t: &Truncate) -> Result<(), CaptureError> {
+        self.snap.truncated(&t.relation_oids);
         // A reset has no row: only templates without column placeholders can place it, so
         // streams are also taken from those the table has written to.
         let reset = RowMessage {

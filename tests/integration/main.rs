@@ -18,5 +18,6 @@ mod ingest_scale;
 mod init;
 mod publication;
 mod resnapshot;
+mod resnapshot_edges;
 mod slot;
 mod snapshot;

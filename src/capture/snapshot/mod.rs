@@ -34,6 +34,7 @@ mod progress;
 mod reader;
 pub mod signals;
 mod state;
+mod window;
 mod writer;
 
 use std::sync::Arc;
@@ -182,6 +183,7 @@ pub async fn prepare(
             for name in &names {
                 signals::record_table(sql, slot_name, name).await?;
             }
+            signals::record_baseline(sql, slot_name).await?;
             let start = source::confirmed_position(sql, slot_name).await?;
             Ok(Prepared::Start(start.max(point)))
         }

@@ -20,6 +20,7 @@
 //! * [`ingest`]: stream → DB: SSE subscriptions, binary COPY with the offset in the same
 //!   transaction, dead letters, subscriptions that change at run time.
 //! * [`bench`]: `ds-sync bench`, the load-test runner: scenarios next to their ceilings.
+//! * [`waits`]: long waits log which sessions they wait for and what to do.
 //! * [`embedded`]: a throwaway local PostgreSQL cluster and an in-process DS server, used by
 //!   the test suite and by `ds-sync dev`.
 
@@ -39,6 +40,7 @@ pub mod sse;
 #[cfg(test)]
 mod test_rng;
 pub mod values;
+pub mod waits;
 
 /// The README quotes the documented encodings; these tests keep it from drifting.
 #[cfg(test)]

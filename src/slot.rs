@@ -12,8 +12,9 @@ use serde::Serialize;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Row};
 
-use crate::pg::PgError;
 use crate::pg::ident::{NameError, validate_slot_name};
+use crate::pg::{PgError, PgTarget};
+use crate::waits;
 
 /// The output plugin ds-sync decodes.
 pub const PLUGIN: &str = "pgoutput";
@@ -210,6 +211,57 @@ pub async fn create(
         check_compatible(client, &slot).await?;
     }
     Ok(Created { created, slot })
+}
+
+/// [`create`], logging every few seconds which transactions the creation waits for (read on
+/// a second connection to `target`, opened once the wait is long).
+pub async fn create_reporting(
+    client: &Client,
+    target: &PgTarget,
+    name: &str,
+    temporary: bool,
+    if_not_exists: bool,
+) -> Result<Created, SlotError> {
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map_err(|e| PgError::query("reading the backend pid", &e))?
+        .get(0);
+    let target = target.with_application_name(MONITOR_APPLICATION_NAME);
+    let mut monitor: Option<Client> = None;
+    let creating = create(client, name, temporary, if_not_exists);
+    waits::reporting(creating, waits::REPORT_EVERY, async |waited| {
+        if monitor.as_ref().is_none_or(Client::is_closed) {
+            match target.connect().await {
+                Ok(c) => monitor = Some(c),
+                Err(e) => {
+                    tracing::warn!(slot = name, waited_s = waited.as_secs(), error = %e, "slot creation is taking long; cannot look up what it waits for");
+                    return;
+                }
+            }
+        }
+        if let Some(m) = &monitor {
+            report_creation(m, pid, name, waited).await;
+        }
+    })
+    .await
+}
+
+/// `application_name` of the connection that looks up what a wait depends on.
+pub const MONITOR_APPLICATION_NAME: &str = "ds-sync/monitor";
+
+/// Logs which transactions the creation of slot `name` by backend `pid` waits for, read on
+/// `monitor`.
+pub async fn report_creation(monitor: &Client, pid: i32, name: &str, waited: Duration) {
+    let what = format!("creating replication slot '{name}'");
+    match waits::blockers(monitor, pid, Some(waited)).await {
+        Ok(blockers) => {
+            waits::log_blockers(&what, waited, &blockers, waits::SLOT_CREATION_ADVICE);
+        }
+        Err(e) => {
+            tracing::warn!(slot = name, waited_s = waited.as_secs(), error = %e, "slot creation is taking long; cannot look up what it waits for");
+        }
+    }
 }
 
 /// An existing slot is only usable when it is a pgoutput slot of the connected database.

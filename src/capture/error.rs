@@ -23,8 +23,13 @@ pub enum CaptureError {
     NoPublication(String),
     #[error("replication slot '{0}' is lost: the server removed WAL it still needed")]
     SlotLost(String),
-    #[error("replication slot '{slot}' is held by walsender pid {pid}")]
-    SlotBusy { slot: String, pid: i32 },
+    #[error("replication slot '{slot}' is held by walsender pid {pid} ({holder})")]
+    SlotBusy {
+        slot: String,
+        pid: i32,
+        /// Who that is: application, client, since when.
+        holder: String,
+    },
     #[error("replication connection: {reason}")]
     Replication { reason: String, transient: bool },
     #[error("cannot decode pgoutput message at {lsn}: {source}")]
@@ -52,7 +57,7 @@ pub enum CaptureError {
         key: String,
         bytes: usize,
     },
-    #[error("stopped before every change in flight was delivered (second interrupt)")]
+    #[error("stopped before every change in flight was delivered (hard stop)")]
     Interrupted,
     /// Boxed: the server's error fields would make every capture result large.
     #[error(transparent)]

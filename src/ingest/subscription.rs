@@ -26,6 +26,9 @@ use super::writer::{Commit, CommitFailed};
 use crate::ds::{Backoff, DsClient, DsError, OFFSET_START, SseSubscription};
 use crate::sse::{Control, DsEvent};
 
+/// How often a subscription waiting for its stream to be created says so.
+const WAIT_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// What every subscription shares.
 #[derive(Debug)]
 pub struct Shared {
@@ -97,6 +100,8 @@ impl Subscription {
     async fn run(&mut self, stop: &CancellationToken) {
         let mut backoff = Backoff::default();
         let mut waiting = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+        let mut waiting_since = None;
+        let mut next_wait_log = None;
         loop {
             self.report(Status::Connecting, None);
             let from = self
@@ -110,6 +115,8 @@ impl Subscription {
             let delay = match opened {
                 Ok(sse) => {
                     waiting.reset();
+                    waiting_since = None;
+                    next_wait_log = None;
                     self.report(Status::Streaming, None);
                     let opened_at = tokio::time::Instant::now();
                     match self.read(sse, stop).await {
@@ -141,12 +148,16 @@ impl Subscription {
                     }
                 }
                 Err(DsError::NotFound { .. }) => {
-                    if self
-                        .status
-                        .as_ref()
-                        .is_none_or(|(s, _)| *s != Status::Waiting)
-                    {
-                        tracing::info!(stream = %self.stream, "stream does not exist yet; waiting for it");
+                    let now = tokio::time::Instant::now();
+                    let since = *waiting_since.get_or_insert(now);
+                    if next_wait_log.is_none_or(|at| now >= at) {
+                        tracing::info!(
+                            stream = %self.stream,
+                            waited_s = since.elapsed().as_secs(),
+                            "stream does not exist yet; waiting for it (it is ingested once a client creates it; `ds-sync unsubscribe {}` stops waiting)",
+                            self.stream
+                        );
+                        next_wait_log = Some(now + WAIT_LOG_EVERY);
                     }
                     self.report(
                         Status::Waiting,

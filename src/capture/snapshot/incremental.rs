@@ -124,8 +124,9 @@ impl Incremental {
     /// Inserts this session's probe row. Until it comes back decoded, capture confirms no
     /// keepalive position: a slot that skips the publication's changes (seen once on
     /// PostgreSQL 15, see the README) then holds its WAL instead of moving past them.
-    /// A failed insert is logged and capture goes on without the check.
-    pub async fn send_probe(&mut self, sql: &Client) {
+    /// A lost connection is an error (capture reconnects); an insert the server refuses is
+    /// logged and capture goes on without the check.
+    pub async fn send_probe(&mut self, sql: &Client) -> Result<(), CaptureError> {
         match signals::probe(sql, &self.slot).await {
             Ok(id) => {
                 let now = Instant::now();
@@ -135,11 +136,13 @@ impl Incremental {
                     warn_at: now + PROBE_WARN_AFTER,
                 });
             }
+            Err(e) if e.is_transient() => return Err(e.into()),
             Err(e) => {
                 self.probe = None;
                 tracing::warn!(error = %e, "cannot insert the probe row; keepalive positions are confirmed without it");
             }
         }
+        Ok(())
     }
 
     /// True while this session's probe has not come back.

@@ -81,6 +81,7 @@ pub struct CaptureFile {
     pub request_timeout_ms: Option<u64>,
     pub snapshot: Option<crate::capture::snapshot::SnapshotMode>,
     pub snapshot_workers: Option<usize>,
+    pub shutdown_timeout_ms: Option<u64>,
 }
 
 /// Where a setting's value came from.

@@ -227,41 +227,24 @@ pub async fn create_reporting(
         .await
         .map_err(|e| PgError::query("reading the backend pid", &e))?
         .get(0);
-    let target = target.with_application_name(MONITOR_APPLICATION_NAME);
-    let mut monitor: Option<Client> = None;
-    let creating = create(client, name, temporary, if_not_exists);
-    waits::reporting(creating, waits::REPORT_EVERY, async |waited| {
-        if monitor.as_ref().is_none_or(Client::is_closed) {
-            match target.connect().await {
-                Ok(c) => monitor = Some(c),
-                Err(e) => {
-                    tracing::warn!(slot = name, waited_s = waited.as_secs(), error = %e, "slot creation is taking long; cannot look up what it waits for");
-                    return;
-                }
-            }
-        }
-        if let Some(m) = &monitor {
-            report_creation(m, pid, name, waited).await;
-        }
-    })
+    let mut monitor = waits::Monitor::new(target);
+    let what = creating(name);
+    waits::reporting(
+        create(client, name, temporary, if_not_exists),
+        waits::REPORT_EVERY,
+        async |waited| {
+            let advice = waits::SLOT_CREATION_ADVICE;
+            monitor
+                .report(pid, Some(waited), &what, waited, advice)
+                .await;
+        },
+    )
     .await
 }
 
-/// `application_name` of the connection that looks up what a wait depends on.
-pub const MONITOR_APPLICATION_NAME: &str = "ds-sync/monitor";
-
-/// Logs which transactions the creation of slot `name` by backend `pid` waits for, read on
-/// `monitor`.
-pub async fn report_creation(monitor: &Client, pid: i32, name: &str, waited: Duration) {
-    let what = format!("creating replication slot '{name}'");
-    match waits::blockers(monitor, pid, Some(waited)).await {
-        Ok(blockers) => {
-            waits::log_blockers(&what, waited, &blockers, waits::SLOT_CREATION_ADVICE);
-        }
-        Err(e) => {
-            tracing::warn!(slot = name, waited_s = waited.as_secs(), error = %e, "slot creation is taking long; cannot look up what it waits for");
-        }
-    }
+/// What slot creation is called in reports of its wait.
+pub fn creating(name: &str) -> String {
+    format!("creating replication slot '{name}'")
 }
 
 /// An existing slot is only usable when it is a pgoutput slot of the connected database.

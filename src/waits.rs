@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_postgres::Client;
 
-use crate::pg::PgError;
+use crate::pg::{PgError, PgTarget};
 
 /// How often a wait is reported.
 pub const REPORT_EVERY: Duration = Duration::from_secs(5);
@@ -152,6 +152,51 @@ pub fn log_blockers(what: &str, waited: Duration, blockers: &[Blocker], advice: 
             more = blockers.len() - MAX_LINES,
             "{what} waits for more sessions"
         );
+    }
+}
+
+/// A connection of its own for looking up what a wait depends on (the waiting connection is
+/// busy), opened at the first report.
+pub struct Monitor {
+    target: PgTarget,
+    client: Option<Client>,
+}
+
+/// `application_name` of the monitor connection.
+pub const MONITOR_APPLICATION_NAME: &str = "ds-sync/monitor";
+
+impl Monitor {
+    pub fn new(target: &PgTarget) -> Monitor {
+        Monitor {
+            target: target.with_application_name(MONITOR_APPLICATION_NAME),
+            client: None,
+        }
+    }
+
+    /// Logs what backend `pid`, doing `what`, has waited `waited` for (see [`blockers`]).
+    pub async fn report(
+        &mut self,
+        pid: i32,
+        xids_older_than: Option<Duration>,
+        what: &str,
+        waited: Duration,
+        advice: &str,
+    ) {
+        let found = match &self.client {
+            Some(c) if !c.is_closed() => blockers(c, pid, xids_older_than).await,
+            _ => match self.target.connect().await {
+                Ok(c) => blockers(self.client.insert(c), pid, xids_older_than).await,
+                Err(e) => Err(e),
+            },
+        };
+        match found {
+            Ok(found) => log_blockers(what, waited, &found, advice),
+            Err(e) => tracing::warn!(
+                waited_s = waited.as_secs(),
+                error = %e,
+                "{what} is taking long; cannot look up what it waits for"
+            ),
+        }
     }
 }
 

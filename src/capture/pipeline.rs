@@ -126,6 +126,7 @@ async fn attempt(
         None => {
             Incremental::start(
                 &sql,
+                &cfg.source.target,
                 &cfg.source.slot,
                 &cfg.source.publication,
                 cfg.snapshot.chunk_rows,

@@ -113,7 +113,8 @@ async fn a_terminated_sql_connection_is_reconnected_and_capture_goes_on() {
 }
 
 /// Capture's SQL connection ends while it reads a chunk of a snapshot taken while streaming
-/// (held there by a lock, so the moment is certain): the request resumes after reconnecting.
+/// (held there by a lock, so the moment is certain, and the wait names the lock's holder):
+/// the request resumes after reconnecting.
 #[tokio::test]
 async fn a_connection_lost_inside_a_snapshot_while_streaming_resumes_it() {
     let Scenario {
@@ -163,6 +164,17 @@ async fn a_connection_lost_inside_a_snapshot_while_streaming_resumes_it() {
         },
     )
     .await;
+    // A read that waits says for whom.
+    let holder: i32 = lock
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    capture
+        .wait_log(&format!(
+            "reading a chunk of public.items waits for the transaction of pid {holder} "
+        ))
+        .await;
     assert_eq!(terminate(&sql, &format!("a.pid = {blocked}")).await, 1);
     lock.batch_execute("COMMIT").await.unwrap();
     wait_for("the snapshot to finish", LONG, || async {

@@ -28,8 +28,9 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::pg::PgError;
+use crate::pg::{PgError, PgTarget};
 use crate::pgoutput::{Relation, TupleData, TupleValue};
+use crate::waits::{self, Monitor};
 
 use super::super::error::CaptureError;
 use super::super::message::{self, RowMessage};
@@ -55,6 +56,10 @@ pub struct Incremental {
     active: Option<Active>,
     /// The probe of the current session, until it comes back decoded.
     probe: Option<Probe>,
+    /// The backend of the current session's SQL connection, whose chunk reads can wait
+    /// for locks (0: unknown), and the connection that looks up what they wait for.
+    backend_pid: i32,
+    monitor: Monitor,
 }
 
 /// A probe row in flight: see [`Incremental::send_probe`].
@@ -95,6 +100,7 @@ impl Incremental {
     /// Applies the schema, publishes the signal table and loads unfinished requests.
     pub async fn start(
         sql: &Client,
+        target: &PgTarget,
         slot: &str,
         publication: &str,
         chunk_rows: usize,
@@ -118,6 +124,8 @@ impl Incremental {
             known_tables: known,
             active: None,
             probe: None,
+            backend_pid: 0,
+            monitor: Monitor::new(target),
         })
     }
 
@@ -128,7 +136,8 @@ impl Incremental {
     /// logged and capture goes on without the check.
     pub async fn send_probe(&mut self, sql: &Client) -> Result<(), CaptureError> {
         match signals::probe(sql, &self.slot).await {
-            Ok(id) => {
+            Ok((id, backend_pid)) => {
+                self.backend_pid = backend_pid;
                 let now = Instant::now();
                 self.probe = Some(Probe {
                     id,
@@ -368,7 +377,19 @@ impl Incremental {
             if a.chunk.is_some() {
                 return Ok(());
             }
-            let chunk = issue(sql, &self.slot, a, self.chunk_rows).await?;
+            // A lock on the table (an ALTER TABLE, or one queued behind a long transaction)
+            // holds the read, and capture with it: say who holds it.
+            let (pid, monitor) = (self.backend_pid, &mut self.monitor);
+            let what = format!("reading a chunk of {}", a.table.info.qualified_name());
+            let reading = issue(sql, &self.slot, a, self.chunk_rows);
+            let chunk = waits::reporting(reading, waits::REPORT_EVERY, async |waited| {
+                if pid != 0 {
+                    monitor
+                        .report(pid, None, &what, waited, waits::LOCK_ADVICE)
+                        .await;
+                }
+            })
+            .await?;
             a.chunk = Some(chunk);
             return Ok(());
         }

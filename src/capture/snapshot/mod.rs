@@ -210,10 +210,21 @@ async fn create_slot(
     shutdown: &CancellationToken,
 ) -> Result<Option<ExportedSlot>, CaptureError> {
     let pid = session.backend_pid();
+    let what = slot::creating(slot_name);
     let creating = crate::waits::reporting(
         session.create_slot_exporting_snapshot(slot_name),
         crate::waits::REPORT_EVERY,
-        async |waited| slot::report_creation(sql, pid, slot_name, waited).await,
+        async |waited| match crate::waits::blockers(sql, pid, Some(waited)).await {
+            Ok(found) => crate::waits::log_blockers(
+                &what,
+                waited,
+                &found,
+                crate::waits::SLOT_CREATION_ADVICE,
+            ),
+            Err(e) => {
+                tracing::warn!(waited_s = waited.as_secs(), error = %e, "{what} is taking long; cannot look up what it waits for")
+            }
+        },
     );
     tokio::select! {
         biased;

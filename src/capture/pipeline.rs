@@ -196,8 +196,11 @@ async fn wait_or_stop(
     let retry_in_ms = delay.as_millis() as u64;
     match error {
         Some(e) => {
-            let hint = e.hint().unwrap_or_default();
-            tracing::warn!(error = %e, %hint, retry_in_ms, "capture interrupted, resuming from the slot's confirmed position");
+            let error = match e.hint() {
+                Some(hint) => format!("{e}. {hint}"),
+                None => e.to_string(),
+            };
+            tracing::warn!(%error, retry_in_ms, "capture interrupted, resuming from the slot's confirmed position");
         }
         None => tracing::warn!(
             retry_in_ms,

@@ -353,6 +353,58 @@ mod tests {
     }
 
     #[test]
+    fn lost_connections_and_a_going_away_server_are_transient_refusals_are_not() {
+        for code in [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::CONNECTION_FAILURE,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::OUT_OF_MEMORY,
+        ] {
+            assert!(is_transient_code(&code), "{}", code.code());
+        }
+        for code in [
+            SqlState::INVALID_PASSWORD,
+            SqlState::UNDEFINED_TABLE,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::QUERY_CANCELED,
+            SqlState::UNIQUE_VIOLATION,
+        ] {
+            assert!(!is_transient_code(&code), "{}", code.code());
+        }
+        let refused = |code: Option<SqlState>| PgError::Connect {
+            target: "t".into(),
+            reason: "r".into(),
+            code,
+        };
+        assert!(refused(None).is_transient(), "not reached: try again");
+        assert!(refused(Some(SqlState::CANNOT_CONNECT_NOW)).is_transient());
+        assert!(!refused(Some(SqlState::INVALID_PASSWORD)).is_transient());
+        assert!(!refused(Some(SqlState::INVALID_CATALOG_NAME)).is_transient());
+        let url = PgError::InvalidUrl { reason: "x".into() };
+        assert!(!url.is_transient());
+    }
+
+    #[test]
+    fn each_connection_names_itself_unless_the_url_names_them_all() {
+        let t = PgTarget::parse("postgres://a@h/db", None).unwrap();
+        assert_eq!(t.application_name(), "ds-sync");
+        assert_eq!(
+            t.with_application_name("ds-sync/capture")
+                .application_name(),
+            "ds-sync/capture"
+        );
+        let named = PgTarget::parse("postgres://a@h/db?application_name=app", None).unwrap();
+        assert_eq!(
+            named
+                .with_application_name("ds-sync/capture")
+                .application_name(),
+            "app"
+        );
+    }
+
+    #[test]
     fn missing_user_is_rejected_with_an_example() {
         let e = PgTarget::parse("postgres://localhost/db", None).unwrap_err();
         assert!(e.to_string().contains("no user"), "{e}");

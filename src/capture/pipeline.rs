@@ -152,7 +152,10 @@ async fn attempt(
         backoff.reset();
     }
     if let Ok(SessionEnd::Stopped) = result {
-        confirm_at_exit(&sql, &cfg.source.slot, confirmed).await;
+        tokio::select! {
+            () = confirm_at_exit(&sql, &cfg.source.slot, confirmed) => {}
+            () = hard_stop.cancelled() => return Err(CaptureError::Interrupted),
+        }
     }
     result
 }

@@ -1,5 +1,5 @@
 //! A stop signal always stops, and backoff really waits: capture and ingest, each with
-//! PostgreSQL down and with the DS server down. The process must exit within a bound after
+//! PostgreSQL down and with the DS server down, and capture with PostgreSQL stalled. The process must exit within a bound after
 //! SIGTERM, with an exit code and a log line that say how, and its log must show retries
 //! spaced by their backoff (a few lines in a few seconds), never a storm.
 
@@ -136,6 +136,70 @@ async fn capture_with_the_ds_server_down_gives_up_after_the_shutdown_timeout() {
         .unwrap()
         .get(0);
     assert!(!passed, "the slot did not move past the undelivered rows");
+}
+
+/// Every process of a cluster stopped with SIGSTOP: a stalled server, whose connections stay
+/// open and never answer. The processes are continued when this drops.
+struct Frozen(Vec<i32>);
+
+impl Frozen {
+    fn cluster(pg: &ds_sync::embedded::LocalPostgres) -> Frozen {
+        let postmaster = pg.pid().expect("the cluster runs") as i32;
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        for pid in &pids {
+            signal(*pid, nix::sys::signal::Signal::SIGSTOP);
+        }
+        Frozen(pids)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            signal(*pid, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+}
+
+fn signal(pid: i32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+}
+
+/// A stalled server answers nothing, so even the graceful stop's last step (writing the slot's
+/// position) never returns: the shutdown timeout ends it, and the process exits all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn capture_with_postgres_stalled_still_stops_within_a_bound() {
+    let Scenario { server, db, pg, .. } = scenario(
+        "stop_cap_stall",
+        "CREATE TABLE s (id int PRIMARY KEY)",
+        DsServerOptions::default(),
+    )
+    .await;
+    let capture = start_streaming(&db, &server.url(), &["--tables", "s"]).await;
+    let frozen = Frozen::cluster(&pg);
+    // The shutdown timeout (10 s), then the watchdog's 5 s at most.
+    let (code, took, log) = sigterm(capture, Duration::from_secs(20)).await;
+    drop(frozen);
+    assert_eq!(code, 6, "abandoned after the shutdown timeout\n{log}");
+    assert!(
+        log.contains("the shutdown timeout of 10000 ms passed"),
+        "the log says why it stopped:\n{log}"
+    );
+    eprintln!("capture, Postgres stalled: exited {code} {took:?} after SIGTERM");
 }
 
 /// `ds-sync run --no-capture` ingesting `stream` from `ds_url` into `db`.

@@ -193,6 +193,9 @@ async fn wait_or_stop(
     shutdown: &CancellationToken,
 ) -> bool {
     if shutdown.is_cancelled() {
+        if let Some(e) = error {
+            tracing::warn!(error = %e, "capture interrupted while stopping");
+        }
         return true;
     }
     let delay = backoff.next_delay();

@@ -93,6 +93,7 @@ pub struct CaptureFile {
     pub snapshot: Option<crate::capture::snapshot::SnapshotMode>,
     pub snapshot_workers: Option<usize>,
     pub metrics_stream_labels: Option<bool>,
+    pub shutdown_timeout_ms: Option<u64>,
 }
 
 /// Where a setting's value came from.

@@ -24,6 +24,7 @@
 //!   transaction, dead letters, subscriptions that change at run time.
 //! * [`bench`]: `ds-sync bench`, the load-test runner: scenarios next to their ceilings.
 //! * [`observe`]: Prometheus metrics, `/livez` and `/readyz` on `--listen`, `ds-sync health`.
+//! * [`waits`]: long waits log which sessions they wait for and what to do.
 //! * [`embedded`]: a throwaway local PostgreSQL cluster and an in-process DS server, used by
 //!   the test suite and by `ds-sync dev`.
 
@@ -46,6 +47,7 @@ pub mod sse;
 mod test_rng;
 pub mod tls;
 pub mod values;
+pub mod waits;
 
 /// The README quotes the documented encodings; these tests keep it from drifting.
 #[cfg(test)]

@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "006_probe",
         sql: include_str!("../sql/006_probe.sql"),
     },
+    Migration {
+        version: 30,
+        name: "030_snapshot_baselines",
+        sql: include_str!("../sql/030_snapshot_baselines.sql"),
+    },
 ];
 
 /// Serializes concurrent `init` runs (the value spells "ds-sync" in ASCII).

@@ -12,8 +12,9 @@ use serde::Serialize;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Row};
 
-use crate::pg::PgError;
 use crate::pg::ident::{NameError, validate_slot_name};
+use crate::pg::{PgError, PgTarget};
+use crate::waits;
 
 /// The output plugin ds-sync decodes.
 pub const PLUGIN: &str = "pgoutput";
@@ -210,6 +211,40 @@ pub async fn create(
         check_compatible(client, &slot).await?;
     }
     Ok(Created { created, slot })
+}
+
+/// [`create`], logging every few seconds which transactions the creation waits for (read on
+/// a second connection to `target`, opened once the wait is long).
+pub async fn create_reporting(
+    client: &Client,
+    target: &PgTarget,
+    name: &str,
+    temporary: bool,
+    if_not_exists: bool,
+) -> Result<Created, SlotError> {
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map_err(|e| PgError::query("reading the backend pid", &e))?
+        .get(0);
+    let mut monitor = waits::Monitor::new(target);
+    let what = creating(name);
+    waits::reporting(
+        create(client, name, temporary, if_not_exists),
+        waits::REPORT_EVERY,
+        async |waited| {
+            let advice = waits::SLOT_CREATION_ADVICE;
+            monitor
+                .report(pid, Some(waited), &what, waited, advice)
+                .await;
+        },
+    )
+    .await
+}
+
+/// What slot creation is called in reports of its wait.
+pub fn creating(name: &str) -> String {
+    format!("creating replication slot '{name}'")
 }
 
 /// An existing slot is only usable when it is a pgoutput slot of the connected database.

@@ -23,8 +23,13 @@ pub enum CaptureError {
     NoPublication(String),
     #[error("replication slot '{0}' is lost: the server removed WAL it still needed")]
     SlotLost(String),
-    #[error("replication slot '{slot}' is held by walsender pid {pid}")]
-    SlotBusy { slot: String, pid: i32 },
+    #[error("replication slot '{slot}' is held by walsender pid {pid} ({holder})")]
+    SlotBusy {
+        slot: String,
+        pid: i32,
+        /// Who that is: application, client, since when.
+        holder: String,
+    },
     #[error("replication connection: {reason}")]
     Replication { reason: String, transient: bool },
     #[error("cannot decode pgoutput message at {lsn}: {source}")]
@@ -56,13 +61,25 @@ pub enum CaptureError {
         bytes: usize,
         reply: Option<Box<crate::ds::ServerReply>>,
     },
-    #[error("stopped before every change in flight was delivered (second interrupt)")]
+    #[error("stopped before every change in flight was delivered (hard stop)")]
     Interrupted,
     /// Boxed: the server's error fields would make every capture result large.
     #[error(transparent)]
     Session(Box<crate::pg::replication_session::SessionError>),
     #[error("snapshot {table}: {reason}")]
     Snapshot { table: String, reason: String },
+    /// The exported snapshot a reader needs is gone: the replication session that held it
+    /// was lost. The snapshot is taken again.
+    #[error("snapshot {table}: the exported snapshot is gone ({reason})")]
+    SnapshotGone { table: String, reason: String },
+}
+
+fn publication_transient(e: &PublicationError) -> bool {
+    match e {
+        PublicationError::Pg(e) => e.is_transient(),
+        PublicationError::Lookup(crate::pg::ident::LookupError::Pg(e)) => e.is_transient(),
+        _ => false,
+    }
 }
 
 /// The hint for a change the server will not take: the DS client's hint for the limit the
@@ -87,13 +104,12 @@ impl CaptureError {
     pub fn is_transient(&self) -> bool {
         match self {
             CaptureError::Replication { transient, .. } => *transient,
-            CaptureError::Pg(PgError::Connect { .. }) => true,
-            CaptureError::Session(e) => matches!(
-                **e,
-                crate::pg::replication_session::SessionError::Connect { .. }
-                    | crate::pg::replication_session::SessionError::Closed { .. }
-            ),
+            CaptureError::Pg(e) => e.is_transient(),
+            CaptureError::Slot(SlotError::Pg(e)) => e.is_transient(),
+            CaptureError::Publication(e) => publication_transient(e),
+            CaptureError::Session(e) => e.is_transient(),
             CaptureError::SlotBusy { .. } => true,
+            CaptureError::SnapshotGone { .. } => true,
             _ => false,
         }
     }

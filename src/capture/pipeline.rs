@@ -55,98 +55,175 @@ pub struct CaptureConfig {
     pub whole_rows: super::whole_rows::WholeRows,
 }
 
-/// Runs capture until `shutdown` (graceful) or `hard_stop` (second signal), reconnecting on
-/// transient failures.
+/// `application_name` of capture's SQL connection.
+pub const APPLICATION_NAME: &str = "ds-sync/capture";
+
+/// Runs capture until `shutdown` (graceful) or `hard_stop` (second signal, or the shutdown
+/// timeout), reconnecting on transient failures: every connection capture holds (SQL,
+/// replication, snapshot readers) is opened again after a backoff that is waited, and
+/// streaming resumes from the slot's confirmed position.
 pub async fn run(
     cfg: &CaptureConfig,
     shutdown: &CancellationToken,
     hard_stop: &CancellationToken,
 ) -> Result<(), CaptureError> {
-    let mut sql = cfg.source.target.connect().await?;
-    // Snapshot bookkeeping, the signal table and the probe all live in the ds_sync schema.
-    crate::schema::apply(&mut sql).await?;
-    let mut start = match super::snapshot::prepare(&sql, cfg, shutdown, hard_stop).await? {
-        super::snapshot::Prepared::Start(start) => start,
-        super::snapshot::Prepared::Stopped => return Ok(()),
-    };
-    let mut incremental = super::snapshot::incremental::Incremental::start(
-        &sql,
-        &cfg.source.slot,
-        &cfg.source.publication,
-        cfg.snapshot.chunk_rows,
-        cfg.snapshot.mode != super::snapshot::SnapshotMode::Never,
-    )
-    .await?;
     let mut backoff = Backoff::new(
         std::time::Duration::from_millis(200),
         std::time::Duration::from_secs(10),
     );
-    let mut sql = Some(sql);
+    let mut resume = Resume::default();
     loop {
-        let client = match sql.take() {
-            Some(c) if !c.is_closed() => c,
-            _ => match cfg.source.target.connect().await {
-                Ok(c) => c,
-                Err(e) => {
-                    wait_or_stop(&mut backoff, &CaptureError::Pg(e), shutdown).await?;
-                    continue;
-                }
-            },
-        };
-        let outcome = match source::connect(&client, &cfg.source, start).await {
-            Ok(repl) => {
-                incremental.send_probe(&client).await;
-                crate::observe::capture().session_started();
-                tracing::info!(slot = %cfg.source.slot, start = %Lsn::from_u64(start), "streaming changes");
-                let mut session = Session::new(cfg, &client, start, hard_stop, &mut incremental);
-                let result = session.run(repl, shutdown).await;
-                let confirmed = session.ledger.confirmed();
-                session.drain().await;
-                crate::observe::capture().session_ended();
-                if result.is_ok() {
-                    backoff.reset();
-                }
-                start = start.max(confirmed);
-                result
-            }
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(SessionEnd::Stopped) => {
-                source::advance_slot(&client, &cfg.source.slot, start).await?;
-                tracing::info!(confirmed = %Lsn::from_u64(start), "stopped");
-                return Ok(());
-            }
+        let error = match attempt(cfg, &mut resume, &mut backoff, shutdown, hard_stop).await {
+            Ok(SessionEnd::Stopped) => return Ok(()),
             Ok(SessionEnd::ServerEnded) => {
                 crate::observe::capture().server_ended();
-                tracing::warn!(
-                    "the server ended the replication stream; resuming from the slot's confirmed position"
-                )
+                None
             }
-            Err(e) if e.is_transient() => wait_or_stop(&mut backoff, &e, shutdown).await?,
+            Err(e) if e.is_transient() => Some(e),
             Err(e) => return Err(e),
-        }
-        if shutdown.is_cancelled() {
+        };
+        if wait_or_stop(&mut backoff, error.as_ref(), shutdown).await {
+            tracing::info!(
+                "stopped while reconnecting; the next start resumes from the slot's confirmed position"
+            );
             return Ok(());
         }
-        if let Ok(pos) = source::confirmed_position(&client, &cfg.source.slot).await {
-            start = start.max(pos);
-        }
-        sql = Some(client);
     }
 }
 
+/// What outlives a connection: where streaming resumes, and snapshots taken while
+/// streaming (so a reconnect re-sends a chunk the DS server has not acknowledged with the
+/// same sequences).
+#[derive(Default)]
+struct Resume {
+    /// Set once the slot (and its initial snapshot) is ready.
+    start: Option<u64>,
+    incremental: Option<Incremental>,
+}
+
+/// One connection's worth of capture: connect, prepare what is not prepared yet, stream.
+async fn attempt(
+    cfg: &CaptureConfig,
+    resume: &mut Resume,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+    hard_stop: &CancellationToken,
+) -> Result<SessionEnd, CaptureError> {
+    let target = cfg.source.target.with_application_name(APPLICATION_NAME);
+    let Some(sql) = unless_stopped(shutdown, target.connect()).await else {
+        return Ok(SessionEnd::Stopped);
+    };
+    let mut sql = sql?;
+    let start = match resume.start {
+        Some(start) => start.max(source::confirmed_position(&sql, &cfg.source.slot).await?),
+        None => {
+            // Snapshot bookkeeping, the signal table and the probe all live in ds_sync.
+            crate::schema::apply(&mut sql).await?;
+            match super::snapshot::prepare(&sql, cfg, shutdown, hard_stop).await? {
+                super::snapshot::Prepared::Start(start) => start,
+                super::snapshot::Prepared::Stopped => return Ok(SessionEnd::Stopped),
+            }
+        }
+    };
+    resume.start = Some(start);
+    let incremental = match resume.incremental.take() {
+        Some(i) => i,
+        None => {
+            Incremental::start(
+                &sql,
+                &cfg.source.target,
+                &cfg.source.slot,
+                &cfg.source.publication,
+                cfg.snapshot.chunk_rows,
+                cfg.snapshot.mode != super::snapshot::SnapshotMode::Never,
+            )
+            .await?
+        }
+    };
+    let incremental = resume.incremental.insert(incremental);
+    let Some(repl) = unless_stopped(shutdown, source::connect(&sql, &cfg.source, start)).await
+    else {
+        return Ok(SessionEnd::Stopped);
+    };
+    let repl = repl?;
+    incremental.send_probe(&sql).await?;
+    crate::observe::capture().session_started();
+    tracing::info!(slot = %cfg.source.slot, start = %Lsn::from_u64(start), "streaming changes");
+    let mut session = Session::new(cfg, &sql, start, hard_stop, incremental);
+    let result = session.run(repl, shutdown).await;
+    let confirmed = session.ledger.confirmed().max(start);
+    session.drain().await;
+    crate::observe::capture().session_ended();
+    resume.start = Some(confirmed);
+    if confirmed > start {
+        backoff.reset();
+    }
+    if let Ok(SessionEnd::Stopped) = result {
+        tokio::select! {
+            () = confirm_at_exit(&sql, &cfg.source.slot, confirmed) => {}
+            () = hard_stop.cancelled() => return Err(CaptureError::Interrupted),
+        }
+    }
+    result
+}
+
+/// The slot's position after a graceful stop. Failing to write it loses nothing: the
+/// changes delivered after it are sent again on the next start and skipped by the server.
+async fn confirm_at_exit(sql: &Client, slot: &str, confirmed: u64) {
+    match source::advance_slot(sql, slot, confirmed).await {
+        Ok(()) => tracing::info!(confirmed = %Lsn::from_u64(confirmed), "stopped"),
+        Err(e) => tracing::warn!(
+            error = %e,
+            delivered = %Lsn::from_u64(confirmed),
+            "stopped; the slot's position could not be updated, so changes delivered after it are read again on the next start and skipped by the DS server"
+        ),
+    }
+}
+
+/// `fut`'s output, or `None` when `shutdown` comes first.
+async fn unless_stopped<F: std::future::Future>(
+    shutdown: &CancellationToken,
+    fut: F,
+) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => None,
+        out = fut => Some(out),
+    }
+}
+
+/// Waits the next backoff delay before reconnecting; true when `shutdown` came first (or
+/// had come already): the caller stops instead of reconnecting.
 async fn wait_or_stop(
     backoff: &mut Backoff,
-    e: &CaptureError,
+    error: Option<&CaptureError>,
     shutdown: &CancellationToken,
-) -> Result<(), CaptureError> {
+) -> bool {
+    if shutdown.is_cancelled() {
+        if let Some(e) = error {
+            tracing::warn!(error = %e, "capture interrupted while stopping");
+        }
+        return true;
+    }
     let delay = backoff.next_delay();
-    crate::observe::capture().reconnect(e);
-    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "capture interrupted, resuming from the slot's confirmed position");
+    let retry_in_ms = delay.as_millis() as u64;
+    match error {
+        Some(e) => {
+            crate::observe::capture().reconnect(e);
+            let error = match e.hint() {
+                Some(hint) => format!("{e}. {hint}"),
+                None => e.to_string(),
+            };
+            tracing::warn!(%error, retry_in_ms, "capture interrupted, resuming from the slot's confirmed position");
+        }
+        None => tracing::warn!(
+            retry_in_ms,
+            "the server ended the replication stream; resuming from the slot's confirmed position"
+        ),
+    }
     tokio::select! {
-        _ = tokio::time::sleep(delay) => Ok(()),
-        _ = shutdown.cancelled() => Ok(()),
+        () = tokio::time::sleep(delay) => false,
+        () = shutdown.cancelled() => true,
     }
 }
 
@@ -218,7 +295,14 @@ impl<'a> Session<'a> {
                 self.ledger.advance();
                 crate::observe::capture().acknowledged(self.ledger.confirmed());
                 repl.update_applied_lsn(Lsn::from_u64(self.ledger.confirmed()));
-                let _ = repl.shutdown().await;
+                // The server may not answer (it is stopping, or the network is gone): the
+                // position is also written over SQL at exit.
+                if tokio::time::timeout(REPLICATION_STOP_TIMEOUT, repl.shutdown())
+                    .await
+                    .is_err()
+                {
+                    repl.abort();
+                }
                 return Ok(SessionEnd::Stopped);
             }
             crate::observe::capture().buffered(self.queues.buffered_bytes());
@@ -436,6 +520,7 @@ impl<'a> Session<'a> {
     }
 
     fn truncate(&mut self, t: &Truncate) -> Result<(), CaptureError> {
+        self.snap.truncated(&t.relation_oids);
         // A reset has no row: only templates without column placeholders can place it, so
         // streams are also taken from those the table has written to.
         let reset = RowMessage {
@@ -499,6 +584,9 @@ async fn sleep_until(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// How long a graceful end of the replication stream may take.
+const REPLICATION_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Events handled in one go before batches are dispatched again.
 const READ_AHEAD: usize = 4096;

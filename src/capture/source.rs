@@ -34,7 +34,7 @@ pub struct SourceConfig {
 /// "publication does not exist" when it decodes a change from before the publication.
 pub async fn prepare(sql: &Client, cfg: &SourceConfig) -> Result<u64, CaptureError> {
     ensure_publication(sql, cfg).await?;
-    let created = slot::create(sql, &cfg.slot, false, true).await?;
+    let created = slot::create_reporting(sql, &cfg.target, &cfg.slot, false, true).await?;
     if created.created {
         tracing::info!(slot = %cfg.slot, "created replication slot");
     }
@@ -84,9 +84,15 @@ pub async fn confirmed_position(sql: &Client, slot_name: &str) -> Result<u64, Ca
 /// hold it for a moment, so an active slot is waited for briefly; one that stays held is
 /// an error unless `takeover`.
 pub(crate) async fn drop_slot(sql: &Client, cfg: &SourceConfig) -> Result<(), CaptureError> {
-    for _ in 0..100 {
-        if !slot::status(sql, &cfg.slot).await?.active {
+    for attempt in 0..100 {
+        let info = slot::status(sql, &cfg.slot).await?;
+        if !info.active {
             break;
+        }
+        if attempt == 0 {
+            let pid = info.active_pid.unwrap_or(0);
+            let holder = describe_backend(sql, pid).await;
+            tracing::info!(slot = %cfg.slot, pid, %holder, "waiting up to 10 s for the walsender holding the slot to release it before the slot is dropped");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -105,6 +111,7 @@ async fn claim_slot(sql: &Client, cfg: &SourceConfig) -> Result<(), CaptureError
         return Err(CaptureError::SlotBusy {
             slot: cfg.slot.clone(),
             pid,
+            holder: describe_backend(sql, pid).await,
         });
     }
     tracing::warn!(slot = %cfg.slot, pid, "taking the slot over: terminating its walsender");
@@ -120,7 +127,28 @@ async fn claim_slot(sql: &Client, cfg: &SourceConfig) -> Result<(), CaptureError
     Err(CaptureError::SlotBusy {
         slot: cfg.slot.clone(),
         pid,
+        holder: describe_backend(sql, pid).await,
     })
+}
+
+/// Who a backend is, for messages about waiting for it: its application, client and how
+/// long it has been connected (from `pg_stat_activity`); empty when it cannot be read.
+pub(crate) async fn describe_backend(sql: &Client, pid: i32) -> String {
+    let row = sql
+        .query_opt(
+            "SELECT coalesce(nullif(application_name, ''), '(none)'),                     coalesce(client_addr::text, 'local'),                     extract(epoch FROM now() - backend_start)::int8              FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .await;
+    match row {
+        Ok(Some(r)) => format!(
+            "application {}, client {}, connected {} s ago",
+            r.get::<_, String>(0),
+            r.get::<_, String>(1),
+            r.get::<_, i64>(2)
+        ),
+        _ => String::from("not in pg_stat_activity"),
+    }
 }
 
 /// Opens the replication stream at `start` (the slot's confirmed position), TLS as the

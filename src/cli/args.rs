@@ -14,7 +14,9 @@ Exit codes:
   2  usage error (unknown option, missing argument)
   3  init: a server prerequisite is not met (each failed check is printed with its fix)
   4  slot status / slot drop: the slot does not exist
-  5  slot status: the slot is lost (wal_status = lost): its WAL is gone";
+  5  slot status: the slot is lost (wal_status = lost): its WAL is gone
+  6  run / dev: a second signal or --shutdown-timeout-ms stopped it before the work in
+     flight was finished (nothing is lost: the next start resumes)";
 
 /// ds-sync keeps PostgreSQL and a Durable Streams server in sync: row changes flow from a
 /// logical replication slot into DS streams, and events from DS streams flow into Postgres.
@@ -144,8 +146,10 @@ published (no primary key, no replica identity) is refused first, with the fix; 
 TOASTable columns get REPLICA IDENTITY FULL (logged) so that updates carry whole rows, unless
 --toast partial or --keep-replica-identity. Partitioned tables stream as themselves. The slot only
 advances for changes the DS server has acknowledged; after a crash, replayed changes are
-recognised by their Stream-Seq and skipped. SIGTERM/SIGINT: stop reading, deliver what was
-read, confirm, exit 0; a second signal exits at once (nothing is lost: the slot did not move).
+recognised by their Stream-Seq and skipped. A lost connection (Postgres or DS) is opened again
+after a backoff, and capture resumes. SIGTERM/SIGINT: stop reading, deliver what was read,
+confirm, exit 0; a second signal, or --shutdown-timeout-ms passing while a server is down,
+stops at once with exit code 6 (nothing is lost: the slot did not move past it).
 
 Examples:
   ds-sync run --tables items,orders
@@ -380,6 +384,11 @@ pub struct CaptureArgs {
     /// 10000; per-key routes make many) [default: off]
     #[arg(long, env = "DS_SYNC_METRICS_STREAM_LABELS")]
     pub metrics_stream_labels: bool,
+
+    /// After SIGTERM/SIGINT, how long finishing the work in flight may take before it is
+    /// abandoned (exit code 6; nothing is lost), in ms [default: 10000]
+    #[arg(long, env = "DS_SYNC_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
+    pub shutdown_timeout_ms: Option<u64>,
     #[command(flatten)]
     pub ingest: IngestArgs,
 }

@@ -51,7 +51,8 @@ async fn slot_command(
     settings: &Settings,
     out: &Printer,
 ) -> Result<(), CliError> {
-    let client = target(settings)?.connect().await?;
+    let target = target(settings)?;
+    let client = target.connect().await?;
     let default_slot = || settings.slot.value.clone();
     match cmd {
         SlotCommand::Create {
@@ -60,7 +61,8 @@ async fn slot_command(
             if_not_exists,
         } => {
             let name = name.unwrap_or_else(default_slot);
-            let created = slot::create(&client, &name, temporary, if_not_exists).await?;
+            let created =
+                slot::create_reporting(&client, &target, &name, temporary, if_not_exists).await?;
             out.created_slot(&created)
         }
         SlotCommand::Drop { name, force } => {

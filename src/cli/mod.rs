@@ -9,6 +9,7 @@ mod commands;
 mod ingest;
 mod output;
 mod run;
+mod stop;
 
 use std::process::ExitCode;
 
@@ -27,6 +28,9 @@ pub mod exit {
     pub const PREREQUISITES: u8 = 3;
     pub const SLOT_NOT_FOUND: u8 = 4;
     pub const SLOT_LOST: u8 = 5;
+    /// `run` / `dev` stopped by a second signal or the shutdown timeout before the work in
+    /// flight was finished (nothing is lost).
+    pub const ABANDONED: u8 = 6;
 }
 
 /// Everything a command can fail with, at the edge.
@@ -64,6 +68,8 @@ pub enum CliError {
     Health(#[from] crate::observe::health::HealthError),
     #[error("{0}")]
     Invalid(String),
+    #[error("stopped after {0} without finishing the work in flight")]
+    Abandoned(String),
 }
 
 impl CliError {
@@ -73,6 +79,7 @@ impl CliError {
             CliError::Slot(SlotError::NotFound(_)) => exit::SLOT_NOT_FOUND,
             CliError::SlotLost(_) => exit::SLOT_LOST,
             CliError::Prerequisites { .. } => exit::PREREQUISITES,
+            CliError::Abandoned(_) => exit::ABANDONED,
             _ => exit::ERROR,
         }
     }
@@ -90,6 +97,9 @@ impl CliError {
             CliError::Ingest(e) => e.hint(),
             CliError::Observe(e) => e.hint(),
             CliError::Health(e) => e.hint(),
+            CliError::Abandoned(_) => Some(
+                "Nothing is lost: the next start resumes capture from the slot's confirmed position and ingest from the stored offsets. A server was down or stalled; raise --shutdown-timeout-ms to give it longer.".into(),
+            ),
             CliError::SlotLost(name) => Some(format!(
                 "A lost slot cannot be resumed: drop it (`ds-sync slot drop {name}`), create it again and re-snapshot the tables."
             )),
@@ -121,7 +131,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::ERROR);
         }
     };
-    match runtime.block_on(commands::run(cli.command, &settings)) {
+    let result = runtime.block_on(commands::run(cli.command, &settings));
+    // Tasks still blocked (a connection attempt, a blocking call) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => report(&e),
     }

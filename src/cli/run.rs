@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
 use crate::capture::CaptureConfig;
 use crate::capture::batch::Limits;
 use crate::capture::route::{Router, Template, parse_route_option};
@@ -17,13 +15,23 @@ use crate::pg::ident::{validate_publication_name, validate_slot_name};
 
 use super::CliError;
 use super::args::CaptureArgs;
+use super::stop::{DEFAULT_SHUTDOWN_TIMEOUT, Stop};
 
 /// Default stream name template: the sync-layer document's `pg-items` for table `items`.
 pub const DEFAULT_STREAM_TEMPLATE: &str = "pg-{table}";
 
 /// Runs capture until a signal.
 pub async fn run(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError> {
-    let (shutdown, hard_stop) = signals();
+    let stop = Stop::install(shutdown_timeout(args, settings));
+    let result = run_until_stopped(args, settings, &stop).await;
+    stop.outcome(result)
+}
+
+async fn run_until_stopped(
+    args: &CaptureArgs,
+    settings: &Settings,
+    stop: &Stop,
+) -> Result<(), CliError> {
     let target = super::commands::target(settings)?;
     let ingest = super::ingest::config(&args.ingest, settings, &target).await?;
     let cfg = if args.ingest.no_capture {
@@ -37,7 +45,14 @@ pub async fn run(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError
             settings.ds_access()?,
         )?)
     };
-    super::ingest::run_directions(cfg, ingest, settings, &shutdown, &hard_stop).await
+    super::ingest::run_directions(cfg, ingest, settings, &stop.shutdown, &stop.hard_stop).await
+}
+
+/// `--shutdown-timeout-ms` over the `[capture]` key over the default.
+fn shutdown_timeout(args: &CaptureArgs, settings: &Settings) -> Duration {
+    args.shutdown_timeout_ms
+        .or(settings.capture_file.shutdown_timeout_ms)
+        .map_or(DEFAULT_SHUTDOWN_TIMEOUT, Duration::from_millis)
 }
 
 /// Flags (and their env vars) over the config file's `[capture]` over defaults.
@@ -145,46 +160,13 @@ fn capture_config(
     Ok(cfg)
 }
 
-/// First SIGTERM/SIGINT: graceful shutdown. Second: hard stop. The handlers are installed
-/// before this returns, and commands call it first, so a signal that arrives while they
-/// still connect or start servers is a graceful stop too, not the default termination.
-fn signals() -> (CancellationToken, CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let shutdown = CancellationToken::new();
-    let hard_stop = CancellationToken::new();
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!("cannot install signal handlers");
-        return (shutdown, hard_stop);
-    };
-    let (s, h) = (shutdown.clone(), hard_stop.clone());
-    tokio::spawn(async move {
-        for round in 0..2 {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            if round == 0 {
-                tracing::info!(
-                    "signal received: finishing what is in flight (signal again to exit at once)"
-                );
-                s.cancel();
-            } else {
-                h.cancel();
-            }
-        }
-    });
-    (shutdown, hard_stop)
-}
-
 const DEMO_TABLE: &str = "CREATE TABLE IF NOT EXISTS items (\
     id SERIAL PRIMARY KEY, title TEXT NOT NULL, body TEXT, created_at TIMESTAMPTZ DEFAULT NOW())";
 
 /// `ds-sync dev`: capture against throwaway servers unless real ones are given.
 pub async fn dev(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError> {
-    let (shutdown, hard_stop) = signals();
+    let stop = Stop::install(shutdown_timeout(args, settings));
+    let (shutdown, hard_stop) = (stop.shutdown.clone(), stop.hard_stop.clone());
     let local_pg = if settings.postgres_url_source() == Source::Unset {
         eprintln!("starting a throwaway PostgreSQL cluster...");
         let pg = tokio::task::spawn_blocking(|| LocalPostgres::start(&PostgresOptions::default()))
@@ -235,7 +217,7 @@ pub async fn dev(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError
     drop(ds_server);
     drop(local_pg);
     eprintln!("stopped; throwaway servers removed");
-    result
+    stop.outcome(result)
 }
 
 /// Port 4437 (the DS default) when free, so printed URLs are predictable; any port otherwise.

@@ -147,18 +147,22 @@ pub async fn run(
         max_event_bytes: cfg.max_event_bytes,
     });
     let mut writer = tokio::spawn(writer::run(
-        cfg.target.clone(),
+        cfg.target.with_application_name("ds-sync/ingest-writer"),
         commit_rx,
         cfg.writer,
         hard_stop.clone(),
     ));
     let reporter = tokio::spawn(state::report(
-        cfg.target.clone(),
+        cfg.target.with_application_name("ds-sync/ingest-state"),
         state_rx,
         hard_stop.clone(),
     ));
     let stop = shutdown.child_token();
-    let supervisor = supervisor::supervise(cfg.target.clone(), shared, stop.clone());
+    let supervisor = supervisor::supervise(
+        cfg.target.with_application_name("ds-sync/ingest-listen"),
+        shared,
+        stop.clone(),
+    );
     tokio::pin!(supervisor);
     tracing::info!("ingest running");
     crate::observe::ingest().running();

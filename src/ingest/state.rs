@@ -98,6 +98,8 @@ pub async fn report(
     let mut client: Option<Client> = None;
     let mut open = true;
     let mut failing = false;
+    let mut retry_at = None;
+    let mut backoff = crate::ds::Backoff::default();
     while open {
         let deadline = tokio::time::sleep(FLUSH_EVERY);
         tokio::pin!(deadline);
@@ -119,17 +121,27 @@ pub async fn report(
                 },
             }
         }
-        if latest.is_empty() {
+        // After a failure, the next try waits its backoff (a flush is due 4 times a second);
+        // the last flush, once every sender is gone, is always tried.
+        let backing_off = retry_at.is_some_and(|at| tokio::time::Instant::now() < at);
+        if latest.is_empty() || (open && backing_off) {
             continue;
         }
         let batch: Vec<StateUpdate> = latest.drain().map(|(_, u)| u).collect();
-        match write(&target, &mut client, &batch).await {
+        let written = tokio::select! {
+            () = hard_stop.cancelled() => return,
+            written = write(&target, &mut client, &batch) => written,
+        };
+        match written {
             Ok(()) if failing => {
                 tracing::info!("subscription state is recorded again");
                 failing = false;
+                retry_at = None;
+                backoff.reset();
             }
             Ok(()) => {}
             Err(e) => {
+                retry_at = Some(tokio::time::Instant::now() + backoff.next_delay());
                 // Said once per outage, not on every flush; the states wait for the next
                 // try unless a newer one replaces them meanwhile.
                 if failing {

@@ -26,6 +26,33 @@ use super::writer::{Commit, CommitFailed};
 use crate::ds::{Backoff, DsClient, DsError, OFFSET_START, SseSubscription};
 use crate::sse::{Control, DsEvent};
 
+/// How often a subscription waiting for its stream to be created says so.
+const WAIT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Says that a subscription waits for its stream to be created: when the wait starts, then
+/// every [`WAIT_LOG_EVERY`].
+#[derive(Default)]
+struct WaitLog {
+    since: Option<tokio::time::Instant>,
+    next: Option<tokio::time::Instant>,
+}
+
+impl WaitLog {
+    fn waiting(&mut self, stream: &str) {
+        let now = tokio::time::Instant::now();
+        let since = *self.since.get_or_insert(now);
+        if self.next.is_some_and(|at| now < at) {
+            return;
+        }
+        tracing::info!(
+            stream,
+            waited_s = since.elapsed().as_secs(),
+            "stream does not exist yet; waiting for it (it is ingested once a client creates it; `ds-sync unsubscribe {stream}` stops waiting)"
+        );
+        self.next = Some(now + WAIT_LOG_EVERY);
+    }
+}
+
 /// What every subscription shares.
 #[derive(Debug)]
 pub struct Shared {
@@ -98,6 +125,7 @@ impl Subscription {
     async fn run(&mut self, stop: &CancellationToken) {
         let mut backoff = Backoff::default();
         let mut waiting = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+        let mut wait_log = WaitLog::default();
         loop {
             self.report(Status::Connecting, None);
             let from = self
@@ -111,6 +139,7 @@ impl Subscription {
             let delay = match opened {
                 Ok(sse) => {
                     waiting.reset();
+                    wait_log = WaitLog::default();
                     self.report(Status::Streaming, None);
                     let opened_at = tokio::time::Instant::now();
                     match self.read(sse, stop).await {
@@ -142,13 +171,7 @@ impl Subscription {
                     }
                 }
                 Err(DsError::NotFound { .. }) => {
-                    if self
-                        .status
-                        .as_ref()
-                        .is_none_or(|(s, _)| *s != Status::Waiting)
-                    {
-                        tracing::info!(stream = %self.stream, "stream does not exist yet; waiting for it");
-                    }
+                    wait_log.waiting(&self.stream);
                     self.report(
                         Status::Waiting,
                         Some("the stream does not exist yet".into()),

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::store::{self, Wanted};
 use super::subscription::{self, Shared};
+use crate::ds::Backoff;
 use crate::pg::{PgError, PgTarget, describe};
 
 /// How often the table is re-read even without a notification.
@@ -36,6 +37,7 @@ pub async fn supervise(target: PgTarget, shared: Arc<Shared>, shutdown: Cancella
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut tick = tokio::time::interval(REREAD_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut outage = Outage::default();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -43,18 +45,29 @@ pub async fn supervise(target: PgTarget, shared: Arc<Shared>, shutdown: Cancella
             () = wake.notified() => {}
         }
         if client.as_ref().is_none_or(Client::is_closed) {
-            match listen(&target, Arc::clone(&wake)).await {
+            if !outage.may_try() {
+                continue;
+            }
+            let connecting = listen(&target, Arc::clone(&wake));
+            let connected = tokio::select! {
+                () = shutdown.cancelled() => break,
+                connected = connecting => connected,
+            };
+            match connected {
                 Ok(c) => client = Some(c),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read subscriptions; retrying");
+                    outage.failed(&e);
                     continue;
                 }
             }
         }
         let Some(c) = client.as_ref() else { continue };
         match store::wanted(c).await {
-            Ok(wanted) => reconcile(c, &mut running, wanted, &shared, &shutdown).await,
-            Err(e) => tracing::warn!(error = %e, "cannot read subscriptions; retrying"),
+            Ok(wanted) => {
+                outage.ended();
+                reconcile(c, &mut running, wanted, &shared, &shutdown).await;
+            }
+            Err(e) => outage.failed(&e),
         }
     }
     for r in running.values() {
@@ -62,6 +75,44 @@ pub async fn supervise(target: PgTarget, shared: Arc<Shared>, shutdown: Cancella
     }
     for (_, r) in running {
         let _ = r.handle.await;
+    }
+}
+
+/// Reading the subscriptions failing: retried with backoff (not on every tick), said once
+/// per outage and once when it ends.
+#[derive(Debug, Default)]
+struct Outage {
+    since: Option<tokio::time::Instant>,
+    next_try: Option<tokio::time::Instant>,
+    backoff: Backoff,
+}
+
+impl Outage {
+    fn may_try(&self) -> bool {
+        self.next_try
+            .is_none_or(|at| tokio::time::Instant::now() >= at)
+    }
+
+    fn failed(&mut self, e: &PgError) {
+        let delay = self.backoff.next_delay();
+        self.next_try = Some(tokio::time::Instant::now() + delay);
+        if self.since.is_none() {
+            self.since = Some(tokio::time::Instant::now());
+            tracing::warn!(error = %e, "cannot read subscriptions; retrying with backoff (running subscriptions go on)");
+        } else {
+            tracing::debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "still cannot read subscriptions");
+        }
+    }
+
+    fn ended(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                after_s = since.elapsed().as_secs(),
+                "subscriptions are read again"
+            );
+        }
+        self.next_try = None;
+        self.backoff.reset();
     }
 }
 

@@ -420,14 +420,17 @@ async fn reply_stored(
             }
         }
         let delay = backoff.next_delay();
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
+        let connected = tokio::select! {
+            connected = async {
+                tokio::time::sleep(delay).await;
+                target.connect().await
+            } => connected,
             () = hard_stop.cancelled() => {
                 fail_all(batch, &CommitFailed::Stopped);
                 return Ok(client);
             }
-        }
-        match target.connect().await {
+        };
+        match connected {
             Ok(c) => client = c,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff.ceiling(), "ingest cannot reach PostgreSQL")

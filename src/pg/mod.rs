@@ -42,6 +42,8 @@ pub enum PgError {
         target: String,
         reason: String,
         hint: Option<String>,
+        /// The server's SQLSTATE when it refused the login (`None`: it was not reached).
+        code: Option<SqlState>,
     },
     /// The TLS settings cannot be used (a certificate or key file missing or unreadable).
     #[error("could not connect to {target}: {source}")]
@@ -56,6 +58,8 @@ pub enum PgError {
         context: String,
         reason: String,
         code: Option<SqlState>,
+        /// The connection was lost or the server is going away: see [`is_transient`].
+        transient: bool,
     },
 }
 
@@ -66,14 +70,27 @@ impl PgError {
             context: context.into(),
             reason: describe(err),
             code: err.code().cloned(),
+            transient: is_transient(err),
         }
     }
 
     /// The SQLSTATE the server answered with, when the error came from the server.
     pub fn code(&self) -> Option<&SqlState> {
         match self {
-            PgError::Query { code, .. } => code.as_ref(),
-            _ => None,
+            PgError::Query { code, .. } | PgError::Connect { code, .. } => code.as_ref(),
+            PgError::InvalidUrl { .. } | PgError::Tls { .. } => None,
+        }
+    }
+
+    /// Whether trying again on a new connection can succeed: the server was not reached,
+    /// the connection was lost, or the server is shutting down, starting or out of
+    /// resources. A refused login (wrong password, unknown database), TLS settings that
+    /// cannot work and refused statements are definite.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PgError::InvalidUrl { .. } | PgError::Tls { .. } => false,
+            PgError::Connect { code, .. } => code.as_ref().is_none_or(is_transient_code),
+            PgError::Query { transient, .. } => *transient,
         }
     }
 
@@ -85,6 +102,53 @@ impl PgError {
                 "Check the sslrootcert, sslcert and sslkey paths in the URL (or PGSSLROOTCERT, PGSSLCERT, PGSSLKEY): each must be a readable PEM file.".into(),
             ),
             _ => None,
+        }
+    }
+}
+
+/// SQLSTATEs that say the connection or the server, not the statement, failed: class 08
+/// (connection exception), 57P01-57P03 (terminated by an administrator, crash shutdown,
+/// cannot connect now) and class 53 (insufficient resources, too many connections).
+const TRANSIENT_CODES: &[SqlState] = &[
+    SqlState::CONNECTION_EXCEPTION,
+    SqlState::CONNECTION_DOES_NOT_EXIST,
+    SqlState::CONNECTION_FAILURE,
+    SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+    SqlState::SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION,
+    SqlState::TRANSACTION_RESOLUTION_UNKNOWN,
+    SqlState::PROTOCOL_VIOLATION,
+    SqlState::ADMIN_SHUTDOWN,
+    SqlState::CRASH_SHUTDOWN,
+    SqlState::CANNOT_CONNECT_NOW,
+    SqlState::INSUFFICIENT_RESOURCES,
+    SqlState::DISK_FULL,
+    SqlState::OUT_OF_MEMORY,
+    SqlState::TOO_MANY_CONNECTIONS,
+    SqlState::CONFIGURATION_LIMIT_EXCEEDED,
+];
+
+/// Whether a SQLSTATE is one of [`TRANSIENT_CODES`].
+pub fn is_transient_code(code: &SqlState) -> bool {
+    TRANSIENT_CODES.contains(code)
+}
+
+/// Whether a tokio-postgres error is worth a retry on a new connection: the connection is
+/// closed, broke (I/O), or the server answered with a [`TRANSIENT_CODES`] SQLSTATE.
+pub fn is_transient(err: &tokio_postgres::Error) -> bool {
+    if err.is_closed() {
+        return true;
+    }
+    match err.code() {
+        Some(code) => is_transient_code(code),
+        None => {
+            let mut source = std::error::Error::source(err);
+            while let Some(cause) = source {
+                if cause.is::<std::io::Error>() {
+                    return true;
+                }
+                source = cause.source();
+            }
+            false
         }
     }
 }
@@ -129,6 +193,8 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 pub struct PgTarget {
     config: Config,
     ssl: SslOptions,
+    /// The URL named no `application_name`: ds-sync names each of its connections.
+    own_application_name: bool,
 }
 
 /// One failed connection attempt.
@@ -175,14 +241,38 @@ impl PgTarget {
         {
             config.password(pw);
         }
-        if config.get_application_name().is_none() {
+        let own_application_name = config.get_application_name().is_none();
+        if own_application_name {
             config.application_name(APPLICATION_NAME);
         }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         apply_keepalive_defaults(&mut config, &extracted.keys);
-        Ok(PgTarget { config, ssl })
+        Ok(PgTarget {
+            config,
+            ssl,
+            own_application_name,
+        })
+    }
+
+    /// The same target with `name` (`ds-sync/<role>`) as `application_name`, so each of
+    /// ds-sync's connections can be told apart in `pg_stat_activity`; an `application_name`
+    /// given in the URL is kept as it is.
+    #[must_use]
+    pub fn with_application_name(&self, name: &str) -> PgTarget {
+        let mut target = self.clone();
+        if self.own_application_name {
+            target.config.application_name(name);
+        }
+        target
+    }
+
+    /// The `application_name` connections report.
+    pub fn application_name(&self) -> &str {
+        self.config
+            .get_application_name()
+            .unwrap_or(APPLICATION_NAME)
     }
 
     /// The tokio-postgres configuration (TLS aside: see [`Self::ssl`]).
@@ -316,6 +406,7 @@ impl PgTarget {
             target: self.to_string(),
             reason,
             hint: failed.iter().find_map(|a| connect_hint(a, self.ssl.mode)),
+            code: failed.iter().rev().find_map(|a| a.error.code().cloned()),
         }
     }
 
@@ -502,6 +593,59 @@ mod tests {
             let e = PgTarget::parse(url, None).unwrap_err();
             assert!(!e.to_string().contains("topsecret"), "{url}: {e}");
         }
+    }
+
+    #[test]
+    fn lost_connections_and_a_going_away_server_are_transient_refusals_are_not() {
+        for code in [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::CONNECTION_FAILURE,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::OUT_OF_MEMORY,
+        ] {
+            assert!(is_transient_code(&code), "{}", code.code());
+        }
+        for code in [
+            SqlState::INVALID_PASSWORD,
+            SqlState::UNDEFINED_TABLE,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::QUERY_CANCELED,
+            SqlState::UNIQUE_VIOLATION,
+        ] {
+            assert!(!is_transient_code(&code), "{}", code.code());
+        }
+        let refused = |code: Option<SqlState>| PgError::Connect {
+            target: "t".into(),
+            reason: "r".into(),
+            hint: None,
+            code,
+        };
+        assert!(refused(None).is_transient(), "not reached: try again");
+        assert!(refused(Some(SqlState::CANNOT_CONNECT_NOW)).is_transient());
+        assert!(!refused(Some(SqlState::INVALID_PASSWORD)).is_transient());
+        assert!(!refused(Some(SqlState::INVALID_CATALOG_NAME)).is_transient());
+        let url = PgError::InvalidUrl { reason: "x".into() };
+        assert!(!url.is_transient());
+    }
+
+    #[test]
+    fn each_connection_names_itself_unless_the_url_names_them_all() {
+        let t = PgTarget::parse("postgres://a@h/db", None).unwrap();
+        assert_eq!(t.application_name(), "ds-sync");
+        assert_eq!(
+            t.with_application_name("ds-sync/capture")
+                .application_name(),
+            "ds-sync/capture"
+        );
+        let named = PgTarget::parse("postgres://a@h/db?application_name=app", None).unwrap();
+        assert_eq!(
+            named
+                .with_application_name("ds-sync/capture")
+                .application_name(),
+            "app"
+        );
     }
 
     #[test]

@@ -145,6 +145,19 @@ impl SessionError {
     fn refused(&self) -> bool {
         matches!(self, SessionError::Auth { .. } | SessionError::Tls { .. })
     }
+
+    /// Whether a new session can succeed: the server was not reached, the connection was
+    /// lost, or the server ended the session for a reason of its own (see
+    /// [`super::is_transient_code`]).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SessionError::Connect { .. } | SessionError::Closed { .. } => true,
+            SessionError::Server { error, .. } => {
+                super::is_transient_code(&tokio_postgres::error::SqlState::from_code(&error.code))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The result row of `CREATE_REPLICATION_SLOT ... (SNAPSHOT 'export')`.
@@ -321,7 +334,11 @@ pub struct ReplicationSession {
     buf: BytesMut,
     target: String,
     server_version_num: i32,
+    backend_pid: i32,
 }
+
+/// `application_name` of the session (see `pg_stat_activity`).
+pub const APPLICATION_NAME: &str = "ds-sync/snapshot";
 
 impl ReplicationSession {
     /// Connects and logs in with `replication=database`, TLS as the target's `sslmode`
@@ -374,6 +391,7 @@ impl ReplicationSession {
             buf: BytesMut::with_capacity(8192),
             target: name,
             server_version_num: 0,
+            backend_pid: 0,
         };
         session.login(target).await.map_err(|e| (tls_used, e))?;
         Ok(session)
@@ -384,13 +402,18 @@ impl ReplicationSession {
         self.server_version_num
     }
 
+    /// The pid of the server process serving this session (0 if the server did not say).
+    pub fn backend_pid(&self) -> i32 {
+        self.backend_pid
+    }
+
     async fn login(&mut self, target: &PgTarget) -> Result<(), SessionError> {
         let mut startup = BytesMut::new();
         let params = [
             ("user", target.user()),
             ("database", target.dbname()),
             ("replication", "database"),
-            ("application_name", "ds-sync-snapshot"),
+            ("application_name", APPLICATION_NAME),
             ("client_encoding", "UTF8"),
         ];
         frontend::startup_message(params.iter().copied(), &mut startup)
@@ -407,6 +430,10 @@ impl ReplicationSession {
                         target: self.target.clone(),
                         reason: ServerError::from_fields(body).to_string(),
                     });
+                }
+                Message::BackendKeyData(key) => {
+                    self.backend_pid = key.process_id();
+                    continue;
                 }
                 Message::ParameterStatus(p) => {
                     if p.name().ok() == Some("server_version") {

@@ -436,7 +436,7 @@ async fn lost_postgres_connections_lose_and_double_nothing() {
                 .sql
                 .query_one(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND application_name = 'ds-sync'",
+                     WHERE datname = current_database() AND application_name LIKE 'ds-sync%'",
                     &[],
                 )
                 .await

@@ -28,14 +28,16 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::pg::PgError;
+use crate::pg::{PgError, PgTarget};
 use crate::pgoutput::{Relation, TupleData, TupleValue};
+use crate::waits::{self, Monitor};
 
 use super::super::error::CaptureError;
 use super::super::message::{self, RowMessage};
 use super::super::source;
 use super::catalog::{self, SnapshotTable};
 use super::signals::{self, SignalKind, Unfinished};
+use super::window::Window;
 
 /// Rows per chunk when not configured.
 pub const DEFAULT_CHUNK_ROWS: usize = 1000;
@@ -54,6 +56,10 @@ pub struct Incremental {
     active: Option<Active>,
     /// The probe of the current session, until it comes back decoded.
     probe: Option<Probe>,
+    /// The backend of the current session's SQL connection, whose chunk reads can wait
+    /// for locks (0: unknown), and the connection that looks up what they wait for.
+    backend_pid: i32,
+    monitor: Monitor,
 }
 
 /// A probe row in flight: see [`Incremental::send_probe`].
@@ -71,8 +77,10 @@ struct Active {
     table: SnapshotTable,
     after: Option<Vec<String>>,
     chunk: Option<Chunk>,
-    /// Keys of the table's changes decoded since our low watermark.
-    window: Option<HashSet<String>>,
+    /// The table's changes between the chunk's watermarks; kept until the chunk is
+    /// acknowledged, so that a reconnect which replays only part of the window (from after
+    /// the low watermark) places the chunk exactly as the first time.
+    window: Option<Window>,
     /// The transaction that carries the chunk's rows, and its end once committed.
     emitted_in: Option<u64>,
     confirm_at: Option<u64>,
@@ -84,31 +92,27 @@ struct Chunk {
     rows: Vec<Vec<Option<String>>>,
     /// The chunk's last key; `None` when it was the table's last chunk.
     end: Option<Vec<String>>,
+    /// Its rows were not placed (the low watermark was never decoded): read it again.
+    again: bool,
 }
 
 impl Incremental {
     /// Applies the schema, publishes the signal table and loads unfinished requests.
     pub async fn start(
         sql: &Client,
+        target: &PgTarget,
         slot: &str,
         publication: &str,
         chunk_rows: usize,
         new_tables: bool,
     ) -> Result<Incremental, CaptureError> {
         signals::ensure_published(sql, publication).await?;
-        let queue: VecDeque<Unfinished> = signals::unfinished(sql, slot).await?.into();
-        let mut known: HashSet<String> = signals::snapshotted_tables(sql, slot)
-            .await?
-            .into_iter()
-            .collect();
-        if new_tables && known.is_empty() {
-            // A slot from before this bookkeeping: what is published now was snapshotted.
-            for t in catalog::published_tables(sql, publication).await? {
-                let name = t.info.qualified_name();
-                signals::record_table(sql, slot, &name).await?;
-                known.insert(name);
-            }
-        }
+        let mut queue: VecDeque<Unfinished> = signals::unfinished(sql, slot).await?.into();
+        let known = if new_tables {
+            tables_at_start(sql, slot, publication, &mut queue).await?
+        } else {
+            HashSet::new()
+        };
         Ok(Incremental {
             slot: slot.to_string(),
             publication: publication.to_string(),
@@ -120,16 +124,20 @@ impl Incremental {
             known_tables: known,
             active: None,
             probe: None,
+            backend_pid: 0,
+            monitor: Monitor::new(target),
         })
     }
 
     /// Inserts this session's probe row. Until it comes back decoded, capture confirms no
     /// keepalive position: a slot that skips the publication's changes (seen once on
     /// PostgreSQL 15, see the README) then holds its WAL instead of moving past them.
-    /// A failed insert is logged and capture goes on without the check.
-    pub async fn send_probe(&mut self, sql: &Client) {
+    /// A lost connection is an error (capture reconnects); an insert the server refuses is
+    /// logged and capture goes on without the check.
+    pub async fn send_probe(&mut self, sql: &Client) -> Result<(), CaptureError> {
         match signals::probe(sql, &self.slot).await {
-            Ok(id) => {
+            Ok((id, backend_pid)) => {
+                self.backend_pid = backend_pid;
                 let now = Instant::now();
                 self.probe = Some(Probe {
                     id,
@@ -137,11 +145,13 @@ impl Incremental {
                     warn_at: now + PROBE_WARN_AFTER,
                 });
             }
+            Err(e) if e.is_transient() => return Err(e.into()),
             Err(e) => {
                 self.probe = None;
                 tracing::warn!(error = %e, "cannot insert the probe row; keepalive positions are confirmed without it");
             }
         }
+        Ok(())
     }
 
     /// True while this session's probe has not come back.
@@ -237,7 +247,7 @@ impl Incremental {
                 if let Some(a) = &mut self.active
                     && a.chunk.as_ref().is_some_and(|c| c.low == sig.id)
                 {
-                    a.window = Some(HashSet::new());
+                    a.window.get_or_insert_with(Window::default).open();
                 }
                 false
             }
@@ -260,15 +270,28 @@ impl Incremental {
         }
     }
 
-    /// A streamed change's key, noted while the table's chunk is between its watermarks.
+    /// A streamed change, noted while the table's chunk is between its watermarks.
     pub fn change(&mut self, oid: u32, row: &RowMessage) {
-        if let Some(a) = &mut self.active
-            && a.table.info.relation.oid == oid
-            && let Some(window) = &mut a.window
-            && let Some(key) = row.message["key"].as_str()
-        {
-            window.insert(key.to_string());
+        if let Some(window) = self.window_of(oid) {
+            window.change(row);
         }
+    }
+
+    /// A TRUNCATE of these tables: a chunk of one of them between its watermarks is dropped.
+    pub fn truncated(&mut self, oids: &[u32]) {
+        for oid in oids {
+            if let Some(window) = self.window_of(*oid) {
+                window.truncate();
+            }
+        }
+    }
+
+    fn window_of(&mut self, oid: u32) -> Option<&mut Window> {
+        let a = self.active.as_mut()?;
+        if a.table.info.relation.oid != oid {
+            return None;
+        }
+        a.window.as_mut()
     }
 
     /// The chunk's rows not changed between the watermarks, as insert messages of the
@@ -285,22 +308,27 @@ impl Incremental {
             });
         };
         let info = std::sync::Arc::clone(&a.table.info);
-        let empty = HashSet::new();
-        let window = a.window.as_ref().unwrap_or(&empty);
         let mut out = Vec::new();
-        for values in a.chunk.as_ref().map(|c| c.rows.as_slice()).unwrap_or(&[]) {
+        a.emitted_in = Some(tx);
+        let (Some(window), Some(chunk)) = (a.window.as_mut(), a.chunk.as_mut()) else {
+            // Never seen open, so what changed in between is unknown: nothing of the chunk
+            // is sent, and it is read again.
+            tracing::warn!(table = %info.qualified_name(), "a chunk's high watermark without its low one; reading the chunk again");
+            if let Some(chunk) = a.chunk.as_mut() {
+                chunk.again = true;
+            }
+            return Ok((info.relation.oid, info, out));
+        };
+        window.close();
+        for values in &chunk.rows {
             let values: Vec<Option<&str>> = values.iter().map(|v| v.as_deref()).collect();
             let msg = message::snapshot_insert(&info, &values, tx, time_micros)?;
-            let changed = msg.message["key"]
-                .as_str()
-                .is_some_and(|k| window.contains(k));
-            if !changed {
-                out.push(msg);
-            }
+            out.extend(window.place(msg));
         }
-        tracing::debug!(table = %info.qualified_name(), rows = out.len(), skipped = window.len(), "chunk placed at its high watermark");
-        a.emitted_in = Some(tx);
-        a.window = None;
+        if window.truncated() {
+            tracing::info!(table = %info.qualified_name(), rows = chunk.rows.len(), "the table was truncated between a chunk's watermarks; the chunk is dropped");
+        }
+        tracing::debug!(table = %info.qualified_name(), rows = out.len(), changed = window.changed(), "chunk placed at its high watermark");
         Ok((info.relation.oid, info, out))
     }
 
@@ -331,9 +359,12 @@ impl Incremental {
                 let chunk = a.chunk.take();
                 a.confirm_at = None;
                 a.emitted_in = None;
-                match chunk.and_then(|c| c.end) {
-                    Some(end) => a.after = Some(end),
-                    None => {
+                a.window = None;
+                match chunk {
+                    // `after` stays: the same chunk is read again.
+                    Some(c) if c.again => {}
+                    Some(Chunk { end: Some(end), .. }) => a.after = Some(end),
+                    _ => {
                         let (request, table) = (a.request, a.table.info.qualified_name());
                         signals::mark(sql, &self.slot, "done", &table, request, None, None).await?;
                         tracing::info!(table, request, "snapshot done");
@@ -346,7 +377,19 @@ impl Incremental {
             if a.chunk.is_some() {
                 return Ok(());
             }
-            let chunk = issue(sql, &self.slot, a, self.chunk_rows).await?;
+            // A lock on the table (an ALTER TABLE, or one queued behind a long transaction)
+            // holds the read, and capture with it: say who holds it.
+            let (pid, monitor) = (self.backend_pid, &mut self.monitor);
+            let what = format!("reading a chunk of {}", a.table.info.qualified_name());
+            let reading = issue(sql, &self.slot, a, self.chunk_rows);
+            let chunk = waits::reporting(reading, waits::REPORT_EVERY, async |waited| {
+                if pid != 0 {
+                    monitor
+                        .report(pid, None, &what, waited, waits::LOCK_ADVICE)
+                        .await;
+                }
+            })
+            .await?;
             a.chunk = Some(chunk);
             return Ok(());
         }
@@ -355,6 +398,12 @@ impl Incremental {
     /// Looks the request's table up; a table that is gone from the publication or cannot be
     /// chunked ends the request with a warning (capture goes on).
     async fn begin(&self, sql: &Client, req: Unfinished) -> Result<Option<Active>, CaptureError> {
+        // A request decoded again (a restart or reconnect resuming before its row) that was
+        // finished meanwhile is not run again.
+        if signals::is_done(sql, req.request).await? {
+            tracing::debug!(table = %req.table, request = req.request, "snapshot request already done");
+            return Ok(None);
+        }
         let found = catalog::published_tables(sql, &self.publication)
             .await?
             .into_iter()
@@ -386,6 +435,52 @@ impl Incremental {
             }
         }
     }
+}
+
+/// The tables a snapshot of the slot covered, after queueing a request for every published
+/// table none did: it joined the publication while capture was stopped, and no change of it
+/// may ever announce it. A slot without a baseline (not snapshotted by ds-sync, or from before
+/// the baseline existed) takes the tables published now as covered.
+async fn tables_at_start(
+    sql: &Client,
+    slot: &str,
+    publication: &str,
+    queue: &mut VecDeque<Unfinished>,
+) -> Result<HashSet<String>, CaptureError> {
+    let published: Vec<String> = catalog::published_tables(sql, publication)
+        .await?
+        .iter()
+        .map(|t| t.info.qualified_name())
+        .collect();
+    if !signals::has_baseline(sql, slot).await? {
+        for name in &published {
+            signals::record_table(sql, slot, name).await?;
+        }
+        signals::record_baseline(sql, slot).await?;
+        return Ok(published.into_iter().collect());
+    }
+    // Changes of a table outside the publication were not captured: once it is published
+    // again, it is snapshotted again.
+    signals::forget_unpublished(sql, slot, &published).await?;
+    let mut known: HashSet<String> = signals::snapshotted_tables(sql, slot)
+        .await?
+        .into_iter()
+        .collect();
+    for name in published {
+        if known.contains(&name) {
+            continue;
+        }
+        signals::record_table(sql, slot, &name).await?;
+        let request = signals::request(sql, slot, &name).await?;
+        tracing::info!(table = %name, request, "a table joined the publication while capture was stopped; snapshotting it");
+        queue.push_back(Unfinished {
+            request,
+            table: name.clone(),
+            resume_after: None,
+        });
+        known.insert(name);
+    }
+    Ok(known)
 }
 
 /// Whether a table can be read in key-ordered chunks: it needs a primary key whose columns
@@ -457,5 +552,6 @@ async fn issue(sql: &Client, slot: &str, a: &Active, limit: usize) -> Result<Chu
         high,
         rows,
         end,
+        again: false,
     })
 }

@@ -34,6 +34,7 @@ mod progress;
 mod reader;
 pub mod signals;
 mod state;
+mod window;
 mod writer;
 
 use std::sync::Arc;
@@ -44,7 +45,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::ds::DsClient;
-use crate::pg::replication_session::ReplicationSession;
+use crate::pg::replication_session::{ExportedSlot, ReplicationSession};
 use crate::pg::{PgError, PgTarget};
 use crate::slot;
 
@@ -137,7 +138,12 @@ pub async fn prepare(
         source::drop_slot(sql, &cfg.source).await?;
     }
     let mut session = ReplicationSession::connect(&cfg.source.target).await?;
-    let exported = session.create_slot_exporting_snapshot(slot_name).await?;
+    let Some(exported) = create_slot(sql, &mut session, slot_name, shutdown).await? else {
+        tracing::info!(
+            "stopped while the slot was being created; the next start takes the snapshot"
+        );
+        return Ok(Prepared::Stopped);
+    };
     let point = exported.consistent_point;
     tracing::info!(slot = slot_name, consistent_point = %format_lsn(point), "created replication slot with an exported snapshot");
     state::set_point(sql, slot_name, &format_lsn(point)).await?;
@@ -182,12 +188,54 @@ pub async fn prepare(
             for name in &names {
                 signals::record_table(sql, slot_name, name).await?;
             }
+            signals::record_baseline(sql, slot_name).await?;
             let start = source::confirmed_position(sql, slot_name).await?;
             Ok(Prepared::Start(start.max(point)))
         }
         CopyEnd::Stopped => {
             tracing::info!("stopped during the snapshot; the next start takes it again");
             Ok(Prepared::Stopped)
+        }
+    }
+}
+
+/// Creates the slot with an exported snapshot, logging every few seconds which transactions
+/// the creation waits for (read on `sql`, idle meanwhile). `None` when `shutdown` came first:
+/// the session's walsender, which would go on waiting and could still create the slot, is
+/// terminated.
+async fn create_slot(
+    sql: &Client,
+    session: &mut ReplicationSession,
+    slot_name: &str,
+    shutdown: &CancellationToken,
+) -> Result<Option<ExportedSlot>, CaptureError> {
+    let pid = session.backend_pid();
+    let what = slot::creating(slot_name);
+    let creating = crate::waits::reporting(
+        session.create_slot_exporting_snapshot(slot_name),
+        crate::waits::REPORT_EVERY,
+        async |waited| match crate::waits::blockers(sql, pid, Some(waited)).await {
+            Ok(found) => crate::waits::log_blockers(
+                &what,
+                waited,
+                &found,
+                crate::waits::SLOT_CREATION_ADVICE,
+            ),
+            Err(e) => {
+                tracing::warn!(waited_s = waited.as_secs(), error = %e, "{what} is taking long; cannot look up what it waits for")
+            }
+        },
+    );
+    tokio::select! {
+        biased;
+        created = creating => Ok(Some(created?)),
+        () = shutdown.cancelled() => {
+            if pid != 0
+                && let Err(e) = sql.execute("SELECT pg_terminate_backend($1)", &[&pid]).await
+            {
+                tracing::warn!(pid, error = %crate::pg::describe(&e), "cannot end the walsender creating the slot");
+            }
+            Ok(None)
         }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+use tokio_postgres::error::SqlState;
 
 use crate::pg::{PgError, PgTarget};
 
@@ -16,6 +17,9 @@ use super::super::message::{self, RowMessage};
 use super::super::route::Router;
 use super::catalog::SnapshotTable;
 use super::copy_text::parse_line;
+
+/// `application_name` of reader connections.
+pub const APPLICATION_NAME: &str = "ds-sync/snapshot-reader";
 
 /// Rows per chunk sent to the writer.
 const CHUNK_ROWS: usize = 500;
@@ -56,17 +60,28 @@ pub async fn read_table(
     tx: &mpsc::Sender<Item>,
 ) -> Result<u64, CaptureError> {
     let name = table.info.qualified_name();
-    let sql = ctx.target.connect().await?;
-    let mut begin = String::from("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
-    if let Some(snapshot) = &ctx.snapshot {
-        begin.push_str(&format!(
-            "; SET TRANSACTION SNAPSHOT {}",
-            snapshot_literal(snapshot)?
-        ));
-    }
-    sql.batch_execute(&begin)
+    let sql = ctx
+        .target
+        .with_application_name(APPLICATION_NAME)
+        .connect()
+        .await?;
+    sql.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .map_err(|e| PgError::query(format!("opening the snapshot to read {name}"), &e))?;
+    if let Some(snapshot) = &ctx.snapshot {
+        let set = format!("SET TRANSACTION SNAPSHOT {}", snapshot_literal(snapshot)?);
+        sql.batch_execute(&set).await.map_err(|e| {
+            // The exporting session ended (lost connection): the snapshot is taken again.
+            if e.code() == Some(&SqlState::INVALID_PARAMETER_VALUE) {
+                CaptureError::SnapshotGone {
+                    table: name.clone(),
+                    reason: crate::pg::describe(&e),
+                }
+            } else {
+                PgError::query(format!("opening the snapshot to read {name}"), &e).into()
+            }
+        })?;
+    }
     if let Some(stream) = fixed_stream(&ctx.router, table) {
         send(tx, Item::Touch(stream)).await?;
     }

@@ -46,17 +46,17 @@ impl SignalKind {
     }
 }
 
-/// Inserts a probe row for `slot`; its id.
-pub async fn probe(sql: &Client, slot: &str) -> Result<i64, PgError> {
+/// Inserts a probe row for `slot`; its id, and the pid of the backend serving `sql`.
+pub async fn probe(sql: &Client, slot: &str) -> Result<(i64, i32), PgError> {
     let row = sql
         .query_one(
             "INSERT INTO ds_sync.signals (slot_name, kind, table_name) \
-             VALUES ($1, 'probe', '') RETURNING id",
+             VALUES ($1, 'probe', '') RETURNING id, pg_backend_pid()",
             &[&slot],
         )
         .await
         .map_err(|e| PgError::query("inserting a probe signal", &e))?;
-    Ok(row.get(0))
+    Ok((row.get(0), row.get(1)))
 }
 
 /// Reads a signal from an inserted row's text values, by column name (so a column added
@@ -141,6 +141,18 @@ pub async fn mark(
     Ok(row.get(0))
 }
 
+/// Whether request `request` has its `done` row.
+pub async fn is_done(sql: &Client, request: i64) -> Result<bool, PgError> {
+    let row = sql
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM ds_sync.signals WHERE request_id = $1 AND kind = 'done')",
+            &[&request],
+        )
+        .await
+        .map_err(|e| PgError::query("reading whether a snapshot request is done", &e))?;
+    Ok(row.get(0))
+}
+
 /// A request not finished yet, with where it resumes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unfinished {
@@ -186,6 +198,45 @@ pub async fn snapshotted_tables(sql: &Client, slot: &str) -> Result<Vec<String>,
         .await
         .map_err(|e| PgError::query("reading ds_sync.snapshot_tables", &e))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Whether the slot's `ds_sync.snapshot_tables` is complete (see
+/// sql/030_snapshot_baselines.sql).
+pub async fn has_baseline(sql: &Client, slot: &str) -> Result<bool, PgError> {
+    let row = sql
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM ds_sync.snapshot_baselines WHERE slot_name = $1)",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| PgError::query("reading ds_sync.snapshot_baselines", &e))?;
+    Ok(row.get(0))
+}
+
+/// Records that the slot's `ds_sync.snapshot_tables` is complete.
+pub async fn record_baseline(sql: &Client, slot: &str) -> Result<(), PgError> {
+    sql.execute(
+        "INSERT INTO ds_sync.snapshot_baselines (slot_name) VALUES ($1) ON CONFLICT DO NOTHING",
+        &[&slot],
+    )
+    .await
+    .map_err(|e| PgError::query("recording a snapshot baseline", &e))?;
+    Ok(())
+}
+
+/// Forgets the snapshots of tables that are not in `published` any more.
+pub async fn forget_unpublished(
+    sql: &Client,
+    slot: &str,
+    published: &[String],
+) -> Result<(), PgError> {
+    sql.execute(
+        "DELETE FROM ds_sync.snapshot_tables WHERE slot_name = $1 AND table_name <> ALL($2)",
+        &[&slot, &published],
+    )
+    .await
+    .map_err(|e| PgError::query("forgetting snapshots of unpublished tables", &e))?;
+    Ok(())
 }
 
 /// Records that a snapshot covers `table`.

@@ -65,6 +65,7 @@ pub async fn table_facts(sql: &Client, oid: u32) -> Result<TableFacts, PgError> 
             context: format!("reading relation {oid}"),
             reason: "it does not exist".into(),
             code: None,
+            transient: false,
         })?;
     let partitions = if table.partitioned {
         let leaves: Vec<u32> = sql

@@ -1,0 +1,502 @@
+//! Snapshot while streaming, the edge cases: a chunk sent again after a reconnect, a TRUNCATE
+//! between a chunk's watermarks, a finished request replayed after a restart, tables added to
+//! the publication while capture was stopped, and unchanged TOAST values inside a window.
+//!
+//! Where a change must fall between a chunk's watermarks, the test places it there with locks
+//! ([`Gate`]): capture's chunk read waits for a lock on the table, and its high watermark for
+//! a lock on `ds_sync.signals`, so the change commits after the chunk was read and before
+//! the high watermark, every time.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use ds_sync::ds::DsClient;
+use ds_sync::embedded::DsServerOptions;
+
+use crate::kit::{CaptureProcess, Scenario, TestDb, scenario, start_streaming, wait_for};
+use crate::snapshot::{control, materialize, read, wait_converged};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// The debug line capture logs when it placed a chunk at its high watermark.
+const PLACED: &str = "chunk placed at its high watermark";
+
+/// A snapshot request for `table` (`schema.name`), as `ds-sync snapshot` writes it. Written
+/// directly, because the command reads the catalog while a test holds a table lock.
+async fn request(sql: &tokio_postgres::Client, db: &TestDb, table: &str) {
+    sql.execute(
+        "INSERT INTO ds_sync.signals (slot_name, kind, table_name) VALUES ($1, 'snapshot', $2)",
+        &[&db.slot("cap"), &table],
+    )
+    .await
+    .unwrap();
+}
+
+async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits until some session waits for a lock that `holder` holds.
+async fn wait_blocked_by(
+    sql: &tokio_postgres::Client,
+    holder: &tokio_postgres::Client,
+    what: &str,
+) {
+    let pid = backend_pid(holder).await;
+    wait_for(what, LONG, || async {
+        let n: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                &[&pid],
+            )
+            .await
+            .ok()?
+            .get(0);
+        (n > 0).then_some(())
+    })
+    .await;
+}
+
+/// A chunk of a requested snapshot held after its read and before its high watermark.
+struct Gate {
+    high: tokio_postgres::Client,
+}
+
+impl Gate {
+    /// Requests a snapshot of `table` and returns once capture wrote the chunk's low
+    /// watermark, read the chunk, and waits to write its high watermark.
+    async fn hold(db: &TestDb, sql: &tokio_postgres::Client, table: &str) -> Gate {
+        let reads = db.client().await;
+        reads
+            .batch_execute(&format!(
+                "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
+            ))
+            .await
+            .unwrap();
+        request(sql, db, &format!("public.{table}")).await;
+        wait_blocked_by(
+            sql,
+            &reads,
+            "capture's chunk read to wait for the table lock",
+        )
+        .await;
+        let high = db.client().await;
+        high.batch_execute("BEGIN; LOCK TABLE ds_sync.signals IN SHARE MODE")
+            .await
+            .unwrap();
+        reads.batch_execute("COMMIT").await.unwrap();
+        wait_blocked_by(
+            sql,
+            &high,
+            "capture's high watermark to wait for the signal lock",
+        )
+        .await;
+        Gate { high }
+    }
+
+    /// Lets capture write the high watermark.
+    async fn release(self) {
+        self.high.batch_execute("COMMIT").await.unwrap();
+    }
+}
+
+/// Waits until request(s) for `table` are done; panics early if capture exits.
+async fn wait_done(sql: &tokio_postgres::Client, table: &str, capture: &mut CaptureProcess) {
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let n: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM ds_sync.signals WHERE kind = 'done' AND table_name = $1",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            return;
+        }
+        if let Some(code) = capture.try_exit() {
+            panic!(
+                "capture exited ({code}) before the snapshot of {table} was done:\n{}",
+                capture.log()
+            );
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the snapshot of {table} did not finish\n{}",
+            capture.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_initial_snapshot(sql: &tokio_postgres::Client) {
+    wait_for("the initial snapshot to finish", LONG, || async {
+        let state: Option<String> = sql
+            .query_opt("SELECT state FROM ds_sync.snapshots", &[])
+            .await
+            .ok()??
+            .get(0);
+        (state.as_deref() == Some("done")).then_some(())
+    })
+    .await;
+}
+
+/// `v` of the row `key` as a client of `stream` holds it.
+async fn stream_v(client: &DsClient, stream: &str, key: &str) -> Option<i64> {
+    materialize(&read(client, stream).await)
+        .get(key)
+        .and_then(|row| row["v"].as_i64())
+}
+
+/// A reconnect after the high watermark was decoded, while the chunk's rows are not yet
+/// acknowledged, sends the chunk again from its held rows. The replay starts after the low
+/// watermark (the last position confirmed), so it does not see the window open again: the
+/// rows changed in the window must still be left out, with the same sequences as before.
+/// With one stream per row, row 1's stream shows whether the chunk's older copy of row 1
+/// was appended after its newer update.
+#[tokio::test]
+async fn a_chunk_sent_again_after_a_reconnect_still_leaves_out_rows_changed_in_its_window() {
+    let Scenario {
+        mut server,
+        client,
+        db,
+        sql,
+        pg: _pg,
+    } = scenario(
+        "edge_resend",
+        "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL); \
+         INSERT INTO items SELECT g, 0 FROM generate_series(1, 20) g;",
+        DsServerOptions::default(),
+    )
+    .await;
+    let args = ["--tables", "items", "--route", "items=items/{id}"];
+    let mut capture = start_streaming(&db, &server.url(), &args).await;
+    wait_initial_snapshot(&sql).await;
+    let gate = Gate::hold(&db, &sql, "items").await;
+    sql.batch_execute("UPDATE items SET v = v + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    // Nothing after the low watermark can be acknowledged now, so the slot's confirmed
+    // position stays at the low watermark's end and the replay starts inside the window.
+    server.stop().await;
+    let placed = capture.log_count(PLACED);
+    gate.release().await;
+    capture.wait_log_count(PLACED, placed + 1).await;
+    sql.execute(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+         WHERE slot_name = $1 AND active",
+        &[&db.slot("cap")],
+    )
+    .await
+    .unwrap();
+    server.start_again().await.unwrap();
+    wait_done(&sql, "public.items", &mut capture).await;
+    assert!(
+        capture.log_count(PLACED) >= placed + 2,
+        "the chunk was placed again after the reconnect:\n{}",
+        capture.log()
+    );
+    for id in 1..=20 {
+        let stream = format!("items/{id}");
+        let want = if id == 1 { 1 } else { 0 };
+        assert_eq!(
+            stream_v(&client, &stream, &id.to_string()).await,
+            Some(want),
+            "{stream}: {:?}\n{}",
+            read(&client, &stream).await,
+            capture.log()
+        );
+    }
+    capture.stop_ok().await;
+}
+
+/// Rows a chunk read before a TRUNCATE of its table are gone when the high watermark places
+/// them: the chunk is discarded, and rows written after the TRUNCATE arrive as changes.
+#[tokio::test]
+async fn a_truncate_between_a_chunks_watermarks_discards_the_chunk() {
+    let Scenario {
+        server,
+        client,
+        db,
+        sql,
+        pg: _pg,
+    } = scenario(
+        "edge_truncate",
+        "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL); \
+         INSERT INTO items SELECT g, 0 FROM generate_series(1, 50) g;",
+        DsServerOptions::default(),
+    )
+    .await;
+    let mut capture = start_streaming(&db, &server.url(), &["--tables", "items"]).await;
+    wait_initial_snapshot(&sql).await;
+    let gate = Gate::hold(&db, &sql, "items").await;
+    sql.batch_execute("TRUNCATE items; INSERT INTO items VALUES (7, 5)")
+        .await
+        .unwrap();
+    gate.release().await;
+    wait_done(&sql, "public.items", &mut capture).await;
+    let messages = wait_converged(&client, "pg-items", &sql, "items", &capture).await;
+    let reset = messages
+        .iter()
+        .rposition(|m| control(m) == Some("reset"))
+        .expect("the TRUNCATE's reset");
+    let after: Vec<&Value> = messages[reset + 1..].iter().collect();
+    assert_eq!(
+        after.len(),
+        1,
+        "only the insert follows the reset: {after:?}"
+    );
+    capture.stop_ok().await;
+}
+
+/// A request whose `done` row exists is not run again when its signal is decoded once more.
+/// The replay is made real: a copy of the slot taken before the request stands in for a slot
+/// whose confirmed position had not reached the request when capture stopped.
+#[tokio::test]
+async fn a_finished_request_does_not_run_again_when_replayed_after_a_restart() {
+    let Scenario {
+        server,
+        client,
+        db,
+        sql,
+        pg: _pg,
+    } = scenario(
+        "edge_replay",
+        "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL); \
+         INSERT INTO items SELECT g, 0 FROM generate_series(1, 30) g;",
+        DsServerOptions::default(),
+    )
+    .await;
+    let args = ["--tables", "items", "--snapshot-chunk-rows", "10"];
+    let slot = db.slot("cap");
+    let backup = db.slot("bak");
+    start_streaming(&db, &server.url(), &args)
+        .await
+        .stop_ok()
+        .await;
+    sql.execute(
+        "SELECT pg_copy_logical_replication_slot($1, $2)",
+        &[&slot, &backup],
+    )
+    .await
+    .unwrap();
+    request(&sql, &db, "public.items").await;
+    let mut capture = start_streaming(&db, &server.url(), &args).await;
+    wait_done(&sql, "public.items", &mut capture).await;
+    capture.stop_ok().await;
+    let chunks = lows(&sql).await;
+    assert!(chunks >= 3, "the request ran in chunks: {chunks}");
+    sql.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .unwrap();
+    sql.execute(
+        "SELECT pg_copy_logical_replication_slot($1, $2)",
+        &[&backup, &slot],
+    )
+    .await
+    .unwrap();
+    sql.execute("SELECT pg_drop_replication_slot($1)", &[&backup])
+        .await
+        .unwrap();
+    let capture = start_streaming(&db, &server.url(), &args).await;
+    // A row written after the replayed request: once it is in the stream, capture decoded
+    // the request and acted on it (a new chunk's low watermark is written before the next
+    // delivery starts).
+    sql.batch_execute("INSERT INTO items VALUES (1000, 0)")
+        .await
+        .unwrap();
+    wait_for("the row after the replayed request", LONG, || async {
+        materialize(&read(&client, "pg-items").await)
+            .contains_key("1000")
+            .then_some(())
+    })
+    .await;
+    let log = capture.stop_ok().await;
+    assert_eq!(
+        lows(&sql).await,
+        chunks,
+        "the finished request ran again:\n{log}"
+    );
+}
+
+async fn lows(sql: &tokio_postgres::Client) -> i64 {
+    sql.query_one(
+        "SELECT count(*) FROM ds_sync.signals WHERE kind = 'low'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Runs capture once with `initial_args`, adds `extra` to the publication while it is
+/// stopped, starts it again with `capture_args`, and expects `extra`'s rows in `pg-extra`
+/// without any change to `extra` (which would announce the table with a Relation message).
+async fn expect_added_table_snapshotted(
+    scenario: &Scenario,
+    initial_args: &[&str],
+    capture_args: &[&str],
+) {
+    let Scenario {
+        server,
+        client,
+        db,
+        sql,
+        ..
+    } = scenario;
+    start_streaming(db, &server.url(), initial_args)
+        .await
+        .stop_ok()
+        .await;
+    db.ds_sync(&["publication", "add", "cap_pub", "--tables", "extra"])
+        .await
+        .ok();
+    let mut capture = start_streaming(db, &server.url(), capture_args).await;
+    wait_done(sql, "public.extra", &mut capture).await;
+    let messages = wait_converged(client, "pg-extra", sql, "extra", &capture).await;
+    assert_eq!(messages.len(), 300, "each row once: {}", messages.len());
+    capture.stop_ok().await;
+}
+
+const EXTRA: &str = "CREATE TABLE extra (id int PRIMARY KEY, v int NOT NULL); \
+    INSERT INTO extra SELECT g, 0 FROM generate_series(1, 300) g;";
+
+/// No change of the new table needs to happen for it to be snapshotted.
+#[tokio::test]
+async fn a_table_added_while_capture_was_stopped_is_snapshotted_at_start() {
+    let s = scenario(
+        "edge_added",
+        &format!("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL); {EXTRA}"),
+        DsServerOptions::default(),
+    )
+    .await;
+    expect_added_table_snapshotted(&s, &["--tables", "items"], &["--tables", "items"]).await;
+}
+
+/// An initial snapshot of a publication without tables still counts: a table added later is
+/// new, not one the (empty) snapshot covered.
+#[tokio::test]
+async fn a_table_added_after_an_initial_snapshot_of_no_tables_is_snapshotted() {
+    let s = scenario(
+        "edge_added_empty",
+        &format!("{EXTRA} CREATE PUBLICATION cap_pub;"),
+        DsServerOptions::default(),
+    )
+    .await;
+    expect_added_table_snapshotted(&s, &[], &[]).await;
+}
+
+/// `rows` as a client holds them when it applies `headers.unchanged_toast` (columns left out
+/// of `value` keep their previous values).
+fn materialize_toast(messages: &[Value]) -> BTreeMap<String, serde_json::Map<String, Value>> {
+    let mut rows: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
+    for m in messages {
+        let Some(key) = m["key"].as_str() else {
+            continue;
+        };
+        match m["headers"]["operation"].as_str() {
+            Some("insert" | "update") => {
+                let row = rows.entry(key.to_string()).or_default();
+                let kept: Vec<String> = m["headers"]["unchanged_toast"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|c| c.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                row.retain(|column, _| kept.contains(column));
+                for (column, value) in m["value"].as_object().unwrap() {
+                    row.insert(column.clone(), value.clone());
+                }
+            }
+            Some("delete") => {
+                rows.remove(key);
+            }
+            _ => {}
+        }
+    }
+    rows
+}
+
+/// An update between the watermarks that leaves a TOASTed column unchanged is sent without
+/// it; the chunk's copy of the row, which has it, must not be lost for that.
+#[tokio::test]
+async fn an_unchanged_toast_value_inside_a_window_is_not_lost() {
+    let Scenario {
+        server,
+        client,
+        db,
+        sql,
+        pg: _pg,
+    } = scenario(
+        "edge_toast",
+        "CREATE TABLE docs (id int PRIMARY KEY, v int NOT NULL, body text); \
+         ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL; \
+         INSERT INTO docs SELECT g, 0, repeat(md5(g::text), 200) FROM generate_series(1, 5) g;",
+        DsServerOptions::default(),
+    )
+    .await;
+    // The stream starts empty: the snapshot request is how a client first gets the rows.
+    let args = [
+        "--tables",
+        "docs",
+        "--snapshot",
+        "never",
+        "--toast",
+        "partial",
+    ];
+    let mut capture = start_streaming(&db, &server.url(), &args).await;
+    let gate = Gate::hold(&db, &sql, "docs").await;
+    sql.batch_execute("UPDATE docs SET v = v + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    gate.release().await;
+    wait_done(&sql, "public.docs", &mut capture).await;
+    let table: BTreeMap<String, (i64, String)> = sql
+        .query("SELECT id, v, body FROM docs", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let (id, v, body): (i32, i32, String) = (r.get(0), r.get(1), r.get(2));
+            (id.to_string(), (i64::from(v), body))
+        })
+        .collect();
+    let messages = read(&client, "pg-docs").await;
+    let update = messages
+        .iter()
+        .find(|m| m["headers"]["operation"] == "update")
+        .expect("the update");
+    assert_eq!(
+        update["headers"]["unchanged_toast"],
+        serde_json::json!(["body"]),
+        "the update leaves the TOASTed body out (the case under test): {update}"
+    );
+    let held: BTreeMap<String, (i64, String)> = materialize_toast(&messages)
+        .into_iter()
+        .map(|(k, row)| {
+            let v = row.get("v").and_then(Value::as_i64).unwrap_or(-1);
+            let body = row
+                .get("body")
+                .and_then(Value::as_str)
+                .unwrap_or("<missing>");
+            (k, (v, body.to_string()))
+        })
+        .collect();
+    assert!(
+        held == table,
+        "the client's rows differ from the table: {:?}\n{}",
+        held.iter()
+            .map(|(k, (v, b))| format!("{k}: v={v} body={}", &b[..b.len().min(12)]))
+            .collect::<Vec<_>>(),
+        capture.log()
+    );
+    capture.stop_ok().await;
+}

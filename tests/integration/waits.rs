@@ -1,0 +1,111 @@
+//! Waits that say what they wait for: slot creation held up by an open transaction names it
+//! (pid, application, state, age) every few seconds and says what to do, and a stop signal
+//! ends the wait.
+
+use std::time::Duration;
+
+use ds_sync::embedded::DsServerOptions;
+
+use crate::kit::{CaptureProcess, Scenario, scenario, start_streaming, wait_for};
+
+const WAITS: &str = "waits for the transaction of pid";
+
+/// An application session that wrote and then sits idle inside its transaction.
+async fn open_transaction(db: &crate::kit::TestDb) -> (tokio_postgres::Client, i32) {
+    let blocker = db.client().await;
+    blocker
+        .batch_execute("SET application_name = 'app-worker'; BEGIN; INSERT INTO items VALUES (1)")
+        .await
+        .unwrap();
+    let pid: i32 = blocker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    (blocker, pid)
+}
+
+/// The initial snapshot's slot creation (replication protocol, exported snapshot).
+#[tokio::test]
+async fn slot_creation_names_the_transaction_it_waits_for_and_a_signal_ends_the_wait() {
+    let Scenario {
+        server,
+        client,
+        db,
+        sql,
+        pg: _pg,
+    } = scenario(
+        "wait_slot",
+        "CREATE TABLE items (id int PRIMARY KEY)",
+        DsServerOptions::default(),
+    )
+    .await;
+    let (blocker, pid) = open_transaction(&db).await;
+    let capture = CaptureProcess::start(&db, &server.url(), &["--tables", "items"]).await;
+    let needle = format!("{WAITS} {pid} ");
+    capture.wait_log(&needle).await;
+    let log = capture.log();
+    let line = log.lines().find(|l| l.contains(&needle)).unwrap();
+    for part in ["app-worker", "idle in transaction", "pg_terminate_backend"] {
+        assert!(line.contains(part), "{part:?} missing from: {line}");
+    }
+    // Said again while the wait goes on.
+    capture.wait_log_count(&needle, 2).await;
+    let (code, log) = stop_within(capture, Duration::from_secs(10)).await;
+    assert_eq!(code, 0, "a graceful stop during slot creation\n{log}");
+    blocker.batch_execute("COMMIT").await.unwrap();
+    // The next start takes the snapshot, the committed row included, and streams.
+    let capture = start_streaming(&db, &server.url(), &["--tables", "items"]).await;
+    sql.batch_execute("INSERT INTO items VALUES (2)")
+        .await
+        .unwrap();
+    wait_for(
+        "both rows in the stream",
+        Duration::from_secs(60),
+        || async {
+            let rows =
+                crate::snapshot::materialize(&crate::snapshot::read(&client, "pg-items").await);
+            (rows.len() == 2).then_some(())
+        },
+    )
+    .await;
+    capture.stop_ok().await;
+}
+
+/// `--snapshot never`: the slot is created over SQL.
+#[tokio::test]
+async fn slot_creation_over_sql_names_the_transaction_it_waits_for() {
+    let Scenario {
+        server,
+        db,
+        pg: _pg,
+        ..
+    } = scenario(
+        "wait_slot_sql",
+        "CREATE TABLE items (id int PRIMARY KEY)",
+        DsServerOptions::default(),
+    )
+    .await;
+    let (blocker, pid) = open_transaction(&db).await;
+    let capture = CaptureProcess::start(
+        &db,
+        &server.url(),
+        &["--tables", "items", "--snapshot", "never"],
+    )
+    .await;
+    capture.wait_log(&format!("{WAITS} {pid} ")).await;
+    blocker.batch_execute("COMMIT").await.unwrap();
+    capture.wait_log("streaming changes").await;
+    capture.stop_ok().await;
+}
+
+async fn stop_within(process: CaptureProcess, bound: Duration) -> (i32, String) {
+    let started = std::time::Instant::now();
+    let (code, log) = process.stop().await;
+    assert!(
+        started.elapsed() < bound,
+        "took {:?} to stop:\n{log}",
+        started.elapsed()
+    );
+    (code, log)
+}

@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "006_probe",
         sql: include_str!("../sql/006_probe.sql"),
     },
+    Migration {
+        version: 10,
+        name: "010_capture_guards",
+        sql: include_str!("../sql/010_capture_guards.sql"),
+    },
 ];
 
 /// Serializes concurrent `init` runs (the value spells "ds-sync" in ASCII).

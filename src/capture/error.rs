@@ -59,6 +59,24 @@ pub enum CaptureError {
     Session(Box<crate::pg::replication_session::SessionError>),
     #[error("snapshot {table}: {reason}")]
     Snapshot { table: String, reason: String },
+    #[error(
+        "slot '{slot}' was taken over by {successor} (epoch {successor_epoch}; this process had epoch {epoch}): stopped without sending anything more"
+    )]
+    Fenced {
+        slot: String,
+        epoch: i64,
+        successor_epoch: i64,
+        successor: String,
+    },
+    #[error(
+        "stream {stream} holds writes this source did not make: the DS server refused Stream-Seq {seq} as not above the stream's last, and nothing this source ({source_id}) sent to the stream was ever appended; the slot stays before commit {lsn}"
+    )]
+    ForeignWrite {
+        stream: String,
+        seq: String,
+        lsn: String,
+        source_id: String,
+    },
 }
 
 impl From<crate::pg::replication_session::SessionError> for CaptureError {
@@ -100,6 +118,13 @@ impl CaptureError {
                     .into(),
             ),
             CaptureError::Ds { source, .. } => source.hint(),
+            CaptureError::Fenced { .. } => Some(
+                "Another ds-sync captures from this slot now; leave it running and do not restart this one with --takeover unless the other is gone."
+                    .into(),
+            ),
+            CaptureError::ForeignWrite { stream, .. } => Some(format!(
+                "The stream was written from another database (or a restore of this one with lower WAL positions). To hand it to this database run `ds-sync stream adopt {stream}` (it sends a reset, numbers this database's writes above every earlier one and re-snapshots the tables routed there), or delete the stream on the DS server, then start ds-sync again."
+            )),
             CaptureError::Slot(e) => e.hint(),
             CaptureError::Publication(e) => e.hint(),
             _ => None,

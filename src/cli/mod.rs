@@ -27,6 +27,7 @@ pub mod exit {
     pub const PREREQUISITES: u8 = 3;
     pub const SLOT_NOT_FOUND: u8 = 4;
     pub const SLOT_LOST: u8 = 5;
+    pub const FENCED: u8 = 6;
 }
 
 /// Everything a command can fail with, at the edge.
@@ -69,6 +70,7 @@ impl CliError {
             CliError::Slot(SlotError::NotFound(_)) => exit::SLOT_NOT_FOUND,
             CliError::SlotLost(_) => exit::SLOT_LOST,
             CliError::Prerequisites { .. } => exit::PREREQUISITES,
+            CliError::Capture(crate::capture::CaptureError::Fenced { .. }) => exit::FENCED,
             _ => exit::ERROR,
         }
     }

@@ -6,7 +6,11 @@ mod kit;
 
 mod bench;
 mod capture;
+mod capture_fanout;
 mod capture_faults;
+mod capture_fence;
+mod capture_source;
+mod capture_truncate;
 mod cli;
 mod dev;
 mod ds_client;

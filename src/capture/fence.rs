@@ -7,7 +7,9 @@
 //! late batch could append messages the successor already wrote (a duplicate, out of order).
 //!
 //! ```text
-//!  start: UPDATE ds_sync.slot_owners SET epoch = epoch + 1   ─▶ my epoch; the previous
+//!  taking the slot (before creating, dropping or streaming from it; not while merely
+//!  waiting for a slot another walsender holds, unless --takeover):
+//!         UPDATE ds_sync.slot_owners SET epoch = epoch + 1   ─▶ my epoch; the previous
 //!         owner's lease_until tells how long to wait before the first POST
 //!  every 250 ms: UPDATE .. SET lease_until = now() + 1 s WHERE epoch = mine
 //!         1 row  ─▶ POSTs allowed until (time the UPDATE was sent) + 1 s
@@ -23,7 +25,7 @@
 //! for longer than the rest of the lease before its bytes reached the DS server.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -47,10 +49,12 @@ pub struct Fence {
 
 struct Inner {
     slot: String,
-    epoch: i64,
+    target: PgTarget,
+    /// This process's epoch; 0 until it takes the slot.
+    epoch: AtomicI64,
     base: Instant,
-    /// POSTs may start at or after this (the predecessor's lease ran out).
-    valid_from: Instant,
+    /// Nanoseconds after `base` from which POSTs may start (the predecessor's lease ran out).
+    valid_from: AtomicU64,
     /// Nanoseconds after `base` until which the lease holds.
     valid_until: AtomicU64,
     renewed: Notify,
@@ -61,10 +65,43 @@ struct Inner {
 }
 
 impl Fence {
-    /// Takes the slot: raises its epoch, waits for nothing yet (POSTs wait for the
-    /// predecessor's lease), renews the lease from a task of its own on its own connection.
-    pub async fn acquire(target: &PgTarget, slot: &str) -> Result<Fence, CaptureError> {
-        let sql = target.connect().await?;
+    /// A fence for `slot` that does not hold it yet: see [`Fence::take`].
+    pub fn new(target: &PgTarget, slot: &str) -> Fence {
+        Fence {
+            inner: Arc::new(Inner {
+                slot: slot.to_string(),
+                target: target.clone(),
+                epoch: AtomicI64::new(0),
+                base: Instant::now(),
+                valid_from: AtomicU64::new(u64::MAX),
+                valid_until: AtomicU64::new(0),
+                renewed: Notify::new(),
+                fenced: CancellationToken::new(),
+                successor: std::sync::Mutex::new(None),
+                stop: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Takes the slot before using it (creating, dropping or streaming from it): raises its
+    /// epoch, so a process that had it stops at its next lease renewal, and starts renewing
+    /// a lease of this process's own from a task with its own connection. The first POST
+    /// waits until the predecessor's lease has run out.
+    ///
+    /// Without `takeover`, a slot another walsender holds is not taken (the caller waits
+    /// for it), so a process that waits never fences the one it waits for. Once taken, this
+    /// checks the slot is still ours: `Err` when a later process took it.
+    pub async fn take(&self, sql: &Client, takeover: bool) -> Result<(), CaptureError> {
+        if self.inner.epoch.load(Ordering::Acquire) != 0 {
+            return self.check(sql).await;
+        }
+        if !takeover
+            && crate::slot::find(sql, &self.inner.slot)
+                .await?
+                .is_some_and(|s| s.active)
+        {
+            return Ok(());
+        }
         let owner = format!(
             "{}:{}",
             std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
@@ -77,49 +114,36 @@ impl Fence {
                    prev_lease_until = o.lease_until, lease_until = NULL, taken_at = now() \
                  RETURNING epoch, \
                    GREATEST(0, EXTRACT(EPOCH FROM (prev_lease_until - clock_timestamp())) * 1000)::float8",
-                &[&slot, &owner],
+                &[&self.inner.slot, &owner],
             )
             .await
             .map_err(|e| PgError::query("taking the slot in ds_sync.slot_owners", &e))?;
         let epoch: i64 = row.get(0);
         let wait_ms: Option<f64> = row.get(1);
         let wait = Duration::from_millis(wait_ms.unwrap_or(0.0).ceil() as u64);
-        let base = Instant::now();
-        let fence = Fence {
-            inner: Arc::new(Inner {
-                slot: slot.to_string(),
-                epoch,
-                base,
-                valid_from: base + wait,
-                valid_until: AtomicU64::new(0),
-                renewed: Notify::new(),
-                fenced: CancellationToken::new(),
-                successor: std::sync::Mutex::new(None),
-                stop: CancellationToken::new(),
-            }),
-        };
-        if !wait.is_zero() {
+        let from = (Instant::now() + wait - self.inner.base).as_nanos() as u64;
+        self.inner.valid_from.store(from, Ordering::Release);
+        self.inner.epoch.store(epoch, Ordering::Release);
+        let slot = &self.inner.slot;
+        if wait.is_zero() {
+            tracing::debug!(slot, epoch, "took the slot");
+        } else {
             tracing::info!(
                 slot,
                 epoch,
                 wait_ms = wait.as_millis() as u64,
-                "waiting for the previous owner's lease to run out before the first POST"
+                "took the slot; waiting for the previous owner's lease to run out before the first POST"
             );
-        } else {
-            tracing::debug!(slot, epoch, "took the slot");
         }
-        fence.renew(&sql).await?;
-        tokio::spawn(renew_loop(
-            Arc::downgrade(&fence.inner),
-            sql,
-            target.clone(),
-        ));
-        Ok(fence)
+        let own = self.inner.target.connect().await?;
+        self.renew(&own).await?;
+        tokio::spawn(renew_loop(Arc::downgrade(&self.inner), own));
+        Ok(())
     }
 
-    /// This process's epoch.
+    /// This process's epoch; 0 before it took the slot.
     pub fn epoch(&self) -> i64 {
-        self.inner.epoch
+        self.inner.epoch.load(Ordering::Acquire)
     }
 
     /// Cancelled once a later process took the slot.
@@ -135,10 +159,10 @@ impl Fence {
             .lock()
             .ok()
             .and_then(|s| s.clone())
-            .unwrap_or((self.inner.epoch + 1, "another process".into()));
+            .unwrap_or((self.epoch() + 1, "another process".into()));
         CaptureError::Fenced {
             slot: self.inner.slot.clone(),
-            epoch: self.inner.epoch,
+            epoch: self.epoch(),
             successor_epoch: epoch,
             successor: owner,
         }
@@ -150,19 +174,21 @@ impl Fence {
             if self.inner.fenced.is_cancelled() {
                 return Err(self.error());
             }
-            let now = Instant::now();
-            if now < self.inner.valid_from {
+            let now = (Instant::now() - self.inner.base).as_nanos();
+            let from = self.inner.valid_from.load(Ordering::Acquire);
+            if from != u64::MAX && now < u128::from(from) {
+                let at = self.inner.base + Duration::from_nanos(from);
                 tokio::select! {
-                    _ = tokio::time::sleep_until(self.inner.valid_from.into()) => {}
+                    _ = tokio::time::sleep_until(at.into()) => {}
                     _ = self.inner.fenced.cancelled() => {}
                 }
                 continue;
             }
             let until = self.inner.valid_until.load(Ordering::Acquire);
-            if (now - self.inner.base).as_nanos() < u128::from(until) {
+            if from != u64::MAX && now < u128::from(until) {
                 return Ok(());
             }
-            tracing::debug!(slot = %self.inner.slot, "lease expired: the POST waits for its renewal");
+            tracing::debug!(slot = %self.inner.slot, "no valid lease: the POST waits for the slot to be taken or the lease renewed");
             let renewed = self.inner.renewed.notified();
             tokio::select! {
                 _ = renewed => {}
@@ -184,7 +210,7 @@ impl Fence {
             .await
             .map_err(|e| PgError::query("reading ds_sync.slot_owners", &e))?;
         match row {
-            Some(r) if r.get::<_, i64>(0) != self.inner.epoch => {
+            Some(r) if r.get::<_, i64>(0) != self.epoch() => {
                 self.fence_by(r.get(0), r.get(1));
                 Err(self.error())
             }
@@ -198,7 +224,7 @@ impl Fence {
         let _ = sql
             .execute(
                 "UPDATE ds_sync.slot_owners SET lease_until = NULL WHERE slot_name = $1 AND epoch = $2",
-                &[&self.inner.slot, &self.inner.epoch],
+                &[&self.inner.slot, &self.epoch()],
             )
             .await;
     }
@@ -208,7 +234,7 @@ impl Fence {
             *s = Some((epoch, owner));
         }
         if !self.inner.fenced.is_cancelled() {
-            tracing::error!(slot = %self.inner.slot, epoch = self.inner.epoch, successor_epoch = epoch, "another process took the slot over: stopping");
+            tracing::error!(slot = %self.inner.slot, epoch = self.epoch(), successor_epoch = epoch, "another process took the slot over: stopping");
         }
         self.inner.fenced.cancel();
     }
@@ -220,7 +246,7 @@ impl Fence {
             .query_opt(
                 "UPDATE ds_sync.slot_owners SET lease_until = clock_timestamp() + $3::float8 * interval '1 millisecond' \
                  WHERE slot_name = $1 AND epoch = $2 RETURNING epoch",
-                &[&self.inner.slot, &self.inner.epoch, &(LEASE.as_millis() as f64)],
+                &[&self.inner.slot, &self.epoch(), &(LEASE.as_millis() as f64)],
             )
             .await
             .map_err(|e| PgError::query("renewing the lease in ds_sync.slot_owners", &e))?;
@@ -241,7 +267,7 @@ impl Fence {
 
 /// Renews the lease until stopped, fenced or dropped, reconnecting when the connection is
 /// lost (meanwhile the lease runs out and POSTs wait).
-async fn renew_loop(inner: std::sync::Weak<Inner>, mut sql: Client, target: PgTarget) {
+async fn renew_loop(inner: std::sync::Weak<Inner>, mut sql: Client) {
     loop {
         let Some(fence) = inner.upgrade().map(|inner| Fence { inner }) else {
             return;
@@ -257,7 +283,7 @@ async fn renew_loop(inner: std::sync::Weak<Inner>, mut sql: Client, target: PgTa
             return;
         };
         if sql.is_closed() {
-            match target.connect().await {
+            match fence.inner.target.connect().await {
                 Ok(c) => sql = c,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot renew the slot lease: POSTs wait until it is renewed");

@@ -68,8 +68,8 @@ pub async fn run(
     let mut sql = cfg.source.target.connect().await?;
     // Snapshot bookkeeping, the signal table and the probe all live in the ds_sync schema.
     crate::schema::apply(&mut sql).await?;
-    // Raises the slot's epoch: a process that had it stops at its next lease renewal.
-    let fence = Fence::acquire(&cfg.source.target, &cfg.source.slot).await?;
+    // Taken (its epoch raised) before the slot is created, dropped or streamed from.
+    let fence = Fence::new(&cfg.source.target, &cfg.source.slot);
     let (mut start, identity) =
         match super::snapshot::prepare(&sql, cfg, &fence, shutdown, hard_stop).await? {
             super::snapshot::Prepared::Start(start, identity) => (start, identity),
@@ -100,9 +100,9 @@ pub async fn run(
                 }
             },
         };
-        // Never reconnect (and so never take the slot back with --takeover) once another
-        // process took it over.
-        fence.check(&client).await?;
+        // Takes the slot, or checks it is still ours: a process taken over never reconnects
+        // (and so never takes the slot back with --takeover).
+        fence.take(&client, cfg.source.takeover).await?;
         let outcome = match source::connect(&client, &cfg.source, start).await {
             Ok(repl) => {
                 incremental.send_probe(&client).await;

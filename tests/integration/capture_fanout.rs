@@ -33,7 +33,8 @@ async fn ops_and_ids(client: &DsClient, stream: &str) -> Vec<(String, i64)> {
 /// over 400 customers with a 4 MiB bound instead of 100,000 over 2,000 with 16 MiB: the same
 /// shape (50 messages of ~600 bytes per stream, the transaction ~3 times the bound) in a
 /// fifth of the time.
-#[tokio::test]
+// Multi-threaded: the in-process DS server takes thousands of POSTs while the test waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_update_fanned_out_over_per_key_streams_passes_the_buffer_bound() {
     let Scenario {
         server,
@@ -94,7 +95,7 @@ async fn one_update_fanned_out_over_per_key_streams_passes_the_buffer_bound() {
 /// 10,000 streams × 10 rows in one transaction, twice: first with every stream new (recovery
 /// mode: one message per POST until the first is accepted), then with every stream past
 /// recovery (the open batches stay below every bound while the buffer fills).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_streams_times_ten_rows_in_one_transaction_drain() {
     let Scenario {
         server,

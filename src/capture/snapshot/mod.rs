@@ -141,6 +141,8 @@ pub async fn prepare(
     if exists {
         source::drop_slot(sql, &cfg.source).await?;
     }
+    // The slot is gone now: taking it raises the epoch, fencing any process that had it.
+    fence.take(sql, cfg.source.takeover).await?;
     let mut session = ReplicationSession::connect(&cfg.source.target).await?;
     let exported = session.create_slot_exporting_snapshot(slot_name).await?;
     let point = exported.consistent_point;

@@ -11,8 +11,8 @@
 //!  waiting for a slot another walsender holds, unless --takeover):
 //!         UPDATE ds_sync.slot_owners SET epoch = epoch + 1   ─▶ my epoch; the previous
 //!         owner's lease_until tells how long to wait before the first POST
-//!  every 250 ms: UPDATE .. SET lease_until = now() + 1 s WHERE epoch = mine
-//!         1 row  ─▶ POSTs allowed until (time the UPDATE was sent) + 1 s
+//!  every 500 ms: UPDATE .. SET lease_until = now() + 3 s WHERE epoch = mine
+//!         1 row  ─▶ POSTs allowed until (time the UPDATE was sent) + 3 s
 //!         0 rows ─▶ fenced: a later process took the slot; stop (exit code 6)
 //!  before every POST attempt: wait until the lease is valid (or stop when fenced)
 //! ```
@@ -36,10 +36,11 @@ use crate::pg::{PgError, PgTarget};
 
 use super::error::CaptureError;
 
-/// How long one renewal lets a process POST.
-pub const LEASE: Duration = Duration::from_millis(1000);
+/// How long one renewal lets a process POST: six renewals long, so a loaded machine or a
+/// slow database delays renewals without pausing POSTs; also the longest a successor waits.
+pub const LEASE: Duration = Duration::from_millis(3000);
 /// How often the lease is renewed.
-pub const RENEW_EVERY: Duration = Duration::from_millis(250);
+pub const RENEW_EVERY: Duration = Duration::from_millis(500);
 
 /// This process's claim on a slot. Cheap to clone.
 #[derive(Clone)]
@@ -188,7 +189,6 @@ impl Fence {
             if from != u64::MAX && now < u128::from(until) {
                 return Ok(());
             }
-            tracing::debug!(slot = %self.inner.slot, "no valid lease: the POST waits for the slot to be taken or the lease renewed");
             let renewed = self.inner.renewed.notified();
             tokio::select! {
                 _ = renewed => {}
@@ -259,7 +259,11 @@ impl Fence {
             return Err(self.error());
         }
         let until = (sent + LEASE - self.inner.base).as_nanos() as u64;
-        self.inner.valid_until.fetch_max(until, Ordering::AcqRel);
+        let before = self.inner.valid_until.fetch_max(until, Ordering::AcqRel);
+        let sent_at = (sent - self.inner.base).as_nanos() as u64;
+        if before != 0 && before < sent_at {
+            tracing::warn!(slot = %self.inner.slot, lapsed_ms = (sent_at - before) / 1_000_000, "the slot lease was renewed late: POSTs waited meanwhile");
+        }
         self.inner.renewed.notify_waiters();
         Ok(())
     }

@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../sql/006_probe.sql"),
     },
     Migration {
+        version: 10,
+        name: "010_capture_guards",
+        sql: include_str!("../sql/010_capture_guards.sql"),
+    },
+    Migration {
         version: 30,
         name: "030_snapshot_baselines",
         sql: include_str!("../sql/030_snapshot_baselines.sql"),

@@ -13,6 +13,17 @@
 //!   being replayed, with unknown batch boundaries. Until the server accepts the first POST
 //!   of a stream, that stream's batches hold one message each: each already-written message
 //!   is refused by its sequence number alone, and no accepted POST can mix old and new.
+//! * **A full buffer never stalls.** A transaction fanned out over many streams can fill
+//!   the buffer bound before its Commit with no stream's batch at a bound: nothing would be
+//!   sendable, nothing in flight, and reading would stop for good. [`Queues::relieve`]
+//!   breaks that: when the held bytes reach the bound and no POST is in flight, it seals the
+//!   largest open batches until at least half of the held bytes are sendable (largest first:
+//!   the fewest POSTs free the most memory; half: enough POSTs to use the in-flight
+//!   parallelism, and room to read on once they are acknowledged). Sending an open
+//!   transaction's messages before its Commit is what a huge single-stream transaction does
+//!   anyway; the ledger still confirms only whole transactions. A stream in recovery mode
+//!   seals every message as it comes, so it always has something sendable or in flight and
+//!   never needs relief.
 //!
 //! Each message carries a sequence `(commit LSN, index in transaction)`: deterministic, so a
 //! replay recomputes the same values, and increasing in stream order. A batch's `Stream-Seq`
@@ -37,6 +48,17 @@ impl Seq {
     /// The `Stream-Seq` header value: fixed width, so bytewise order is numeric order.
     pub fn header(&self) -> String {
         format!("{:016X}{:010}", self.commit_lsn, self.index)
+    }
+
+    /// The header in a stream's epoch (`ds-sync stream adopt`): `e`, the epoch in 16 hex
+    /// digits, then [`Seq::header`]. `e` sorts above every hex digit, so every value of an
+    /// epoch sorts above every value without one, and a later (larger) epoch above an
+    /// earlier one, whichever database wrote them.
+    pub fn header_in(&self, epoch: Option<i64>) -> String {
+        match epoch {
+            None => self.header(),
+            Some(e) => format!("e{:016X}{}", e.max(0), self.header()),
+        }
     }
 }
 
@@ -180,10 +202,13 @@ pub struct Queues {
     /// Streams that hold unsent messages.
     waiting: HashSet<Arc<str>>,
     buffered: usize,
-    /// Something may have become sendable since the last `take_ready` (a sealed batch, a
-    /// commit, a finished or requeued POST). Lets the loop skip the scan over waiting
-    /// streams on the many events that change nothing.
-    dirty: bool,
+    /// Streams that may have become sendable since the last `take_ready` (a sealed batch, a
+    /// commit, a finished or requeued POST), and lingering ones. `take_ready` looks at these
+    /// only, so with thousands of streams a finished POST costs one stream's check, not a
+    /// scan over every waiting stream.
+    candidates: HashSet<Arc<str>>,
+    /// Streams with a POST in flight.
+    in_flight: usize,
 }
 
 impl Queues {
@@ -193,8 +218,55 @@ impl Queues {
             streams: HashMap::new(),
             waiting: HashSet::new(),
             buffered: 0,
-            dirty: false,
+            candidates: HashSet::new(),
+            in_flight: 0,
         }
+    }
+
+    /// True while some stream has a POST in flight.
+    pub fn has_in_flight(&self) -> bool {
+        self.in_flight > 0
+    }
+
+    /// The buffer rule (see the module documentation): when `bound` bytes or more are held
+    /// and no POST is in flight, seals the largest open batches until at least half of the
+    /// held bytes are sendable. Returns how many batches it sealed; 0 when the rule does not
+    /// apply. Call it after [`Queues::take_ready`] found nothing to send.
+    pub fn relieve(&mut self, bound: usize) -> usize {
+        if self.buffered < bound || self.in_flight > 0 {
+            return 0;
+        }
+        let sendable: usize = self
+            .waiting
+            .iter()
+            .filter_map(|k| self.streams.get(k))
+            .map(|q| q.sealed.iter().map(|b| b.bytes).sum::<usize>())
+            .sum();
+        let target = self.buffered / 2;
+        if sendable >= target.max(1) {
+            return 0;
+        }
+        let mut open: Vec<(usize, Arc<str>)> = self
+            .waiting
+            .iter()
+            .filter_map(|k| self.streams.get(k).map(|q| (q.open_bytes, Arc::clone(k))))
+            .filter(|(bytes, _)| *bytes > 0)
+            .collect();
+        open.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let mut freed = sendable;
+        let mut sealed = 0;
+        for (bytes, key) in open {
+            if freed >= target.max(1) {
+                break;
+            }
+            if let Some(q) = self.streams.get_mut(&key) {
+                q.seal(&key);
+                freed += bytes;
+                sealed += 1;
+                self.candidates.insert(key);
+            }
+        }
+        sealed
     }
 
     /// Bytes of messages held, sent or not, until their POST completes.
@@ -224,17 +296,19 @@ impl Queues {
         q.opened_at.get_or_insert_with(Instant::now);
         if q.recovering || q.open.len() >= limits.max_messages || q.open_bytes >= limits.max_bytes {
             q.seal(&key);
-            self.dirty = true;
+            self.candidates.insert(Arc::clone(&key));
         }
         self.waiting.insert(key);
     }
 
     /// The current transaction committed: every open batch may now be sent.
     pub fn commit(&mut self) {
-        self.dirty = true;
         for key in &self.waiting {
             if let Some(q) = self.streams.get_mut(key) {
                 q.flushable = !q.open.is_empty();
+                if q.flushable {
+                    self.candidates.insert(Arc::clone(key));
+                }
             }
         }
     }
@@ -242,36 +316,39 @@ impl Queues {
     /// Takes the batches that may be sent now (at most one per idle stream), marking their
     /// streams busy.
     pub fn take_ready(&mut self, now: Instant) -> Vec<Batch> {
-        if !self.dirty && self.next_linger_deadline().is_none_or(|d| d > now) {
+        if self.candidates.is_empty() {
             return Vec::new();
         }
-        self.dirty = false;
         let mut ready = Vec::new();
-        let mut drained = Vec::new();
-        for key in &self.waiting {
-            let Some(q) = self.streams.get_mut(key) else {
+        let mut keep = Vec::new();
+        for key in std::mem::take(&mut self.candidates) {
+            let Some(q) = self.streams.get_mut(&key) else {
                 continue;
             };
             if q.in_flight {
+                // `finished` makes it a candidate again.
                 continue;
             }
             let lingered = q
                 .opened_at
                 .is_some_and(|t| now.duration_since(t) >= self.limits.linger);
             if q.sealed.is_empty() && q.flushable && lingered {
-                q.seal(key);
+                q.seal(&key);
             }
             if let Some(batch) = q.sealed.pop_front() {
                 q.in_flight = true;
+                self.in_flight += 1;
                 ready.push(batch);
+            } else if q.flushable {
+                // Lingering: looked at again at the next call.
+                keep.push(key);
+                continue;
             }
             if q.sealed.is_empty() && q.open.is_empty() {
-                drained.push(Arc::clone(key));
+                self.waiting.remove(&key);
             }
         }
-        for key in drained {
-            self.waiting.remove(&key);
-        }
+        self.candidates.extend(keep);
         ready
     }
 
@@ -293,10 +370,12 @@ impl Queues {
     /// A POST finished (written or already written): the stream may send again. `accepted`
     /// ends the stream's recovery mode.
     pub fn finished(&mut self, batch: &Batch, accepted: bool) {
-        self.dirty = true;
         self.buffered = self.buffered.saturating_sub(batch.bytes);
         if let Some(q) = self.streams.get_mut(&batch.stream) {
-            q.in_flight = false;
+            if q.in_flight {
+                q.in_flight = false;
+                self.in_flight -= 1;
+            }
             if accepted && q.recovering {
                 q.recovering = false;
                 // The one-message batches queued while recovering may travel together now.
@@ -304,18 +383,22 @@ impl Queues {
             }
             if !q.open.is_empty() || !q.sealed.is_empty() {
                 self.waiting.insert(Arc::clone(&batch.stream));
+                self.candidates.insert(Arc::clone(&batch.stream));
             }
         }
     }
 
     /// Puts a batch back at the front of its stream (after a 413 split, the halves).
     pub fn requeue_front(&mut self, batches: Vec<Batch>) {
-        self.dirty = true;
         for batch in batches.into_iter().rev() {
             let key = Arc::clone(&batch.stream);
             if let Some(q) = self.streams.get_mut(&key) {
-                q.in_flight = false;
+                if q.in_flight {
+                    q.in_flight = false;
+                    self.in_flight -= 1;
+                }
                 q.sealed.push_front(batch);
+                self.candidates.insert(Arc::clone(&key));
                 self.waiting.insert(key);
             }
         }
@@ -371,6 +454,24 @@ mod tests {
         .header();
         assert!(a < b && b < c, "{a} {b} {c}");
         assert_eq!(a.len(), 26);
+        let low = Seq {
+            commit_lsn: 0,
+            index: 0,
+        };
+        let high = Seq {
+            commit_lsn: u64::MAX,
+            index: u32::MAX,
+        };
+        assert!(
+            low.header_in(Some(1)) > high.header(),
+            "an epoch sorts above any plain value"
+        );
+        assert!(
+            low.header_in(Some(2)) > high.header_in(Some(1)),
+            "later epochs sort higher"
+        );
+        assert!(low.header_in(Some(1)) < high.header_in(Some(1)));
+        assert_eq!(low.header_in(None), low.header());
     }
 
     #[test]
@@ -511,6 +612,83 @@ mod tests {
         q.requeue_front(vec![a.clone()]);
         let again = q.take_ready(Instant::now());
         assert_eq!(again, vec![a]);
+    }
+
+    /// The fan-out stall: an open transaction spread over many streams fills the buffer with
+    /// no batch at a bound. The rule seals the largest open batches, at least half of the
+    /// held bytes, and only while nothing is in flight.
+    #[test]
+    fn a_full_buffer_with_nothing_in_flight_makes_the_largest_open_batches_sendable() {
+        let mut q = queues(1000);
+        for s in ["a", "b", "c", "d"] {
+            recovered(&mut q, s);
+        }
+        let sizes = [("a", 40), ("b", 10), ("c", 30), ("d", 20)];
+        for (stream, n) in sizes {
+            for i in 0..n {
+                q.push(stream, msg(7, i, "x"));
+            }
+        }
+        assert_eq!(q.buffered_bytes(), 100);
+        assert!(q.take_ready(Instant::now()).is_empty(), "transaction open");
+        assert_eq!(q.relieve(101), 0, "under the bound: nothing to do");
+        assert_eq!(q.relieve(100), 2, "a (40) and c (30): 70 >= half of 100");
+        let mut ready = q.take_ready(Instant::now());
+        ready.sort_by(|x, y| x.stream.cmp(&y.stream));
+        let streams: Vec<&str> = ready.iter().map(|b| &*b.stream).collect();
+        assert_eq!(streams, ["a", "c"], "largest first");
+        assert_eq!(ready[0].messages.len(), 40);
+        assert_eq!(q.relieve(1), 0, "POSTs in flight: they will free memory");
+        for b in &ready {
+            q.finished(b, true);
+        }
+        assert_eq!(q.buffered_bytes(), 30);
+        q.push("b", msg(7, 10, "x"));
+        q.commit();
+        let rest = q.take_ready(Instant::now());
+        let total: usize = rest.iter().map(|b| b.messages.len()).sum();
+        assert_eq!(total, 31, "the commit sends everything else");
+    }
+
+    #[test]
+    fn the_first_relief_seals_enough_when_the_largest_is_small() {
+        let mut q = queues(1000);
+        for i in 0..100u32 {
+            let s = format!("s{i}");
+            recovered(&mut q, &s);
+            q.push(&s, msg(9, i, "xx"));
+        }
+        assert_eq!(q.relieve(200), 50, "half of 100 equal batches");
+        assert_eq!(q.take_ready(Instant::now()).len(), 50);
+    }
+
+    /// Streams in recovery mode seal every message, so a full buffer of them always has
+    /// something to send and the rule has nothing to add.
+    #[test]
+    fn recovering_streams_never_need_relief_and_drain() {
+        let mut q = queues(1000);
+        for i in 0..1000u32 {
+            for j in 0..10 {
+                q.push(&format!("s{i}"), msg(3, i * 10 + j, "x"));
+            }
+        }
+        assert_eq!(q.relieve(1), 0, "everything is already sendable");
+        let mut sent = 0;
+        let mut posts = 0;
+        loop {
+            let ready = q.take_ready(Instant::now());
+            if ready.is_empty() {
+                break;
+            }
+            for b in &ready {
+                sent += b.messages.len();
+                posts += 1;
+                q.finished(b, true);
+            }
+        }
+        assert_eq!(sent, 10_000);
+        assert_eq!(posts, 2000, "one message, then the other nine together");
+        assert!(q.is_idle() && !q.has_in_flight());
     }
 
     #[test]

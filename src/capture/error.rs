@@ -72,6 +72,24 @@ pub enum CaptureError {
     /// was lost. The snapshot is taken again.
     #[error("snapshot {table}: the exported snapshot is gone ({reason})")]
     SnapshotGone { table: String, reason: String },
+    #[error(
+        "slot '{slot}' was taken over by {successor} (epoch {successor_epoch}; this process had epoch {epoch}): stopped without sending anything more"
+    )]
+    Fenced {
+        slot: String,
+        epoch: i64,
+        successor_epoch: i64,
+        successor: String,
+    },
+    #[error(
+        "stream {stream} holds writes this source did not make: the DS server refused Stream-Seq {seq} as not above the stream's last, and nothing this source ({source_id}) sent to the stream was ever appended; the slot stays before commit {lsn}"
+    )]
+    ForeignWrite {
+        stream: String,
+        seq: String,
+        lsn: String,
+        source_id: String,
+    },
 }
 
 fn publication_transient(e: &PublicationError) -> bool {
@@ -128,6 +146,13 @@ impl CaptureError {
             )),
             CaptureError::RowTooLarge { reply, .. } => Some(row_too_large_hint(reply.as_deref())),
             CaptureError::Ds { source, .. } => source.hint(),
+            CaptureError::Fenced { .. } => Some(
+                "Another ds-sync captures from this slot now; leave it running and do not restart this one with --takeover unless the other is gone."
+                    .into(),
+            ),
+            CaptureError::ForeignWrite { stream, .. } => Some(format!(
+                "The stream was written from another database (or a restore of this one with lower WAL positions). To hand it to this database run `ds-sync stream adopt {stream}` (it sends a reset, numbers this database's writes above every earlier one and re-snapshots the tables routed there), or delete the stream on the DS server, then start ds-sync again."
+            )),
             CaptureError::Slot(e) => e.hint(),
             CaptureError::Publication(e) => e.hint(),
             CaptureError::Pg(e) => e.hint(),

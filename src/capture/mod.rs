@@ -12,6 +12,12 @@
 //! * [`batch`]: per-stream batching, one POST in flight per stream, recovery mode.
 //! * [`sender`]: one POST with retries until the server has it.
 //! * [`ledger`]: which WAL positions may be confirmed (pure).
+//! * [`streams`]: what is recorded about a stream before capture writes to it (the table →
+//!   stream registry for TRUNCATE, the stream's tail for the source check).
+//! * [`identity`]: the source incarnation, so a 409 counts as "already written" only when
+//!   it is provably this source's own write.
+//! * [`adopt`]: handing a stream written by another source to this one.
+//! * [`fence`]: one process per slot; a process that was taken over stops.
 //! * [`pipeline`]: the loop that ties them together, and reconnection.
 //! * [`whole_rows`]: REPLICA IDENTITY FULL for tables seen while streaming; reports updates
 //!   that arrive without unchanged TOASTed values.
@@ -21,8 +27,11 @@
 //! `Stream-Seq`, so the server refuses what it already holds, and the slot only advances
 //! past transactions the server acknowledged in full.
 
+pub mod adopt;
 pub mod batch;
 mod error;
+pub mod fence;
+pub mod identity;
 pub mod ledger;
 pub mod message;
 mod pipeline;
@@ -30,6 +39,7 @@ pub mod route;
 mod sender;
 pub mod snapshot;
 pub mod source;
+pub mod streams;
 pub mod whole_rows;
 
 pub use error::CaptureError;

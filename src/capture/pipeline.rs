@@ -13,6 +13,8 @@
 //! 4. the next replication event, only while held bytes stay under the buffer bound
 //!    (under backpressure ds-sync stops reading instead of buffering without limit; the
 //!    replication worker keeps feedback flowing meanwhile, so the server does not time out).
+//!    A full buffer with nothing sendable makes open batches sendable (`Queues::relieve`),
+//!    so a transaction of any shape passes.
 //!
 //! LSN rules: a transaction is confirmed to the server only when all its messages, in every
 //! stream, are acknowledged by the DS server, and only after every earlier transaction is
@@ -32,12 +34,15 @@ use crate::pgoutput::{PgOutputMessage, Truncate, decode};
 
 use super::batch::{Limits, OutMessage, Queues, Seq};
 use super::error::CaptureError;
+use super::fence::Fence;
+use super::identity::SourceIdentity;
 use super::ledger::{Ledger, TxId};
 use super::message::{self, ChangeRef, RowMessage, TableInfo, TxMeta};
 use super::route::Router;
 use super::sender::Deliveries;
 use super::snapshot::incremental::Incremental;
 use super::source::{self, SourceConfig};
+use super::streams::StreamBook;
 
 /// Everything capture needs.
 pub struct CaptureConfig {
@@ -67,13 +72,16 @@ pub async fn run(
     shutdown: &CancellationToken,
     hard_stop: &CancellationToken,
 ) -> Result<(), CaptureError> {
+    // Taken (its epoch raised) before the slot is created, dropped or streamed from.
+    let fence = Fence::new(&cfg.source.target, &cfg.source.slot);
     let mut backoff = Backoff::new(
         std::time::Duration::from_millis(200),
         std::time::Duration::from_secs(10),
     );
     let mut resume = Resume::default();
     loop {
-        let error = match attempt(cfg, &mut resume, &mut backoff, shutdown, hard_stop).await {
+        let error = match attempt(cfg, &fence, &mut resume, &mut backoff, shutdown, hard_stop).await
+        {
             Ok(SessionEnd::Stopped) => return Ok(()),
             Ok(SessionEnd::ServerEnded) => {
                 crate::observe::capture().server_ended();
@@ -98,12 +106,15 @@ pub async fn run(
 struct Resume {
     /// Set once the slot (and its initial snapshot) is ready.
     start: Option<u64>,
+    /// Which incarnation of the slot this process streams from (see `identity`).
+    identity: Option<Arc<SourceIdentity>>,
     incremental: Option<Incremental>,
 }
 
 /// One connection's worth of capture: connect, prepare what is not prepared yet, stream.
 async fn attempt(
     cfg: &CaptureConfig,
+    fence: &Fence,
     resume: &mut Resume,
     backoff: &mut Backoff,
     shutdown: &CancellationToken,
@@ -114,22 +125,26 @@ async fn attempt(
         return Ok(SessionEnd::Stopped);
     };
     let mut sql = sql?;
-    let start = match resume.start {
-        Some(start) => start.max(source::confirmed_position(&sql, &cfg.source.slot).await?),
-        None => {
+    let (start, identity) = match (resume.start, &resume.identity) {
+        (Some(start), Some(identity)) => (
+            start.max(source::confirmed_position(&sql, &cfg.source.slot).await?),
+            Arc::clone(identity),
+        ),
+        _ => {
             // Snapshot bookkeeping, the signal table and the probe all live in ds_sync.
             crate::schema::apply(&mut sql).await?;
-            match super::snapshot::prepare(&sql, cfg, shutdown, hard_stop).await? {
-                super::snapshot::Prepared::Start(start) => start,
+            match super::snapshot::prepare(&sql, cfg, fence, shutdown, hard_stop).await? {
+                super::snapshot::Prepared::Start(start, identity) => (start, identity),
                 super::snapshot::Prepared::Stopped => return Ok(SessionEnd::Stopped),
             }
         }
     };
     resume.start = Some(start);
+    resume.identity = Some(Arc::clone(&identity));
     let incremental = match resume.incremental.take() {
         Some(i) => i,
         None => {
-            Incremental::start(
+            let incremental = Incremental::start(
                 &sql,
                 &cfg.source.target,
                 &cfg.source.slot,
@@ -137,10 +152,15 @@ async fn attempt(
                 cfg.snapshot.chunk_rows,
                 cfg.snapshot.mode != super::snapshot::SnapshotMode::Never,
             )
-            .await?
+            .await?;
+            super::adopt::resnapshot_adopted(&sql, cfg).await?;
+            incremental
         }
     };
     let incremental = resume.incremental.insert(incremental);
+    // Takes the slot, or checks it is still ours: a process taken over never reconnects
+    // (and so never takes the slot back with --takeover).
+    fence.take(&sql, cfg.source.takeover).await?;
     let Some(repl) = unless_stopped(shutdown, source::connect(&sql, &cfg.source, start)).await
     else {
         return Ok(SessionEnd::Stopped);
@@ -149,7 +169,7 @@ async fn attempt(
     incremental.send_probe(&sql).await?;
     crate::observe::capture().session_started();
     tracing::info!(slot = %cfg.source.slot, start = %Lsn::from_u64(start), "streaming changes");
-    let mut session = Session::new(cfg, &sql, start, hard_stop, incremental);
+    let mut session = Session::new(cfg, &sql, start, hard_stop, incremental, (fence, &identity));
     let result = session.run(repl, shutdown).await;
     let confirmed = session.ledger.confirmed().max(start);
     session.drain().await;
@@ -163,6 +183,7 @@ async fn attempt(
             () = confirm_at_exit(&sql, &cfg.source.slot, confirmed) => {}
             () = hard_stop.cancelled() => return Err(CaptureError::Interrupted),
         }
+        fence.release(&sql).await;
     }
     result
 }
@@ -237,7 +258,28 @@ enum SessionEnd {
 struct OpenTx {
     id: TxId,
     meta: TxMeta,
+    /// The index of the next message. Messages take consecutive indexes in WAL order, except
+    /// that the resets of one TRUNCATE share one: so the numbering depends on the WAL alone,
+    /// never on which streams are known, and a replay numbers a transaction identically.
     next_index: u32,
+}
+
+impl OpenTx {
+    /// Takes the next index.
+    fn take_index(&mut self) -> Result<u32, CaptureError> {
+        let index = self.next_index;
+        self.next_index = index
+            .checked_add(1)
+            .ok_or_else(|| CaptureError::Replication {
+                reason: format!(
+                    "transaction {} has more than {} messages",
+                    Lsn::from_u64(self.id),
+                    u32::MAX
+                ),
+                transient: false,
+            })?;
+        Ok(index)
+    }
 }
 
 /// One replication connection's worth of state.
@@ -247,8 +289,10 @@ struct Session<'a> {
     ledger: Ledger,
     queues: Queues,
     tables: HashMap<u32, Arc<TableInfo>>,
-    /// Streams each table has written to, for TRUNCATE's reset messages.
-    table_streams: HashMap<u32, HashSet<Arc<str>>>,
+    /// Streams each table has written to (recorded before their first message), for
+    /// TRUNCATE's resets; stream admission for the source check.
+    book: StreamBook,
+    fence: Fence,
     tx: Option<OpenTx>,
     deliveries: Deliveries,
     hard_stop: CancellationToken,
@@ -264,6 +308,7 @@ impl<'a> Session<'a> {
         start: u64,
         hard_stop: &CancellationToken,
         snap: &'a mut Incremental,
+        (fence, identity): (&Fence, &Arc<SourceIdentity>),
     ) -> Session<'a> {
         Session {
             cfg,
@@ -271,9 +316,16 @@ impl<'a> Session<'a> {
             ledger: Ledger::new(start),
             queues: Queues::new(cfg.limits),
             tables: HashMap::new(),
-            table_streams: HashMap::new(),
+            book: StreamBook::new(
+                &cfg.source.slot,
+                cfg.ds.clone(),
+                Arc::clone(identity),
+                hard_stop,
+            ),
+            fence: fence.clone(),
             tx: None,
-            deliveries: Deliveries::new(cfg.ds.clone(), cfg.max_in_flight, hard_stop),
+            deliveries: Deliveries::new(cfg.ds.clone(), cfg.max_in_flight, hard_stop)
+                .guarded(Some(fence.clone()), Some(Arc::clone(identity))),
             hard_stop: hard_stop.clone(),
             snap,
         }
@@ -289,7 +341,18 @@ impl<'a> Session<'a> {
             if !stopping {
                 self.snap.poll(self.sql, self.ledger.confirmed()).await?;
             }
-            self.deliveries.dispatch(&mut self.queues);
+            // Records of new streams first: nothing is POSTed before them.
+            self.book.flush(self.sql).await?;
+            self.deliveries.dispatch(&mut self.queues, Some(&self.book));
+            // A full buffer with nothing in flight would stop reading for good: see
+            // `Queues::relieve`.
+            if self.queues.relieve(self.cfg.max_buffer_bytes) > 0 {
+                tracing::debug!(
+                    held = self.queues.buffered_bytes(),
+                    "buffer full before a commit: sending open batches"
+                );
+                self.deliveries.dispatch(&mut self.queues, Some(&self.book));
+            }
             if stopping && self.deliveries.is_empty() && self.queues.is_idle() {
                 self.ledger.abandon_open();
                 self.ledger.advance();
@@ -319,6 +382,7 @@ impl<'a> Session<'a> {
                     }
                 }
                 _ = self.hard_stop.cancelled() => return Err(CaptureError::Interrupted),
+                _ = self.fence.fenced().cancelled() => return Err(self.fence.error()),
                 _ = shutdown.cancelled(), if !stopping => {
                     tracing::info!("stopping: delivering the changes already read");
                     stopping = true;
@@ -458,7 +522,7 @@ impl<'a> Session<'a> {
             PgOutputMessage::Insert(ref i) => self.change(i.relation_oid, ChangeRef::Insert(i))?,
             PgOutputMessage::Update(ref u) => self.change(u.relation_oid, ChangeRef::Update(u))?,
             PgOutputMessage::Delete(ref d) => self.change(d.relation_oid, ChangeRef::Delete(d))?,
-            PgOutputMessage::Truncate(ref t) => self.truncate(t)?,
+            PgOutputMessage::Truncate(ref t) => self.truncate(t).await?,
             other => tracing::debug!(kind = %other.kind(), "message ignored"),
         }
         Ok(())
@@ -491,11 +555,13 @@ impl<'a> Session<'a> {
     fn change(&mut self, oid: u32, change: ChangeRef<'_>) -> Result<(), CaptureError> {
         let table = self.table(oid)?;
         let meta = self.open_tx()?.meta;
+        let name = table.qualified_name();
         for row in message::build(&table, &change, &meta)? {
             self.cfg.whole_rows.change(&self.cfg.source, &table, &row);
             self.snap.change(oid, &row);
             let stream = self.cfg.router.stream_for(&table, &row)?;
-            self.enqueue(oid, &stream, &row)?;
+            let index = self.open_tx()?.take_index()?;
+            self.enqueue(&name, &stream, &row, index)?;
             crate::observe::capture().change(&table.type_name, row.operation);
         }
         Ok(())
@@ -508,18 +574,24 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         let tx = self.open_tx()?.meta;
-        let (oid, table, rows) = self
+        let (_oid, table, rows) = self
             .snap
             .chunk_messages(tx.commit_lsn, tx.commit_time_micros)?;
         crate::observe::snapshot().chunk_rows(rows.len());
+        let name = table.qualified_name();
         for row in rows {
             let stream = self.cfg.router.stream_for(&table, &row)?;
-            self.enqueue(oid, &stream, &row)?;
+            let index = self.open_tx()?.take_index()?;
+            self.enqueue(&name, &stream, &row, index)?;
         }
         Ok(())
     }
 
-    fn truncate(&mut self, t: &Truncate) -> Result<(), CaptureError> {
+    /// A TRUNCATE: one `reset` to every stream any of its tables has ever written to (this
+    /// run, earlier runs, snapshots; `ds_sync.table_streams`) and to each table's fixed
+    /// stream. Every reset of the TRUNCATE takes the same index, so the numbering of the
+    /// rest of the transaction does not depend on how many streams are known.
+    async fn truncate(&mut self, t: &Truncate) -> Result<(), CaptureError> {
         self.snap.truncated(&t.relation_oids);
         // A reset has no row: only templates without column placeholders can place it, so
         // streams are also taken from those the table has written to.
@@ -528,33 +600,47 @@ impl<'a> Session<'a> {
             message: message::reset_message(),
             extra_columns: serde_json::Map::new(),
         };
+        let mut targets: Vec<(String, Arc<str>)> = Vec::new();
+        let mut seen: HashSet<Arc<str>> = HashSet::new();
         for oid in &t.relation_oids {
             if self.snap.is_signal(*oid) {
                 continue;
             }
-            let mut streams: Vec<Arc<str>> = self
-                .table_streams
-                .get(oid)
-                .map(|s| s.iter().cloned().collect())
-                .unwrap_or_default();
-            if let Some(table) = self.tables.get(oid).cloned()
-                && let Ok(stream) = self.cfg.router.stream_for(&table, &reset)
-                && !streams.iter().any(|s| **s == *stream)
-            {
+            let table = self.table(*oid)?;
+            let name = table.qualified_name();
+            let mut streams = self.book.streams_of(self.sql, &name).await?;
+            if let Ok(stream) = self.cfg.router.stream_for(&table, &reset) {
                 streams.push(Arc::from(stream.as_str()));
             }
-            streams.sort();
-            if let Some(t) = self.tables.get(oid) {
-                crate::observe::capture().truncated(&t.type_name);
-            }
+            crate::observe::capture().truncated(&table.type_name);
             for stream in streams {
-                self.enqueue(*oid, &stream, &reset)?;
+                if seen.insert(Arc::clone(&stream)) {
+                    targets.push((name.clone(), stream));
+                }
             }
+        }
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let index = self.open_tx()?.take_index()?;
+        targets.sort_by(|a, b| a.1.cmp(&b.1));
+        tracing::debug!(
+            streams = targets.len(),
+            "truncate: resetting every stream of the table"
+        );
+        for (table, stream) in targets {
+            self.enqueue(&table, &stream, &reset, index)?;
         }
         Ok(())
     }
 
-    fn enqueue(&mut self, oid: u32, stream: &str, row: &RowMessage) -> Result<(), CaptureError> {
+    fn enqueue(
+        &mut self,
+        table: &str,
+        stream: &str,
+        row: &RowMessage,
+        index: u32,
+    ) -> Result<(), CaptureError> {
         let json = serde_json::to_vec(&row.message)
             .map(Bytes::from)
             .map_err(|e| CaptureError::Replication {
@@ -562,18 +648,14 @@ impl<'a> Session<'a> {
                 transient: false,
             })?;
         let tx = self.open_tx()?;
-        let seq = Seq {
-            commit_lsn: tx.id,
-            index: tx.next_index,
-        };
-        tx.next_index += 1;
         let id = tx.id;
+        let seq = Seq {
+            commit_lsn: id,
+            index,
+        };
         self.ledger.add_pending(id, 1);
+        self.book.note(Some(table), stream);
         self.queues.push(stream, OutMessage { json, tx: id, seq });
-        let streams = self.table_streams.entry(oid).or_default();
-        if !streams.contains(stream) {
-            streams.insert(Arc::from(stream));
-        }
         Ok(())
     }
 }

@@ -1,10 +1,19 @@
 //! Delivering one batch to its stream: retries until the DS server has it.
 //!
 //! Transient failures (5xx, 429, timeouts, refused connections) are retried with capped
-//! exponential backoff and jitter, forever: a batch is never dropped and never
-//! acknowledged before the server has it. A missing stream is created and the POST retried.
-//! "Too large" goes back to the loop, which splits the batch. Anything else stops capture
-//! with the stream named.
+//! exponential backoff and jitter while the session lasts: a batch is never dropped and
+//! never acknowledged before the server has it. When the session ends (its replication
+//! connection is gone), retries stop: the next session replays from the slot. A missing
+//! stream is created and the POST retried. "Too large" goes back to the loop, which splits
+//! the batch. Anything else stops capture with the stream named.
+//!
+//! Two guards run before and after each POST:
+//! * the **fence** (`fence`): no attempt starts unless this process holds a valid lease on
+//!   the slot, so a process that was taken over never appends after its successor started;
+//! * the **source check** (`identity`): a 409 ("not above the stream's last Stream-Seq") is
+//!   "already written" only when the stream's tail moved since before this source's first
+//!   POST to it; otherwise the stream's last write is another source's and capture stops
+//!   (`ForeignWrite`) instead of skipping the row.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -18,6 +27,10 @@ use crate::ds::{AppendOutcome, Backoff, DsClient, DsError};
 
 use super::batch::{Batch, Queues};
 use super::error::CaptureError;
+use super::fence::Fence;
+use super::identity::SourceIdentity;
+use super::message::format_lsn;
+use super::streams::{StreamBook, StreamInfo};
 
 /// How a delivery ended.
 #[derive(Debug)]
@@ -31,8 +44,13 @@ pub enum Delivery {
     TooLarge(DsError),
     /// A permanent error: capture stops.
     Failed(DsError),
-    /// Hard stop requested while retrying; the batch was not delivered.
+    /// Hard stop requested, or the session ended, while retrying; the batch was not
+    /// delivered.
     Cancelled,
+    /// Refused by its sequence, and the stream's last write is not this source's.
+    Foreign { seq: String },
+    /// Another process took the slot over: nothing more may be sent.
+    Fenced(Box<CaptureError>),
 }
 
 /// The POSTs of one set of [`Queues`] (the capture loop's, or a snapshot writer's): at most
@@ -42,6 +60,20 @@ pub struct Deliveries {
     in_flight: JoinSet<(Batch, Delivery)>,
     permits: Arc<Semaphore>,
     ensured: HashSet<Arc<str>>,
+    hard_stop: CancellationToken,
+    /// Cancelled when the session ends: retries stop.
+    session: CancellationToken,
+    fence: Option<Fence>,
+    identity: Option<Arc<SourceIdentity>>,
+}
+
+/// What one delivery task checks besides the POST itself.
+#[derive(Clone)]
+struct Guard {
+    info: Option<Arc<StreamInfo>>,
+    fence: Option<Fence>,
+    identity: Option<Arc<SourceIdentity>>,
+    session: CancellationToken,
     hard_stop: CancellationToken,
 }
 
@@ -53,7 +85,18 @@ impl Deliveries {
             permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
             ensured: HashSet::new(),
             hard_stop: hard_stop.clone(),
+            session: CancellationToken::new(),
+            fence: None,
+            identity: None,
         }
+    }
+
+    /// Deliveries that wait for the fence's lease before each attempt and check 409s
+    /// against the source identity (see the module documentation).
+    pub fn guarded(mut self, fence: Option<Fence>, identity: Option<Arc<SourceIdentity>>) -> Self {
+        self.fence = fence;
+        self.identity = identity;
+        self
     }
 
     /// True when no POST is running.
@@ -61,16 +104,24 @@ impl Deliveries {
         self.in_flight.is_empty()
     }
 
-    /// Starts a POST for every batch of `queues` that may go now.
-    pub fn dispatch(&mut self, queues: &mut Queues) {
+    /// Starts a POST for every batch of `queues` that may go now. With a `book`, every
+    /// stream must have been admitted (`StreamBook::flush`) before.
+    pub fn dispatch(&mut self, queues: &mut Queues, book: Option<&StreamBook>) {
         for batch in queues.take_ready(Instant::now()) {
             let client = self.ds.clone();
             let permits = Arc::clone(&self.permits);
-            let hard_stop = self.hard_stop.clone();
-            let ensure = !self.ensured.contains(&batch.stream);
+            let info = book.and_then(|b| b.info(&batch.stream));
+            let ensure = info.is_none() && !self.ensured.contains(&batch.stream);
+            let guard = Guard {
+                info,
+                fence: self.fence.clone(),
+                identity: self.identity.clone(),
+                session: self.session.clone(),
+                hard_stop: self.hard_stop.clone(),
+            };
             self.in_flight.spawn(async move {
                 let _permit = permits.acquire_owned().await;
-                let delivery = deliver(&client, &batch, ensure, &hard_stop).await;
+                let delivery = deliver(&client, &batch, ensure, &guard).await;
                 (batch, delivery)
             });
         }
@@ -93,8 +144,10 @@ impl Deliveries {
         })
     }
 
-    /// Waits for every POST still running, booking none of them.
+    /// Stops retrying and waits for every POST still running (at most one request each),
+    /// booking none of them: the session is over, the next one replays from the slot.
     pub async fn drain(&mut self) {
+        self.session.cancel();
         while self.in_flight.join_next().await.is_some() {}
     }
 
@@ -127,6 +180,18 @@ impl Deliveries {
                 source,
             }),
             Delivery::Cancelled => Err(CaptureError::Interrupted),
+            Delivery::Fenced(e) => Err(*e),
+            Delivery::Foreign { seq } => Err(CaptureError::ForeignWrite {
+                stream: batch.stream.to_string(),
+                seq,
+                lsn: batch
+                    .seq()
+                    .map_or_else(String::new, |s| format_lsn(s.commit_lsn)),
+                source_id: self
+                    .identity
+                    .as_ref()
+                    .map_or_else(|| "unknown".into(), |i| i.describe()),
+            }),
         }
     }
 }
@@ -156,25 +221,24 @@ fn too_large(batch: &Batch, error: &DsError) -> CaptureError {
 /// Posts `batch`, creating the stream when needed and retrying transient failures.
 ///
 /// `ensure_first` creates the stream (an idempotent PUT) before the first POST to a stream
-/// this process has not used yet.
-async fn deliver(
-    client: &DsClient,
-    batch: &Batch,
-    ensure_first: bool,
-    hard_stop: &CancellationToken,
-) -> Delivery {
+/// this process has not used yet and that was not admitted (admission creates it).
+async fn deliver(client: &DsClient, batch: &Batch, ensure_first: bool, guard: &Guard) -> Delivery {
     let body = batch.body();
-    let seq = batch.seq().map(|s| s.header());
+    let epoch = guard.info.as_ref().and_then(|i| i.epoch);
+    let seq = batch.seq().map(|s| s.header_in(epoch));
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut attempt = 0u32;
     let mut ensure = ensure_first;
     loop {
         attempt += 1;
+        if let Some(stop) = admit(guard).await {
+            return stop;
+        }
         if ensure {
             match client.ensure_stream(&batch.stream).await {
                 Ok(()) => ensure = false,
                 Err(e) if e.is_transient() => {
-                    if !wait(&mut backoff, &batch.stream, attempt, &e, hard_stop).await {
+                    if !wait(&mut backoff, &batch.stream, attempt, &e, guard).await {
                         return Delivery::Cancelled;
                     }
                     continue;
@@ -188,13 +252,21 @@ async fn deliver(
         crate::observe::capture().post(&batch.stream, &result, batch.messages.len(), body.len());
         let error = match result {
             Ok(AppendOutcome::Written { .. }) => return Delivery::Written,
-            Ok(AppendOutcome::AlreadyWritten) => return Delivery::AlreadyWritten,
+            Ok(AppendOutcome::AlreadyWritten) => match refused(client, batch, guard).await {
+                Ok(true) => return Delivery::AlreadyWritten,
+                Ok(false) => {
+                    return Delivery::Foreign {
+                        seq: seq.unwrap_or_default(),
+                    };
+                }
+                Err(e) => e,
+            },
             Err(e @ DsError::TooLarge { .. }) => return Delivery::TooLarge(e),
             // Created just now and gone again (deleted meanwhile): back off like any
             // other failure instead of spinning.
             Err(e @ DsError::NotFound { .. }) if attempt > 1 => {
                 ensure = true;
-                if !wait(&mut backoff, &batch.stream, attempt, &e, hard_stop).await {
+                if !wait(&mut backoff, &batch.stream, attempt, &e, guard).await {
                     return Delivery::Cancelled;
                 }
                 continue;
@@ -209,19 +281,47 @@ async fn deliver(
         if !error.is_transient() {
             return Delivery::Failed(error);
         }
-        if !wait(&mut backoff, &batch.stream, attempt, &error, hard_stop).await {
+        if !wait(&mut backoff, &batch.stream, attempt, &error, guard).await {
             return Delivery::Cancelled;
         }
     }
 }
 
-/// Sleeps before the next attempt; false when a hard stop came first.
+/// Waits for the fence's lease; `Some` when the attempt must not happen.
+async fn admit(guard: &Guard) -> Option<Delivery> {
+    let fence = guard.fence.as_ref()?;
+    tokio::select! {
+        r = fence.admit() => r.err().map(|e| Delivery::Fenced(Box::new(e))),
+        _ = guard.session.cancelled() => Some(Delivery::Cancelled),
+        _ = guard.hard_stop.cancelled() => Some(Delivery::Cancelled),
+    }
+}
+
+/// A 409 to our `Stream-Seq`: true when it is provably a replay of this source's own write
+/// (the stream's tail moved since before our first POST to it), or may be one written before
+/// an upgrade (see `identity`); false when the stream's last write is another source's.
+async fn refused(client: &DsClient, batch: &Batch, guard: &Guard) -> Result<bool, DsError> {
+    let (Some(info), Some(identity)) = (&guard.info, &guard.identity) else {
+        return Ok(true);
+    };
+    let tail = client.head(&batch.stream).await?;
+    let moved = tail.as_deref() != Some(info.tail_before.as_str());
+    let lenient = batch
+        .seq()
+        .is_some_and(|s| identity.lenient_for(s.commit_lsn));
+    if !moved && lenient {
+        tracing::info!(stream = %batch.stream, "already in the stream, written before this source was recorded (upgrade)");
+    }
+    Ok(moved || lenient)
+}
+
+/// Sleeps before the next attempt; false when a hard stop or the session's end came first.
 async fn wait(
     backoff: &mut Backoff,
     stream: &str,
     attempt: u32,
     error: &DsError,
-    hard_stop: &CancellationToken,
+    guard: &Guard,
 ) -> bool {
     let delay = backoff.next_delay();
     tracing::warn!(
@@ -230,6 +330,7 @@ async fn wait(
     );
     tokio::select! {
         _ = tokio::time::sleep(delay) => true,
-        _ = hard_stop.cancelled() => false,
+        _ = guard.hard_stop.cancelled() => false,
+        _ = guard.session.cancelled() => false,
     }
 }

@@ -16,7 +16,8 @@ Exit codes:
   4  slot status / slot drop: the slot does not exist
   5  slot status: the slot is lost (wal_status = lost): its WAL is gone
   6  run / dev: a second signal or --shutdown-timeout-ms stopped it before the work in
-     flight was finished (nothing is lost: the next start resumes)";
+     flight was finished (nothing is lost: the next start resumes)
+  7  run: another ds-sync took the slot over (--takeover); this one stopped sending";
 
 /// ds-sync keeps PostgreSQL and a Durable Streams server in sync: row changes flow from a
 /// logical replication slot into DS streams, and events from DS streams flow into Postgres.
@@ -267,6 +268,30 @@ Examples:
         #[arg(long, value_name = "URL")]
         url: Option<String>,
     },
+    /// Streams written by another source
+    #[command(subcommand)]
+    Stream(StreamCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StreamCommand {
+    /// Hand streams written by another database to this one (the way out when `run` stops
+    /// with "holds writes this source did not make")
+    #[command(after_help = "\
+A stream written from another database (or a restore of this one with lower WAL positions)
+refuses this database's Stream-Seq values, and `run` stops rather than skip the rows. Adopting
+the stream records a new epoch for it in this database (its Stream-Seq values then sort above
+every earlier one), sends it a reset (clients drop what the other database wrote), and makes
+the next `run` snapshot the tables routed to it again. The other database must stop writing
+the stream. The alternative is deleting the stream on the DS server.
+
+Example:
+  ds-sync stream adopt pg-items")]
+    Adopt {
+        /// Stream names (as after /v1/stream/ in the URL)
+        #[arg(required = true, value_name = "STREAM")]
+        streams: Vec<String>,
+    },
 }
 
 /// Options of `ds-sync snapshot`.
@@ -346,7 +371,8 @@ pub struct CaptureArgs {
     /// streams are created on first use); repeatable
     #[arg(long = "route", value_name = "TABLE=TEMPLATE")]
     pub routes: Vec<String>,
-    /// Terminate a walsender that still holds the slot (e.g. left by a crashed instance)
+    /// Terminate a walsender that still holds the slot (e.g. left by a crashed or hung
+    /// instance); the instance it belonged to stops at its next lease check (exit code 6)
     #[arg(long, env = "DS_SYNC_TAKEOVER")]
     pub takeover: bool,
     /// Most messages in one POST [default: 1000]

@@ -5,7 +5,9 @@ use crate::pg::PgTarget;
 use crate::{publication, schema, slot};
 
 use super::CliError;
-use super::args::{Command, ConfigCommand, PublicationCommand, SlotCommand, TableArgs};
+use super::args::{
+    Command, ConfigCommand, PublicationCommand, SlotCommand, StreamCommand, TableArgs,
+};
 use super::output::Printer;
 
 /// Runs one subcommand.
@@ -29,6 +31,9 @@ pub async fn run(command: Command, settings: &Settings) -> Result<(), CliError> 
         Command::Subscriptions => super::ingest::subscriptions(settings, &out).await,
         Command::Snapshot(args) => request_snapshot(&args, settings, &out).await,
         Command::Health { url } => health(url.as_deref(), settings, &out).await,
+        Command::Stream(StreamCommand::Adopt { streams }) => {
+            adopt_streams(&streams, settings, &out).await
+        }
     }
 }
 
@@ -39,6 +44,34 @@ async fn health(url: Option<&str>, settings: &Settings, out: &Printer) -> Result
     let url = health::readyz_url(url, listen)?;
     health::check(&url).await?;
     out.message(&format!("ready ({url})"), &url)
+}
+
+/// `ds-sync stream adopt`: see `capture::adopt`.
+async fn adopt_streams(
+    streams: &[String],
+    settings: &Settings,
+    out: &Printer,
+) -> Result<(), CliError> {
+    let mut client = target(settings)?.connect().await?;
+    schema::apply(&mut client).await?;
+    let ds = crate::ds::DsClient::new(
+        &settings.ds_server_url.value,
+        crate::ds::ClientOptions {
+            access: settings.ds_access()?,
+            ..crate::ds::ClientOptions::default()
+        },
+    )?;
+    for stream in streams {
+        let adopted = crate::capture::adopt::adopt(&client, &ds, stream).await?;
+        out.message(
+            &format!(
+                "adopted {stream} (epoch {}): reset sent; the next `ds-sync run` writes it with this database's changes and snapshots the tables routed to it again",
+                adopted.epoch
+            ),
+            stream,
+        )?;
+    }
+    Ok(())
 }
 
 pub(super) fn target(settings: &Settings) -> Result<PgTarget, CliError> {

@@ -31,6 +31,8 @@ pub mod exit {
     /// `run` / `dev` stopped by a second signal or the shutdown timeout before the work in
     /// flight was finished (nothing is lost).
     pub const ABANDONED: u8 = 6;
+    /// `run`: another ds-sync took the slot over (`--takeover`); this one stopped sending.
+    pub const FENCED: u8 = 7;
 }
 
 /// Everything a command can fail with, at the edge.
@@ -80,6 +82,7 @@ impl CliError {
             CliError::SlotLost(_) => exit::SLOT_LOST,
             CliError::Prerequisites { .. } => exit::PREREQUISITES,
             CliError::Abandoned(_) => exit::ABANDONED,
+            CliError::Capture(crate::capture::CaptureError::Fenced { .. }) => exit::FENCED,
             _ => exit::ERROR,
         }
     }

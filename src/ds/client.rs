@@ -177,6 +177,34 @@ impl DsClient {
         Ok(())
     }
 
+    /// [`ensure_stream`](Self::ensure_stream), returning the stream's tail offset: from the
+    /// PUT's `Stream-Next-Offset` when the server sends one, else from a HEAD.
+    ///
+    /// # Errors
+    ///
+    /// As [`ensure_stream`](Self::ensure_stream) and [`head`](Self::head).
+    pub async fn ensure_stream_tail(&self, stream: &str) -> Result<String, DsError> {
+        let req = self.request(Method::PUT, stream, self.stream_url(stream), Bytes::new())?;
+        let ex = self.exchange(stream, with_json(req)).await?;
+        classify_status(ex.status, &ex.headers).map_err(|f| ex.error(f, stream, 0))?;
+        if header_is_true(&ex.headers, STREAM_CLOSED) {
+            return Err(DsError::Closed {
+                stream: stream.to_owned(),
+                reply: None,
+            });
+        }
+        if let Some(tail) = header_str(&ex.headers, STREAM_NEXT_OFFSET) {
+            return Ok(tail.to_owned());
+        }
+        match self.head(stream).await? {
+            Some(tail) => Ok(tail),
+            None => Err(DsError::NotFound {
+                stream: stream.to_owned(),
+                reply: None,
+            }),
+        }
+    }
+
     /// Appends `body` (a JSON value or array; an array is stored as one message per
     /// element) in one atomic POST. With `seq`, the request carries `Stream-Seq: <seq>` and a
     /// refusal of that sequence value is [`AppendOutcome::AlreadyWritten`], not an error.

@@ -319,6 +319,16 @@ impl CaptureProcess {
         }
     }
 
+    /// SIGCONT: a frozen process goes on where it stopped.
+    pub fn resume(&self) {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        }
+    }
+
     /// The exit code if the process has ended.
     pub fn try_exit(&mut self) -> Option<i32> {
         self.child
@@ -414,6 +424,74 @@ where
             panic!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A client's view of a stream, as the State Protocol defines it: `reset` drops everything,
+/// inserts and updates set `(type, key)` to `value`, deletes remove it; snapshot frames
+/// change nothing.
+pub fn materialize(
+    messages: &[serde_json::Value],
+) -> std::collections::BTreeMap<(String, String), serde_json::Value> {
+    let mut state = std::collections::BTreeMap::new();
+    for m in messages {
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        if m["headers"]["control"] == "reset" {
+            state.clear();
+            continue;
+        }
+        let id = (text(&m["type"]), text(&m["key"]));
+        match m["headers"]["operation"].as_str() {
+            Some("insert") | Some("update") => {
+                state.insert(id, m["value"].clone());
+            }
+            Some("delete") => {
+                state.remove(&id);
+            }
+            _ => {}
+        }
+    }
+    state
+}
+
+/// The WAL position now: a slot confirmed at or past it has every earlier commit delivered.
+pub async fn wal_now(sql: &tokio_postgres::Client) -> String {
+    sql.query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Whether the slot confirmed `lsn`.
+pub async fn slot_passed(sql: &tokio_postgres::Client, slot: &str, lsn: &str) -> bool {
+    sql.query_one(
+        "SELECT coalesce(bool_or(confirmed_flush_lsn >= $2::text::pg_lsn), false) \
+         FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot, &lsn],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Waits until the capture slot confirmed `lsn` (panics with the log's tail after 300 s).
+pub async fn wait_confirmed(
+    sql: &tokio_postgres::Client,
+    slot: &str,
+    lsn: &str,
+    capture: &CaptureProcess,
+) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !slot_passed(sql, slot, lsn).await {
+        if tokio::time::Instant::now() > deadline {
+            let log = capture.log();
+            let lines: Vec<&str> = log.lines().collect();
+            panic!(
+                "the slot did not confirm {lsn} (capture stalled?):\n{}",
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 

@@ -79,7 +79,7 @@ async fn a_terminated_sql_connection_is_reconnected_and_capture_goes_on() {
     for round in 0..2 {
         let killed = terminate(
             &sql,
-            "a.backend_type = 'client backend' AND a.application_name LIKE 'ds-sync%'",
+            "a.backend_type = 'client backend' AND a.application_name = 'ds-sync/capture'",
         )
         .await;
         assert_eq!(killed, 1, "round {round}: capture's SQL connection");

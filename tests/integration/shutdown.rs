@@ -93,10 +93,10 @@ async fn capture_with_postgres_down_waits_its_backoff_and_stops_at_once() {
 async fn capture_with_the_ds_server_down_gives_up_after_the_shutdown_timeout() {
     let Scenario {
         mut server,
+        client,
         db,
         sql,
         pg: _pg,
-        ..
     } = scenario(
         "stop_cap_ds",
         "CREATE TABLE s (id int PRIMARY KEY)",
@@ -104,6 +104,12 @@ async fn capture_with_the_ds_server_down_gives_up_after_the_shutdown_timeout() {
     )
     .await;
     let capture = start_streaming(&db, &server.url(), &["--tables", "s"]).await;
+    // A first row makes the stream known to this source, so what follows are POST retries.
+    sql.batch_execute("INSERT INTO s VALUES (0)").await.unwrap();
+    crate::kit::wait_for("the first row", Duration::from_secs(60), || async {
+        (!crate::snapshot::read(&client, "pg-s").await.is_empty()).then_some(())
+    })
+    .await;
     server.stop().await;
     sql.batch_execute("INSERT INTO s SELECT generate_series(1, 10)")
         .await

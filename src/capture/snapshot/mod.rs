@@ -51,6 +51,8 @@ use crate::slot;
 
 use super::batch::Limits;
 use super::error::CaptureError;
+use super::fence::Fence;
+use super::identity::{self, SourceIdentity};
 use super::message::format_lsn;
 use super::pipeline::CaptureConfig;
 use super::route::Router;
@@ -101,32 +103,35 @@ impl Default for SnapshotOptions {
 }
 
 /// How preparing capture ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Prepared {
-    /// Stream from this position.
-    Start(u64),
+    /// Stream from this position, as this source incarnation.
+    Start(u64, Arc<SourceIdentity>),
     /// A shutdown came during the snapshot: the next start snapshots again.
     Stopped,
 }
 
 /// Creates the publication and slot as `source::prepare` does, snapshotting when the mode
-/// says so; returns where streaming starts.
+/// says so; returns where streaming starts and the source incarnation (new whenever the
+/// slot is created).
 pub async fn prepare(
     sql: &Client,
     cfg: &CaptureConfig,
+    fence: &Fence,
     shutdown: &CancellationToken,
     hard_stop: &CancellationToken,
 ) -> Result<Prepared, CaptureError> {
     let mode = cfg.snapshot.mode;
-    if mode == SnapshotMode::Never {
-        return source::prepare(sql, &cfg.source).await.map(Prepared::Start);
-    }
     let slot_name = cfg.source.slot.as_str();
+    if mode == SnapshotMode::Never {
+        let exists = slot::find(sql, slot_name).await?.is_some();
+        return stream_only(sql, cfg, exists).await;
+    }
     source::ensure_publication(sql, &cfg.source).await?;
     let exists = slot::find(sql, slot_name).await?.is_some();
     let recorded = state::load(sql, slot_name).await?;
     let Some(reason) = decide(mode, exists, recorded) else {
-        return source::prepare(sql, &cfg.source).await.map(Prepared::Start);
+        return stream_only(sql, cfg, exists).await;
     };
     tracing::info!(
         slot = slot_name,
@@ -137,6 +142,8 @@ pub async fn prepare(
     if exists {
         source::drop_slot(sql, &cfg.source).await?;
     }
+    // The slot is gone now: taking it raises the epoch, fencing any process that had it.
+    fence.take(sql, cfg.source.takeover).await?;
     let mut session = ReplicationSession::connect(&cfg.source.target).await?;
     let Some(exported) = create_slot(sql, &mut session, slot_name, shutdown).await? else {
         tracing::info!(
@@ -147,6 +154,7 @@ pub async fn prepare(
     let point = exported.consistent_point;
     tracing::info!(slot = slot_name, consistent_point = %format_lsn(point), "created replication slot with an exported snapshot");
     state::set_point(sql, slot_name, &format_lsn(point)).await?;
+    let identity = identity::created(sql, slot_name, point).await?;
     let reset = exists || recorded != Recorded::Never;
     let reset_streams = if reset {
         state::streams(sql, slot_name).await?
@@ -179,6 +187,8 @@ pub async fn prepare(
     let record = StreamRecord {
         sql,
         slot: slot_name,
+        fence: fence.clone(),
+        identity: Arc::clone(&identity),
     };
     let end = copy(job, Some(record), shutdown, hard_stop).await;
     session.terminate().await;
@@ -190,7 +200,7 @@ pub async fn prepare(
             }
             signals::record_baseline(sql, slot_name).await?;
             let start = source::confirmed_position(sql, slot_name).await?;
-            Ok(Prepared::Start(start.max(point)))
+            Ok(Prepared::Start(start.max(point), identity))
         }
         CopyEnd::Stopped => {
             tracing::info!("stopped during the snapshot; the next start takes it again");
@@ -238,6 +248,22 @@ async fn create_slot(
             Ok(None)
         }
     }
+}
+
+/// No snapshot: the slot as `source::prepare` leaves it, and its incarnation (a new one
+/// when the slot is created now).
+async fn stream_only(
+    sql: &Client,
+    cfg: &CaptureConfig,
+    existed: bool,
+) -> Result<Prepared, CaptureError> {
+    let start = source::prepare(sql, &cfg.source).await?;
+    let identity = if existed {
+        identity::establish(sql, &cfg.source.slot, start).await?
+    } else {
+        identity::created(sql, &cfg.source.slot, start).await?
+    };
+    Ok(Prepared::Start(start, identity))
 }
 
 /// One snapshot copy: what to read and where to deliver it.
@@ -288,7 +314,7 @@ async fn copy(
         hard_stop,
     );
     for stream in &job.reset_streams {
-        writer.touch(stream).await?;
+        writer.touch(None, stream).await?;
     }
     writer.commit();
     let workers = job.workers.max(1);
@@ -297,7 +323,7 @@ async fn copy(
     drop(tx);
     let mut reading = true;
     loop {
-        writer.dispatch();
+        writer.dispatch().await?;
         crate::observe::capture().buffered(writer.buffered_bytes());
         if !reading && writer.is_idle() {
             break;
@@ -311,16 +337,16 @@ async fn copy(
             item = rx.recv(), if reading && room => match item {
                 // An empty table's stream is framed only when it may hold older rows that
                 // the reset must clear; otherwise a table without rows sends nothing.
-                Some(Item::Touch(stream)) => {
+                Some(Item::Touch(table, stream)) => {
                     if job.reset {
-                        writer.touch(&stream).await?;
+                        writer.touch(Some(&table), &stream).await?;
                         writer.commit();
                     }
                 }
                 Some(Item::Rows(rows)) => {
                     let n = rows.len() as u64;
                     for row in rows {
-                        writer.row(&row.stream, row.json).await?;
+                        writer.row(&row.table, &row.stream, row.json).await?;
                     }
                     writer.commit();
                     progress.add(n);

@@ -27,6 +27,8 @@ const CHUNK_ROWS: usize = 500;
 /// One row, ready to queue.
 #[derive(Debug)]
 pub struct SnapRow {
+    /// The table's qualified name (for the table → stream registry).
+    pub table: Arc<str>,
     pub stream: String,
     pub json: Bytes,
 }
@@ -34,9 +36,9 @@ pub struct SnapRow {
 /// What readers tell the writer.
 #[derive(Debug)]
 pub enum Item {
-    /// The table writes to this stream whatever its rows: it gets its snapshot frame even
-    /// when the table is empty.
-    Touch(String),
+    /// The table (first) writes to this stream (second) whatever its rows: it gets its
+    /// snapshot frame even when the table is empty.
+    Touch(Arc<str>, String),
     Rows(Vec<SnapRow>),
 }
 
@@ -82,8 +84,9 @@ pub async fn read_table(
             }
         })?;
     }
+    let table_name: Arc<str> = Arc::from(name.as_str());
     if let Some(stream) = fixed_stream(&ctx.router, table) {
-        send(tx, Item::Touch(stream)).await?;
+        send(tx, Item::Touch(Arc::clone(&table_name), stream)).await?;
     }
     let copy = format!("COPY ({}) TO STDOUT", table.select);
     let stream = sql
@@ -99,7 +102,7 @@ pub async fn read_table(
         pending.extend_from_slice(&data);
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line = pending.split_to(end + 1);
-            chunk.push(row(ctx, table, &line[..end])?);
+            chunk.push(row(ctx, table, &table_name, &line[..end])?);
             rows += 1;
             if chunk.len() >= CHUNK_ROWS {
                 send(tx, Item::Rows(std::mem::take(&mut chunk))).await?;
@@ -113,7 +116,12 @@ pub async fn read_table(
     Ok(rows)
 }
 
-fn row(ctx: &ReadContext, table: &SnapshotTable, line: &[u8]) -> Result<SnapRow, CaptureError> {
+fn row(
+    ctx: &ReadContext,
+    table: &SnapshotTable,
+    table_name: &Arc<str>,
+    line: &[u8],
+) -> Result<SnapRow, CaptureError> {
     let bad = |reason: String| CaptureError::Snapshot {
         table: table.info.qualified_name(),
         reason,
@@ -129,6 +137,7 @@ fn row(ctx: &ReadContext, table: &SnapshotTable, line: &[u8]) -> Result<SnapRow,
     let stream = ctx.router.stream_for(&table.info, &msg)?;
     let json = serde_json::to_vec(&msg.message).map_err(|e| bad(e.to_string()))?;
     Ok(SnapRow {
+        table: Arc::clone(table_name),
         stream,
         json: Bytes::from(json),
     })

@@ -21,14 +21,20 @@ use crate::ds::DsClient;
 
 use super::super::batch::{Limits, OutMessage, Queues, Seq};
 use super::super::error::CaptureError;
+use super::super::fence::Fence;
+use super::super::identity::SourceIdentity;
 use super::super::message::{self, SnapshotControl};
 use super::super::sender::Deliveries;
+use super::super::streams::StreamBook;
 use super::state;
 
-/// Where streams a snapshot writes to are recorded before their first message.
+/// Where streams a snapshot writes to are recorded before their first message, and the
+/// guards of its deliveries (see `sender`).
 pub struct StreamRecord<'a> {
     pub sql: &'a Client,
     pub slot: &'a str,
+    pub fence: Fence,
+    pub identity: Arc<SourceIdentity>,
 }
 
 /// Per-stream sequence numbers of one snapshot. Pure.
@@ -75,6 +81,7 @@ pub struct Writer<'a> {
     /// Send `reset` before `snapshot-start` (the stream may hold older rows).
     reset: bool,
     record: Option<StreamRecord<'a>>,
+    book: Option<StreamBook>,
     pub rows: u64,
 }
 
@@ -88,14 +95,21 @@ impl<'a> Writer<'a> {
         record: Option<StreamRecord<'a>>,
         hard_stop: &CancellationToken,
     ) -> Writer<'a> {
+        let mut deliveries = Deliveries::new(ds.clone(), max_in_flight, hard_stop);
+        let book = record.as_ref().map(|r| {
+            deliveries = Deliveries::new(ds.clone(), max_in_flight, hard_stop)
+                .guarded(Some(r.fence.clone()), Some(Arc::clone(&r.identity)));
+            StreamBook::new(r.slot, ds.clone(), Arc::clone(&r.identity), hard_stop)
+        });
         Writer {
             queues: Queues::new(limits),
             seqs: SnapshotSeqs::new(consistent_point),
-            deliveries: Deliveries::new(ds, max_in_flight, hard_stop),
+            deliveries,
             touched: Vec::new(),
             touched_set: HashSet::new(),
             reset,
             record,
+            book,
             rows: 0,
         }
     }
@@ -104,8 +118,16 @@ impl<'a> Writer<'a> {
         self.queues.buffered_bytes()
     }
 
-    /// Frames `stream` on first use: records it, then `[reset] snapshot-start`.
-    pub async fn touch(&mut self, stream: &str) -> Result<Arc<str>, CaptureError> {
+    /// Frames `stream` on first use: records it, then `[reset] snapshot-start`. `table`
+    /// writes to it (`None` for streams of earlier snapshots framed for their reset).
+    pub async fn touch(
+        &mut self,
+        table: Option<&str>,
+        stream: &str,
+    ) -> Result<Arc<str>, CaptureError> {
+        if let Some(book) = &mut self.book {
+            book.note(table, stream);
+        }
         if let Some(key) = self.touched_set.get(stream) {
             return Ok(Arc::clone(key));
         }
@@ -122,9 +144,14 @@ impl<'a> Writer<'a> {
         Ok(key)
     }
 
-    /// Queues one row.
-    pub async fn row(&mut self, stream: &str, json: Bytes) -> Result<(), CaptureError> {
-        let key = self.touch(stream).await?;
+    /// Queues one row of `table`.
+    pub async fn row(
+        &mut self,
+        table: &str,
+        stream: &str,
+        json: Bytes,
+    ) -> Result<(), CaptureError> {
+        let key = self.touch(Some(table), stream).await?;
         let seq = self.seqs.next(&key)?;
         self.queues.push(&key, OutMessage { json, tx: 0, seq });
         self.rows += 1;
@@ -158,9 +185,14 @@ impl<'a> Writer<'a> {
         self.deliveries.is_empty() && self.queues.is_idle()
     }
 
-    /// Starts every POST that may go now.
-    pub fn dispatch(&mut self) {
-        self.deliveries.dispatch(&mut self.queues);
+    /// Records new streams, then starts every POST that may go now.
+    pub async fn dispatch(&mut self) -> Result<(), CaptureError> {
+        if let (Some(book), Some(record)) = (&mut self.book, &self.record) {
+            book.flush(record.sql).await?;
+        }
+        self.deliveries
+            .dispatch(&mut self.queues, self.book.as_ref());
+        Ok(())
     }
 
     /// Waits for one POST to finish and books it; `None` when none is in flight.

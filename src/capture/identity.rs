@@ -1,0 +1,233 @@
+//! The source identity: which database, slot and slot incarnation capture writes for, so a
+//! refused `Stream-Seq` (409) counts as "already written" only when it is provably this
+//! source's own earlier write.
+//!
+//! `Stream-Seq` values are WAL positions. Within one database they only grow, so a slot's
+//! replay can only collide with its own earlier writes. A *different* database (a restore
+//! from backup, a new cluster, a dev database recreated) has lower positions: its new rows
+//! are refused by a stream another database wrote further, and treating that 409 as
+//! "already written" would confirm the slot past rows that never arrived.
+//!
+//! ```text
+//!  ds_sync.sources         slot ─▶ incarnation (random), system identifier, timeline,
+//!                                  origin, lenient_below
+//!  ds_sync.source_streams  (incarnation, DS server, stream) ─▶ tail offset (HEAD) taken
+//!                                  before the incarnation's first POST to the stream
+//!  409 on stream S:        HEAD S == recorded tail ─▶ nothing of ours was ever appended,
+//!                                  the stream's last write is foreign: stop (ForeignWrite)
+//!                          HEAD S moved            ─▶ a replay of our own write: skip
+//! ```
+//!
+//! An incarnation starts whenever ds-sync creates the slot (every slot creation: a restored
+//! database has no slot, slots are not in backups), and whenever capture finds a slot it has
+//! no matching record of: no row, another system identifier or timeline (a restore to a new
+//! cluster, or a point-in-time recovery), or a record kept from before the slot existed.
+//! A new incarnation in the same database is safe: its positions are above everything an
+//! earlier slot wrote, so it never needs an earlier incarnation's writes to explain a 409.
+//!
+//! **Upgrade.** Streams written by a ds-sync from before this bookkeeping have no records.
+//! The migration marks every slot that existed then as `legacy`, with the WAL position of
+//! the upgrade: its first run adopts it, and a 409 for a change committed before that
+//! position is accepted as the earlier version's write (it could only have written those).
+
+use std::sync::Arc;
+
+use tokio_postgres::Client;
+
+use crate::pg::PgError;
+
+use super::error::CaptureError;
+use super::message::format_lsn;
+
+/// How an incarnation began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// ds-sync created the slot.
+    Created,
+    /// ds-sync found a slot it had no matching record of.
+    Adopted,
+}
+
+impl Origin {
+    fn as_str(self) -> &'static str {
+        match self {
+            Origin::Created => "created",
+            Origin::Adopted => "adopted",
+        }
+    }
+}
+
+/// One slot incarnation of one database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceIdentity {
+    pub slot: String,
+    pub incarnation: String,
+    pub system_identifier: Option<String>,
+    pub timeline: Option<i64>,
+    /// 409s for changes committed before this position may be an earlier version's writes.
+    pub lenient_below: Option<u64>,
+}
+
+impl SourceIdentity {
+    /// For errors and logs: `slot s, incarnation …, system …, timeline …`.
+    pub fn describe(&self) -> String {
+        format!(
+            "slot {}, incarnation {}, system {}, timeline {}",
+            self.slot,
+            self.incarnation,
+            self.system_identifier.as_deref().unwrap_or("unknown"),
+            self.timeline.map_or("unknown".into(), |t| t.to_string())
+        )
+    }
+
+    /// True when a 409 for a change committed at `commit_lsn` may come from a write of the
+    /// ds-sync version before the upgrade (see the module documentation).
+    pub fn lenient_for(&self, commit_lsn: u64) -> bool {
+        self.lenient_below.is_some_and(|below| commit_lsn < below)
+    }
+}
+
+/// The server's system identifier and timeline; `None` where the role may not read them.
+async fn system(sql: &Client) -> (Option<String>, Option<i64>) {
+    let id = sql
+        .query_one(
+            "SELECT system_identifier::text FROM pg_control_system()",
+            &[],
+        )
+        .await
+        .ok()
+        .map(|r| r.get::<_, String>(0));
+    let timeline = sql
+        .query_one("SELECT timeline_id::int8 FROM pg_control_checkpoint()", &[])
+        .await
+        .ok()
+        .map(|r| r.get::<_, i64>(0));
+    (id, timeline)
+}
+
+/// Records a new incarnation for `slot`, which ds-sync has just created at `start_lsn`.
+pub async fn created(
+    sql: &Client,
+    slot: &str,
+    start_lsn: u64,
+) -> Result<Arc<SourceIdentity>, CaptureError> {
+    let identity = begin(sql, slot, Origin::Created, start_lsn, None).await?;
+    tracing::info!(source = %identity.describe(), "new source incarnation: the slot was created");
+    Ok(identity)
+}
+
+/// The incarnation of an existing slot whose confirmed position is `position`: the
+/// recorded one when it matches this server, a new (adopted) one otherwise.
+pub async fn establish(
+    sql: &Client,
+    slot: &str,
+    position: u64,
+) -> Result<Arc<SourceIdentity>, CaptureError> {
+    let row = sql
+        .query_opt(
+            "SELECT incarnation, system_identifier, timeline, origin, \
+                    (lenient_below - '0/0'::pg_lsn)::int8, (start_lsn - '0/0'::pg_lsn)::int8 \
+             FROM ds_sync.sources WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| PgError::query("reading ds_sync.sources", &e))?;
+    let (system_identifier, timeline) = system(sql).await;
+    let Some(row) = row else {
+        let identity = begin(sql, slot, Origin::Adopted, position, None).await?;
+        tracing::info!(source = %identity.describe(), "new source incarnation: a slot without a record was adopted");
+        return Ok(identity);
+    };
+    let incarnation: Option<String> = row.get(0);
+    let lenient = row.get::<_, Option<i64>>(4).map(|l| l as u64);
+    let start = row.get::<_, Option<i64>>(5).map_or(0, |l| l as u64);
+    match incarnation {
+        None => {
+            let identity = begin(sql, slot, Origin::Adopted, position, lenient).await?;
+            tracing::info!(source = %identity.describe(), "new source incarnation: adopted a slot written by an earlier ds-sync version");
+            Ok(identity)
+        }
+        Some(incarnation)
+            if row.get::<_, Option<String>>(1) == system_identifier
+                && row.get::<_, Option<i64>>(2) == timeline
+                && position >= start =>
+        {
+            Ok(Arc::new(SourceIdentity {
+                slot: slot.to_string(),
+                incarnation,
+                system_identifier,
+                timeline,
+                lenient_below: lenient,
+            }))
+        }
+        Some(old) => {
+            let identity = begin(sql, slot, Origin::Adopted, position, None).await?;
+            tracing::warn!(source = %identity.describe(), previous = %old, "new source incarnation: the slot does not match the recorded one (another server, timeline or an older slot)");
+            Ok(identity)
+        }
+    }
+}
+
+async fn begin(
+    sql: &Client,
+    slot: &str,
+    origin: Origin,
+    start_lsn: u64,
+    lenient_below: Option<u64>,
+) -> Result<Arc<SourceIdentity>, CaptureError> {
+    let (system_identifier, timeline) = system(sql).await;
+    let lenient = lenient_below.map(format_lsn);
+    let row = sql
+        .query_one(
+            "INSERT INTO ds_sync.sources AS s (slot_name, incarnation, system_identifier, timeline, \
+                 origin, start_lsn, lenient_below) \
+             VALUES ($1, gen_random_uuid()::text, $2, $3, $4, $5::text::pg_lsn, $6::text::pg_lsn) \
+             ON CONFLICT (slot_name) DO UPDATE SET incarnation = EXCLUDED.incarnation, \
+                 system_identifier = EXCLUDED.system_identifier, timeline = EXCLUDED.timeline, \
+                 origin = EXCLUDED.origin, start_lsn = EXCLUDED.start_lsn, \
+                 lenient_below = EXCLUDED.lenient_below, recorded_at = now() \
+             RETURNING incarnation",
+            &[
+                &slot,
+                &system_identifier,
+                &timeline,
+                &origin.as_str(),
+                &format_lsn(start_lsn),
+                &lenient,
+            ],
+        )
+        .await
+        .map_err(|e| PgError::query("recording the source incarnation", &e))?;
+    Ok(Arc::new(SourceIdentity {
+        slot: slot.to_string(),
+        incarnation: row.get(0),
+        system_identifier,
+        timeline,
+        lenient_below,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_changes_before_the_upgrade_are_treated_leniently() {
+        let mut id = SourceIdentity {
+            slot: "s".into(),
+            incarnation: "i".into(),
+            system_identifier: Some("7".into()),
+            timeline: Some(1),
+            lenient_below: None,
+        };
+        assert!(!id.lenient_for(5));
+        id.lenient_below = Some(100);
+        assert!(id.lenient_for(99));
+        assert!(!id.lenient_for(100));
+        let text = id.describe();
+        assert!(
+            text.contains("incarnation i") && text.contains("system 7"),
+            "{text}"
+        );
+    }
+}

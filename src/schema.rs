@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "006_probe",
         sql: include_str!("../sql/006_probe.sql"),
     },
+    Migration {
+        version: 40,
+        name: "040_ingest_memory",
+        sql: include_str!("../sql/040_ingest_memory.sql"),
+    },
 ];
 
 /// Serializes concurrent `init` runs (the value spells "ds-sync" in ASCII).

@@ -300,6 +300,21 @@ pub struct IngestArgs {
     /// Most rows written in one ingest transaction (over all streams) [default: 10000]
     #[arg(long, env = "DS_SYNC_INGEST_BATCH_MAX_ROWS", value_name = "N")]
     pub ingest_batch_max_rows: Option<usize>,
+    /// Bound on what ingest holds in memory, all streams together (one stream holds at most
+    /// half); at the bound it stops reading, and a data event too large to hold is read
+    /// again by a catch-up read streamed into PostgreSQL [default: 33554432]
+    #[arg(long, env = "DS_SYNC_INGEST_MAX_BUFFER_BYTES", value_name = "BYTES")]
+    pub ingest_max_buffer_bytes: Option<usize>,
+    /// A stream connection without a byte (data, control or keepalive) for this long is
+    /// presumed dead and reopened from the committed offset, e.g. 60s, 2m, 500ms
+    /// [default: 60s]
+    #[arg(
+        long,
+        env = "DS_SYNC_INGEST_IDLE_TIMEOUT",
+        value_name = "DURATION",
+        value_parser = crate::config::parse_duration
+    )]
+    pub ingest_idle_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, CaptureConfig};
-use crate::config::{OutputFormat, Settings};
+use crate::config::{IngestFile, OutputFormat, Settings, parse_duration};
 use crate::ds::{ClientOptions, DsClient};
 use crate::ingest::store::{self, SubscriptionInfo};
 use crate::ingest::{self, DEFAULT_MAX_EVENT_BYTES, IngestConfig, WriterOptions};
@@ -66,7 +66,33 @@ pub(super) async fn config(
             .max(1),
         ..cfg.writer
     };
+    apply_limits(&mut cfg, args, Some(file))?;
     Ok(Some(cfg))
+}
+
+/// The memory bound and the idle timeout (flag > env > file > default), checked.
+fn apply_limits(
+    cfg: &mut IngestConfig,
+    args: &IngestArgs,
+    file: Option<&IngestFile>,
+) -> Result<(), CliError> {
+    if let Some(bytes) = args
+        .ingest_max_buffer_bytes
+        .or(file.and_then(|f| f.max_buffer_bytes))
+    {
+        cfg.max_buffer_bytes = bytes;
+    }
+    let from_file = file
+        .and_then(|f| f.idle_timeout.as_deref())
+        .map(|t| {
+            parse_duration(t).map_err(|e| CliError::Invalid(format!("[ingest] idle_timeout: {e}")))
+        })
+        .transpose()?;
+    if let Some(timeout) = args.ingest_idle_timeout.or(from_file) {
+        cfg.idle_timeout = timeout;
+    }
+    cfg.limits()?;
+    Ok(())
 }
 
 /// Stream `dev` ingests unless `--ingest` names others.
@@ -90,7 +116,8 @@ pub(super) async fn dev_config(
     let max = args
         .ingest_max_event_bytes
         .unwrap_or(DEFAULT_MAX_EVENT_BYTES);
-    let cfg = IngestConfig::new(target.clone(), ds_url, streams, max)?;
+    let mut cfg = IngestConfig::new(target.clone(), ds_url, streams, max)?;
+    apply_limits(&mut cfg, args, None)?;
     for s in &cfg.streams {
         cfg.ds.ensure_stream(s).await?;
     }

@@ -23,6 +23,8 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::DsError;
+use super::body::Body;
+use super::catch_up::CatchUpRead;
 use super::error::body_preview;
 use super::status::{
     AppendOutcome, Failure, STREAM_CLOSED, STREAM_NEXT_OFFSET, STREAM_SEQ, STREAM_UP_TO_DATE,
@@ -314,11 +316,42 @@ impl DsClient {
             });
         }
         Ok(SseSubscription::new(
-            stream,
-            url,
-            res.into_body(),
+            Body::new(stream, url, res.into_body()),
+            self.max_sse_event_bytes,
             self.max_sse_event_bytes,
         ))
+    }
+
+    /// Opens a catch-up read from `offset` whose body is read as it arrives, split into
+    /// messages (those over `max_message_bytes` are reported, not kept). The response head
+    /// is bounded by the request timeout, the body by the caller's idle timeout only: a
+    /// backlog may take long to arrive.
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read).
+    pub async fn read_stream(
+        &self,
+        stream: &str,
+        offset: &str,
+        max_message_bytes: usize,
+    ) -> Result<CatchUpRead, DsError> {
+        let url = format!(
+            "{}?offset={}",
+            self.stream_url(stream),
+            encode_component(offset)
+        );
+        let req = self.request(Method::GET, stream, url, Bytes::new())?;
+        let deadline = Instant::now() + self.request_timeout;
+        let (url, res) = self.send(stream, req, deadline).await?;
+        if !res.status().is_success() {
+            let ex = self.finish(stream, url, res, deadline).await?;
+            let failure = classify_status(ex.status, &ex.headers)
+                .err()
+                .unwrap_or(Failure::Rejected);
+            return Err(ex.error(failure, stream, 0));
+        }
+        CatchUpRead::new(stream, url, res, max_message_bytes)
     }
 
     fn request(

@@ -5,8 +5,8 @@
 //!  WAL writer ── ensure_stream (PUT) ──┐               status + headers only
 //!             ── append (POST + seq) ──┤              ┌─ 2xx ────────────────▶ Ok
 //!  ingest ───── subscribe (SSE) ───────┼─▶ DsClient ─▶┼─ 409 + seq, open ─────▶ AlreadyWritten
-//!  tooling ──── head, read, read_all ──┘   (pooled,   ├─ 404 409 410 413 4xx ─▶ stop, hint
-//!                                          timeouts)  └─ 5xx 429 timeout ─────▶ Transient: retry
+//!         ───── read_stream (catch-up) ┤   (pooled,   ├─ 404 409 410 413 4xx ─▶ stop, hint
+//!  tooling ──── head, read, read_all ──┘   timeouts)  └─ 5xx 429 timeout ─────▶ Transient: retry
 //! ```
 //!
 //! **Status codes decide, never error text.** The servers ds-sync supports word their errors
@@ -24,6 +24,8 @@
 //! bytewise by callers; never parsed.
 
 mod backoff;
+mod body;
+mod catch_up;
 mod client;
 mod error;
 mod status;
@@ -31,6 +33,8 @@ mod subscription;
 mod url;
 
 pub use backoff::{Backoff, DEFAULT_INITIAL, DEFAULT_MAX};
+pub use body::BodyRead;
+pub use catch_up::CatchUpRead;
 pub use client::{ClientOptions, DsClient, EVENT_STREAM, JSON, OFFSET_START, ReadBatch};
 pub use error::{BODY_PREVIEW_CHARS, DsError};
 pub use status::{

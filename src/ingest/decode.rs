@@ -1,12 +1,16 @@
-//! Data events to rows, without I/O: the field mapping of the sync-layer document and every
+//! Messages to rows, without I/O: the field mapping of the sync-layer document and every
 //! way stream data can fail to become a `session_events` row.
 //!
-//! A DS data event carries a JSON array of messages. Each element becomes one row whose
-//! `payload` is the element's own text, byte for byte (never re-serialized, so numbers keep
-//! their precision); `event_key` / `event_type` / `operation` are read from it when it is an
-//! object. Anything that cannot be stored becomes a [`DeadLetter`] instead: the whole event
-//! when it is not UTF-8, not JSON or not an array; one element when it is over the size
-//! limit or PostgreSQL's `jsonb` would refuse it (`\u0000`). Nothing is dropped silently.
+//! A DS data event (or a catch-up read's body) is a JSON array of messages, split into its
+//! elements as it arrives by [`ArraySplitter`]. Each element becomes one row whose `payload`
+//! is the element's own text, byte for byte (never re-serialized, so numbers keep their
+//! precision); `event_key` / `event_type` / `operation` are located in it when it is an
+//! object (as spans of the payload, so a row holds its text once). Anything that cannot be
+//! stored becomes a [`DeadLetter`] instead, per message: an element that is not UTF-8, not
+//! JSON, empty, over the size limit, or that PostgreSQL's `jsonb` would refuse (`\u0000`);
+//! and, once per data event, what cannot be split into elements (data that is not an array,
+//! an array not closed, bytes after it). Nothing is dropped silently, and one bad message
+//! does not take the others of its event down.
 //!
 //! The size limit applies per message, not per event: a server may merge a whole backlog
 //! into one data event, and good messages must not be refused for sharing it with others.
@@ -19,20 +23,71 @@ use serde::Deserialize;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::sse::{ArrayItem, ArraySplitter};
+
 /// Most bytes of refused data kept in a dead letter; longer data keeps its first bytes.
-pub const DEAD_LETTER_RAW_MAX: usize = 64 * 1024;
+pub const DEAD_LETTER_RAW_MAX: usize = crate::sse::array::PREFIX_BYTES;
+/// What a row or dead letter costs beyond its bytes (the struct, allocator headers), for
+/// memory accounting.
+const ITEM_OVERHEAD: usize = 160;
+
+/// Where a column's text is in a row's payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    /// `payload[start..end]` is the text as it is: a string's content without escapes, or
+    /// the JSON text of a value that is not a string.
+    Plain(usize, usize),
+    /// `payload[start..end]` is a JSON string literal with escapes (quotes included), checked
+    /// when the row was decoded; its text is the unescaped string.
+    Escaped(usize, usize),
+}
 
 /// One `session_events` row, before the stream name and offset are known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
-    pub event_key: Option<String>,
-    pub event_type: Option<String>,
-    pub operation: Option<String>,
     /// The message as it arrived (JSON text).
     pub payload: String,
+    pub event_key: Option<Span>,
+    pub event_type: Option<Span>,
+    pub operation: Option<Span>,
     /// The offset of the control event that ended its data event (`ds_offset`); set when
     /// that control event arrives (see [`Pending::seal`]). `None`: the commit's offset.
     pub ds_offset: Option<Arc<str>>,
+}
+
+impl Row {
+    /// The text of a column located in the payload.
+    #[must_use]
+    pub fn text(&self, span: Option<Span>) -> Option<Cow<'_, str>> {
+        match span? {
+            Span::Plain(a, b) => self.payload.get(a..b).map(Cow::Borrowed),
+            Span::Escaped(a, b) => {
+                let literal = self.payload.get(a..b)?;
+                serde_json::from_str::<String>(literal).ok().map(Cow::Owned)
+            }
+        }
+    }
+
+    #[must_use]
+    pub fn event_key(&self) -> Option<Cow<'_, str>> {
+        self.text(self.event_key)
+    }
+
+    #[must_use]
+    pub fn event_type(&self) -> Option<Cow<'_, str>> {
+        self.text(self.event_type)
+    }
+
+    #[must_use]
+    pub fn operation(&self) -> Option<Cow<'_, str>> {
+        self.text(self.operation)
+    }
+
+    /// Bytes the row holds in memory.
+    #[must_use]
+    pub fn memory_size(&self) -> usize {
+        self.payload.capacity() + ITEM_OVERHEAD
+    }
 }
 
 /// Data that could not be stored as rows, with why.
@@ -52,69 +107,296 @@ impl DeadLetter {
     /// A dead letter for `data`, keeping at most [`DEAD_LETTER_RAW_MAX`] bytes of it.
     #[must_use]
     pub fn new(error: impl Into<String>, data: &[u8]) -> DeadLetter {
-        let kept = data.len().min(DEAD_LETTER_RAW_MAX);
+        DeadLetter::with_prefix(error, data.to_vec(), data.len())
+    }
+
+    /// A dead letter for data of `size` bytes of which `prefix` was kept.
+    #[must_use]
+    pub fn with_prefix(error: impl Into<String>, mut prefix: Vec<u8>, size: usize) -> DeadLetter {
+        prefix.truncate(DEAD_LETTER_RAW_MAX);
+        prefix.shrink_to_fit();
         DeadLetter {
             error: error.into(),
-            raw: data[..kept].to_vec(),
-            size: data.len(),
-            truncated: kept < data.len(),
+            truncated: prefix.len() < size,
+            raw: prefix,
+            size,
             ds_offset: None,
+        }
+    }
+
+    /// Bytes the dead letter holds in memory.
+    #[must_use]
+    pub fn memory_size(&self) -> usize {
+        self.raw.capacity() + self.error.capacity() + ITEM_OVERHEAD
+    }
+}
+
+/// What one item of a data event becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    Row(Row),
+    Dead(DeadLetter),
+}
+
+impl Decoded {
+    /// Bytes it holds in memory.
+    #[must_use]
+    pub fn memory_size(&self) -> usize {
+        match self {
+            Decoded::Row(r) => r.memory_size(),
+            Decoded::Dead(d) => d.memory_size(),
         }
     }
 }
 
+/// Decodes one item of a data event: an element becomes a row, or a dead letter saying why
+/// it cannot be stored; what could not be split is a dead letter.
+#[must_use]
+pub fn decode(item: ArrayItem, max_message_bytes: usize) -> Decoded {
+    match item {
+        ArrayItem::Element { index, text } => match element(index, text) {
+            Ok(row) => Decoded::Row(row),
+            Err(dead) => Decoded::Dead(dead),
+        },
+        ArrayItem::TooLarge {
+            index,
+            size,
+            prefix,
+        } => Decoded::Dead(DeadLetter::with_prefix(
+            format!(
+                "message {index} of the data event has {size} bytes, over the limit of \
+                 {max_message_bytes} bytes (--ingest-max-event-bytes)"
+            ),
+            prefix,
+            size,
+        )),
+        ArrayItem::NotArray { prefix, size } => Decoded::Dead(DeadLetter::with_prefix(
+            not_an_array(&prefix, size),
+            prefix,
+            size,
+        )),
+        ArrayItem::Unterminated {
+            index,
+            prefix,
+            size,
+        } => Decoded::Dead(DeadLetter::with_prefix(
+            format!(
+                "the data event ends inside message {index}: its JSON array is not closed \
+                 (the message's bytes are kept)"
+            ),
+            prefix,
+            size,
+        )),
+        ArrayItem::Trailing { prefix, size } => Decoded::Dead(DeadLetter::with_prefix(
+            format!(
+                "the data event continues after the end of its JSON array ({size} more bytes, \
+                 kept here)"
+            ),
+            prefix,
+            size,
+        )),
+    }
+}
+
+/// One element as a row, or the dead letter that says why it cannot be stored.
+fn element(index: usize, text: Vec<u8>) -> Result<Row, DeadLetter> {
+    let payload = match String::from_utf8(text) {
+        Ok(p) => p,
+        Err(e) => {
+            let error = format!(
+                "message {index} of the data event is not valid UTF-8 (invalid byte at \
+                 position {})",
+                e.utf8_error().valid_up_to()
+            );
+            return Err(DeadLetter::new(error, e.as_bytes()));
+        }
+    };
+    if payload.is_empty() {
+        let error = format!(
+            "message {index} of the data event is empty (two commas in a row, or a comma \
+             before the closing ']')"
+        );
+        return Err(DeadLetter::new(error, b""));
+    }
+    match row(payload) {
+        Ok(row) => Ok(row),
+        Err((why, payload)) => Err(DeadLetter::new(
+            format!("message {index} of the data event: {why}"),
+            payload.as_bytes(),
+        )),
+    }
+}
+
+/// Why data that is not an array was refused: not UTF-8, not JSON, or JSON of another kind
+/// (read from the whole data when it was all kept, else from its first bytes).
+fn not_an_array(prefix: &[u8], size: usize) -> String {
+    if size > prefix.len() {
+        let first = prefix
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .map_or_else(
+                || "whitespace".to_owned(),
+                |b| format!("{:?}", char::from(*b)),
+            );
+        return format!(
+            "data is not a JSON array of messages (it starts with {first}; {size} bytes, \
+             the first {} kept)",
+            prefix.len()
+        );
+    }
+    let text = match std::str::from_utf8(prefix) {
+        Ok(t) => t,
+        Err(e) => {
+            return format!(
+                "data is not valid UTF-8 (invalid byte at position {})",
+                e.valid_up_to()
+            );
+        }
+    };
+    let array_error = match serde_json::from_str::<Vec<&RawValue>>(text) {
+        Err(e) => e,
+        Ok(_) => return "data is not a JSON array of messages".into(),
+    };
+    match serde_json::from_str::<IgnoredAny>(text) {
+        Err(e) => format!("data is not valid JSON: {e}"),
+        Ok(_) => {
+            let kind = match text.trim_start().as_bytes().first() {
+                Some(b'{') => "an object",
+                Some(b'"') => "a string",
+                Some(b't' | b'f') => "a boolean",
+                Some(b'n') => "null",
+                _ => "a number",
+            };
+            format!("data is {kind}, not a JSON array of messages ({array_error})")
+        }
+    }
+}
+
+/// One message as a row, or why it cannot be stored (with the payload back).
+fn row(payload: String) -> Result<Row, (String, String)> {
+    match fields(&payload) {
+        Ok((event_key, event_type, operation)) => Ok(Row {
+            payload,
+            event_key,
+            event_type,
+            operation,
+            ds_offset: None,
+        }),
+        Err(why) => Err((why, payload)),
+    }
+}
+
+type Spans = (Option<Span>, Option<Span>, Option<Span>);
+
+/// Checks a message and locates its `key`, `type` and `operation` (else
+/// `headers.operation`).
+fn fields(text: &str) -> Result<Spans, String> {
+    if !text.starts_with('{') {
+        serde_json::from_str::<IgnoredAny>(text)
+            .map_err(|e| format!("it is not valid JSON: {e}"))?;
+        if has_nul_escape(text) {
+            return Err(NUL_REFUSED.into());
+        }
+        return Ok((None, None, None));
+    }
+    let fields = serde_json::from_str::<Fields<'_>>(text)
+        .map_err(|e| format!("it is not valid JSON: {e}"))?;
+    if has_nul_escape(text) {
+        return Err(NUL_REFUSED.into());
+    }
+    let mut operation = fields
+        .operation
+        .map(|op| span(text, op))
+        .transpose()?
+        .flatten();
+    if operation.is_none()
+        && let Some(h) = fields.headers
+        && h.get().starts_with('{')
+    {
+        let headers = serde_json::from_str::<Fields<'_>>(h.get()).map_err(|e| e.to_string())?;
+        operation = headers
+            .operation
+            .map(|op| span(text, op))
+            .transpose()?
+            .flatten();
+    }
+    Ok((
+        fields.key.map(|k| span(text, k)).transpose()?.flatten(),
+        fields.kind.map(|k| span(text, k)).transpose()?.flatten(),
+        operation,
+    ))
+}
+
+const NUL_REFUSED: &str = "it contains \\u0000, which PostgreSQL jsonb cannot store";
+
+/// Where a field's value is in `payload` (of which `raw` is a slice): strings by their
+/// content, null as NULL, anything else as its JSON text.
+fn span(payload: &str, raw: &RawValue) -> Result<Option<Span>, String> {
+    let text = raw.get();
+    let start = (text.as_ptr() as usize)
+        .checked_sub(payload.as_ptr() as usize)
+        .filter(|s| s + text.len() <= payload.len())
+        .ok_or("a field lies outside its message")?;
+    let end = start + text.len();
+    if text == "null" {
+        Ok(None)
+    } else if !text.starts_with('"') {
+        Ok(Some(Span::Plain(start, end)))
+    } else if text.contains('\\') {
+        serde_json::from_str::<String>(text).map_err(|e| e.to_string())?;
+        Ok(Some(Span::Escaped(start, end)))
+    } else {
+        Ok(Some(Span::Plain(start + 1, end - 1)))
+    }
+}
+
+/// Whether a JSON text contains the escape `\u0000` (backslashes only occur in strings, and
+/// each one escapes the character after it).
+fn has_nul_escape(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(k) = memchr::memchr(b'\\', &bytes[i..]) {
+        i += k;
+        if bytes.get(i + 1) == Some(&b'u') && bytes.get(i + 2..i + 6) == Some(b"0000") {
+            return true;
+        }
+        i += 2;
+        if i >= bytes.len() {
+            break;
+        }
+    }
+    false
+}
+
 /// Rows and dead letters held until the next control event commits them, in stream order
-/// per kind.
+/// per kind, with the bytes they hold.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Pending {
     pub rows: Vec<Row>,
     pub dead: Vec<DeadLetter>,
+    /// Bytes the rows and dead letters hold.
+    pub bytes: usize,
 }
 
 impl Pending {
-    /// Decodes one data event into the pending batch; messages over `max_message_bytes`
-    /// become dead letters. Rows are pushed straight here: a backlog merged into one event
-    /// may carry a million messages, and a separate vector for them would be built, then
-    /// copied, at twice the memory.
+    /// Adds what one item of a data event became.
+    pub fn push(&mut self, decoded: Decoded) {
+        self.bytes += decoded.memory_size();
+        match decoded {
+            Decoded::Row(r) => self.rows.push(r),
+            Decoded::Dead(d) => self.dead.push(d),
+        }
+    }
+
+    /// Decodes a whole data event at once (tests and callers that hold it anyway).
     pub fn push_data(&mut self, data: &[u8], max_message_bytes: usize) {
-        let text = match std::str::from_utf8(data) {
-            Ok(t) => t,
-            Err(e) => {
-                let error = format!(
-                    "data is not valid UTF-8 (invalid byte at position {})",
-                    e.valid_up_to()
-                );
-                self.dead.push(DeadLetter::new(error, data));
-                return;
-            }
-        };
-        let elements = match serde_json::from_str::<Vec<&RawValue>>(text) {
-            Ok(v) => v,
-            Err(e) => {
-                self.dead
-                    .push(DeadLetter::new(not_an_array(text, &e), data));
-                return;
-            }
-        };
-        for (index, element) in elements.into_iter().enumerate() {
-            let size = element.get().len();
-            if size > max_message_bytes {
-                self.dead.push(DeadLetter::new(
-                    format!(
-                        "message {index} of the data event has {size} bytes, over the limit of \
-                         {max_message_bytes} bytes (--ingest-max-event-bytes)"
-                    ),
-                    element.get().as_bytes(),
-                ));
-                continue;
-            }
-            match row(element) {
-                Ok(row) => self.rows.push(row),
-                Err(why) => self.dead.push(DeadLetter::new(
-                    format!("message {index} of the data event: {why}"),
-                    element.get().as_bytes(),
-                )),
-            }
+        let mut split = ArraySplitter::new(max_message_bytes);
+        split.push(bytes::Bytes::copy_from_slice(data));
+        while let Some(item) = split.next_item() {
+            self.push(decode(item, max_message_bytes));
+        }
+        if let Some(item) = split.finish() {
+            self.push(decode(item, max_message_bytes));
         }
     }
 
@@ -148,88 +430,8 @@ impl Pending {
         }
         self.rows.append(&mut other.rows);
         self.dead.append(&mut other.dead);
+        self.bytes += other.bytes;
     }
-}
-
-/// Why `text` did not read as an array: not JSON at all, or JSON of another kind.
-fn not_an_array(text: &str, array_error: &serde_json::Error) -> String {
-    match serde_json::from_str::<IgnoredAny>(text) {
-        Err(e) => format!("data is not valid JSON: {e}"),
-        Ok(_) => {
-            let kind = match text.trim_start().as_bytes().first() {
-                Some(b'{') => "an object",
-                Some(b'"') => "a string",
-                Some(b't' | b'f') => "a boolean",
-                Some(b'n') => "null",
-                _ => "a number",
-            };
-            format!("data is {kind}, not a JSON array of messages ({array_error})")
-        }
-    }
-}
-
-/// One element as a row, or why it cannot be stored.
-fn row(element: &RawValue) -> Result<Row, String> {
-    let text = element.get();
-    if has_nul_escape(text) {
-        return Err("it contains \\u0000, which PostgreSQL jsonb cannot store".into());
-    }
-    let fields = if text.starts_with('{') {
-        serde_json::from_str::<Fields<'_>>(text).map_err(|e| e.to_string())?
-    } else {
-        Fields::default()
-    };
-    let operation = match fields.operation {
-        Some(op) => field_text(op)?,
-        None => None,
-    };
-    let operation = match (operation, fields.headers) {
-        (Some(op), _) => Some(op),
-        (None, Some(h)) if h.get().starts_with('{') => {
-            let headers = serde_json::from_str::<Fields<'_>>(h.get()).map_err(|e| e.to_string())?;
-            headers.operation.map(field_text).transpose()?.flatten()
-        }
-        (None, _) => None,
-    };
-    Ok(Row {
-        event_key: fields.key.map(field_text).transpose()?.flatten(),
-        event_type: fields.kind.map(field_text).transpose()?.flatten(),
-        operation,
-        payload: text.to_owned(),
-        ds_offset: None,
-    })
-}
-
-/// A field as column text: strings as they are, null as NULL, anything else as its JSON.
-fn field_text(raw: &RawValue) -> Result<Option<String>, String> {
-    let text = raw.get();
-    if text == "null" {
-        Ok(None)
-    } else if text.starts_with('"') {
-        serde_json::from_str::<String>(text)
-            .map(Some)
-            .map_err(|e| e.to_string())
-    } else {
-        Ok(Some(text.to_owned()))
-    }
-}
-
-/// Whether a JSON text contains the escape `\u0000` (backslashes only occur in strings, and
-/// each one escapes the character after it).
-fn has_nul_escape(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' {
-            if bytes.get(i + 1) == Some(&b'u') && bytes.get(i + 2..i + 6) == Some(b"0000") {
-                return true;
-            }
-            i += 2;
-        } else {
-            i += 1;
-        }
-    }
-    false
 }
 
 /// The top-level fields ingest reads; later duplicates win, as in `jsonb`.
@@ -305,22 +507,22 @@ mod tests {
     fn the_sync_layer_example_maps_as_documented() {
         let msg = r#"{"key":"event-1","type":"user-action","operation":"click","data":{"button":"submit"}}"#;
         let row = one_row(&format!("[{msg}]"));
-        assert_eq!(row.event_key.as_deref(), Some("event-1"));
-        assert_eq!(row.event_type.as_deref(), Some("user-action"));
-        assert_eq!(row.operation.as_deref(), Some("click"));
+        assert_eq!(row.event_key().as_deref(), Some("event-1"));
+        assert_eq!(row.event_type().as_deref(), Some("user-action"));
+        assert_eq!(row.operation().as_deref(), Some("click"));
         assert_eq!(row.payload, msg);
     }
 
     #[test]
     fn operation_falls_back_to_headers() {
         let row = one_row(r#"[{"type":"items","key":"1","headers":{"operation":"insert"}}]"#);
-        assert_eq!(row.operation.as_deref(), Some("insert"));
+        assert_eq!(row.operation().as_deref(), Some("insert"));
         let row = one_row(r#"[{"operation":"top","headers":{"operation":"inner"}}]"#);
-        assert_eq!(row.operation.as_deref(), Some("top"));
+        assert_eq!(row.operation().as_deref(), Some("top"));
         let row = one_row(r#"[{"operation":null,"headers":{"operation":"inner"}}]"#);
-        assert_eq!(row.operation.as_deref(), Some("inner"));
+        assert_eq!(row.operation().as_deref(), Some("inner"));
         let row = one_row(r#"[{"headers":"not an object"}]"#);
-        assert_eq!(row.operation, None);
+        assert_eq!(row.operation(), None);
     }
 
     #[test]
@@ -353,16 +555,16 @@ mod tests {
     #[test]
     fn non_string_fields_keep_their_json_text() {
         let row = one_row(r#"[{"key":42,"type":{"a":1},"operation":true}]"#);
-        assert_eq!(row.event_key.as_deref(), Some("42"));
-        assert_eq!(row.event_type.as_deref(), Some(r#"{"a":1}"#));
-        assert_eq!(row.operation.as_deref(), Some("true"));
+        assert_eq!(row.event_key().as_deref(), Some("42"));
+        assert_eq!(row.event_type().as_deref(), Some(r#"{"a":1}"#));
+        assert_eq!(row.operation().as_deref(), Some("true"));
     }
 
     #[test]
     fn escaped_strings_are_unescaped_and_duplicates_take_the_last() {
         let row = one_row(r#"[{"key":"a\"b\u00e9","key":"second","type":"t\nx"}]"#);
-        assert_eq!(row.event_key.as_deref(), Some("second"));
-        assert_eq!(row.event_type.as_deref(), Some("t\nx"));
+        assert_eq!(row.event_key().as_deref(), Some("second"));
+        assert_eq!(row.event_type().as_deref(), Some("t\nx"));
     }
 
     #[test]
@@ -375,12 +577,70 @@ mod tests {
     }
 
     #[test]
-    fn invalid_json_is_a_dead_letter() {
-        let d = only_dead(b"[{\"key\": ");
+    fn an_unclosed_array_keeps_its_messages_and_dead_letters_the_unfinished_one() {
+        let d = decode(b"[{\"key\":\"a\"}, {\"key\": ", LIMIT);
+        assert_eq!(d.rows.len(), 1);
+        assert_eq!(d.dead.len(), 1);
+        let dead = &d.dead[0];
+        assert!(
+            dead.error
+                .starts_with("the data event ends inside message 1: its JSON array is not closed"),
+            "{}",
+            dead.error
+        );
+        assert_eq!(dead.raw, b"{\"key\": ");
+        assert_eq!((dead.size, dead.truncated), (8, false));
+    }
+
+    #[test]
+    fn an_invalid_message_is_a_dead_letter_and_its_neighbours_are_rows() {
+        let d = decode(
+            br#"[{"key":"a"}, {"key": nope}, {"key":"c"}, 1 2, ,{"key":"d"}]"#,
+            LIMIT,
+        );
+        let keys: Vec<_> = d
+            .rows
+            .iter()
+            .map(|r| r.event_key().map(Cow::into_owned))
+            .collect();
+        assert_eq!(keys, [Some("a".into()), Some("c".into()), Some("d".into())]);
+        let errors: Vec<&str> = d.dead.iter().map(|d| d.error.as_str()).collect();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors[0].starts_with("message 1 of the data event: it is not valid JSON"),
+            "{}",
+            errors[0]
+        );
+        assert_eq!(d.dead[0].raw, br#"{"key": nope}"#);
+        assert!(errors[1].starts_with("message 3 of the data event: it is not valid JSON"));
+        assert_eq!(d.dead[1].raw, b"1 2");
+        assert!(errors[2].starts_with("message 4 of the data event is empty"));
+    }
+
+    #[test]
+    fn bytes_after_the_array_are_a_dead_letter() {
+        let d = decode(b"[1] [2]", LIMIT);
+        assert_eq!(d.rows.len(), 1);
+        assert_eq!(d.dead.len(), 1);
+        assert!(
+            d.dead[0]
+                .error
+                .starts_with("the data event continues after the end of its JSON array"),
+            "{}",
+            d.dead[0].error
+        );
+        assert_eq!(d.dead[0].raw, b"[2]");
+    }
+
+    #[test]
+    fn text_that_is_not_json_is_a_dead_letter() {
+        let d = only_dead(b"this is not json");
         assert!(d.error.starts_with("data is not valid JSON"), "{}", d.error);
-        assert_eq!(d.raw, b"[{\"key\": ");
-        assert_eq!(d.size, 9);
+        assert_eq!(d.raw, b"this is not json");
+        assert_eq!(d.size, 16);
         assert!(!d.truncated);
+        let d = only_dead(b"");
+        assert!(d.error.starts_with("data is not valid JSON"), "{}", d.error);
     }
 
     #[test]
@@ -402,14 +662,21 @@ mod tests {
     }
 
     #[test]
-    fn non_utf8_is_a_dead_letter_with_the_raw_bytes() {
+    fn non_utf8_dead_letters_only_its_message() {
         let data = b"[\"ok\", \"\xff\xfe\"]";
-        let d = only_dead(data);
+        let d = decode(data, LIMIT);
+        assert_eq!(d.rows.len(), 1);
+        assert_eq!(d.dead.len(), 1);
+        assert_eq!(
+            d.dead[0].error,
+            "message 1 of the data event is not valid UTF-8 (invalid byte at position 1)"
+        );
+        assert_eq!(d.dead[0].raw, b"\"\xff\xfe\"");
+        let d = only_dead(b"\xff[1]");
         assert_eq!(
             d.error,
-            "data is not valid UTF-8 (invalid byte at position 8)"
+            "data is not valid UTF-8 (invalid byte at position 0)"
         );
-        assert_eq!(d.raw, data);
     }
 
     #[test]
@@ -418,7 +685,11 @@ mod tests {
             br#"[{"key":"a"},{"key":"b\u0000"},{"key":"c\\u0000"}]"#,
             LIMIT,
         );
-        let keys: Vec<_> = d.rows.iter().map(|r| r.event_key.clone()).collect();
+        let keys: Vec<_> = d
+            .rows
+            .iter()
+            .map(|r| r.event_key().map(Cow::into_owned))
+            .collect();
         assert_eq!(keys, [Some("a".into()), Some("c\\u0000".into())]);
         assert_eq!(d.dead.len(), 1);
         assert!(d.dead[0].error.starts_with("message 1 of the data event"));
@@ -454,7 +725,11 @@ mod tests {
         let big = format!(r#"{{"key":"big","pad":"{}"}}"#, "x".repeat(100));
         let data = format!(r#"[{{"key":"small"}},{big},{{"key":"after"}}]"#);
         let d = decode(data.as_bytes(), 50);
-        let keys: Vec<_> = d.rows.iter().map(|r| r.event_key.clone()).collect();
+        let keys: Vec<_> = d
+            .rows
+            .iter()
+            .map(|r| r.event_key().map(Cow::into_owned))
+            .collect();
         assert_eq!(keys, [Some("small".into()), Some("after".into())]);
         assert_eq!(d.dead.len(), 1);
         assert_eq!(
@@ -505,5 +780,42 @@ mod tests {
         assert!(p.is_empty());
         assert_eq!(taken.rows.len(), 1);
         assert_eq!(taken.dead.len(), 1);
+    }
+
+    #[test]
+    fn fields_are_spans_of_the_payload_and_escaped_ones_are_unescaped() {
+        let row = one_row(r#"[{"key":"plain","type":"t\"q","operation":7}]"#);
+        assert!(matches!(row.event_key, Some(Span::Plain(..))), "{row:?}");
+        assert!(matches!(row.event_type, Some(Span::Escaped(..))), "{row:?}");
+        assert_eq!(row.event_key().as_deref(), Some("plain"));
+        assert_eq!(row.event_type().as_deref(), Some("t\"q"));
+        assert_eq!(row.operation().as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn a_field_that_does_not_unescape_is_a_dead_letter() {
+        let d = only_dead(br#"[{"key":"\ud800"}]"#);
+        assert!(
+            d.error.starts_with("message 0 of the data event: "),
+            "{}",
+            d.error
+        );
+    }
+
+    #[test]
+    fn pending_counts_the_bytes_it_holds() {
+        let mut p = Pending::default();
+        p.push_data(br#"[{"key":"a"}, "x", nope]"#, LIMIT);
+        let sum: usize = p.rows.iter().map(Row::memory_size).sum::<usize>()
+            + p.dead.iter().map(DeadLetter::memory_size).sum::<usize>();
+        assert_eq!(p.bytes, sum);
+        assert!(p.bytes > 3 * ITEM_OVERHEAD);
+        let mut q = Pending::default();
+        q.push_data(b"[1]", LIMIT);
+        let q_bytes = q.bytes;
+        p.append(q);
+        assert_eq!(p.bytes, sum + q_bytes);
+        let taken = p.take();
+        assert_eq!((taken.bytes, p.bytes), (sum + q_bytes, 0));
     }
 }

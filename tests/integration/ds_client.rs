@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use ds_sync::ds::{AppendOutcome, ClientOptions, DsClient, DsError, SseSubscription};
 use ds_sync::embedded::{DsServer, DsServerOptions};
-use ds_sync::sse::{Control, DsEvent};
+use ds_sync::sse::{ArrayItem, Control, DsItem};
 
 async fn server(opts: DsServerOptions) -> DsServer {
     DsServer::start(opts)
@@ -36,20 +36,39 @@ async fn raw(method: Method, url: &str, headers: &[(&str, &str)], body: &str) ->
         .0
 }
 
-/// The next event within 5 s, or a panic saying what was expected.
+/// What a subscription delivered: a whole data event's messages, or a control.
+#[derive(Debug)]
+enum DsEvent {
+    Data(Vec<Value>),
+    Control(Control),
+}
+
+/// The next data event (its messages gathered) or control within 5 s, or a panic saying
+/// what was expected.
 async fn next_event(sub: &mut SseSubscription, what: &str) -> DsEvent {
-    match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
-        Ok(Some(Ok(event))) => event,
-        Ok(Some(Err(e))) => panic!("waiting for {what}: error {e}"),
-        Ok(None) => panic!("waiting for {what}: the server ended the SSE response"),
-        Err(_) => panic!("waiting for {what}: nothing within 5 s"),
+    let mut messages = Vec::new();
+    loop {
+        let item = match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+            Ok(Some(Ok(item))) => item,
+            Ok(Some(Err(e))) => panic!("waiting for {what}: error {e}"),
+            Ok(None) => panic!("waiting for {what}: the server ended the SSE response"),
+            Err(_) => panic!("waiting for {what}: nothing within 5 s"),
+        };
+        match item {
+            DsItem::Array(ArrayItem::Element { text, .. }) => messages.push(
+                serde_json::from_slice(&text)
+                    .unwrap_or_else(|e| panic!("a message is not JSON ({e}): {text:?}")),
+            ),
+            DsItem::DataEnd => return DsEvent::Data(messages),
+            DsItem::Control(c) => return DsEvent::Control(c),
+            other => panic!("waiting for {what}: unexpected {other:?}"),
+        }
     }
 }
 
 fn data_messages(event: DsEvent) -> Vec<Value> {
     match event {
-        DsEvent::Data(data) => serde_json::from_slice(&data)
-            .unwrap_or_else(|e| panic!("data event is not a JSON array ({e}): {data:?}")),
+        DsEvent::Data(messages) => messages,
         other => panic!("expected a data event, got {other:?}"),
     }
 }

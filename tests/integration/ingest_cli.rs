@@ -225,3 +225,48 @@ async fn sigkill_at_random_moments_stores_every_event_exactly_once() {
         .get(0);
     assert_eq!(regressions, 0, "seed {seed}");
 }
+
+#[tokio::test]
+async fn ingest_limits_that_cannot_hold_a_message_are_refused_at_start() {
+    let s = setup("ing_cli_limits", DsServerOptions::default()).await;
+    let url = s.server.url();
+    let run = cli(
+        &s.db,
+        &url,
+        &[
+            "run",
+            "--no-capture",
+            "--ingest",
+            "x",
+            "--ingest-max-buffer-bytes",
+            "1000000",
+        ],
+    )
+    .await
+    .expect_code(1);
+    assert!(
+        run.stderr.contains("error: invalid ingest options: --ingest-max-buffer-bytes 1000000 cannot hold one message of --ingest-max-event-bytes 16777216"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("hint: Raise --ingest-max-buffer-bytes"),
+        "{}",
+        run.stderr
+    );
+    let run = run_ds_sync(
+        &["run", "--no-capture", "--ingest", "x"],
+        &[
+            ("POSTGRES_URL", s.db.url.as_str()),
+            ("DS_SERVER_URL", url.as_str()),
+            ("DS_SYNC_INGEST_IDLE_TIMEOUT", "soon"),
+        ],
+    )
+    .await
+    .expect_code(2);
+    assert!(
+        run.stderr.contains("\"soon\" is not a duration"),
+        "{}",
+        run.stderr
+    );
+}

@@ -163,6 +163,7 @@ Examples:
   cargo run --release -- bench capture-drain
   cargo run --release -- bench capture-latency --rate 2000 --duration 20
   cargo run --release -- bench memory --rows 1000000
+  cargo run --release -- bench ingest-outage --rows 300000 --duration 15
   cargo run --release -- bench capture-drain -- --batch-max-messages 5000")]
     Bench(BenchArgs),
     /// Ask capture to send one table's existing rows again, while streaming goes on
@@ -193,7 +194,7 @@ pub struct BenchArgs {
     #[arg(value_enum)]
     pub scenario: crate::bench::Scenario,
     /// Rows of the large transaction (capture-drain, memory), of the table (snapshot), events
-    /// of the backlog (ingest-drain)
+    /// of the backlog (ingest-drain), events arriving during the outage (ingest-outage)
     #[arg(long, default_value_t = 1_000_000)]
     pub rows: u64,
     /// One-row transactions (capture-drain); rows of the naive scenario's backlog
@@ -202,7 +203,7 @@ pub struct BenchArgs {
     /// Transactions (or events) per second of the latency scenarios
     #[arg(long, default_value_t = 2000)]
     pub rate: u32,
-    /// Seconds the latency scenarios run
+    /// Seconds the latency scenarios run; seconds PostgreSQL is down (ingest-outage)
     #[arg(long, default_value_t = 20)]
     pub duration: u64,
     /// Writer connections of the latency scenarios

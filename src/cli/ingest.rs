@@ -306,6 +306,7 @@ fn table(lines: &[Line]) -> Table {
         "lag",
         "last event",
         "dead letters",
+        "buffered (peak)",
         "error",
     ]);
     let dash = || "-".to_owned();
@@ -324,10 +325,25 @@ fn table(lines: &[Line]) -> Table {
             lag,
             l.info.last_event_at.clone().unwrap_or_else(dash),
             l.info.dead_letters.to_string(),
+            format!(
+                "{} ({})",
+                bytes(l.info.buffered_bytes),
+                bytes(l.info.peak_buffered_bytes)
+            ),
             l.info.error.clone().unwrap_or_else(dash),
         ]);
     }
     table
+}
+
+/// A byte count for people: B, KiB or MiB.
+fn bytes(n: i64) -> String {
+    const KIB: i64 = 1024;
+    match n {
+        n if n >= KIB * KIB => format!("{:.1} MiB", n as f64 / (KIB * KIB) as f64),
+        n if n >= KIB => format!("{:.1} KiB", n as f64 / KIB as f64),
+        n => format!("{n} B"),
+    }
 }
 
 fn emit(text: &str) -> Result<(), CliError> {

@@ -1,55 +1,67 @@
-//! Catch-up reads: how a data event too large to hold until its control event gets stored.
+//! Catch-up reads: how a subscription stores what the stream already holds (a backlog) before
+//! it follows the tail over SSE, and how it stores a data event too large to hold.
 //!
 //! On SSE, the offset that rows are committed with (and that fills their `ds_offset`) comes
-//! in the control event *after* the data, so rows must wait for it. A backlog sent as one
+//! in the control event *after* the data, so rows must wait for it; a backlog sent as one
 //! 100 MB event cannot wait in memory. A plain read of the stream from the committed offset
-//! answers with the offset it ends at in its headers, before its body; so its rows can be
-//! copied into PostgreSQL while the body arrives, in one transaction that stores that
-//! offset at the end:
+//! answers with the offset it ends at in its headers, before its body. So its rows can be
+//! written while the body arrives and committed with that offset once it is complete:
 //!
 //! ```text
-//!  GET ?offset=committed ─▶ Stream-Next-Offset: N ─▶ BEGIN
-//!        body [m, m, m, …] ─▶ split ─▶ decode ─▶ COPY chunks (dead letters between them)
-//!        end of body ─────────────────────────▶ offset committed → N (checked), COMMIT
+//!  GET ?offset=committed ─▶ Stream-Next-Offset: N
+//!    body [m, m, …] ─▶ split ─▶ decode ─▶ held (small) ──────────────▶ writer: one Commit
+//!                                          │ over the event hold          (batched with
+//!                                          ▼                               other streams)
+//!                          the lane: BEGIN, COPY what is held, then each chunk as it
+//!                          arrives (dead letters between COPY statements), offset → N
+//!                          (checked), COMMIT
 //! ```
 //!
-//! The commit rule holds: rows become durable only with the offset that covers them, and
-//! the checked upsert refuses the commit if another process moved the offset. Reads repeat
-//! until one says `Stream-Up-To-Date`; then the subscription goes back to SSE from there.
-//! One catch-up runs at a time, on a connection of its own (the "lane"), so that commits of
-//! other streams never wait behind a backlog.
+//! The commit rule holds either way: rows become durable only with the offset that covers
+//! them, and the checked upsert refuses the commit if another process moved the offset.
+//! Reads repeat until one says `Stream-Up-To-Date`. A read whose rows fit in the event hold
+//! goes to the writer like SSE rows, so a thousand streams with a few events each share
+//! transactions; a larger one moves to the "lane", a connection of its own where one
+//! catch-up at a time copies while it reads, so that other streams' commits never wait behind
+//! a backlog. A read that cannot get the lane soon drops what it holds and waits for the lane
+//! holding nothing, then reads again.
 //!
-//! When PostgreSQL refuses a row (a value `jsonb` will not take), the transaction is lost;
-//! the same read is done again carefully: each chunk of rows is copied behind a savepoint,
-//! and a chunk that is refused is probed row by row so that only the refused rows become
-//! dead letters. Only streams in JSON mode can be read this way (others answer with their
-//! messages run together).
+//! When PostgreSQL refuses a row on the lane (a value its `jsonb` or the database encoding
+//! will not take), the transaction is lost; the same read is done again carefully: each chunk
+//! of rows is copied behind a savepoint, and a refused chunk is probed row by row so that only
+//! the refused rows become dead letters. Only streams in JSON mode can be read this way
+//! (others answer with their messages run together): for them the subscription goes straight
+//! to SSE.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::sync::{MutexGuard, oneshot};
+use tokio::time::Instant;
 use tokio_postgres::{Client, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use super::copy::{self, CHUNK_BYTES, CopyIn, is_data_error};
-use super::decode::{DeadLetter, Decoded, Row, decode};
-use super::memory::{Full, READ_HEADROOM};
+use super::decode::{DeadLetter, Decoded, Pending, Row, decode};
+use super::memory::{Full, OVERFLOW_WAIT, READ_HEADROOM};
 use super::state::Status;
 use super::subscription::{Subscription, with_hint};
+use super::writer::{Commit, CommitFailed};
 use crate::ds::{Backoff, BodyRead, CatchUpRead, DsError, OFFSET_START};
 use crate::pg::{PgTarget, describe};
 
-/// Dead letters of a catch-up are inserted once they hold this many bytes.
+/// Dead letters of a catch-up on the lane are inserted once they hold this many bytes.
 const DEAD_FLUSH_BYTES: usize = 256 * 1024;
 
 /// How a catch-up ended.
 pub(super) enum CatchUpEnd {
-    /// Caught up: subscribe again from the new offset.
+    /// Up to date: follow the tail over SSE from the new offset.
     Done,
     /// The stream is closed and stored to its end.
     Closed,
-    /// The stream is not in JSON mode.
+    /// The stream is not in JSON mode: it can only be read over SSE.
     NotJson,
-    /// The stream does not exist (any more).
+    /// The stream does not exist (yet, or any more).
     NotFound,
     Stopped,
     /// Transient trouble; the offset is the stored one.
@@ -58,29 +70,33 @@ pub(super) enum CatchUpEnd {
     Failed(String),
 }
 
-/// Why one catch-up transaction did not commit.
+/// Why one catch-up read did not commit.
 enum Lost {
     /// The read broke or went silent: nothing was stored.
     Read(String),
-    /// PostgreSQL refused a row.
+    /// PostgreSQL refused a row on the lane.
     Refused(String),
     /// The connection failed or the server refused the transaction otherwise; whether the
     /// COMMIT happened is not known.
     Pg(String),
     /// The stored offset was not the one the read started from.
     OffsetMoved,
+    /// The writer's transaction failed; the offset is the stored one.
+    Writer(String),
+    /// The read outgrew the event hold and the lane stayed busy: read again on the lane.
+    LaneBusy,
+    Stopped,
 }
 
+/// The lane's connection while this subscription holds the lane.
+type Lane<'a> = MutexGuard<'a, Option<Client>>;
+
 impl Subscription {
-    /// Reads from the committed offset until up to date, storing each read in one
-    /// transaction; see the module documentation.
+    /// Reads from the committed offset until up to date, storing each read; see the module
+    /// documentation.
     pub(super) async fn catch_up(&mut self, stop: &CancellationToken) -> CatchUpEnd {
-        self.report(Status::CatchingUp, None);
         let shared = Arc::clone(&self.shared);
-        let mut lane = tokio::select! {
-            () = stop.cancelled() => return CatchUpEnd::Stopped,
-            lane = shared.lane.lock() => lane,
-        };
+        let mut lane: Option<Lane<'_>> = None;
         let mut careful = false;
         loop {
             let from = self
@@ -109,26 +125,30 @@ impl Subscription {
                     CatchUpEnd::Done
                 };
             }
-            let client = match connected(&mut lane, &shared.target).await {
-                Ok(c) => c,
-                Err(reason) => return CatchUpEnd::Retry(reason),
-            };
-            let stored = tokio::select! {
-                () = stop.cancelled() => return CatchUpEnd::Stopped,
-                r = self.store_read(client, read, careful) => r,
-            };
+            let stored = self
+                .store_read(read, &shared.lane, &mut lane, careful, stop)
+                .await;
             self.meter.set_local(0);
             match stored {
                 Ok(rows) => {
-                    tracing::info!(stream = %self.stream, from = %from, offset = %next, rows, "caught up by a catch-up read");
+                    if lane.is_some() {
+                        tracing::info!(stream = %self.stream, from = %from, offset = %next, rows, "backlog stored by a catch-up read");
+                    }
                     self.offset = Some(next);
-                    self.committed(up_to_date, true);
+                    self.committed(up_to_date, rows > 0);
                     if closed {
                         return CatchUpEnd::Closed;
                     }
                     if up_to_date {
                         return CatchUpEnd::Done;
                     }
+                }
+                Err(Lost::LaneBusy) => {
+                    // Holding nothing now: wait for the lane, then read again on it.
+                    lane = tokio::select! {
+                        () = stop.cancelled() => return CatchUpEnd::Stopped,
+                        l = shared.lane.lock() => Some(l),
+                    };
                 }
                 Err(Lost::Refused(reason)) if !careful => {
                     tracing::warn!(stream = %self.stream, offset = %from, %reason, "PostgreSQL refused a row of a catch-up read; reading it again, finding the refused rows");
@@ -141,31 +161,165 @@ impl Subscription {
                         self.stream
                     ));
                 }
-                Err(Lost::Read(reason)) => return CatchUpEnd::Retry(reason),
-                Err(Lost::Pg(reason)) => {
-                    *lane = None;
-                    return match self.resolve_offset(stop).await {
-                        true => CatchUpEnd::Retry(reason),
-                        false => CatchUpEnd::Stopped,
-                    };
+                Err(Lost::Read(reason) | Lost::Writer(reason)) => {
+                    return CatchUpEnd::Retry(reason);
                 }
-                Err(Lost::OffsetMoved) => {
-                    let moved = "the stored offset moved under this process (another ds-sync \
-                                 ingesting the same stream?)";
-                    return match self.resolve_offset(stop).await {
-                        true => CatchUpEnd::Retry(moved.into()),
-                        false => CatchUpEnd::Stopped,
+                Err(Lost::Stopped) => return CatchUpEnd::Stopped,
+                Err(lost @ (Lost::Pg(_) | Lost::OffsetMoved)) => {
+                    if let Some(l) = lane.as_mut() {
+                        **l = None;
+                    }
+                    let reason = match lost {
+                        Lost::Pg(reason) => reason,
+                        _ => "the stored offset moved under this process (another ds-sync \
+                              ingesting the same stream?)"
+                            .into(),
+                    };
+                    return if self.resolve_offset(stop).await {
+                        CatchUpEnd::Retry(reason)
+                    } else {
+                        CatchUpEnd::Stopped
                     };
                 }
             }
         }
     }
 
-    /// One read in one transaction; the rows stored.
-    async fn store_read(
+    /// Stores one read: held and handed to the writer while it fits in the event hold, on
+    /// the lane once it does not.
+    async fn store_read<'l>(
+        &mut self,
+        mut read: CatchUpRead,
+        lane_lock: &'l tokio::sync::Mutex<Option<Client>>,
+        lane: &mut Option<Lane<'l>>,
+        careful: bool,
+        stop: &CancellationToken,
+    ) -> Result<u64, Lost> {
+        let mut held = Pending::default();
+        if lane.is_none() {
+            let hold = self.shared.budget.limits().event_hold;
+            loop {
+                if held.bytes > hold {
+                    break;
+                }
+                match self.next_item(&mut read, held.bytes, stop).await? {
+                    Some(item) => held.push(decode(item, self.shared.max_event_bytes)),
+                    None if read.done() => {
+                        return self.commit_held(held, &read.next_offset, stop).await;
+                    }
+                    None => break,
+                }
+                self.meter.set_local(read.buffered_bytes() + held.bytes);
+            }
+            // Over the hold (or short of room): this read goes to the lane.
+            let waited = tokio::time::timeout(OVERFLOW_WAIT, lane_lock.lock()).await;
+            match waited {
+                Ok(l) => *lane = Some(l),
+                Err(_) => return Err(Lost::LaneBusy),
+            }
+            self.report(Status::CatchingUp, None);
+        }
+        let Some(conn) = lane.as_mut() else {
+            return Err(Lost::LaneBusy);
+        };
+        let client = connected(conn, &self.shared.target)
+            .await
+            .map_err(Lost::Pg)?;
+        tokio::select! {
+            () = stop.cancelled() => Err(Lost::Stopped),
+            r = self.copy_read(client, read, held, careful) => r,
+        }
+    }
+
+    /// The next item of the read, reading more as needed; `None` when the body is done, or
+    /// when this read should move to the lane (no room for `OVERFLOW_WAIT` while holding
+    /// rows).
+    async fn next_item(
+        &mut self,
+        read: &mut CatchUpRead,
+        holding: usize,
+        stop: &CancellationToken,
+    ) -> Result<Option<crate::sse::ArrayItem>, Lost> {
+        let mut full_since: Option<Instant> = None;
+        loop {
+            if let Some(item) = read.next_buffered() {
+                return Ok(Some(item));
+            }
+            if read.done() {
+                return Ok(None);
+            }
+            if let Err(full) = self.meter.room(READ_HEADROOM) {
+                let since = *full_since.get_or_insert_with(Instant::now);
+                if holding > 0 && (full == Full::Stream || since.elapsed() >= OVERFLOW_WAIT) {
+                    return Ok(None);
+                }
+                let budget = Arc::clone(&self.shared.budget);
+                tokio::select! {
+                    () = stop.cancelled() => return Err(Lost::Stopped),
+                    () = budget.released() => {}
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                continue;
+            }
+            full_since = None;
+            let got = tokio::select! {
+                () = stop.cancelled() => return Err(Lost::Stopped),
+                r = read.read() => r,
+            };
+            match got {
+                Ok(BodyRead::Data(_) | BodyRead::Ended) => {}
+                Ok(BodyRead::Idle(after)) => {
+                    return Err(Lost::Read(format!(
+                        "the catch-up read sent no byte for {after:?}"
+                    )));
+                }
+                Err(e) => return Err(Lost::Read(e.to_string())),
+            }
+        }
+    }
+
+    /// A read small enough to hold goes to the writer like the rows of an SSE control.
+    async fn commit_held(
+        &mut self,
+        held: Pending,
+        next: &str,
+        stop: &CancellationToken,
+    ) -> Result<u64, Lost> {
+        let rows = (held.rows.len() + held.dead.len()) as u64;
+        let (reply, answer) = oneshot::channel();
+        let commit = Commit {
+            stream: self.stream.clone(),
+            prev_offset: self.offset.clone(),
+            next_offset: next.to_owned(),
+            charge: Some(self.meter.charge(held.bytes)),
+            rows: held.rows,
+            dead: held.dead,
+            reply,
+        };
+        if self.shared.writer.send(commit).await.is_err() {
+            return Err(Lost::Stopped);
+        }
+        let landed = tokio::select! {
+            () = stop.cancelled() => return Err(Lost::Stopped),
+            a = answer => a,
+        };
+        match landed {
+            Ok(Ok(())) => Ok(rows),
+            Ok(Err(CommitFailed::Retry { committed, reason })) => {
+                self.offset = committed;
+                Err(Lost::Writer(reason))
+            }
+            Ok(Err(CommitFailed::Stopped)) | Err(_) => Err(Lost::Stopped),
+        }
+    }
+
+    /// One read on the lane, in one transaction: what was held first, then the rest of the
+    /// body as it arrives; the rows and dead letters stored.
+    async fn copy_read(
         &mut self,
         client: &mut Client,
         mut read: CatchUpRead,
+        held: Pending,
         careful: bool,
     ) -> Result<u64, Lost> {
         let pg = |e: tokio_postgres::Error| {
@@ -175,10 +329,16 @@ impl Subscription {
                 Lost::Pg(describe(&e))
             }
         };
-        let tx = client.transaction().await.map_err(pg)?;
         let next = read.next_offset.clone();
         let stream = self.stream.clone();
+        let tx = client.transaction().await.map_err(pg)?;
         let mut out = Out::new(&stream, &next, careful);
+        for row in held.rows {
+            out.push(&tx, Decoded::Row(row)).await.map_err(pg)?;
+        }
+        for dead in held.dead {
+            out.push(&tx, Decoded::Dead(dead)).await.map_err(pg)?;
+        }
         loop {
             if let Some(item) = read.next_buffered() {
                 out.push(&tx, decode(item, self.shared.max_event_bytes))
@@ -201,7 +361,7 @@ impl Subscription {
             self.meter
                 .set_local(read.buffered_bytes() + out.buffered_bytes());
         }
-        let rows = out.finish(&tx).await.map_err(pg)?;
+        let stored = out.finish(&tx).await.map_err(pg)?;
         let moves = [(stream.as_str(), self.offset.as_deref(), next.as_str())];
         let moved = copy::upsert_offsets(&tx, &moves).await.map_err(pg)?;
         if moved.is_empty() {
@@ -209,17 +369,17 @@ impl Subscription {
             return Err(Lost::OffsetMoved);
         }
         tx.commit().await.map_err(pg)?;
-        Ok(rows)
+        Ok(stored)
     }
 
-    /// Waits while all streams together leave no room for another read (this stream's own
-    /// buffers are flushed as they fill, so its own bound is not in the way).
+    /// Waits while all streams together leave no room for another read (on the lane this
+    /// stream's own buffers are flushed as they fill, so its own bound is not in the way).
     async fn wait_for_room(&self) {
         let budget = Arc::clone(&self.shared.budget);
         while self.meter.room(READ_HEADROOM) == Err(Full::Total) {
             tokio::select! {
                 () = budget.released() => {}
-                () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         }
     }
@@ -262,8 +422,9 @@ async fn connected<'c>(
     lane.as_mut().ok_or_else(|| "no connection".to_owned())
 }
 
-/// Where a catch-up's rows and dead letters go: one COPY streaming all rows (dead letters
-/// inserted between COPY statements), or, carefully, a chunk at a time behind savepoints.
+/// Where a lane catch-up's rows and dead letters go: one COPY streaming all rows (dead
+/// letters inserted between COPY statements), or, carefully, a chunk at a time behind
+/// savepoints.
 struct Out<'a> {
     stream: &'a str,
     offset: &'a str,
@@ -273,7 +434,7 @@ struct Out<'a> {
     chunk_bytes: usize,
     dead: Vec<DeadLetter>,
     dead_bytes: usize,
-    rows: u64,
+    stored: u64,
 }
 
 impl<'a> Out<'a> {
@@ -287,7 +448,7 @@ impl<'a> Out<'a> {
             chunk_bytes: 0,
             dead: Vec::new(),
             dead_bytes: 0,
-            rows: 0,
+            stored: 0,
         }
     }
 
@@ -329,20 +490,16 @@ impl<'a> Out<'a> {
 
     /// Ends the COPY in progress, then inserts the dead letters held.
     async fn flush_dead(&mut self, tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
-        self.end_copy().await?;
+        if let Some(copy) = self.copy.take() {
+            self.stored += copy.finish().await?;
+        }
         self.flush_chunk(tx).await?;
         let (stream, offset) = (self.stream, self.offset);
         let refs: Vec<_> = self.dead.iter().map(|d| (stream, d, offset)).collect();
         copy::insert_dead_letters(tx, &refs).await?;
+        self.stored += refs.len() as u64;
         self.dead.clear();
         self.dead_bytes = 0;
-        Ok(())
-    }
-
-    async fn end_copy(&mut self) -> Result<(), tokio_postgres::Error> {
-        if let Some(copy) = self.copy.take() {
-            self.rows += copy.finish().await?;
-        }
         Ok(())
     }
 
@@ -354,12 +511,12 @@ impl<'a> Out<'a> {
         }
         let rows = std::mem::take(&mut self.chunk);
         self.chunk_bytes = 0;
-        tx.batch_execute("SAVEPOINT catch_up_chunk").await?;
         let (stream, offset) = (self.stream, self.offset);
+        tx.batch_execute("SAVEPOINT catch_up_chunk").await?;
         let refs: Vec<_> = rows.iter().map(|r| (stream, r, offset)).collect();
         match copy::copy_rows(tx, &refs).await {
             Ok(n) => {
-                self.rows += n;
+                self.stored += n;
                 return tx.batch_execute("RELEASE SAVEPOINT catch_up_chunk").await;
             }
             Err(e) if is_data_error(&e) => {
@@ -389,13 +546,13 @@ impl<'a> Out<'a> {
             }
         }
         let refs: Vec<_> = kept.iter().map(|r| (stream, r, offset)).collect();
-        self.rows += copy::copy_rows(tx, &refs).await?;
+        self.stored += copy::copy_rows(tx, &refs).await?;
         tx.batch_execute("RELEASE SAVEPOINT catch_up_chunk").await
     }
 
-    /// Everything held goes in; the rows stored.
+    /// Everything held goes in; the rows and dead letters stored.
     async fn finish(mut self, tx: &Transaction<'_>) -> Result<u64, tokio_postgres::Error> {
         self.flush_dead(tx).await?;
-        Ok(self.rows)
+        Ok(self.stored)
     }
 }

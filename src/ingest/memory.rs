@@ -14,9 +14,9 @@
 //! reading, so TCP pushes back on the server. What it holds then frees itself: rows that
 //! have their control event are committed by the writer. Rows still waiting for theirs
 //! cannot be committed, so a stream never waits on those: when its own data event does not
-//! fit (or the total stays full for [`OVERFLOW_WAIT`]), it drops them and the connection and
-//! reads the same data again with a catch-up read, which streams it into PostgreSQL instead
-//! of holding it (see `catch_up`).
+//! fit (more than [`EVENT_HOLD_BYTES`], or the stream's bound), or the total stays full for
+//! [`OVERFLOW_WAIT`], it drops them and the connection and reads the same data again with a
+//! catch-up read, which streams it into PostgreSQL instead of holding it (see `catch_up`).
 //!
 //! The per-stream bound is half the total, but at least one message of
 //! `--ingest-max-event-bytes` plus a read's headroom; a total that cannot hold that is
@@ -38,6 +38,10 @@ pub const READ_HEADROOM: usize = 2 << 20;
 /// Room checked before decoding one more received message: its copy and row, or a dead
 /// letter's kept bytes.
 pub const ITEM_HEADROOM: usize = 160 * 1024;
+/// Most bytes of one data event's rows held until its control event: a larger event is
+/// read by catch-up instead, which stores it as it arrives (holding it would only delay it,
+/// and a server that sends a backlog as one event would have it read twice over).
+pub const EVENT_HOLD_BYTES: usize = 4 << 20;
 /// How long a stream holding rows that wait for their control event waits for room in the
 /// total before it drops them and reads them again by catch-up.
 pub const OVERFLOW_WAIT: Duration = Duration::from_secs(1);
@@ -49,6 +53,8 @@ pub struct MemoryLimits {
     pub total: usize,
     /// Bound on what one stream holds.
     pub per_stream: usize,
+    /// Most of one data event held until its control event (see [`EVENT_HOLD_BYTES`]).
+    pub event_hold: usize,
 }
 
 impl MemoryLimits {
@@ -66,9 +72,11 @@ impl MemoryLimits {
                  headroom: it must be at least {least}"
             ));
         }
+        let per_stream = (total / 2).max(least);
         Ok(MemoryLimits {
             total,
-            per_stream: (total / 2).max(least),
+            per_stream,
+            event_hold: EVENT_HOLD_BYTES.min(per_stream - READ_HEADROOM),
         })
     }
 }
@@ -274,8 +282,11 @@ mod tests {
         assert!(err.contains("must be at least 18874368"), "{err}");
         let l = MemoryLimits::new(32 * MIB, 16 * MIB).unwrap();
         assert_eq!(l.per_stream, 18 * MIB, "one message and a read");
+        assert_eq!(l.event_hold, 4 * MIB);
         let l = MemoryLimits::new(64 * MIB, MIB).unwrap();
         assert_eq!(l.per_stream, 32 * MIB, "half the total");
+        let l = MemoryLimits::new(3 * MIB, MIB / 2).unwrap();
+        assert_eq!(l.event_hold, l.per_stream - READ_HEADROOM);
     }
 
     #[test]

@@ -106,8 +106,40 @@ impl Subscription {
     async fn run(&mut self, stop: &CancellationToken) {
         let mut backoff = Backoff::default();
         let mut waiting = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+        // Until a catch-up read says the stream is not in JSON mode.
+        let mut json = true;
         loop {
             self.report(Status::Connecting, None);
+            if json {
+                let delay = match self.catch_up(stop).await {
+                    CatchUpEnd::Done => None,
+                    CatchUpEnd::NotJson => {
+                        json = false;
+                        None
+                    }
+                    CatchUpEnd::Closed => {
+                        self.closed();
+                        return;
+                    }
+                    CatchUpEnd::Stopped => return,
+                    CatchUpEnd::NotFound => Some(self.waiting(&mut waiting)),
+                    CatchUpEnd::Retry(reason) => {
+                        tracing::warn!(stream = %self.stream, offset = %self.from(), %reason, "catch-up read failed; retrying");
+                        self.report(Status::Retrying, Some(reason));
+                        Some(backoff.next_delay())
+                    }
+                    CatchUpEnd::Failed(error) => {
+                        self.failed(error);
+                        return;
+                    }
+                };
+                if let Some(delay) = delay {
+                    if pause(stop, delay).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
             let from = self.from();
             let opened = tokio::select! {
                 () = stop.cancelled() => return,
@@ -122,16 +154,14 @@ impl Subscription {
                         .with_message_limit(self.shared.max_event_bytes)
                         .with_idle_timeout(Some(self.shared.idle_timeout));
                     let end = self.read(sse, stop).await;
-                    match self.after(end, opened_at, &mut backoff, stop).await {
+                    match self.after(end, opened_at, &mut backoff, json) {
                         Some(delay) => delay,
                         None => return,
                     }
                 }
                 Err(DsError::NotFound { .. }) => self.waiting(&mut waiting),
                 Err(DsError::Gone { .. }) => {
-                    let error = self.gone_message(&from);
-                    tracing::error!(stream = %self.stream, offset = %from, "{error}");
-                    self.report(Status::Failed, Some(error));
+                    self.failed(self.gone_message(&from));
                     return;
                 }
                 Err(e) => {
@@ -141,9 +171,8 @@ impl Subscription {
                     backoff.next_delay()
                 }
             };
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(delay) => {}
+            if pause(stop, delay).await {
+                return;
             }
         }
     }
@@ -156,12 +185,12 @@ impl Subscription {
 
     /// What to do after a connection ended: the delay before the next one, or `None` when
     /// the subscription is over.
-    async fn after(
+    fn after(
         &mut self,
         end: End,
         opened_at: Instant,
         backoff: &mut Backoff,
-        stop: &CancellationToken,
+        json: bool,
     ) -> Option<Duration> {
         match end {
             End::ServerEnded { progressed } => {
@@ -192,7 +221,7 @@ impl Subscription {
                 self.report(Status::Retrying, Some(reason));
                 Some(backoff.next_delay())
             }
-            End::Overflow(full) => self.overflowed(full, backoff, stop).await,
+            End::Overflow(full) => self.overflowed(full, backoff, json),
         }
     }
 
@@ -208,49 +237,29 @@ impl Subscription {
         None
     }
 
-    /// A data event did not fit: catch up by a plain read, then resubscribe.
-    async fn overflowed(
-        &mut self,
-        full: Full,
-        backoff: &mut Backoff,
-        stop: &CancellationToken,
-    ) -> Option<Duration> {
+    /// A data event did not fit: the next connection starts with a catch-up read, which
+    /// stores it as it arrives. A stream that cannot be read so stops, or waits for room.
+    fn overflowed(&mut self, full: Full, backoff: &mut Backoff, json: bool) -> Option<Duration> {
         let limits = self.shared.budget.limits();
         tracing::info!(
             stream = %self.stream,
             offset = %self.from(),
-            bound = if full == Full::Stream { limits.per_stream } else { limits.total },
-            which = if full == Full::Stream { "stream" } else { "total" },
-            "a data event does not fit in the ingest buffer; reading it again by a catch-up read streamed into PostgreSQL"
+            bound = if full == Full::Stream { limits.event_hold } else { limits.total },
+            which = if full == Full::Stream { "data event" } else { "total" },
+            "a data event does not fit in the ingest buffer; reading it again by a catch-up read stored as it arrives"
         );
-        let end = self.catch_up(stop).await;
-        match end {
-            CatchUpEnd::Done => {
-                backoff.reset();
-                Some(Duration::ZERO)
-            }
-            CatchUpEnd::Closed => self.closed(),
-            CatchUpEnd::Stopped => None,
-            CatchUpEnd::NotFound => Some(Duration::ZERO),
-            CatchUpEnd::NotJson if full == Full::Stream => {
-                let error = self.oversized_message();
-                self.failed(error)
-            }
-            CatchUpEnd::NotJson => {
-                let reason = "the ingest buffer is full (all streams together) and this \
-                              stream is not in JSON mode, so it cannot be read by catch-up; \
-                              retrying"
-                    .to_owned();
-                self.report(Status::Retrying, Some(reason));
-                Some(backoff.next_delay())
-            }
-            CatchUpEnd::Retry(reason) => {
-                tracing::warn!(stream = %self.stream, offset = %self.from(), %reason, "catch-up read failed; retrying");
-                self.report(Status::Retrying, Some(reason));
-                Some(backoff.next_delay())
-            }
-            CatchUpEnd::Failed(error) => self.failed(error),
+        if json {
+            backoff.reset();
+            return Some(Duration::ZERO);
         }
+        if full == Full::Stream {
+            return self.failed(self.oversized_message());
+        }
+        let reason = "the ingest buffer is full (all streams together) and this stream is not \
+                      in JSON mode, so it cannot be read by catch-up; retrying"
+            .to_owned();
+        self.report(Status::Retrying, Some(reason));
+        Some(backoff.next_delay())
     }
 
     fn waiting(&mut self, waiting: &mut Backoff) -> Duration {
@@ -318,10 +327,14 @@ impl Subscription {
                 && let Some(item) = sse.next_buffered()
             {
                 full_since = None;
-                match self.item(item, &mut ledger) {
-                    Ok(()) => continue,
-                    Err(end) => return self.settle(ledger, answer, end).await,
-                }
+                let end = match self.item(item, &mut ledger) {
+                    Ok(()) if ledger.unsealed_bytes() <= self.shared.budget.limits().event_hold => {
+                        continue;
+                    }
+                    Ok(()) => End::Overflow(Full::Stream),
+                    Err(end) => end,
+                };
+                return self.settle(ledger, answer, end).await;
             }
             let room = room.and_then(|()| self.meter.room(READ_HEADROOM));
             if let Err(full) = room {
@@ -517,6 +530,14 @@ impl Subscription {
                 stored_events,
             });
         }
+    }
+}
+
+/// Sleeps for `delay`; true when asked to stop first.
+async fn pause(stop: &CancellationToken, delay: Duration) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => true,
+        () = tokio::time::sleep(delay) => false,
     }
 }
 

@@ -268,4 +268,32 @@ mod tests {
         ));
         assert!(d.next_item().is_none());
     }
+
+    #[test]
+    fn random_streams_decode_the_same_however_chunked() {
+        const PIECES: [&[u8]; 12] = [
+            b"event: data\n",
+            b"event: control\n",
+            b"data:",
+            b"data: [",
+            b"{\"k\":\"a,]\"}",
+            b",",
+            b"]",
+            b"\n",
+            b"\r\n",
+            b"{\"streamNextOffset\":\"1\"}",
+            b": ka\n",
+            b"\"\\\"",
+        ];
+        let mut rng = crate::test_rng::XorShift(0x5DEE_CE66_D1B5_4A32);
+        for _ in 0..3000 {
+            let mut stream = vec![rng.next() as u8];
+            for _ in 0..rng.below(40) {
+                stream.extend_from_slice(PIECES[rng.below(PIECES.len())]);
+            }
+            crate::sse::fuzz_decode(&stream);
+        }
+        crate::sse::fuzz_decode(b"");
+        crate::sse::fuzz_decode(STREAM);
+    }
 }

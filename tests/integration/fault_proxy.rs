@@ -12,7 +12,8 @@
 //! * [`FaultProxy::set_delay`]: every chunk is relayed only after a delay.
 //!
 //! It works for any TCP protocol (HTTP to the DS server, PostgreSQL's wire protocol), counts
-//! the connections it accepted, and stops with its last handle.
+//! the connections it accepted, keeps the last [`RECORDED`] bytes relayed each way so a test
+//! can see what went through (e.g. how many requests), and stops with its last handle.
 
 #![allow(dead_code)]
 
@@ -26,6 +27,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// Bytes of traffic kept per direction (the most recent).
+pub const RECORDED: usize = 4 << 20;
 
 /// What a connection does now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +56,33 @@ struct Inner {
     accepted: AtomicUsize,
     /// Connections the target ended (its side read to the end).
     target_ended: AtomicUsize,
+    /// Recent traffic: from clients to the target, and back.
+    upstream: Mutex<Vec<u8>>,
+    downstream: Mutex<Vec<u8>>,
+}
+
+impl Inner {
+    fn record(&self, from_target: bool, bytes: &[u8]) {
+        let log = if from_target {
+            &self.downstream
+        } else {
+            &self.upstream
+        };
+        let mut log = log.lock().unwrap();
+        if log.len() + bytes.len() > RECORDED {
+            let drop = (log.len() + bytes.len() - RECORDED).min(log.len());
+            log.drain(..drop);
+        }
+        log.extend_from_slice(&bytes[bytes.len().saturating_sub(RECORDED)..]);
+    }
+}
+
+fn occurrences(log: &Mutex<Vec<u8>>, needle: &[u8]) -> usize {
+    let log = log.lock().unwrap();
+    if needle.is_empty() {
+        return 0;
+    }
+    log.windows(needle.len()).filter(|w| *w == needle).count()
 }
 
 /// A running proxy; see the module documentation.
@@ -75,6 +106,8 @@ impl FaultProxy {
             delay: Mutex::new(Duration::ZERO),
             accepted: AtomicUsize::new(0),
             target_ended: AtomicUsize::new(0),
+            upstream: Mutex::new(Vec::new()),
+            downstream: Mutex::new(Vec::new()),
         });
         let acceptor = tokio::spawn(accept(listener, Arc::clone(&inner)));
         FaultProxy {
@@ -121,6 +154,16 @@ impl FaultProxy {
     /// closed); what it sent before was relayed.
     pub fn target_ended(&self) -> usize {
         self.inner.target_ended.load(Ordering::SeqCst)
+    }
+
+    /// How often `needle` occurs in the recent traffic from clients (e.g. `b"GET "`).
+    pub fn sent_by_clients(&self, needle: &[u8]) -> usize {
+        occurrences(&self.inner.upstream, needle)
+    }
+
+    /// How often `needle` occurs in the recent traffic from the target.
+    pub fn sent_by_target(&self, needle: &[u8]) -> usize {
+        occurrences(&self.inner.downstream, needle)
     }
 
     /// Connections still open.
@@ -251,6 +294,7 @@ async fn pump(
         if !wait_flowing(&mut mode).await {
             return end(&from, &to, &mode);
         }
+        inner.record(from_target, &buf[..n]);
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }

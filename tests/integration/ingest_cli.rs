@@ -44,6 +44,10 @@ async fn subscribe_and_unsubscribe_while_running() {
     })
     .await;
 
+    wait_for("live1's memory figures", PATIENCE, || async {
+        (s.peak_buffered("live1").await > 0).then_some(())
+    })
+    .await;
     let report = cli(&s.db, &url, &["subscriptions", "--output", "json"])
         .await
         .ok()
@@ -54,10 +58,17 @@ async fn subscribe_and_unsubscribe_while_running() {
     assert_eq!(line["caught_up"], true, "{report:#}");
     assert_eq!(line["offset"], line["tail"], "{report:#}");
     assert_eq!(line["dead_letters"], 0, "{report:#}");
+    assert!(
+        line["peak_buffered_bytes"].as_i64() > Some(0)
+            && line["buffered_bytes"].as_i64() <= line["peak_buffered_bytes"].as_i64(),
+        "{report:#}"
+    );
     assert!(line["last_event_at"].is_string(), "{report:#}");
     let table = cli(&s.db, &url, &["subscriptions"]).await.ok();
     assert!(
-        table.stdout.contains("live1") && table.stdout.contains("caught up"),
+        table.stdout.contains("live1")
+            && table.stdout.contains("caught up")
+            && table.stdout.contains("buffered (peak)"),
         "{}",
         table.stdout
     );

@@ -154,34 +154,39 @@ impl Subscription {
                     tracing::warn!(stream = %self.stream, offset = %from, %reason, "PostgreSQL refused a row of a catch-up read; reading it again, finding the refused rows");
                     careful = true;
                 }
-                Err(Lost::Refused(reason)) => {
-                    return CatchUpEnd::Failed(format!(
-                        "PostgreSQL refuses a catch-up read of stream {:?} from offset {from}, \
-                         and no single row of it: {reason}",
-                        self.stream
-                    ));
-                }
-                Err(Lost::Read(reason) | Lost::Writer(reason)) => {
-                    return CatchUpEnd::Retry(reason);
-                }
-                Err(Lost::Stopped) => return CatchUpEnd::Stopped,
-                Err(lost @ (Lost::Pg(_) | Lost::OffsetMoved)) => {
-                    if let Some(l) = lane.as_mut() {
+                Err(lost) => {
+                    if let (Lost::Pg(_), Some(l)) = (&lost, lane.as_mut()) {
                         **l = None;
                     }
-                    let reason = match lost {
-                        Lost::Pg(reason) => reason,
-                        _ => "the stored offset moved under this process (another ds-sync \
-                              ingesting the same stream?)"
-                            .into(),
-                    };
-                    return if self.resolve_offset(stop).await {
-                        CatchUpEnd::Retry(reason)
-                    } else {
-                        CatchUpEnd::Stopped
-                    };
+                    return self.lost(lost, &from, stop).await;
                 }
             }
+        }
+    }
+
+    /// How a catch-up that lost its read ends.
+    async fn lost(&mut self, lost: Lost, from: &str, stop: &CancellationToken) -> CatchUpEnd {
+        let reason = match lost {
+            Lost::Refused(reason) => {
+                return CatchUpEnd::Failed(format!(
+                    "PostgreSQL refuses a catch-up read of stream {:?} from offset {from}, and \
+                     no single row of it: {reason}",
+                    self.stream
+                ));
+            }
+            Lost::Read(reason) | Lost::Writer(reason) => return CatchUpEnd::Retry(reason),
+            Lost::Stopped => return CatchUpEnd::Stopped,
+            Lost::LaneBusy => return CatchUpEnd::Retry("the catch-up lane stayed busy".into()),
+            Lost::Pg(reason) => reason,
+            Lost::OffsetMoved => "the stored offset moved under this process (another ds-sync \
+                                  ingesting the same stream?)"
+                .into(),
+        };
+        // Whether the COMMIT happened is not known: resume from what is stored.
+        if self.resolve_offset(stop).await {
+            CatchUpEnd::Retry(reason)
+        } else {
+            CatchUpEnd::Stopped
         }
     }
 
@@ -199,17 +204,17 @@ impl Subscription {
         if lane.is_none() {
             let hold = self.shared.budget.limits().event_hold;
             loop {
-                if held.bytes > hold {
+                if held.bytes() > hold {
                     break;
                 }
-                match self.next_item(&mut read, held.bytes, stop).await? {
+                match self.next_item(&mut read, held.bytes(), stop).await? {
                     Some(item) => held.push(decode(item, self.shared.max_event_bytes)),
                     None if read.done() => {
                         return self.commit_held(held, &read.next_offset, stop).await;
                     }
                     None => break,
                 }
-                self.meter.set_local(read.buffered_bytes() + held.bytes);
+                self.meter.set_local(read.buffered_bytes() + held.bytes());
             }
             // Over the hold (or short of room): this read goes to the lane.
             let waited = tokio::time::timeout(OVERFLOW_WAIT, lane_lock.lock()).await;
@@ -291,7 +296,7 @@ impl Subscription {
             stream: self.stream.clone(),
             prev_offset: self.offset.clone(),
             next_offset: next.to_owned(),
-            charge: Some(self.meter.charge(held.bytes)),
+            charge: Some(self.meter.charge(held.bytes())),
             rows: held.rows,
             dead: held.dead,
             reply,

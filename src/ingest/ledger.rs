@@ -124,13 +124,13 @@ impl Ledger {
     /// Bytes held by rows and dead letters not handed to the writer yet.
     #[must_use]
     pub fn held_bytes(&self) -> usize {
-        self.pending.bytes + self.ready.bytes
+        self.pending.bytes() + self.ready.bytes()
     }
 
     /// Bytes held by rows waiting for their control event.
     #[must_use]
     pub fn unsealed_bytes(&self) -> usize {
-        self.pending.bytes
+        self.pending.bytes()
     }
 }
 

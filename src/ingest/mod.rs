@@ -3,37 +3,39 @@
 //!
 //! ```text
 //!  ds_sync.subscriptions ──LISTEN/1 s──▶ supervisor ──spawns──▶ subscription (one per stream)
-//!                                                                 │ SSE from stored offset
-//!                                                                 │ data: decode, hold
-//!                                                                 ▼ control: Commit
+//!                                                                 │ catch-up reads (GET) from
+//!                                                                 │ the stored offset, then SSE;
+//!                                                                 │ messages: decode, hold
+//!                                                                 ▼ control / end of read: Commit
 //!  session_events + dead_letters + stream_offsets ◀── one txn ── writer (one connection)
-//!                                                  replies after COMMIT; offset advances
-//!  subscriptions.status / error / up_to_date ◀── state reporter (≈4 writes/s)
-//!
-//!  a data event too large to hold ─▶ catch-up read (GET) ─▶ COPY while it arrives,
-//!                                     offset from its headers, one txn on the lane
+//!                                     ▲            replies after COMMIT; offset advances
+//!                                     └── one txn per read ── lane: a large catch-up read,
+//!                                                             copied while it arrives
+//!  subscriptions.status / error / memory ◀── state reporter (≈4 writes/s)
 //! ```
 //!
-//! **Commit rule.** Rows of data events are held until the next control event, then
-//! written with binary COPY together with the stream's new offset in one transaction
-//! (batches of many streams share one, each with its own offset). A restart reads the
-//! stored offsets and resumes there: nothing is lost, nothing is stored twice. The offset
-//! upsert checks the previous offset, so even two processes ingesting one stream cannot
-//! double a row.
+//! **Commit rule.** Rows are written with binary COPY together with the stream's new offset
+//! in one transaction: rows of SSE data events once their control event arrives, rows of a
+//! catch-up read once its body is complete (its offset comes in its headers, so a large one
+//! is copied while it arrives, see [`catch_up`]). Batches of many streams share one
+//! transaction, each with its own offset. A restart reads the stored offsets and resumes
+//! there: nothing is lost, nothing is stored twice. The offset upsert checks the previous
+//! offset, so even two processes ingesting one stream cannot double a row.
 //!
 //! **Memory is bounded** by `--ingest-max-buffer-bytes`, per stream and in total (see
 //! [`memory`]): at the bound a subscription stops reading its socket, and a data event that
-//! cannot be held until its control event is read again by a catch-up read that streams it
-//! into PostgreSQL ([`catch_up`]). A connection silent for `--ingest-idle-timeout` is
-//! presumed dead and reopened from the committed offset.
+//! cannot be held until its control event is read again by a catch-up read. A connection
+//! silent for `--ingest-idle-timeout` is presumed dead and reopened from the committed
+//! offset.
 //!
-//! **Bad input loses nothing.** Data that is not UTF-8, not JSON, not an array, over the
-//! size limit, or refused by `jsonb` goes to `ds_sync.dead_letters` in the transaction that
-//! advances the offset past it.
+//! **Bad input loses nothing.** A message that is not UTF-8, not JSON, over the size limit,
+//! or refused by PostgreSQL, and data that cannot be split into messages, go to
+//! `ds_sync.dead_letters` in the transaction that advances the offset past them; the other
+//! messages are stored.
 //!
 //! Modules: [`decode`] (pure mapping and validation), [`ledger`] (one connection's
 //! bookkeeping), [`copy`] (binary COPY and the statements around it), [`writer`] (the
-//! transaction), [`subscription`] (one stream's SSE loop), [`catch_up`] (large data events),
+//! transaction), [`subscription`] (one stream's SSE loop), [`catch_up`] (reads of what the stream holds),
 //! [`memory`] (the bound), [`supervisor`] (tasks follow the table), [`store`] (the table),
 //! [`state`] (status reporting), [`guard`] (loop safety).
 

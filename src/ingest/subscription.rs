@@ -1,13 +1,14 @@
-//! One stream's subscription: SSE from the last committed offset, each message decoded as
-//! it arrives and held until its control event, then handed to the writer; the offset
+//! One stream's subscription: catch-up reads of what the stream holds (see
+//! [`catch_up`](super::catch_up)), then SSE from the committed offset, each message decoded
+//! as it arrives and held until its control event, then handed to the writer; the offset
 //! advances only after the writer's COMMIT.
 //!
 //! ```text
-//!   subscribe(offset) ─▶ message ─▶ decode, hold ─┐
-//!        ▲               control ─▶ Commit ─▶ writer ─┴─▶ reply: offset = next
-//!        │                                                 (or the stored offset)
-//!        ├── server ended the body / transient failure / idle timeout: resubscribe
-//!        ├── a data event too large to hold: catch-up read into PostgreSQL, resubscribe
+//!   catch up ─▶ subscribe(offset) ─▶ message ─▶ decode, hold ─┐
+//!        ▲                           control ─▶ Commit ─▶ writer ─┴─▶ reply: offset = next
+//!        │                                                        (or the stored offset)
+//!        ├── server ended the body / transient failure / idle timeout: again
+//!        ├── a data event too large to hold: again (the catch-up stores it)
 //!        ├── 404: wait for the stream (polled with backoff)
 //!        └── 410: stop with the way out; streamClosed: finish, recorded as closed
 //! ```
@@ -337,15 +338,9 @@ impl Subscription {
                 return self.settle(ledger, answer, end).await;
             }
             let room = room.and_then(|()| self.meter.room(READ_HEADROOM));
-            if let Err(full) = room {
-                let unsealed = sse.in_data_event() || ledger.has_unsealed();
-                let own = sse.buffered_bytes() + ledger.unsealed_bytes();
-                let limits = self.shared.budget.limits();
+            if room.is_err() {
                 let since = *full_since.get_or_insert_with(Instant::now);
-                if unsealed
-                    && (own + READ_HEADROOM > limits.per_stream
-                        || (full == Full::Total && since.elapsed() >= OVERFLOW_WAIT))
-                {
+                if let Some(full) = self.must_drop(&sse, &ledger, room, since) {
                     return self.settle(ledger, answer, End::Overflow(full)).await;
                 }
             } else {
@@ -384,6 +379,25 @@ impl Subscription {
                 }
             }
         }
+    }
+
+    /// At the bound (`room` failed, since `since`): whether the rows waiting for their
+    /// control event must be dropped and read again by catch-up, because the data event does
+    /// not fit in the stream's bound or the total stayed full too long. Otherwise the stream
+    /// waits for commits to free memory.
+    fn must_drop(
+        &self,
+        sse: &SseSubscription,
+        ledger: &Ledger,
+        room: Result<(), Full>,
+        since: Instant,
+    ) -> Option<Full> {
+        let full = room.err()?;
+        let unsealed = sse.in_data_event() || ledger.has_unsealed();
+        let own = sse.buffered_bytes() + ledger.unsealed_bytes();
+        let too_big = own + READ_HEADROOM > self.shared.budget.limits().per_stream;
+        let too_long = full == Full::Total && since.elapsed() >= OVERFLOW_WAIT;
+        (unsealed && (too_big || too_long)).then_some(full)
     }
 
     /// One decoded item; `Err` ends the connection.
@@ -430,7 +444,7 @@ impl Subscription {
         next_offset: String,
     ) -> Result<oneshot::Receiver<Result<(), CommitFailed>>, End> {
         let (reply, answer) = oneshot::channel();
-        let charge = self.meter.charge(batch.bytes);
+        let charge = self.meter.charge(batch.bytes());
         let commit = Commit {
             stream: self.stream.clone(),
             prev_offset: self.offset.clone(),

@@ -431,3 +431,71 @@ async fn https_and_malformed_base_urls_are_refused_up_front() {
     let err = DsClient::new("ds.example:4437", ClientOptions::default()).expect_err("no scheme");
     assert!(err.hint().unwrap().contains("http://host:port"));
 }
+
+/// All items of a catch-up read, reading its body to the end.
+async fn read_items(read: &mut ds_sync::ds::CatchUpRead) -> Vec<ArrayItem> {
+    let mut items = Vec::new();
+    loop {
+        while let Some(item) = read.next_buffered() {
+            items.push(item);
+        }
+        if read.done() {
+            return items;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), read.read()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("reading the body: {e}"),
+            Err(_) => panic!("the body did not end within 5 s"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_catch_up_read_says_its_offset_first_and_splits_its_body() {
+    let ds = server(DsServerOptions::default()).await;
+    let c = client(&ds);
+    c.ensure_stream("backlog").await.unwrap();
+    c.append("backlog", body(json!([{"n": 1}, {"n": 2}, "three"])), None)
+        .await
+        .unwrap();
+    let tail = c.head("backlog").await.unwrap().expect("stream exists");
+    let mut read = c.read_stream("backlog", "-1", 1 << 20).await.unwrap();
+    assert_eq!(read.next_offset, tail, "known before the body");
+    assert!(read.up_to_date && !read.closed && read.json, "{read:?}");
+    let texts: Vec<String> = read_items(&mut read)
+        .await
+        .into_iter()
+        .map(|i| match i {
+            ArrayItem::Element { text, .. } => String::from_utf8(text).unwrap(),
+            other => panic!("not an element: {other:?}"),
+        })
+        .collect();
+    assert_eq!(texts, [r#"{"n":1}"#, r#"{"n":2}"#, r#""three""#]);
+
+    let mut empty = c.read_stream("backlog", &tail, 1 << 20).await.unwrap();
+    assert_eq!(empty.next_offset, tail);
+    assert_eq!(
+        read_items(&mut empty).await,
+        vec![],
+        "an empty read has no items"
+    );
+
+    let status = raw(
+        Method::PUT,
+        &c.stream_url("text"),
+        &[("Content-Type", "text/plain")],
+        "",
+    )
+    .await;
+    assert!(status.is_success(), "{status}");
+    let text = c.read_stream("text", "-1", 1 << 20).await.unwrap();
+    assert!(
+        !text.json,
+        "a text stream's read is not a JSON array of messages"
+    );
+    let err = c
+        .read_stream("missing", "-1", 1 << 20)
+        .await
+        .expect_err("no stream");
+    assert!(matches!(err, DsError::NotFound { .. }), "{err:?}");
+}

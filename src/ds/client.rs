@@ -324,8 +324,9 @@ impl DsClient {
 
     /// Opens a catch-up read from `offset` whose body is read as it arrives, split into
     /// messages (those over `max_message_bytes` are reported, not kept). The response head
-    /// is bounded by the request timeout, the body by the caller's idle timeout only: a
-    /// backlog may take long to arrive.
+    /// is awaited for `head_timeout` (a server may prepare a whole backlog before it
+    /// answers), the body only by the caller's idle timeout: a backlog may take long to
+    /// arrive.
     ///
     /// # Errors
     ///
@@ -335,15 +336,24 @@ impl DsClient {
         stream: &str,
         offset: &str,
         max_message_bytes: usize,
+        head_timeout: Duration,
     ) -> Result<CatchUpRead, DsError> {
         let url = format!(
             "{}?offset={}",
             self.stream_url(stream),
             encode_component(offset)
         );
-        let req = self.request(Method::GET, stream, url, Bytes::new())?;
+        let req = self.request(Method::GET, stream, url.clone(), Bytes::new())?;
+        let head_timeout = head_timeout.max(self.request_timeout);
+        let res = match tokio::time::timeout(head_timeout, self.http.request(req)).await {
+            Ok(Ok(res)) => res,
+            Ok(Err(e)) => return Err(transient(stream, url, error_chain(&e))),
+            Err(_) => {
+                let reason = format!("no response within {head_timeout:?}");
+                return Err(transient(stream, url, reason));
+            }
+        };
         let deadline = Instant::now() + self.request_timeout;
-        let (url, res) = self.send(stream, req, deadline).await?;
         if !res.status().is_success() {
             let ex = self.finish(stream, url, res, deadline).await?;
             let failure = classify_status(ex.status, &ex.headers)

@@ -105,7 +105,7 @@ impl Subscription {
                 .unwrap_or_else(|| OFFSET_START.to_owned());
             let opened = tokio::select! {
                 () = stop.cancelled() => return CatchUpEnd::Stopped,
-                r = shared.ds.read_stream(&self.stream, &from, shared.max_event_bytes) => r,
+                r = shared.ds.read_stream(&self.stream, &from, shared.max_event_bytes, shared.idle_timeout) => r,
             };
             let read = match opened {
                 Ok(read) => read.with_idle_timeout(Some(shared.idle_timeout)),

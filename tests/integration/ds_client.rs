@@ -459,7 +459,10 @@ async fn a_catch_up_read_says_its_offset_first_and_splits_its_body() {
         .await
         .unwrap();
     let tail = c.head("backlog").await.unwrap().expect("stream exists");
-    let mut read = c.read_stream("backlog", "-1", 1 << 20).await.unwrap();
+    let mut read = c
+        .read_stream("backlog", "-1", 1 << 20, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(read.next_offset, tail, "known before the body");
     assert!(read.up_to_date && !read.closed && read.json, "{read:?}");
     let texts: Vec<String> = read_items(&mut read)
@@ -472,7 +475,10 @@ async fn a_catch_up_read_says_its_offset_first_and_splits_its_body() {
         .collect();
     assert_eq!(texts, [r#"{"n":1}"#, r#"{"n":2}"#, r#""three""#]);
 
-    let mut empty = c.read_stream("backlog", &tail, 1 << 20).await.unwrap();
+    let mut empty = c
+        .read_stream("backlog", &tail, 1 << 20, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(empty.next_offset, tail);
     assert_eq!(
         read_items(&mut empty).await,
@@ -488,13 +494,16 @@ async fn a_catch_up_read_says_its_offset_first_and_splits_its_body() {
     )
     .await;
     assert!(status.is_success(), "{status}");
-    let text = c.read_stream("text", "-1", 1 << 20).await.unwrap();
+    let text = c
+        .read_stream("text", "-1", 1 << 20, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert!(
         !text.json,
         "a text stream's read is not a JSON array of messages"
     );
     let err = c
-        .read_stream("missing", "-1", 1 << 20)
+        .read_stream("missing", "-1", 1 << 20, Duration::from_secs(5))
         .await
         .expect_err("no stream");
     assert!(matches!(err, DsError::NotFound { .. }), "{err:?}");

@@ -38,20 +38,18 @@ use std::time::Duration;
 
 use tokio::sync::{MutexGuard, oneshot};
 use tokio::time::Instant;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::copy::{self, CHUNK_BYTES, CopyIn, is_data_error};
-use super::decode::{DeadLetter, Decoded, Pending, Row, decode};
+use super::copy::{self, is_data_error};
+use super::decode::{Decoded, Pending, decode};
+use super::lane::Out;
 use super::memory::{Full, OVERFLOW_WAIT, READ_HEADROOM};
 use super::state::Status;
 use super::subscription::{Subscription, with_hint};
 use super::writer::{Commit, CommitFailed};
 use crate::ds::{Backoff, BodyRead, CatchUpRead, DsError, OFFSET_START};
 use crate::pg::{PgTarget, describe};
-
-/// Dead letters of a catch-up on the lane are inserted once they hold this many bytes.
-const DEAD_FLUSH_BYTES: usize = 256 * 1024;
 
 /// How a catch-up ended.
 pub(super) enum CatchUpEnd {
@@ -425,139 +423,4 @@ async fn connected<'c>(
         *lane = Some(target.connect().await.map_err(|e| e.to_string())?);
     }
     lane.as_mut().ok_or_else(|| "no connection".to_owned())
-}
-
-/// Where a lane catch-up's rows and dead letters go: one COPY streaming all rows (dead
-/// letters inserted between COPY statements), or, carefully, a chunk at a time behind
-/// savepoints.
-struct Out<'a> {
-    stream: &'a str,
-    offset: &'a str,
-    careful: bool,
-    copy: Option<CopyIn>,
-    chunk: Vec<Row>,
-    chunk_bytes: usize,
-    dead: Vec<DeadLetter>,
-    dead_bytes: usize,
-    stored: u64,
-}
-
-impl<'a> Out<'a> {
-    fn new(stream: &'a str, offset: &'a str, careful: bool) -> Out<'a> {
-        Out {
-            stream,
-            offset,
-            careful,
-            copy: None,
-            chunk: Vec::new(),
-            chunk_bytes: 0,
-            dead: Vec::new(),
-            dead_bytes: 0,
-            stored: 0,
-        }
-    }
-
-    fn buffered_bytes(&self) -> usize {
-        self.copy.as_ref().map_or(0, CopyIn::buffered_bytes) + self.chunk_bytes + self.dead_bytes
-    }
-
-    async fn push(
-        &mut self,
-        tx: &Transaction<'_>,
-        decoded: Decoded,
-    ) -> Result<(), tokio_postgres::Error> {
-        match decoded {
-            Decoded::Row(row) if self.careful => {
-                self.chunk_bytes += row.memory_size();
-                self.chunk.push(row);
-                if self.chunk_bytes >= CHUNK_BYTES {
-                    self.flush_chunk(tx).await?;
-                }
-            }
-            Decoded::Row(row) => {
-                if self.copy.is_none() {
-                    self.copy = Some(CopyIn::start(tx).await?);
-                }
-                if let Some(copy) = self.copy.as_mut() {
-                    copy.row(self.stream, &row, self.offset).await?;
-                }
-            }
-            Decoded::Dead(dead) => {
-                self.dead_bytes += dead.memory_size();
-                self.dead.push(dead);
-                if self.dead_bytes >= DEAD_FLUSH_BYTES {
-                    self.flush_dead(tx).await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Ends the COPY in progress, then inserts the dead letters held.
-    async fn flush_dead(&mut self, tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
-        if let Some(copy) = self.copy.take() {
-            self.stored += copy.finish().await?;
-        }
-        self.flush_chunk(tx).await?;
-        let (stream, offset) = (self.stream, self.offset);
-        let refs: Vec<_> = self.dead.iter().map(|d| (stream, d, offset)).collect();
-        copy::insert_dead_letters(tx, &refs).await?;
-        self.stored += refs.len() as u64;
-        self.dead.clear();
-        self.dead_bytes = 0;
-        Ok(())
-    }
-
-    /// Careful mode: copies the chunk behind a savepoint; a refused chunk is probed row by
-    /// row and copied again without the refused rows, which become dead letters.
-    async fn flush_chunk(&mut self, tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
-        if self.chunk.is_empty() {
-            return Ok(());
-        }
-        let rows = std::mem::take(&mut self.chunk);
-        self.chunk_bytes = 0;
-        let (stream, offset) = (self.stream, self.offset);
-        tx.batch_execute("SAVEPOINT catch_up_chunk").await?;
-        let refs: Vec<_> = rows.iter().map(|r| (stream, r, offset)).collect();
-        match copy::copy_rows(tx, &refs).await {
-            Ok(n) => {
-                self.stored += n;
-                return tx.batch_execute("RELEASE SAVEPOINT catch_up_chunk").await;
-            }
-            Err(e) if is_data_error(&e) => {
-                tx.batch_execute("ROLLBACK TO SAVEPOINT catch_up_chunk")
-                    .await?;
-            }
-            Err(e) => return Err(e),
-        }
-        let mut kept = Vec::with_capacity(rows.len());
-        for row in rows {
-            tx.batch_execute("SAVEPOINT catch_up_probe").await?;
-            match tx.execute("SELECT $1::text::jsonb", &[&row.payload]).await {
-                Ok(_) => {
-                    tx.batch_execute("RELEASE SAVEPOINT catch_up_probe").await?;
-                    kept.push(row);
-                }
-                Err(e) if is_data_error(&e) => {
-                    tx.batch_execute("ROLLBACK TO SAVEPOINT catch_up_probe")
-                        .await?;
-                    let error =
-                        format!("PostgreSQL refused the message as jsonb: {}", describe(&e));
-                    let dead = DeadLetter::new(error, row.payload.as_bytes());
-                    self.dead_bytes += dead.memory_size();
-                    self.dead.push(dead);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let refs: Vec<_> = kept.iter().map(|r| (stream, r, offset)).collect();
-        self.stored += copy::copy_rows(tx, &refs).await?;
-        tx.batch_execute("RELEASE SAVEPOINT catch_up_chunk").await
-    }
-
-    /// Everything held goes in; the rows and dead letters stored.
-    async fn finish(mut self, tx: &Transaction<'_>) -> Result<u64, tokio_postgres::Error> {
-        self.flush_dead(tx).await?;
-        Ok(self.stored)
-    }
 }

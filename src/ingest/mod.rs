@@ -35,7 +35,7 @@
 //!
 //! Modules: [`decode`] (pure mapping and validation), [`ledger`] (one connection's
 //! bookkeeping), [`copy`] (binary COPY and the statements around it), [`writer`] (the
-//! transaction), [`subscription`] (one stream's SSE loop), [`catch_up`] (reads of what the stream holds),
+//! transaction), [`subscription`] (one stream's SSE loop), [`catch_up`] (reads of what the stream holds; `lane` writes the large ones),
 //! [`memory`] (the bound), [`supervisor`] (tasks follow the table), [`store`] (the table),
 //! [`state`] (status reporting), [`guard`] (loop safety).
 
@@ -44,6 +44,7 @@ pub mod copy;
 pub mod decode;
 mod error;
 pub mod guard;
+mod lane;
 pub mod ledger;
 pub mod memory;
 pub mod state;

@@ -35,9 +35,10 @@
 //!
 //! Modules: [`decode`] (pure mapping and validation), [`ledger`] (one connection's
 //! bookkeeping), [`copy`] (binary COPY and the statements around it), [`writer`] (the
-//! transaction), [`subscription`] (one stream's SSE loop), [`catch_up`] (reads of what the stream holds; `lane` writes the large ones),
-//! [`memory`] (the bound), [`supervisor`] (tasks follow the table), [`store`] (the table),
-//! [`state`] (status reporting), [`guard`] (loop safety).
+//! transaction), [`subscription`] (one stream's SSE loop), [`catch_up`] (reads of what the
+//! stream holds; `lane` writes the large ones), [`memory`] (the bound), [`supervisor`] (tasks
+//! follow the table), [`store`] (the table), [`state`] (status reporting), [`guard`] (loop
+//! safety).
 
 pub mod catch_up;
 pub mod copy;

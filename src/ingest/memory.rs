@@ -18,6 +18,10 @@
 //! [`OVERFLOW_WAIT`], it drops them and the connection and reads the same data again with a
 //! catch-up read, which streams it into PostgreSQL instead of holding it (see `catch_up`).
 //!
+//! The check comes before each read, so streams that read at the same moment can together
+//! pass the total by what those reads bring (one chunk each, at most about 400 KiB); each
+//! stream alone stays under its own bound.
+//!
 //! The per-stream bound is half the total, but at least one message of
 //! `--ingest-max-event-bytes` plus a read's headroom; a total that cannot hold that is
 //! refused at start. The HTTP client's own read buffer (one per connection, at most about

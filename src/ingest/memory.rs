@@ -19,8 +19,8 @@
 //! catch-up read, which streams it into PostgreSQL instead of holding it (see `catch_up`).
 //!
 //! The check comes before each read, so streams that read at the same moment can together
-//! pass the total by what those reads bring (one chunk each, at most about 400 KiB); each
-//! stream alone stays under its own bound.
+//! pass the total by what those reads bring (one chunk each, at most about 400 KiB). While a
+//! message is encoded for COPY it exists twice for a moment, which no figure shows.
 //!
 //! The per-stream bound is half the total, but at least one message of
 //! `--ingest-max-event-bytes` plus a read's headroom; a total that cannot hold that is

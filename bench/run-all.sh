@@ -5,10 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked
 out=$(mktemp -d)
-scenarios=(capture-drain capture-latency memory snapshot ingest-drain ingest-latency naive)
+scenarios=(capture-drain capture-latency memory snapshot ingest-drain ingest-latency ingest-outage naive)
+# Sizes other than the defaults, per scenario (the issue's figures).
+declare -A args=([ingest-outage]="--rows 300000 --duration 15")
 for s in "${scenarios[@]}"; do
   echo "== $s" >&2
-  ./target/release/ds-sync bench "$s" --out "$out" >&2
+  # shellcheck disable=SC2086
+  ./target/release/ds-sync bench "$s" ${args[$s]:-} --out "$out" >&2
 done
 rm -rf bench/charts && mkdir -p bench/charts
 {

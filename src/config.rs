@@ -70,6 +70,35 @@ pub struct IngestFile {
     pub streams: Option<Vec<String>>,
     pub max_event_bytes: Option<usize>,
     pub batch_max_rows: Option<usize>,
+    pub max_buffer_bytes: Option<usize>,
+    /// A duration such as `"60s"`, `"2m"` or `"500ms"` (see [`parse_duration`]).
+    pub idle_timeout: Option<String>,
+}
+
+/// Reads a duration: a whole number followed by `ms`, `s`, `m` or `h`, or by nothing
+/// (seconds); it must be above zero.
+///
+/// # Errors
+///
+/// A message saying what is accepted.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = t.split_at(digits);
+    let bad = || format!("{text:?} is not a duration: give e.g. 60s, 2m or 500ms");
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let ms = match unit.trim() {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    }
+    .ok_or_else(bad)?;
+    if ms == 0 {
+        return Err(format!("{text:?}: the duration must be above zero"));
+    }
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 /// The `[capture]` section of the config file; each key mirrors a `run` option.
@@ -567,7 +596,7 @@ mod tests {
     fn file_reads_the_ingest_section() {
         let f: FileConfig = toml::from_str(
             "[ingest]\nstreams = [\"sessions/1\", \"sessions/2\"]\nmax_event_bytes = 1024\n\
-             batch_max_rows = 50\n",
+             batch_max_rows = 50\nmax_buffer_bytes = 4096\nidle_timeout = \"90s\"\n",
         )
         .unwrap();
         assert_eq!(
@@ -576,6 +605,8 @@ mod tests {
         );
         assert_eq!(f.ingest.max_event_bytes, Some(1024));
         assert_eq!(f.ingest.batch_max_rows, Some(50));
+        assert_eq!(f.ingest.max_buffer_bytes, Some(4096));
+        assert_eq!(f.ingest.idle_timeout.as_deref(), Some("90s"));
         assert!(toml::from_str::<FileConfig>("[ingest]\nstream = [\"x\"]\n").is_err());
     }
 
@@ -602,6 +633,19 @@ mod tests {
         assert_eq!(s.listen.unwrap().source, Source::Env);
         let off = Settings::resolve(CliValues::default(), FileConfig::default(), &no_env);
         assert!(off.listen.is_none());
+    }
+
+    #[test]
+    fn durations_take_a_unit_or_mean_seconds() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration(" 500ms "), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "1.5s", "-1s", "10 days", "0s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -51,14 +51,19 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../sql/006_probe.sql"),
     },
     Migration {
-        version: 10,
-        name: "010_capture_guards",
-        sql: include_str!("../sql/010_capture_guards.sql"),
+        version: 7,
+        name: "007_capture_guards",
+        sql: include_str!("../sql/007_capture_guards.sql"),
     },
     Migration {
-        version: 30,
-        name: "030_snapshot_baselines",
-        sql: include_str!("../sql/030_snapshot_baselines.sql"),
+        version: 8,
+        name: "008_snapshot_baselines",
+        sql: include_str!("../sql/008_snapshot_baselines.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "009_ingest_memory",
+        sql: include_str!("../sql/009_ingest_memory.sql"),
     },
 ];
 

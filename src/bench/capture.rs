@@ -12,7 +12,7 @@ use super::stack::{DsSyncProcess, Stack};
 use super::workload::{self, Drain, Phase};
 use super::{BenchError, BenchOptions};
 use crate::ds::DsClient;
-use crate::sse::DsEvent;
+use crate::sse::{ArrayItem, DsItem};
 
 /// What every scenario gets.
 pub struct Ctx<'a> {
@@ -286,22 +286,19 @@ async fn read_stream(ds: DsClient, stream: String, stamps: Arc<Stamps>) -> Resul
         let mut sub = ds.subscribe(&stream, &offset).await?;
         while let Some(event) = sub.next().await {
             match event? {
-                DsEvent::Data(bytes) => {
-                    let Ok(messages) = serde_json::from_slice::<Vec<serde_json::Value>>(&bytes)
-                    else {
+                DsItem::Array(ArrayItem::Element { text, .. }) => {
+                    let Ok(m) = serde_json::from_slice::<serde_json::Value>(&text) else {
                         continue;
                     };
-                    for m in messages {
-                        let id = m["value"]["id"]
-                            .as_u64()
-                            .or_else(|| m["value"]["id"].as_str().and_then(|s| s.parse().ok()));
-                        if let Some(id) = id {
-                            stamps.arrived(id);
-                        }
+                    let id = m["value"]["id"]
+                        .as_u64()
+                        .or_else(|| m["value"]["id"].as_str().and_then(|s| s.parse().ok()));
+                    if let Some(id) = id {
+                        stamps.arrived(id);
                     }
                 }
-                DsEvent::Control(c) => offset = c.stream_next_offset,
-                DsEvent::Other { .. } => {}
+                DsItem::Control(c) => offset = c.stream_next_offset,
+                _ => {}
             }
         }
     }

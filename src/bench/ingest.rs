@@ -1,6 +1,8 @@
 //! Ingest scenarios: `ingest-drain` (a stream's backlog into `session_events`, next to
-//! `psql \copy ... FROM ... WITH (FORMAT binary)` of the same rows) and `ingest-latency`
-//! (POST returned to row committed, under a steady POST rate).
+//! `psql \copy ... FROM ... WITH (FORMAT binary)` of the same rows, peak RSS included),
+//! `ingest-latency` (POST returned to row committed, under a steady POST rate) and
+//! `ingest-outage` (PostgreSQL down while events keep arriving: peak RSS, recovery, exactly
+//! once).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +20,11 @@ use super::workload::{self, Bar};
 use crate::ds::DsClient;
 
 /// Target: ingest drains at least this fraction of the binary-COPY rate.
-const DRAIN_TARGET: f64 = 0.8;
+const DRAIN_TARGET: f64 = 0.9;
+/// Target: peak RSS while a backlog of a million events drains, in MB.
+const DRAIN_RSS_TARGET_MB: f64 = 64.0;
+/// Target: peak RSS through an outage while 300,000 events arrive, in MB.
+const OUTAGE_RSS_TARGET_MB: f64 = 96.0;
 /// Events per POST while preloading a backlog.
 const PRELOAD_BATCH: u64 = 1000;
 
@@ -201,7 +207,13 @@ pub async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError>
         report.figure("ds-sync CPU", cpu, "s");
     }
     if let Some((_, peak)) = rss {
-        report.figure("ds-sync peak RSS", peak as f64 / 1024.0, "MB");
+        report.check(
+            "ds-sync peak RSS (VmHWM)",
+            peak as f64 / 1024.0,
+            "MB",
+            Some(DRAIN_RSS_TARGET_MB),
+            true,
+        );
     }
     report.check(
         "ds-sync ingest / psql binary COPY throughput",
@@ -261,6 +273,138 @@ async fn binary_copy_ceiling(
         .await
         .map_err(|e| BenchError::sql("dropping the ceiling table", &e))?;
     Ok(took)
+}
+
+/// Waits until ds-sync committed the tail of `stream` (fails if it exits or 900 s pass).
+async fn wait_committed(
+    ctx: &Ctx<'_>,
+    process: &mut DsSyncProcess,
+    stream: &str,
+    what: &str,
+) -> Result<(), BenchError> {
+    let tail = ctx.stack.ds.head(stream).await?.unwrap_or_default();
+    let started = Instant::now();
+    let mut sql: Option<tokio_postgres::Client> = None;
+    loop {
+        process.check_alive()?;
+        if sql.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+            sql = ctx.stack.sql().await.ok();
+        }
+        if let Some(c) = &sql
+            && committed_offset(c, stream).await.ok().flatten().as_deref() == Some(tail.as_str())
+        {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            return Err(BenchError::Timeout {
+                what: what.into(),
+                secs: 900,
+                detail: format!("tail {tail}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `ingest-outage`: ds-sync ingests a live stream; PostgreSQL stops for `duration` while
+/// `rows` events arrive at an even pace, then starts again. Peak RSS through it all, the
+/// time to catch up once PostgreSQL is back, and every event exactly once.
+pub async fn outage(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
+    let stream = "bench-ingest-outage";
+    let rows = ctx.opts.rows;
+    ctx.stack.ds.ensure_stream(stream).await?;
+    let mut process = start_ingest(ctx, stream, "ds-sync-ingest-outage.log")?;
+    post(&ctx.stack.ds, stream, 0).await?;
+    wait_committed(ctx, &mut process, stream, "the warm-up event").await?;
+    let mut rss = Series {
+        name: "ds-sync RSS".into(),
+        unit: "MB".into(),
+        points: Vec::new(),
+    };
+    ctx.stack.stop_postgres().await?;
+    let down = Instant::now();
+    let bar = Bar::new("posting during the outage", rows, ctx.opts.progress);
+    let batches = rows.div_ceil(PRELOAD_BATCH).max(1);
+    let pace = ctx.opts.duration.div_f64(batches as f64);
+    let mut n = 1;
+    while n <= rows {
+        let last = (n + PRELOAD_BATCH - 1).min(rows);
+        let batch: Vec<_> = (n..=last).map(event).collect();
+        let body = Bytes::from(serde_json::to_vec(&batch).unwrap_or_default());
+        ctx.stack.ds.append(stream, body, None).await?;
+        bar.set(last);
+        process.check_alive()?;
+        if let Some((now_kb, _)) = process.memory_kb() {
+            rss.points
+                .push((down.elapsed().as_secs_f64(), now_kb as f64 / 1024.0));
+        }
+        let due = pace.mul_f64(n.div_ceil(PRELOAD_BATCH) as f64);
+        tokio::time::sleep(due.saturating_sub(down.elapsed())).await;
+        n = last + 1;
+    }
+    bar.finish();
+    tokio::time::sleep(ctx.opts.duration.saturating_sub(down.elapsed())).await;
+    let outage = down.elapsed();
+    ctx.stack.start_postgres_again().await?;
+    let back = Instant::now();
+    wait_committed(ctx, &mut process, stream, "catching up after the outage").await?;
+    let recovery = back.elapsed();
+    let (cpu, peak) = (process.cpu_seconds(), process.memory_kb().map(|m| m.1));
+    process.stop().await?;
+    let sql = ctx.stack.sql().await?;
+    check_exactly_once(&sql, stream, rows + 1).await?;
+    report.figure("events during the outage", rows as f64, "events");
+    report.figure("outage", outage.as_secs_f64(), "s");
+    report.figure(
+        "catch-up after PostgreSQL is back",
+        recovery.as_secs_f64(),
+        "s",
+    );
+    if let Some(cpu) = cpu {
+        report.figure("ds-sync CPU", cpu, "s");
+    }
+    if let Some(peak) = peak {
+        report.check(
+            "ds-sync peak RSS (VmHWM)",
+            peak as f64 / 1024.0,
+            "MB",
+            Some(OUTAGE_RSS_TARGET_MB),
+            true,
+        );
+    }
+    report.series.push(rss);
+    report.notes.push(format!(
+        "ds-sync ingests one live stream; after a warm-up event is committed the throwaway \
+         PostgreSQL is stopped (fast shutdown), {rows} events are POSTed in batches of \
+         {PRELOAD_BATCH} spread over the outage, and PostgreSQL starts again on the same port. \
+         Catch-up time runs from the restart to the poll (20 ms) that finds the stream's tail \
+         offset committed. Every event is then checked to be stored exactly once. Peak RSS is \
+         the child's VmHWM; the chart samples VmRSS after each POST."
+    ));
+    Ok(())
+}
+
+/// Fails unless `stream` holds exactly `events` rows with distinct event numbers.
+async fn check_exactly_once(
+    sql: &tokio_postgres::Client,
+    stream: &str,
+    events: u64,
+) -> Result<(), BenchError> {
+    let row = sql
+        .query_one(
+            "SELECT count(*), count(DISTINCT payload->'data'->>'n') \
+             FROM public.session_events WHERE stream_name = $1",
+            &[&stream],
+        )
+        .await
+        .map_err(|e| BenchError::sql("counting ingested rows", &e))?;
+    let (count, distinct): (i64, i64) = (row.get(0), row.get(1));
+    if count as u64 != events || distinct as u64 != events {
+        return Err(BenchError::Setup(format!(
+            "ingest stored {count} rows ({distinct} distinct events) for {events} events"
+        )));
+    }
+    Ok(())
 }
 
 /// `ingest-latency`: `rate` single-event POSTs per second for `duration`; each event's

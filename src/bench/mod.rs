@@ -7,8 +7,8 @@
 //!
 //! * [`stack`]: the servers, and ds-sync as a child process (RSS, CPU).
 //! * [`capture`]: `capture-drain`, `memory` (ceiling: `pg_recvlogical`), `capture-latency`.
-//! * [`ingest`]: `ingest-drain` (ceiling: `psql \copy ... FROM` in binary format) and
-//!   `ingest-latency`.
+//! * [`ingest`]: `ingest-drain` (ceiling: `psql \copy ... FROM` in binary format),
+//!   `ingest-latency` and `ingest-outage` (PostgreSQL stopped while events arrive).
 //! * [`snapshot`]: the initial snapshot (baseline: `psql \copy` of the same table).
 //! * [`naive`]: the sync-layer document's example design on the same load.
 //! * [`report`]: table, JSON, Markdown and SVG charts.
@@ -41,6 +41,9 @@ pub enum Scenario {
     IngestDrain,
     /// A steady POST rate; POST to row committed in Postgres (p50/p95/p99/max)
     IngestLatency,
+    /// PostgreSQL down for --duration s while --rows events arrive: peak RSS, catch-up
+    /// time, every event exactly once
+    IngestOutage,
     /// Peak RSS of ds-sync while a large transaction passes
     Memory,
     /// The sync-layer document's example design (one unbatched POST per change, no
@@ -58,6 +61,7 @@ impl Scenario {
             Scenario::CaptureLatency => "capture-latency",
             Scenario::IngestDrain => "ingest-drain",
             Scenario::IngestLatency => "ingest-latency",
+            Scenario::IngestOutage => "ingest-outage",
             Scenario::Memory => "memory",
             Scenario::Naive => "naive",
             Scenario::Snapshot => "snapshot",
@@ -172,6 +176,7 @@ pub async fn run(opts: &BenchOptions) -> Result<(Report, PathBuf), BenchError> {
         Scenario::CaptureLatency => capture::latency(&ctx, &mut report).await?,
         Scenario::IngestDrain => ingest::drain(&ctx, &mut report).await?,
         Scenario::IngestLatency => ingest::latency(&ctx, &mut report).await?,
+        Scenario::IngestOutage => ingest::outage(&ctx, &mut report).await?,
         Scenario::Memory => capture::memory(&ctx, &mut report).await?,
         Scenario::Naive => naive::run(&ctx, &mut report).await?,
         Scenario::Snapshot => snapshot::run(&ctx, &mut report).await?,

@@ -121,27 +121,25 @@ async fn naive_ingest(
                 "naive ingest: the server ended the SSE response".into(),
             ));
         };
-        let crate::sse::DsEvent::Data(data) = event? else {
+        let crate::sse::DsItem::Array(crate::sse::ArrayItem::Element { text, .. }) = event? else {
             continue;
         };
-        let values: Vec<Value> = serde_json::from_slice(&data)
+        let v: Value = serde_json::from_slice(&text)
             .map_err(|e| BenchError::Setup(format!("naive ingest: {e}")))?;
-        for v in values {
-            let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-            sql.execute(
-                &insert,
-                &[
-                    &stream,
-                    &text("key"),
-                    &text("type"),
-                    &text("operation"),
-                    &v.to_string(),
-                ],
-            )
-            .await
-            .map_err(|e| BenchError::sql("naive insert", &e))?;
-            stored += 1;
-        }
+        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        sql.execute(
+            &insert,
+            &[
+                &stream,
+                &text("key"),
+                &text("type"),
+                &text("operation"),
+                &v.to_string(),
+            ],
+        )
+        .await
+        .map_err(|e| BenchError::sql("naive insert", &e))?;
+        stored += 1;
         bar.set(stored);
     }
     bar.finish();

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
@@ -28,7 +29,7 @@ const PG_SETTINGS: &[(&str, &str)] = &[
 
 /// A Postgres and a DS server, throwaway or given.
 pub struct Stack {
-    local_pg: Option<LocalPostgres>,
+    local_pg: Option<Arc<Mutex<LocalPostgres>>>,
     ds_server: Option<DsServer>,
     target: PgTarget,
     pub ds_url: String,
@@ -60,9 +61,10 @@ impl Stack {
                 .map_err(|e| BenchError::Setup(format!("starting PostgreSQL: {e}")))??,
             ),
         };
+        let local_pg = local_pg.map(|pg| Arc::new(Mutex::new(pg)));
         let target = match (target, &local_pg) {
             (Some(t), _) => t,
-            (None, Some(pg)) => PgTarget::parse(&pg.url("postgres"), None)
+            (None, Some(pg)) => PgTarget::parse(&lock(pg).url("postgres"), None)
                 .map_err(|e| BenchError::Setup(format!("the local cluster's URL: {e}")))?,
             (None, None) => unreachable!("a cluster is started when no target is given"),
         };
@@ -123,6 +125,38 @@ impl Stack {
     pub fn embedded_pg(&self) -> bool {
         self.local_pg.is_some()
     }
+
+    /// Stops the throwaway cluster (fast shutdown: clients are disconnected); its data stays
+    /// for [`start_postgres_again`](Self::start_postgres_again).
+    pub async fn stop_postgres(&self) -> Result<(), BenchError> {
+        let pg = self.own_postgres()?;
+        tokio::task::spawn_blocking(move || lock(&pg).stop())
+            .await
+            .map_err(|e| BenchError::Setup(format!("stopping PostgreSQL: {e}")))
+    }
+
+    /// Starts the throwaway cluster again on the same port, with the same data.
+    pub async fn start_postgres_again(&self) -> Result<(), BenchError> {
+        let pg = self.own_postgres()?;
+        tokio::task::spawn_blocking(move || lock(&pg).start_again())
+            .await
+            .map_err(|e| BenchError::Setup(format!("starting PostgreSQL: {e}")))??;
+        Ok(())
+    }
+
+    fn own_postgres(&self) -> Result<Arc<Mutex<LocalPostgres>>, BenchError> {
+        self.local_pg.clone().ok_or_else(|| {
+            BenchError::Setup(
+                "this scenario stops PostgreSQL, so it needs the throwaway cluster: run it \
+                 without --postgres-url"
+                    .into(),
+            )
+        })
+    }
+}
+
+fn lock(pg: &Mutex<LocalPostgres>) -> std::sync::MutexGuard<'_, LocalPostgres> {
+    pg.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// CPU time (user + system) this process has used, from `/proc/self/stat`: with the

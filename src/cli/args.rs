@@ -240,6 +240,7 @@ Examples:
   cargo run --release -- bench capture-drain
   cargo run --release -- bench capture-latency --rate 2000 --duration 20
   cargo run --release -- bench memory --rows 1000000
+  cargo run --release -- bench ingest-outage --rows 300000 --duration 15
   cargo run --release -- bench capture-drain -- --batch-max-messages 5000")]
     Bench(BenchArgs),
     /// Ask capture to send one table's existing rows again, while streaming goes on
@@ -309,7 +310,7 @@ pub struct BenchArgs {
     #[arg(value_enum)]
     pub scenario: crate::bench::Scenario,
     /// Rows of the large transaction (capture-drain, memory), of the table (snapshot), events
-    /// of the backlog (ingest-drain)
+    /// of the backlog (ingest-drain), events arriving during the outage (ingest-outage)
     #[arg(long, default_value_t = 1_000_000)]
     pub rows: u64,
     /// One-row transactions (capture-drain); rows of the naive scenario's backlog
@@ -318,7 +319,7 @@ pub struct BenchArgs {
     /// Transactions (or events) per second of the latency scenarios
     #[arg(long, default_value_t = 2000)]
     pub rate: u32,
-    /// Seconds the latency scenarios run
+    /// Seconds the latency scenarios run; seconds PostgreSQL is down (ingest-outage)
     #[arg(long, default_value_t = 20)]
     pub duration: u64,
     /// Writer connections of the latency scenarios
@@ -445,6 +446,21 @@ pub struct IngestArgs {
     /// Most rows written in one ingest transaction (over all streams) [default: 10000]
     #[arg(long, env = "DS_SYNC_INGEST_BATCH_MAX_ROWS", value_name = "N")]
     pub ingest_batch_max_rows: Option<usize>,
+    /// Bound on what ingest holds in memory, all streams together (one stream holds at most
+    /// half); at the bound it stops reading, and a data event too large to hold is read
+    /// again by a catch-up read streamed into PostgreSQL [default: 33554432]
+    #[arg(long, env = "DS_SYNC_INGEST_MAX_BUFFER_BYTES", value_name = "BYTES")]
+    pub ingest_max_buffer_bytes: Option<usize>,
+    /// A stream connection without a byte (data, control or keepalive) for this long is
+    /// presumed dead and reopened from the committed offset, e.g. 60s, 2m, 500ms
+    /// [default: 60s]
+    #[arg(
+        long,
+        env = "DS_SYNC_INGEST_IDLE_TIMEOUT",
+        value_name = "DURATION",
+        value_parser = crate::config::parse_duration
+    )]
+    pub ingest_idle_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Subcommand)]

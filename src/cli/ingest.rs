@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, CaptureConfig};
-use crate::config::{OutputFormat, Settings};
+use crate::config::{IngestFile, OutputFormat, Settings, parse_duration};
 use crate::ds::{ClientOptions, DsClient};
 use crate::ingest::store::{self, SubscriptionInfo};
 use crate::ingest::{self, DEFAULT_MAX_EVENT_BYTES, IngestConfig, WriterOptions};
@@ -67,7 +67,33 @@ pub(super) async fn config(
             .max(1),
         ..cfg.writer
     };
+    apply_limits(&mut cfg, args, Some(file))?;
     Ok(Some(cfg))
+}
+
+/// The memory bound and the idle timeout (flag > env > file > default), checked.
+fn apply_limits(
+    cfg: &mut IngestConfig,
+    args: &IngestArgs,
+    file: Option<&IngestFile>,
+) -> Result<(), CliError> {
+    if let Some(bytes) = args
+        .ingest_max_buffer_bytes
+        .or(file.and_then(|f| f.max_buffer_bytes))
+    {
+        cfg.max_buffer_bytes = bytes;
+    }
+    let from_file = file
+        .and_then(|f| f.idle_timeout.as_deref())
+        .map(|t| {
+            parse_duration(t).map_err(|e| CliError::Invalid(format!("[ingest] idle_timeout: {e}")))
+        })
+        .transpose()?;
+    if let Some(timeout) = args.ingest_idle_timeout.or(from_file) {
+        cfg.idle_timeout = timeout;
+    }
+    cfg.limits()?;
+    Ok(())
 }
 
 /// Stream `dev` ingests unless `--ingest` names others.
@@ -92,7 +118,8 @@ pub(super) async fn dev_config(
     let max = args
         .ingest_max_event_bytes
         .unwrap_or(DEFAULT_MAX_EVENT_BYTES);
-    let cfg = IngestConfig::new(target.clone(), ds_url, streams, max)?.with_access(access)?;
+    let mut cfg = IngestConfig::new(target.clone(), ds_url, streams, max)?.with_access(access)?;
+    apply_limits(&mut cfg, args, None)?;
     for s in &cfg.streams {
         cfg.ds.ensure_stream(s).await?;
     }
@@ -346,6 +373,7 @@ fn table(lines: &[Line]) -> Table {
         "lag",
         "last event",
         "dead letters",
+        "buffered (peak)",
         "error",
     ]);
     let dash = || "-".to_owned();
@@ -364,10 +392,25 @@ fn table(lines: &[Line]) -> Table {
             lag,
             l.info.last_event_at.clone().unwrap_or_else(dash),
             l.info.dead_letters.to_string(),
+            format!(
+                "{} ({})",
+                bytes(l.info.buffered_bytes),
+                bytes(l.info.peak_buffered_bytes)
+            ),
             l.info.error.clone().unwrap_or_else(dash),
         ]);
     }
     table
+}
+
+/// A byte count for people: B, KiB or MiB.
+fn bytes(n: i64) -> String {
+    const KIB: i64 = 1024;
+    match n {
+        n if n >= KIB * KIB => format!("{:.1} MiB", n as f64 / (KIB * KIB) as f64),
+        n if n >= KIB => format!("{:.1} KiB", n as f64 / KIB as f64),
+        n => format!("{n} B"),
+    }
 }
 
 fn emit(text: &str) -> Result<(), CliError> {

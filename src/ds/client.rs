@@ -29,6 +29,8 @@ use tokio::time::Instant;
 
 use super::DsError;
 use super::access::DsAccess;
+use super::body::Body;
+use super::catch_up::CatchUpRead;
 use super::reply::ServerReply;
 use super::status::{
     AppendOutcome, Failure, STREAM_CLOSED, STREAM_NEXT_OFFSET, STREAM_SEQ, STREAM_UP_TO_DATE,
@@ -371,11 +373,52 @@ impl DsClient {
             });
         }
         Ok(SseSubscription::new(
-            stream,
-            url,
-            res.into_body(),
+            Body::new(stream, url, res.into_body()),
+            self.max_sse_event_bytes,
             self.max_sse_event_bytes,
         ))
+    }
+
+    /// Opens a catch-up read from `offset` whose body is read as it arrives, split into
+    /// messages (those over `max_message_bytes` are reported, not kept). The response head
+    /// is awaited for `head_timeout` (a server may prepare a whole backlog before it
+    /// answers), the body only by the caller's idle timeout: a backlog may take long to
+    /// arrive.
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read).
+    pub async fn read_stream(
+        &self,
+        stream: &str,
+        offset: &str,
+        max_message_bytes: usize,
+        head_timeout: Duration,
+    ) -> Result<CatchUpRead, DsError> {
+        let url = format!(
+            "{}?offset={}",
+            self.stream_url(stream),
+            encode_component(offset)
+        );
+        let req = self.request(Method::GET, stream, url.clone(), Bytes::new())?;
+        let head_timeout = head_timeout.max(self.request_timeout);
+        let res = match tokio::time::timeout(head_timeout, self.http.request(req)).await {
+            Ok(Ok(res)) => res,
+            Ok(Err(e)) => return Err(transient(stream, url, error_chain(&e))),
+            Err(_) => {
+                let reason = format!("no response within {head_timeout:?}");
+                return Err(transient(stream, url, reason));
+            }
+        };
+        let deadline = Instant::now() + self.request_timeout;
+        if !res.status().is_success() {
+            let ex = self.finish(stream, url, res, deadline).await?;
+            let failure = classify_status(ex.status, &ex.headers)
+                .err()
+                .unwrap_or(Failure::Rejected);
+            return Err(ex.error(failure, stream, 0));
+        }
+        CatchUpRead::new(stream, url, res, max_message_bytes)
     }
 
     fn request(

@@ -5,8 +5,8 @@
 //!  WAL writer ── ensure_stream (PUT) ──┐               status + headers only
 //!             ── append (POST + seq) ──┤              ┌─ 2xx ────────────────▶ Ok
 //!  ingest ───── subscribe (SSE) ───────┼─▶ DsClient ─▶┼─ 409 + seq, open ─────▶ AlreadyWritten
-//!  tooling ──── head, read, read_all ──┘   (pooled,   ├─ 404 409 410 413 4xx ─▶ stop, hint
-//!                                          timeouts)  └─ 5xx 429 timeout ─────▶ Transient: retry
+//!         ───── read_stream (catch-up) ┤   (pooled,   ├─ 404 409 410 413 4xx ─▶ stop, hint
+//!  tooling ──── head, read, read_all ──┘   timeouts)  └─ 5xx 429 timeout ─────▶ Transient: retry
 //! ```
 //!
 //! **Status codes decide, never error text.** The servers ds-sync supports word their errors
@@ -26,6 +26,8 @@
 
 mod access;
 mod backoff;
+mod body;
+mod catch_up;
 mod client;
 mod error;
 mod reply;
@@ -35,6 +37,8 @@ mod url;
 
 pub use access::{DsAccess, DsTls, parse_header};
 pub use backoff::{Backoff, DEFAULT_INITIAL, DEFAULT_MAX};
+pub use body::BodyRead;
+pub use catch_up::CatchUpRead;
 pub use client::{ClientOptions, DsClient, EVENT_STREAM, JSON, OFFSET_START, ReadBatch};
 pub use error::{BODY_PREVIEW_CHARS, DsError, too_large_hint};
 pub use reply::{PROBLEM_JSON, ServerReply, TooLargeKind};

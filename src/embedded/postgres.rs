@@ -71,6 +71,8 @@ pub struct LocalPostgres {
     port: u16,
     superuser: String,
     password: String,
+    /// How it was set up, to start it again after [`LocalPostgres::stop`].
+    opts: PostgresOptions,
 }
 
 /// The directory holding `initdb` and `postgres`: `$DS_SYNC_PG_BIN`, else the first PATH
@@ -157,10 +159,11 @@ impl LocalPostgres {
             port: 0,
             superuser: opts.superuser.clone(),
             password,
+            opts: opts.clone(),
         };
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
-            match pg.launch(&bin, owner, opts) {
+            match pg.launch(&bin, owner, opts, free_port()?) {
                 Ok(()) => return Ok(pg),
                 Err(e) => last_error = Some(e),
             }
@@ -174,15 +177,35 @@ impl LocalPostgres {
             .map_or(Path::new("/nonexistent"), |d| d.path())
     }
 
+    /// Starts the cluster again after [`stop`](Self::stop), on the same port with the same
+    /// data (an outage that ends): clients reconnect to the same URL. Blocks until it
+    /// accepts connections. Does nothing while it runs.
+    ///
+    /// # Errors
+    ///
+    /// The server did not start (the port may have been taken meanwhile).
+    pub fn start_again(&mut self) -> Result<(), EmbeddedError> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let bin = find_postgres_bin_dir()?;
+        let owner = run_as()?;
+        let opts = self.opts.clone();
+        self.launch(&bin, owner, &opts, self.port)
+    }
+
     fn launch(
         &mut self,
         bin: &Path,
         owner: Option<(u32, u32)>,
         opts: &PostgresOptions,
+        port: u16,
     ) -> Result<(), EmbeddedError> {
-        let port = free_port()?;
         let dir = self.dir().to_path_buf();
-        let log = fs::File::create(dir.join("postgres.log"))
+        let log = fs::File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join("postgres.log"))
             .map_err(EmbeddedError::io("creating the server log"))?;
         let log_err = log
             .try_clone()

@@ -20,6 +20,9 @@ pub enum IngestError {
     /// A write the database refuses for a reason retrying cannot change.
     #[error("writing ingested events failed: {reason}")]
     Write { reason: String },
+    /// Options that do not fit together.
+    #[error("invalid ingest options: {reason}")]
+    Config { reason: String },
     /// A stream name ingest cannot use.
     #[error("invalid stream name {stream:?}: {reason}")]
     InvalidStream { stream: String, reason: String },
@@ -39,6 +42,9 @@ impl IngestError {
             IngestError::Ds(e) => e.hint(),
             IngestError::InvalidStream { .. } => Some(
                 "Give the stream name as it appears after /v1/stream/ in its URL, without a leading or trailing '/'.".into(),
+            ),
+            IngestError::Config { .. } => Some(
+                "Raise --ingest-max-buffer-bytes, or lower --ingest-max-event-bytes (messages larger than it become dead letters).".into(),
             ),
             IngestError::Pg(e) => e.hint(),
         }

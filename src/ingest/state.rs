@@ -8,20 +8,29 @@
 //! log line, never blocking ingest. Offsets are not reported here: the writer stores them
 //! in the commit transaction itself. `last_event_at` is the time the reporter learned of a
 //! commit that stored rows or dead letters (within a quarter second of it).
+//!
+//! Memory figures are read, not sent: each subscription registers its
+//! [`StreamMemory`], and about once a second the reporter writes the bytes each stream holds
+//! and the most it held (`buffered_bytes`, `peak_buffered_bytes`) for the streams whose
+//! figures changed.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use super::memory::StreamMemory;
 use crate::pg::PgTarget;
 
 /// How often collected updates are written.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// Updates queued before new ones are dropped.
 const QUEUE: usize = 8192;
+/// How often memory figures are written (when they changed).
+const MEMORY_EVERY: Duration = Duration::from_secs(1);
 
 /// What a subscription is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +45,9 @@ pub enum Status {
     Retrying,
     /// The stream is closed and everything up to its end is committed.
     Closed,
+    /// Reading a data event too large to hold again by a catch-up read, streamed into
+    /// PostgreSQL.
+    CatchingUp,
     /// Stopped for a reason reconnecting cannot fix (410); see the error.
     Failed,
 }
@@ -50,6 +62,7 @@ impl Status {
             Status::Waiting => "waiting",
             Status::Retrying => "retrying",
             Status::Closed => "closed",
+            Status::CatchingUp => "catching-up",
             Status::Failed => "failed",
         }
     }
@@ -66,10 +79,14 @@ pub struct StateUpdate {
     pub stored_events: bool,
 }
 
+/// Each stream's memory figures, as registered by its subscription.
+type MemoryWatch = Arc<Mutex<HashMap<String, Weak<StreamMemory>>>>;
+
 /// The sending side, cloned into every subscription.
 #[derive(Debug, Clone)]
 pub struct StateSender {
     tx: mpsc::Sender<StateUpdate>,
+    memory: MemoryWatch,
 }
 
 impl StateSender {
@@ -79,22 +96,42 @@ impl StateSender {
             tracing::debug!(error = %e, "subscription state update dropped");
         }
     }
+
+    /// Registers a subscription's memory figures (replacing an earlier subscription's).
+    pub fn watch_memory(&self, stream: &str, figures: Arc<StreamMemory>) {
+        if let Ok(mut m) = self.memory.lock() {
+            m.insert(stream.to_owned(), Arc::downgrade(&figures));
+        }
+    }
+}
+
+/// The receiving end: updates, and the registered memory figures.
+#[derive(Debug)]
+pub struct StateReceiver {
+    rx: mpsc::Receiver<StateUpdate>,
+    memory: MemoryWatch,
 }
 
 /// A channel for updates and the receiving end for [`report`].
 #[must_use]
-pub fn channel() -> (StateSender, mpsc::Receiver<StateUpdate>) {
+pub fn channel() -> (StateSender, StateReceiver) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    (StateSender { tx }, rx)
+    let memory = MemoryWatch::default();
+    (
+        StateSender {
+            tx,
+            memory: Arc::clone(&memory),
+        },
+        StateReceiver { rx, memory },
+    )
 }
 
 /// Writes updates until every sender is gone (or `hard_stop`), then writes what is left.
-pub async fn report(
-    target: PgTarget,
-    mut rx: mpsc::Receiver<StateUpdate>,
-    hard_stop: CancellationToken,
-) {
+pub async fn report(target: PgTarget, receiver: StateReceiver, hard_stop: CancellationToken) {
+    let StateReceiver { mut rx, memory } = receiver;
     let mut latest: HashMap<String, StateUpdate> = HashMap::new();
+    let mut written: HashMap<String, (usize, usize)> = HashMap::new();
+    let mut memory_due = tokio::time::Instant::now() + MEMORY_EVERY;
     let mut client: Option<Client> = None;
     let mut open = true;
     let mut failing = false;
@@ -121,6 +158,19 @@ pub async fn report(
                 },
             }
         }
+        if tokio::time::Instant::now() >= memory_due || !open {
+            memory_due = tokio::time::Instant::now() + MEMORY_EVERY;
+            let figures = changed_memory(&memory, &mut written);
+            if !figures.is_empty()
+                && let Err(e) = write_memory(&target, &mut client, &figures).await
+            {
+                tracing::debug!(error = %e, "cannot record ingest memory figures");
+                client = None;
+                for (stream, _, _) in figures {
+                    written.remove(&stream);
+                }
+            }
+        }
         // After a failure, the next try waits its backoff (a flush is due 4 times a second);
         // the last flush, once every sender is gone, is always tried.
         let backing_off = retry_at.is_some_and(|at| tokio::time::Instant::now() < at);
@@ -128,11 +178,11 @@ pub async fn report(
             continue;
         }
         let batch: Vec<StateUpdate> = latest.drain().map(|(_, u)| u).collect();
-        let written = tokio::select! {
+        let outcome = tokio::select! {
             () = hard_stop.cancelled() => return,
-            written = write(&target, &mut client, &batch) => written,
+            outcome = write(&target, &mut client, &batch) => outcome,
         };
-        match written {
+        match outcome {
             Ok(()) if failing => {
                 tracing::info!("subscription state is recorded again");
                 failing = false;
@@ -157,6 +207,51 @@ pub async fn report(
             }
         }
     }
+}
+
+/// The streams whose figures changed since they were last written.
+fn changed_memory(
+    memory: &MemoryWatch,
+    written: &mut HashMap<String, (usize, usize)>,
+) -> Vec<(String, usize, usize)> {
+    let Ok(mut m) = memory.lock() else {
+        return Vec::new();
+    };
+    m.retain(|_, w| w.strong_count() > 0);
+    let mut out = Vec::new();
+    for (stream, w) in m.iter() {
+        let Some(figures) = w.upgrade() else { continue };
+        let now = (figures.held(), figures.peak());
+        if written.get(stream) != Some(&now) {
+            written.insert(stream.clone(), now);
+            out.push((stream.clone(), now.0, now.1));
+        }
+    }
+    out
+}
+
+async fn write_memory(
+    target: &PgTarget,
+    client: &mut Option<Client>,
+    figures: &[(String, usize, usize)],
+) -> Result<(), crate::pg::PgError> {
+    let c = match client {
+        Some(c) if !c.is_closed() => c,
+        _ => client.insert(target.connect().await?),
+    };
+    let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let streams: Vec<&str> = figures.iter().map(|f| f.0.as_str()).collect();
+    let held: Vec<i64> = figures.iter().map(|f| as_i64(f.1)).collect();
+    let peak: Vec<i64> = figures.iter().map(|f| as_i64(f.2)).collect();
+    c.execute(
+        "UPDATE ds_sync.subscriptions s SET buffered_bytes = u.held, peak_buffered_bytes = u.peak \
+         FROM unnest($1::text[], $2::int8[], $3::int8[]) AS u(stream_name, held, peak) \
+         WHERE s.stream_name = u.stream_name",
+        &[&streams, &held, &peak],
+    )
+    .await
+    .map_err(|e| crate::pg::PgError::query("recording ingest memory figures", &e))?;
+    Ok(())
 }
 
 async fn write(

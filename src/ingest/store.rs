@@ -46,6 +46,9 @@ pub struct SubscriptionInfo {
     pub last_event_at: Option<String>,
     pub state_at: Option<String>,
     pub dead_letters: i64,
+    /// Bytes its subscription holds in memory, and the most it held since it started.
+    pub buffered_bytes: i64,
+    pub peak_buffered_bytes: i64,
 }
 
 /// Checks that a stream name can be subscribed: non-empty, no empty, `.` or `..` segment.
@@ -279,7 +282,8 @@ pub async fn list(client: &Client) -> Result<Vec<SubscriptionInfo>, PgError> {
         .query(
             "SELECT s.stream_name, s.status, s.error, o.ds_offset, s.up_to_date, \
                     s.last_event_at::text, s.state_at::text, \
-                    (SELECT count(*) FROM ds_sync.dead_letters d WHERE d.stream_name = s.stream_name) \
+                    (SELECT count(*) FROM ds_sync.dead_letters d WHERE d.stream_name = s.stream_name), \
+                    s.buffered_bytes, s.peak_buffered_bytes \
              FROM ds_sync.subscriptions s LEFT JOIN ds_sync.stream_offsets o USING (stream_name) \
              ORDER BY s.stream_name",
             &[],
@@ -297,6 +301,8 @@ pub async fn list(client: &Client) -> Result<Vec<SubscriptionInfo>, PgError> {
             last_event_at: r.get(5),
             state_at: r.get(6),
             dead_letters: r.get(7),
+            buffered_bytes: r.get(8),
+            peak_buffered_bytes: r.get(9),
         })
         .collect())
 }

@@ -1,30 +1,45 @@
-//! One stream's subscription: SSE from the last committed offset, rows held until a control
-//! event, then handed to the writer and the offset advanced only after its COMMIT.
+//! One stream's subscription: catch-up reads of what the stream holds (see
+//! [`catch_up`](super::catch_up)), then SSE from the committed offset, each message decoded
+//! as it arrives and held until its control event, then handed to the writer; the offset
+//! advances only after the writer's COMMIT.
 //!
 //! ```text
-//!   subscribe(offset) ─▶ data ─▶ decode into pending ─┐
-//!        ▲               control ─▶ Commit ─▶ writer ─┴─▶ reply: offset = next
-//!        │                                                 (or the stored offset)
-//!        └── server ended the body / transient failure: backoff, resubscribe
-//!            404: wait for the stream (polled with backoff)
-//!            410: stop with the way out; streamClosed: finish, recorded as closed
+//!   catch up ─▶ subscribe(offset) ─▶ message ─▶ decode, hold ─┐
+//!        ▲                           control ─▶ Commit ─▶ writer ─┴─▶ reply: offset = next
+//!        │                                                        (or the stored offset)
+//!        ├── server ended the body / transient failure / idle timeout: again
+//!        ├── a data event too large to hold: again (the catch-up stores it)
+//!        ├── 404: wait for the stream (polled with backoff)
+//!        └── 410: stop with the way out; streamClosed: finish, recorded as closed
 //! ```
 //!
-//! The loop's priorities, in order: stop when asked (between commits, never inside one);
-//! never advance the offset past data that is not stored (rows or dead letters); keep going
-//! on any per-stream trouble, reporting it in the subscription's state.
+//! The read loop's priorities, in order: stop when asked (between commits, never inside
+//! one); never advance the offset past data that is not stored (rows or dead letters); stay
+//! under the memory bound (see [`memory`](super::memory): at the bound, stop reading and let
+//! the writer free what waits for it, or drop rows that wait for their control event and
+//! read them again by catch-up); keep going on any per-stream trouble, reporting it in the
+//! subscription's state.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::decode::Pending;
+use super::catch_up::CatchUpEnd;
+use super::decode::{Pending, decode};
+use super::ledger::{Ledger, Reached};
+use super::memory::{Budget, Full, ITEM_HEADROOM, Meter, OVERFLOW_WAIT, READ_HEADROOM};
 use super::state::{StateSender, StateUpdate, Status};
 use super::writer::{Commit, CommitFailed};
-use crate::ds::{Backoff, DsClient, DsError, OFFSET_START, SseSubscription};
-use crate::sse::{Control, DsEvent};
+use crate::ds::{Backoff, BodyRead, DsClient, DsError, OFFSET_START, SseSubscription};
+use crate::pg::PgTarget;
+use crate::sse::DsItem;
+
+/// How often a stream waiting for room looks again, should a release go unnoticed.
+const ROOM_RECHECK: Duration = Duration::from_millis(100);
 
 /// How often a subscription waiting for its stream to be created says so.
 const WAIT_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -57,41 +72,32 @@ impl WaitLog {
 #[derive(Debug)]
 pub struct Shared {
     pub ds: DsClient,
+    pub target: PgTarget,
     pub writer: mpsc::Sender<Commit>,
     pub state: StateSender,
-    /// Largest data event stored; larger ones become dead letters.
+    /// Largest message stored; larger ones become dead letters.
     pub max_event_bytes: usize,
+    /// No byte on a connection for this long: it is presumed dead and reopened.
+    pub idle_timeout: Duration,
+    pub budget: Arc<Budget>,
+    /// The connection catch-up reads write on, one catch-up at a time.
+    pub lane: Mutex<Option<Client>>,
 }
 
 /// How one SSE connection ended.
-enum End {
+pub(super) enum End {
     /// The server ended the body; `progressed` if anything was committed on it.
     ServerEnded { progressed: bool },
+    /// No byte for the idle timeout.
+    Idle(Duration),
     /// The stream is closed and committed to its end.
     StreamClosed,
     /// Asked to stop, or the writer is gone.
     Stopped,
     /// Reconnect after a backoff.
     Retry(String),
-    /// Stop this subscription (`failed`) until it is subscribed again; the offset stays.
-    Failed(String),
-}
-
-/// Data ended by control events, waiting for the commit in flight to finish.
-#[derive(Default)]
-struct Ready {
-    batch: Pending,
-    /// The latest control event: the commit's offset and flags.
-    control: Option<Control>,
-}
-
-/// A commit handed to the writer.
-struct InFlight {
-    answer: oneshot::Receiver<Result<(), CommitFailed>>,
-    next_offset: String,
-    up_to_date: bool,
-    closed: bool,
-    stored_events: bool,
+    /// A data event does not fit in memory: read it again by catch-up.
+    Overflow(Full),
 }
 
 /// Runs one subscription until `stop`, the stream's end, or a 410.
@@ -102,36 +108,71 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     crate::observe::ingest().offset(&stream, offset.as_deref());
+    let meter = shared.budget.meter();
+    shared.state.watch_memory(&stream, meter.figures());
     let mut sub = Subscription {
         stream,
         offset,
         shared,
         status: None,
         up_to_date: false,
+        meter,
+        wait_log: WaitLog::default(),
     };
     sub.run(&stop).await;
 }
 
-struct Subscription {
-    stream: String,
-    offset: Option<String>,
-    shared: Arc<Shared>,
+pub(super) struct Subscription {
+    pub(super) stream: String,
+    pub(super) offset: Option<String>,
+    pub(super) shared: Arc<Shared>,
     /// Last reported (status, error).
     status: Option<(Status, Option<String>)>,
     up_to_date: bool,
+    pub(super) meter: Meter,
+    /// When "does not exist yet" was last said.
+    wait_log: WaitLog,
 }
 
 impl Subscription {
     async fn run(&mut self, stop: &CancellationToken) {
         let mut backoff = Backoff::default();
         let mut waiting = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
-        let mut wait_log = WaitLog::default();
+        // Until a catch-up read says the stream is not in JSON mode.
+        let mut json = true;
         loop {
             self.report(Status::Connecting, None);
-            let from = self
-                .offset
-                .clone()
-                .unwrap_or_else(|| OFFSET_START.to_owned());
+            if json {
+                let delay = match self.catch_up(stop).await {
+                    CatchUpEnd::Done => None,
+                    CatchUpEnd::NotJson => {
+                        json = false;
+                        None
+                    }
+                    CatchUpEnd::Closed => {
+                        self.closed();
+                        return;
+                    }
+                    CatchUpEnd::Stopped => return,
+                    CatchUpEnd::NotFound => Some(self.waiting(&mut waiting)),
+                    CatchUpEnd::Retry(reason) => {
+                        tracing::warn!(stream = %self.stream, offset = %self.from(), %reason, "catch-up read failed; retrying");
+                        self.report(Status::Retrying, Some(reason));
+                        Some(backoff.next_delay())
+                    }
+                    CatchUpEnd::Failed(error) => {
+                        self.failed(error);
+                        return;
+                    }
+                };
+                if let Some(delay) = delay {
+                    if pause(stop, delay).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let from = self.from();
             let opened = tokio::select! {
                 () = stop.cancelled() => return,
                 r = self.shared.ds.subscribe(&self.stream, &from) => r,
@@ -139,69 +180,131 @@ impl Subscription {
             let delay = match opened {
                 Ok(sse) => {
                     waiting.reset();
-                    wait_log = WaitLog::default();
+                    self.wait_log = WaitLog::default();
                     self.report(Status::Streaming, None);
-                    let opened_at = tokio::time::Instant::now();
-                    match self.read(sse, stop).await {
-                        End::ServerEnded { progressed } => {
-                            // A connection that lived a while and ended cleanly is the
-                            // server's routine close, not a failure.
-                            if progressed || opened_at.elapsed() > Duration::from_secs(1) {
-                                backoff.reset();
-                            }
-                            tracing::debug!(stream = %self.stream, offset = %from, "sse connection ended by the server; resubscribing");
-                            backoff.next_delay() / 4
-                        }
-                        End::StreamClosed => {
-                            tracing::info!(stream = %self.stream, offset = ?self.offset, "stream closed; subscription finished");
-                            self.report(Status::Closed, None);
-                            return;
-                        }
-                        End::Stopped => return,
-                        End::Retry(reason) => {
-                            tracing::warn!(stream = %self.stream, offset = ?self.offset, %reason, "ingest reconnecting");
-                            self.report(Status::Retrying, Some(reason));
-                            backoff.next_delay()
-                        }
-                        End::Failed(error) => {
-                            tracing::error!(stream = %self.stream, offset = ?self.offset, "{error}");
-                            self.report(Status::Failed, Some(error));
-                            return;
-                        }
+                    let opened_at = Instant::now();
+                    let sse = sse
+                        .with_message_limit(self.shared.max_event_bytes)
+                        .with_idle_timeout(Some(self.shared.idle_timeout));
+                    let end = self.read(sse, stop).await;
+                    match self.after(end, opened_at, &mut backoff, json) {
+                        Some(delay) => delay,
+                        None => return,
                     }
                 }
-                Err(DsError::NotFound { .. }) => {
-                    wait_log.waiting(&self.stream);
-                    self.report(
-                        Status::Waiting,
-                        Some("the stream does not exist yet".into()),
-                    );
-                    waiting.next_delay()
-                }
+                Err(DsError::NotFound { .. }) => self.waiting(&mut waiting),
                 Err(DsError::Gone { .. }) => {
-                    let error = self.gone_message(&from);
-                    tracing::error!(stream = %self.stream, offset = %from, "{error}");
-                    self.report(Status::Failed, Some(error));
+                    self.failed(self.gone_message(&from));
                     return;
                 }
                 Err(e) => {
-                    let mut reason = e.to_string();
-                    if let Some(hint) = e.hint() {
-                        reason = format!("{reason}. {hint}");
-                    }
+                    let reason = with_hint(&e);
                     tracing::warn!(stream = %self.stream, offset = %from, error = %reason, "cannot subscribe; retrying");
                     self.report(Status::Retrying, Some(reason));
                     backoff.next_delay()
                 }
             };
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(delay) => {}
+            if pause(stop, delay).await {
+                return;
             }
         }
     }
 
-    fn gone_message(&self, from: &str) -> String {
+    fn from(&self) -> String {
+        self.offset
+            .clone()
+            .unwrap_or_else(|| OFFSET_START.to_owned())
+    }
+
+    /// What to do after a connection ended: the delay before the next one, or `None` when
+    /// the subscription is over.
+    fn after(
+        &mut self,
+        end: End,
+        opened_at: Instant,
+        backoff: &mut Backoff,
+        json: bool,
+    ) -> Option<Duration> {
+        match end {
+            End::ServerEnded { progressed } => {
+                // A connection that lived a while and ended cleanly is the server's routine
+                // close, not a failure.
+                if progressed || opened_at.elapsed() > Duration::from_secs(1) {
+                    backoff.reset();
+                }
+                tracing::debug!(stream = %self.stream, offset = ?self.offset, "sse connection ended by the server; resubscribing");
+                Some(backoff.next_delay() / 4)
+            }
+            End::Idle(after) => {
+                if opened_at.elapsed() > after * 2 {
+                    backoff.reset();
+                }
+                let reason = format!(
+                    "no byte (data, control or keepalive) for {after:?}: the connection is \
+                     presumed dead; reconnecting from the committed offset"
+                );
+                tracing::info!(stream = %self.stream, offset = %self.from(), idle_timeout = ?after, "{reason}");
+                self.report(Status::Retrying, Some(reason));
+                Some(backoff.next_delay() / 4)
+            }
+            End::StreamClosed => self.closed(),
+            End::Stopped => None,
+            End::Retry(reason) => {
+                tracing::warn!(stream = %self.stream, offset = ?self.offset, %reason, "ingest reconnecting");
+                self.report(Status::Retrying, Some(reason));
+                Some(backoff.next_delay())
+            }
+            End::Overflow(full) => self.overflowed(full, backoff, json),
+        }
+    }
+
+    fn closed(&mut self) -> Option<Duration> {
+        tracing::info!(stream = %self.stream, offset = ?self.offset, "stream closed; subscription finished");
+        self.report(Status::Closed, None);
+        None
+    }
+
+    fn failed(&mut self, error: String) -> Option<Duration> {
+        tracing::error!(stream = %self.stream, offset = ?self.offset, "{error}");
+        self.report(Status::Failed, Some(error));
+        None
+    }
+
+    /// A data event did not fit: the next connection starts with a catch-up read, which
+    /// stores it as it arrives. A stream that cannot be read so stops, or waits for room.
+    fn overflowed(&mut self, full: Full, backoff: &mut Backoff, json: bool) -> Option<Duration> {
+        let limits = self.shared.budget.limits();
+        tracing::info!(
+            stream = %self.stream,
+            offset = %self.from(),
+            bound = if full == Full::Stream { limits.event_hold } else { limits.total },
+            which = if full == Full::Stream { "data event" } else { "total" },
+            "a data event does not fit in the ingest buffer; reading it again by a catch-up read stored as it arrives"
+        );
+        if json {
+            backoff.reset();
+            return Some(Duration::ZERO);
+        }
+        if full == Full::Stream {
+            return self.failed(self.oversized_message());
+        }
+        let reason = "the ingest buffer is full (all streams together) and this stream is not \
+                      in JSON mode, so it cannot be read by catch-up; retrying"
+            .to_owned();
+        self.report(Status::Retrying, Some(reason));
+        Some(backoff.next_delay())
+    }
+
+    fn waiting(&mut self, waiting: &mut Backoff) -> Duration {
+        self.wait_log.waiting(&self.stream);
+        self.report(
+            Status::Waiting,
+            Some("the stream does not exist yet".into()),
+        );
+        waiting.next_delay()
+    }
+
+    pub(super) fn gone_message(&self, from: &str) -> String {
         format!(
             "the server no longer has stream {:?} from offset {from} (410: deleted, or the \
              offset is before its retention window); events after that offset may be lost. \
@@ -212,13 +315,16 @@ impl Subscription {
         )
     }
 
-    fn oversized_message(&self, size: usize, limit: usize) -> String {
+    fn oversized_message(&self) -> String {
         format!(
-            "the server sent {size} bytes in one SSE data event (servers send a backlog as one \
-             event), over the reader's limit of {limit} bytes; nothing after offset {} was \
-             stored and the subscription stopped. Raise --ingest-max-event-bytes (the reader \
-             accepts 4 x that, at least 256 MiB), restart ds-sync, and run `ds-sync subscribe {}`",
-            self.offset.as_deref().unwrap_or(OFFSET_START),
+            "stream {:?} is not in JSON mode and sent a data event larger than this stream's \
+             share of the ingest buffer ({} bytes); such a stream cannot be read by catch-up, \
+             so nothing after offset {} was stored and the subscription stopped. Raise \
+             --ingest-max-buffer-bytes (a stream may hold half of it), restart ds-sync, and run \
+             `ds-sync subscribe {}`",
+            self.stream,
+            self.shared.budget.limits().per_stream,
+            self.from(),
             self.stream
         )
     }
@@ -228,127 +334,173 @@ impl Subscription {
     /// offset of its own control event), so a busy stream commits in batches instead of
     /// queueing one transaction per event behind the last.
     async fn read(&mut self, mut sse: SseSubscription, stop: &CancellationToken) -> End {
-        let mut pending = Pending::default();
-        let mut ready = Ready::default();
-        let mut in_flight: Option<InFlight> = None;
+        let mut ledger = Ledger::default();
+        let mut answer: Option<oneshot::Receiver<Result<(), CommitFailed>>> = None;
         let mut progressed = false;
+        let mut full_since: Option<Instant> = None;
         loop {
-            if in_flight.is_none()
-                && let Some(control) = ready.control.take()
+            if answer.is_none()
+                && let Some((batch, next)) = ledger.next_commit()
             {
-                match self.send(ready.batch.take(), control).await {
-                    Ok(f) => in_flight = Some(f),
+                match self.send(batch, next).await {
+                    Ok(rx) => answer = Some(rx),
                     Err(end) => return end,
                 }
             }
-            let answer = async {
-                match in_flight.as_mut() {
-                    Some(f) => (&mut f.answer).await,
+            self.meter
+                .set_local(sse.buffered_bytes() + ledger.held_bytes());
+            let room = self.meter.room(ITEM_HEADROOM);
+            if room.is_ok()
+                && let Some(item) = sse.next_buffered()
+            {
+                full_since = None;
+                let end = match self.item(item, &mut ledger) {
+                    Ok(()) if ledger.unsealed_bytes() <= self.shared.budget.limits().event_hold => {
+                        continue;
+                    }
+                    Ok(()) => End::Overflow(Full::Stream),
+                    Err(end) => end,
+                };
+                return self.settle(ledger, answer, end).await;
+            }
+            let room = room.and_then(|()| self.meter.room(READ_HEADROOM));
+            if room.is_err() {
+                let since = *full_since.get_or_insert_with(Instant::now);
+                if let Some(full) = self.must_drop(&sse, &ledger, room, since) {
+                    return self.settle(ledger, answer, End::Overflow(full)).await;
+                }
+            } else {
+                full_since = None;
+            }
+            let has_answer = answer.is_some();
+            let landed = async {
+                match answer.as_mut() {
+                    Some(rx) => rx.await,
                     None => std::future::pending().await,
                 }
             };
-            let event = tokio::select! {
+            let budget = Arc::clone(&self.shared.budget);
+            tokio::select! {
                 () = stop.cancelled() => return End::Stopped,
-                answer = answer => {
-                    let Some(f) = in_flight.take() else { continue };
-                    match self.finish(answer, f) {
+                landed = landed, if has_answer => {
+                    answer = None;
+                    match self.finish(landed, &mut ledger) {
                         Ok(true) => return End::StreamClosed,
                         Ok(false) => progressed = true,
                         Err(end) => return end,
                     }
-                    continue;
                 }
-                ev = sse.next() => ev,
-            };
-            let end = match event {
-                None => End::ServerEnded { progressed },
-                Some(Ok(DsEvent::Data(data))) => {
-                    crate::observe::ingest().event(&self.stream);
-                    pending.push_data(&data, self.shared.max_event_bytes);
-                    continue;
+                () = budget.released(), if room.is_err() => {}
+                () = tokio::time::sleep(ROOM_RECHECK), if room.is_err() => {}
+                read = sse.read(), if room.is_ok() => {
+                    let end = match read {
+                        Ok(BodyRead::Data(_)) => continue,
+                        Ok(BodyRead::Ended) => End::ServerEnded { progressed },
+                        Ok(BodyRead::Idle(after)) => End::Idle(after),
+                        Err(e) => self.retry(&e),
+                    };
+                    // The connection is over: what was already ended by a control event is
+                    // stored before reconnecting, so the next subscription starts after it.
+                    return self.settle(ledger, answer, end).await;
                 }
-                Some(Ok(DsEvent::Control(control))) => {
-                    let latest = ready
-                        .control
-                        .as_ref()
-                        .map(|c| c.stream_next_offset.as_str())
-                        .or(in_flight.as_ref().map(|f| f.next_offset.as_str()))
-                        .or(self.offset.as_deref());
-                    let moved = latest != Some(control.stream_next_offset.as_str());
-                    if moved || !pending.is_empty() {
-                        pending.seal(&control.stream_next_offset);
-                        ready.batch.append(pending.take());
-                        ready.control = Some(control);
-                    } else if in_flight.is_none() && ready.control.is_none() {
-                        self.committed(control.up_to_date, false);
-                        if control.stream_closed {
-                            return End::StreamClosed;
-                        }
-                    }
-                    continue;
-                }
-                Some(Ok(DsEvent::Other { event_type, .. })) => {
-                    tracing::debug!(stream = %self.stream, %event_type, "skipping an sse event of unknown type");
-                    continue;
-                }
-                Some(Err(DsError::EventTooLarge {
-                    event_type,
-                    size,
-                    limit,
-                    ..
-                })) if event_type == crate::sse::ds::DATA_EVENT => {
-                    End::Failed(self.oversized_message(size, limit))
-                }
-                Some(Err(e)) => End::Retry(format!(
-                    "{e} (after committed offset {})",
-                    self.offset.as_deref().unwrap_or(OFFSET_START)
-                )),
-            };
-            // The connection is over: what was already ended by a control event is stored
-            // before reconnecting, so the next subscription starts after it.
-            return match self.settle(in_flight, ready).await {
-                Some(closed_or_failed) => closed_or_failed,
-                None => end,
-            };
+            }
         }
     }
 
-    /// Hands a batch to the writer; its reply is awaited by [`Self::finish`].
-    async fn send(&mut self, batch: Pending, control: Control) -> Result<InFlight, End> {
+    /// At the bound (`room` failed, since `since`): whether the rows waiting for their
+    /// control event must be dropped and read again by catch-up, because the data event does
+    /// not fit in the stream's bound or the total stayed full too long. Otherwise the stream
+    /// waits for commits to free memory.
+    fn must_drop(
+        &self,
+        sse: &SseSubscription,
+        ledger: &Ledger,
+        room: Result<(), Full>,
+        since: Instant,
+    ) -> Option<Full> {
+        let full = room.err()?;
+        let unsealed = sse.in_data_event() || ledger.has_unsealed();
+        let own = sse.buffered_bytes() + ledger.unsealed_bytes();
+        let too_big = own + READ_HEADROOM > self.shared.budget.limits().per_stream;
+        let too_long = full == Full::Total && since.elapsed() >= OVERFLOW_WAIT;
+        (unsealed && (too_big || too_long)).then_some(full)
+    }
+
+    /// One decoded item; `Err` ends the connection.
+    fn item(&mut self, item: Result<DsItem, DsError>, ledger: &mut Ledger) -> Result<(), End> {
+        match item {
+            Ok(DsItem::Array(item)) => ledger.push(decode(item, self.shared.max_event_bytes)),
+            Ok(DsItem::DataEnd) => crate::observe::ingest().event(&self.stream),
+            Ok(DsItem::Control(control)) => {
+                if let Reached::Now { up_to_date, closed } =
+                    ledger.control(control, self.offset.as_deref())
+                {
+                    self.committed(up_to_date, false);
+                    if closed {
+                        return Err(End::StreamClosed);
+                    }
+                }
+            }
+            Ok(DsItem::Other { event_type }) => {
+                tracing::debug!(stream = %self.stream, %event_type, "skipping an sse event of unknown type");
+            }
+            Ok(DsItem::Oversized { event_type, size })
+                if event_type == crate::sse::ds::DATA_EVENT =>
+            {
+                tracing::debug!(stream = %self.stream, size, "a data event that cannot be streamed outgrew the sse buffer");
+                return Err(End::Overflow(Full::Stream));
+            }
+            Ok(DsItem::Oversized { event_type, size }) => {
+                tracing::debug!(stream = %self.stream, %event_type, size, "skipping an oversized sse event of unknown type");
+            }
+            Err(e) => return Err(self.retry(&e)),
+        }
+        Ok(())
+    }
+
+    fn retry(&self, e: &DsError) -> End {
+        End::Retry(format!("{e} (after committed offset {})", self.from()))
+    }
+
+    /// Hands a batch to the writer with the bytes it holds; its reply is awaited by the
+    /// read loop.
+    async fn send(
+        &mut self,
+        batch: Pending,
+        next_offset: String,
+    ) -> Result<oneshot::Receiver<Result<(), CommitFailed>>, End> {
         let (reply, answer) = oneshot::channel();
-        let stored_events = !batch.is_empty();
+        let charge = self.meter.charge(batch.bytes());
         let commit = Commit {
             stream: self.stream.clone(),
             prev_offset: self.offset.clone(),
-            next_offset: control.stream_next_offset.clone(),
+            next_offset,
             rows: batch.rows,
             dead: batch.dead,
+            charge: Some(charge),
             reply,
         };
         if self.shared.writer.send(commit).await.is_err() {
             return Err(End::Stopped);
         }
-        Ok(InFlight {
-            answer,
-            next_offset: control.stream_next_offset,
-            up_to_date: control.up_to_date,
-            closed: control.stream_closed,
-            stored_events,
-        })
+        Ok(answer)
     }
 
     /// The writer's answer: the offset moves on (`Ok(closed)`), or the subscription ends.
     fn finish(
         &mut self,
         answer: Result<Result<(), CommitFailed>, oneshot::error::RecvError>,
-        f: InFlight,
+        ledger: &mut Ledger,
     ) -> Result<bool, End> {
+        let Some(sent) = ledger.landed() else {
+            return Err(End::Stopped);
+        };
         match answer {
             Ok(Ok(())) => {
-                crate::observe::ingest().offset(&self.stream, Some(&f.next_offset));
-                self.offset = Some(f.next_offset);
-                self.committed(f.up_to_date, f.stored_events);
-                Ok(f.closed)
+                crate::observe::ingest().offset(&self.stream, Some(&sent.next_offset));
+                self.offset = Some(sent.next_offset);
+                self.committed(sent.up_to_date, sent.stored_events);
+                Ok(sent.closed)
             }
             Ok(Err(CommitFailed::Retry { committed, reason })) => {
                 self.offset = committed;
@@ -358,28 +510,34 @@ impl Subscription {
         }
     }
 
-    /// Waits for the commit in flight, then commits what is ready; `Some` when that ends
-    /// the subscription otherwise than the caller's reason (closed, a failed commit).
-    async fn settle(&mut self, in_flight: Option<InFlight>, mut ready: Ready) -> Option<End> {
-        let mut next = in_flight;
+    /// Waits for the commit in flight, then commits what is ready; ends with `end` unless
+    /// that ends the subscription otherwise (closed, a failed commit).
+    async fn settle(
+        &mut self,
+        mut ledger: Ledger,
+        mut answer: Option<oneshot::Receiver<Result<(), CommitFailed>>>,
+        end: End,
+    ) -> End {
         loop {
-            if let Some(mut f) = next.take() {
-                let answer = (&mut f.answer).await;
-                match self.finish(answer, f) {
-                    Ok(true) => return Some(End::StreamClosed),
+            if let Some(rx) = answer.take() {
+                let landed = rx.await;
+                match self.finish(landed, &mut ledger) {
+                    Ok(true) => return End::StreamClosed,
                     Ok(false) => {}
-                    Err(end) => return Some(end),
+                    Err(other) => return other,
                 }
             }
-            let control = ready.control.take()?;
-            match self.send(ready.batch.take(), control).await {
-                Ok(f) => next = Some(f),
-                Err(end) => return Some(end),
+            let Some((batch, next)) = ledger.next_commit() else {
+                return end;
+            };
+            match self.send(batch, next).await {
+                Ok(rx) => answer = Some(rx),
+                Err(other) => return other,
             }
         }
     }
 
-    fn report(&mut self, status: Status, error: Option<String>) {
+    pub(super) fn report(&mut self, status: Status, error: Option<String>) {
         let now = (status, error);
         if self.status.as_ref() == Some(&now) {
             return;
@@ -398,9 +556,9 @@ impl Subscription {
         self.status = Some(now);
     }
 
-    /// Reports a control event: whether it reached the tail, and whether its commit
+    /// Reports a committed position: whether it reached the tail, and whether its commit
     /// stored events (rows or dead letters).
-    fn committed(&mut self, up_to_date: bool, stored_events: bool) {
+    pub(super) fn committed(&mut self, up_to_date: bool, stored_events: bool) {
         if self.up_to_date == up_to_date && !stored_events {
             return;
         }
@@ -414,5 +572,21 @@ impl Subscription {
                 stored_events,
             });
         }
+    }
+}
+
+/// Sleeps for `delay`; true when asked to stop first.
+async fn pause(stop: &CancellationToken, delay: Duration) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => true,
+        () = tokio::time::sleep(delay) => false,
+    }
+}
+
+/// An error with its hint, as one sentence for the subscription's state.
+pub(super) fn with_hint(e: &DsError) -> String {
+    match e.hint() {
+        Some(hint) => format!("{e}. {hint}"),
+        None => e.to_string(),
     }
 }

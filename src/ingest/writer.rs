@@ -25,31 +25,18 @@
 //! dead letters; any other refusal stops ingest with the server's message.
 
 use std::collections::HashSet;
-use std::error::Error;
 
-use bytes::{BufMut, BytesMut};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use super::IngestError;
+use super::copy::{self, is_data_error};
 use super::decode::{DeadLetter, Row};
+use super::memory::Charge;
 use crate::ds::Backoff;
 use crate::pg::{PgError, PgTarget, describe};
-
-const COPY_SQL: &str = "COPY public.session_events \
-    (stream_name, event_key, event_type, operation, payload, ds_offset) FROM STDIN (FORMAT binary)";
-const COPY_TYPES: [Type; 6] = [
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::JSONB,
-    Type::TEXT,
-];
 
 /// One stream's rows and dead letters, committed with the offset of the control event
 /// that closed them.
@@ -61,7 +48,18 @@ pub struct Commit {
     pub next_offset: String,
     pub rows: Vec<Row>,
     pub dead: Vec<DeadLetter>,
+    /// The memory the rows hold, given back once the writer is done with them.
+    pub charge: Option<Charge>,
     pub reply: oneshot::Sender<Result<(), CommitFailed>>,
+}
+
+impl Commit {
+    /// Answers the subscription, after giving the commit's memory back.
+    fn answer(self, outcome: Result<(), CommitFailed>) {
+        let Commit { reply, charge, .. } = self;
+        drop(charge);
+        let _ = reply.send(outcome);
+    }
 }
 
 /// Why a commit did not happen.
@@ -138,7 +136,7 @@ pub async fn run(
                 backoff.reset();
                 crate::observe::ingest().stored(&batch, started.elapsed());
                 for c in batch {
-                    let _ = c.reply.send(Ok(()));
+                    c.answer(Ok(()));
                 }
             }
             Err(Failure::Fatal(reason)) => {
@@ -184,7 +182,7 @@ fn weight(c: &Commit) -> usize {
 
 fn fail_all(batch: Vec<Commit>, why: &CommitFailed) {
     for c in batch {
-        let _ = c.reply.send(Err(why.clone()));
+        c.answer(Err(why.clone()));
     }
 }
 
@@ -233,13 +231,6 @@ enum Outcome {
     OffsetMoved(Vec<String>),
 }
 
-fn is_data_error(e: &tokio_postgres::Error) -> bool {
-    e.code().is_some_and(|c| {
-        let code = c.code();
-        code.starts_with("22") || code == SqlState::PROGRAM_LIMIT_EXCEEDED.code()
-    })
-}
-
 fn classify(client: &Client, e: &tokio_postgres::Error) -> Failure {
     let reason = describe(e);
     let retry = client.is_closed()
@@ -268,8 +259,24 @@ async fn transaction(
 ) -> Result<Outcome, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     copy_rows(&tx, batch).await?;
-    insert_dead_letters(&tx, batch).await?;
-    let moved = upsert_offsets(&tx, batch).await?;
+    let mut dead = Vec::new();
+    for c in batch {
+        for d in &c.dead {
+            dead.push((c.stream.as_str(), d, c.next_offset.as_str()));
+        }
+    }
+    copy::insert_dead_letters(&tx, &dead).await?;
+    let moves: Vec<(&str, Option<&str>, &str)> = batch
+        .iter()
+        .map(|c| {
+            (
+                c.stream.as_str(),
+                c.prev_offset.as_deref(),
+                c.next_offset.as_str(),
+            )
+        })
+        .collect();
+    let moved = copy::upsert_offsets(&tx, &moves).await?;
     if moved.len() < batch.len() {
         let lost = batch
             .iter()
@@ -284,87 +291,14 @@ async fn transaction(
 }
 
 async fn copy_rows(tx: &Transaction<'_>, batch: &[Commit]) -> Result<(), tokio_postgres::Error> {
-    if batch.iter().all(|c| c.rows.is_empty()) {
-        return Ok(());
-    }
-    let sink = tx.copy_in(COPY_SQL).await?;
-    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
-    tokio::pin!(writer);
+    let mut rows = Vec::with_capacity(batch.iter().map(|c| c.rows.len()).sum());
     for c in batch {
         for r in &c.rows {
-            let payload = RawJsonb(&r.payload);
-            let values: [&(dyn ToSql + Sync); 6] = [
-                &c.stream,
-                &r.event_key,
-                &r.event_type,
-                &r.operation,
-                &payload,
-                &r.ds_offset.as_deref().unwrap_or(&c.next_offset),
-            ];
-            writer.as_mut().write(&values).await?;
+            rows.push((c.stream.as_str(), r, c.next_offset.as_str()));
         }
     }
-    writer.finish().await?;
+    copy::copy_rows(tx, &rows).await?;
     Ok(())
-}
-
-async fn insert_dead_letters(
-    tx: &Transaction<'_>,
-    batch: &[Commit],
-) -> Result<(), tokio_postgres::Error> {
-    let dead: Vec<(&Commit, &DeadLetter)> = batch
-        .iter()
-        .flat_map(|c| c.dead.iter().map(move |d| (c, d)))
-        .collect();
-    if dead.is_empty() {
-        return Ok(());
-    }
-    for (c, d) in &dead {
-        tracing::warn!(stream = %c.stream, offset = %c.next_offset, error = %d.error, size = d.size, "dead letter");
-    }
-    let streams: Vec<&str> = dead.iter().map(|(c, _)| c.stream.as_str()).collect();
-    let offsets: Vec<&str> = dead
-        .iter()
-        .map(|(c, d)| d.ds_offset.as_deref().unwrap_or(&c.next_offset))
-        .collect();
-    let errors: Vec<&str> = dead.iter().map(|(_, d)| d.error.as_str()).collect();
-    let raws: Vec<&[u8]> = dead.iter().map(|(_, d)| d.raw.as_slice()).collect();
-    let sizes: Vec<i64> = dead
-        .iter()
-        .map(|(_, d)| i64::try_from(d.size).unwrap_or(i64::MAX))
-        .collect();
-    let truncated: Vec<bool> = dead.iter().map(|(_, d)| d.truncated).collect();
-    tx.execute(
-        "INSERT INTO ds_sync.dead_letters (stream_name, ds_offset, error, raw, size, truncated) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int8[], $6::bool[])",
-        &[&streams, &offsets, &errors, &raws, &sizes, &truncated],
-    )
-    .await?;
-    Ok(())
-}
-
-/// Moves each stream's offset from `prev_offset` to `next_offset`; returns the streams
-/// whose offset moved (a stream missing from it had another stored offset).
-async fn upsert_offsets(
-    tx: &Transaction<'_>,
-    batch: &[Commit],
-) -> Result<HashSet<String>, tokio_postgres::Error> {
-    let streams: Vec<&str> = batch.iter().map(|c| c.stream.as_str()).collect();
-    let next: Vec<&str> = batch.iter().map(|c| c.next_offset.as_str()).collect();
-    let prev: Vec<Option<&str>> = batch.iter().map(|c| c.prev_offset.as_deref()).collect();
-    let rows = tx
-        .query(
-            "WITH input AS ( \
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) AS i(stream_name, next, prev)) \
-             INSERT INTO ds_sync.stream_offsets AS o (stream_name, ds_offset) \
-             SELECT stream_name, next FROM input \
-             ON CONFLICT (stream_name) DO UPDATE SET ds_offset = EXCLUDED.ds_offset, updated_at = now() \
-             WHERE o.ds_offset = (SELECT prev FROM input WHERE input.stream_name = EXCLUDED.stream_name) \
-             RETURNING o.stream_name",
-            &[&streams, &next, &prev],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Probes every row's payload as `jsonb` and moves the refused ones to dead letters.
@@ -372,26 +306,13 @@ async fn upsert_offsets(
 async fn isolate_refused_rows(client: &Client, batch: &mut [Commit]) -> Result<usize, Failure> {
     let mut moved = 0;
     for c in batch.iter_mut() {
-        let mut kept = Vec::with_capacity(c.rows.len());
-        for row in std::mem::take(&mut c.rows) {
-            match client
-                .execute("SELECT $1::text::jsonb", &[&row.payload])
-                .await
-            {
-                Ok(_) => kept.push(row),
-                Err(e) if is_data_error(&e) => {
-                    let error =
-                        format!("PostgreSQL refused the message as jsonb: {}", describe(&e));
-                    c.dead.push(DeadLetter::new(error, row.payload.as_bytes()));
-                    moved += 1;
-                }
-                Err(e) => {
-                    c.rows = kept;
-                    return Err(classify(client, &e));
-                }
-            }
-        }
+        let rows = std::mem::take(&mut c.rows);
+        let (kept, dead) = copy::probe_rows(client, rows)
+            .await
+            .map_err(|e| classify(client, &e))?;
+        moved += dead.len();
         c.rows = kept;
+        c.dead.extend(dead);
     }
     Ok(moved)
 }
@@ -412,7 +333,7 @@ async fn reply_stored(
                 Ok(stored) => {
                     for (c, committed) in batch.into_iter().zip(stored) {
                         let reason = reason.to_owned();
-                        let _ = c.reply.send(Err(CommitFailed::Retry { committed, reason }));
+                        c.answer(Err(CommitFailed::Retry { committed, reason }));
                     }
                     return Ok(client);
                 }
@@ -444,29 +365,6 @@ async fn stored_offsets(client: &Client, batch: &[Commit]) -> Result<Vec<Option<
     super::store::offsets(client, &streams).await
 }
 
-/// A JSON text sent as `jsonb` in binary form (version byte 1, then the text), so the
-/// server parses the original text: nothing is re-serialized on the way.
-#[derive(Debug)]
-struct RawJsonb<'a>(&'a str);
-
-impl ToSql for RawJsonb<'_> {
-    fn to_sql(
-        &self,
-        _ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
-        out.put_u8(1);
-        out.put_slice(self.0.as_bytes());
-        Ok(IsNull::No)
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::JSONB
-    }
-
-    to_sql_checked!();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,14 +377,15 @@ mod tests {
             next_offset: "1".to_owned(),
             rows: (0..rows)
                 .map(|i| Row {
-                    event_key: Some(i.to_string()),
+                    payload: format!("{{\"key\":{i}}}"),
+                    event_key: None,
                     event_type: None,
                     operation: None,
-                    payload: "{}".to_owned(),
                     ds_offset: None,
                 })
                 .collect(),
             dead: Vec::new(),
+            charge: None,
             reply,
         }
     }
@@ -525,15 +424,5 @@ mod tests {
             1,
             "one stream's batch over the limit still goes alone"
         );
-    }
-
-    #[test]
-    fn raw_jsonb_is_version_one_then_the_text() {
-        let mut out = BytesMut::new();
-        let r = RawJsonb(r#"{"a": 1.000}"#).to_sql(&Type::JSONB, &mut out);
-        assert!(matches!(r, Ok(IsNull::No)));
-        assert_eq!(&out[..], b"\x01{\"a\": 1.000}");
-        assert!(RawJsonb::accepts(&Type::JSONB));
-        assert!(!RawJsonb::accepts(&Type::TEXT));
     }
 }

@@ -37,6 +37,7 @@ pub struct StreamLabels {
 #[allow(non_camel_case_types)]
 pub enum StatusLabel {
     connecting,
+    catching_up,
     streaming,
     waiting,
     retrying,
@@ -48,6 +49,7 @@ impl From<Status> for StatusLabel {
     fn from(s: Status) -> StatusLabel {
         match s {
             Status::Connecting => StatusLabel::connecting,
+            Status::CatchingUp => StatusLabel::catching_up,
             Status::Streaming => StatusLabel::streaming,
             Status::Waiting => StatusLabel::waiting,
             Status::Retrying => StatusLabel::retrying,
@@ -256,6 +258,19 @@ impl IngestMetrics {
             }
         }
         super::readiness().ingest_writer_ok();
+    }
+
+    /// A catch-up read copied on its own connection stored `rows` rows and `dead` dead
+    /// letters of `stream` in one transaction.
+    pub fn copied(&self, stream: &str, rows: u64, dead: u64) {
+        self.transactions.inc();
+        let labels = stream_labels(stream);
+        if rows > 0 {
+            self.rows.get_or_create(&labels).inc_by(rows);
+        }
+        if dead > 0 {
+            self.dead_letters.get_or_create(&labels).inc_by(dead);
+        }
     }
 
     /// The writer's transaction failed; it reconnects and resumes from the stored offsets.

@@ -1,11 +1,8 @@
-//! Durable Streams meaning of parsed SSE events: `event: data` carries a JSON array of
-//! messages, `event: control` carries the offset to commit from. Anything else is passed on
-//! as [`DsEvent::Other`] for the caller to log and skip.
+//! Durable Streams meaning of SSE events: `event: data` carries a JSON array of messages
+//! (split by [`ArraySplitter`](super::ArraySplitter) as it arrives), `event: control` carries
+//! the offset to commit from ([`parse_control`]). Anything else is skipped by DS readers.
 
-use bytes::Bytes;
 use serde::Deserialize;
-
-use super::parser::SseEvent;
 
 /// Event type of a DS data event.
 pub const DATA_EVENT: &str = "data";
@@ -13,18 +10,6 @@ pub const DATA_EVENT: &str = "data";
 pub const CONTROL_EVENT: &str = "control";
 /// Bytes of an event's data quoted in error messages.
 const ERROR_PREVIEW_BYTES: usize = 120;
-
-/// A DS event, classified.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DsEvent {
-    /// `event: data`: a JSON array of messages, not validated here. Buffer it until the next
-    /// control event.
-    Data(Bytes),
-    /// `event: control`: the offset the preceding data events end at.
-    Control(Control),
-    /// Any other event type.
-    Other { event_type: String, data: Bytes },
-}
 
 /// Body of a DS control event.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -72,26 +57,13 @@ struct RawControl {
     stream_closed: bool,
 }
 
-/// Classifies one parsed event by its type. Only control events can fail: a control without
-/// an offset carries nothing a reader could resume from.
+/// Reads the data of a control event.
 ///
 /// # Errors
 ///
-/// [`DsEventError::InvalidControl`] if a control event's data is not a JSON object of the
-/// control shape, [`DsEventError::MissingNextOffset`] if it has no non-empty
-/// `streamNextOffset`.
-pub fn classify(ev: SseEvent) -> Result<DsEvent, DsEventError> {
-    match ev.event_type.as_str() {
-        DATA_EVENT => Ok(DsEvent::Data(ev.data)),
-        CONTROL_EVENT => parse_control(&ev.data).map(DsEvent::Control),
-        _ => Ok(DsEvent::Other {
-            event_type: ev.event_type,
-            data: ev.data,
-        }),
-    }
-}
-
-fn parse_control(data: &[u8]) -> Result<Control, DsEventError> {
+/// [`DsEventError::InvalidControl`] if it is not a JSON object of the control shape,
+/// [`DsEventError::MissingNextOffset`] if it has no non-empty `streamNextOffset`.
+pub fn parse_control(data: &[u8]) -> Result<Control, DsEventError> {
     let raw: RawControl =
         serde_json::from_slice(data).map_err(|error| DsEventError::InvalidControl {
             error,
@@ -123,7 +95,7 @@ fn preview(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sse::parser::{SseItem, SseParser};
+    use crate::sse::{ArrayItem, DsDecoder, DsItem};
 
     /// The exact frames from the DS reference, section 3.
     const SAMPLE: &str = concat!(
@@ -135,29 +107,14 @@ mod tests {
         "\n\n",
     );
 
-    fn event(event_type: &str, data: &str) -> SseEvent {
-        SseEvent {
-            event_type: event_type.to_owned(),
-            data: Bytes::copy_from_slice(data.as_bytes()),
-            id: None,
-        }
-    }
-
-    fn classify_all(stream: &str) -> Vec<DsEvent> {
-        let mut parser = SseParser::new(1 << 20);
-        parser.push(stream.as_bytes());
-        std::iter::from_fn(|| parser.next_event())
-            .map(|item| match item {
-                SseItem::Event(ev) => classify(ev).expect("sample events classify"),
-                other => panic!("expected only events, got {other:?}"),
-            })
-            .collect()
-    }
-
     #[test]
-    fn reference_sample_is_data_then_control() {
-        let got = classify_all(SAMPLE);
-        let data = r#"[{"type":"user-action","key":"event-1","operation":"click","data":{"button":"submit"}}]"#;
+    fn reference_sample_is_a_message_then_a_control() {
+        let mut d = DsDecoder::new(1 << 20, 1 << 20);
+        d.push(SAMPLE.as_bytes());
+        let got: Vec<DsItem> = std::iter::from_fn(|| d.next_item())
+            .map(|i| i.expect("sample items decode"))
+            .collect();
+        let message = r#"{"type":"user-action","key":"event-1","operation":"click","data":{"button":"submit"}}"#;
         let control = Control {
             stream_next_offset: "0000000000000000_0000000000000242".to_owned(),
             stream_cursor: Some("3347636".to_owned()),
@@ -166,26 +123,33 @@ mod tests {
         };
         assert_eq!(
             got,
-            vec![DsEvent::Data(Bytes::from(data)), DsEvent::Control(control)]
+            vec![
+                DsItem::Array(ArrayItem::Element {
+                    index: 0,
+                    text: message.as_bytes().to_vec()
+                }),
+                DsItem::DataEnd,
+                DsItem::Control(control)
+            ]
         );
     }
 
     #[test]
     fn control_with_stream_closed_and_unknown_fields() {
         let data = r#"{"streamNextOffset":"0000000000000003_00000000000000ea","streamClosed":true,"extra":[1]}"#;
-        let got = classify(event("control", data)).expect("valid control");
+        let got = parse_control(data.as_bytes()).expect("valid control");
         let want = Control {
             stream_next_offset: "0000000000000003_00000000000000ea".to_owned(),
             stream_cursor: None,
             up_to_date: false,
             stream_closed: true,
         };
-        assert_eq!(got, DsEvent::Control(want));
+        assert_eq!(got, want);
     }
 
     #[test]
     fn malformed_control_json_is_an_error_with_preview() {
-        let err = classify(event("control", "{\"streamNextOffset\":")).expect_err("malformed");
+        let err = parse_control(b"{\"streamNextOffset\":").expect_err("malformed");
         assert!(
             matches!(err, DsEventError::InvalidControl { .. }),
             "wrong kind: {err:?}"
@@ -202,7 +166,7 @@ mod tests {
             r#"{"streamNextOffset":""}"#,
             "{\"streamNextOffset\":null}",
         ] {
-            let err = classify(event("control", data)).expect_err("no offset");
+            let err = parse_control(data.as_bytes()).expect_err("no offset");
             assert!(
                 matches!(err, DsEventError::MissingNextOffset { .. }),
                 "{data}: wrong kind {err:?}"
@@ -212,7 +176,7 @@ mod tests {
 
     #[test]
     fn control_with_non_string_offset_is_invalid() {
-        let err = classify(event("control", r#"{"streamNextOffset":42}"#)).expect_err("number");
+        let err = parse_control(br#"{"streamNextOffset":42}"#).expect_err("number");
         assert!(
             matches!(err, DsEventError::InvalidControl { .. }),
             "{err:?}"
@@ -222,23 +186,9 @@ mod tests {
     #[test]
     fn error_preview_is_cut_short() {
         let long = format!("not json {}", "x".repeat(500));
-        let err = classify(event("control", &long)).expect_err("not json");
+        let err = parse_control(long.as_bytes()).expect_err("not json");
         let msg = err.to_string();
         assert!(msg.ends_with("...\""), "{msg}");
         assert!(msg.len() < 300, "preview not bounded: {} bytes", msg.len());
-    }
-
-    #[test]
-    fn other_event_types_pass_through() {
-        let got = classify(event("message", "hello")).expect("other");
-        assert_eq!(
-            got,
-            DsEvent::Other {
-                event_type: "message".to_owned(),
-                data: Bytes::from("hello")
-            }
-        );
-        let got = classify(event("data", "\u{0}not json")).expect("data is not validated");
-        assert_eq!(got, DsEvent::Data(Bytes::from("\u{0}not json")));
     }
 }

@@ -1,15 +1,17 @@
-//! Server-Sent Events as Durable Streams servers send them: a pure, incremental parser
-//! ([`parser`]) and the DS reading of its events ([`ds`]). No I/O here: the HTTP client
-//! pushes body chunks in and acts on the items that come out.
+//! Server-Sent Events as Durable Streams servers send them, decoded as the bytes arrive: a
+//! pure, incremental SSE parser ([`parser`]), a splitter of JSON arrays into their messages
+//! ([`array`]), both together as the DS reading of a body ([`decoder`]), and the control
+//! event's shape ([`ds`]). No I/O here: the HTTP client pushes body chunks in and acts on the
+//! items that come out.
 //!
 //! ```text
-//! body chunks ─push─► SseParser ─┬─► Comment, Retry ──► keepalive, ignored
-//!                                ├─► Oversized ───────► reported; the caller decides
-//!                                └─► Event ─► classify ─┬─► Data ─────► buffer rows
-//!                                                       ├─► Control ──► commit buffered rows
-//!                                                       │               with streamNextOffset
-//!                                                       ├─► Other ────► skipped
-//!                                                       └─► error ────► nothing to commit from
+//! body chunks ─push─► SseParser ─┬─► Comment, Retry ───► keepalive, ignored
+//!                   (event: data ├─► Data pieces ─► ArraySplitter ─► one item per message
+//!                    streamed)   │                                   DataEnd
+//!                                ├─► event: control ──► Control: commit what came before
+//!                                │                      with its streamNextOffset
+//!                                ├─► other events ────► skipped
+//!                                └─► Oversized ───────► a buffered event over its limit
 //! ```
 //!
 //! **Offsets come only from control events.** DS servers send no `id:` lines; the
@@ -17,22 +19,28 @@
 //! and it is opaque (never parsed, only compared bytewise). A control whose offset cannot be
 //! read is an error, not something to skip: committing past it would lose its data.
 //!
-//! **Data is buffered until a control.** Servers send one or several `event: data` frames
-//! and then one control for all of them (one merges a backlog into a single data event,
-//! another sends data, data, data, control). Rows are committed in one transaction with the
-//! control's offset, so the stored offset never runs ahead of the stored rows: a crash or a
-//! dropped connection before the control loses only uncommitted rows, which are read again
-//! from the last committed offset.
+//! **Messages come out one by one, as they arrive.** Servers send one or several
+//! `event: data` frames and then one control for all of them (one merges a whole backlog into
+//! a single data event of any size, another sends data, data, data, control). The data of a
+//! data event is never buffered whole: each message is handed out once complete, and the
+//! caller decides what to hold until the control (ingest commits them in one transaction
+//! with the control's offset, so the stored offset never runs ahead of the stored rows).
 //!
-//! **Memory is bounded.** The parser never holds a whole line; an event larger than its limit
-//! is counted and reported as [`SseItem::Oversized`] with a preview, and parsing goes on.
+//! **Memory is bounded.** The parser never holds a whole line nor a streamed event; the
+//! splitter holds one message at a time (past its limit only a prefix); an event the parser
+//! buffers (controls, other types) is counted past its limit and reported as
+//! [`SseItem::Oversized`], and parsing goes on.
 
+pub mod array;
+pub mod decoder;
 pub mod ds;
 mod fuzz;
 pub mod parser;
 #[cfg(test)]
 mod parser_tests;
 
-pub use ds::{Control, DsEvent, DsEventError, classify};
-pub use fuzz::fuzz_parse;
+pub use array::{ArrayItem, ArraySplitter};
+pub use decoder::{DsDecoder, DsItem};
+pub use ds::{Control, DsEventError, parse_control};
+pub use fuzz::{fuzz_decode, fuzz_parse};
 pub use parser::{SseEvent, SseItem, SseParser};

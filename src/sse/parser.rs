@@ -9,10 +9,20 @@
 //! (comments, unknown fields). Memory is therefore bounded by the largest pushed chunk plus
 //! `max_event_bytes` plus a few fixed caps, whatever the peer sends.
 //!
+//! **Streamed events.** A parser made with [`SseParser::streaming`] does not buffer the data
+//! of events of one type: when such an event's `event:` line comes before its first `data:`
+//! line (as every DS server sends it), its data is handed out as it arrives, in
+//! [`SseItem::Data`] pieces (the `\n` between data lines included), and the blank line that
+//! ends it is [`SseItem::DataEnd`]. No size limit applies to it: the caller consumes it as it
+//! comes. An event whose `event:` line follows a data line is buffered like any other.
+//!
 //! Departures from the browser algorithm, all deliberate: data stays bytes (the caller
 //! decides whether it is UTF-8); an event whose data outgrows `max_event_bytes`, or whose
 //! `event:` value outgrows [`MAX_EVENT_TYPE_BYTES`], is reported as [`SseItem::Oversized`]
-//! instead of being delivered; an `id:` value longer than [`MAX_ID_BYTES`] is ignored.
+//! instead of being delivered; an `id:` value longer than [`MAX_ID_BYTES`] is ignored; a
+//! streamed event keeps the type it had at its first data line.
+
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 
@@ -63,6 +73,12 @@ pub enum SseItem {
     Comment,
     /// A valid `retry:` field (reconnection time in milliseconds).
     Retry(u64),
+    /// A piece of a streamed event's data (see the module documentation). Pieces follow each
+    /// other in order; their concatenation is the event's data.
+    Data(Bytes),
+    /// A streamed event with data ended (a blank line). It may have had no [`SseItem::Data`]
+    /// piece, when its only data line was empty.
+    DataEnd,
 }
 
 /// Incremental SSE parser; see the module documentation.
@@ -109,6 +125,14 @@ impl SseParser {
         self.input.extend_from_slice(chunk);
     }
 
+    /// The same parser, handing out the data of events of type `event_type` as it arrives
+    /// instead of buffering it (see the module documentation).
+    #[must_use]
+    pub fn streaming(mut self, event_type: &str) -> Self {
+        self.state.event.streamed_type = Some(event_type.as_bytes().into());
+        self
+    }
+
     /// Pushes `chunk` and returns its items: `push` followed by draining `next_event`.
     /// Items not taken from the iterator stay queued for the next call.
     pub fn feed<'p>(&'p mut self, chunk: &[u8]) -> impl Iterator<Item = SseItem> + use<'p> {
@@ -118,7 +142,13 @@ impl SseParser {
 
     /// Parses on until the next item is complete; `None` means more bytes are needed.
     pub fn next_event(&mut self) -> Option<SseItem> {
-        while self.pos < self.input.len() {
+        loop {
+            if let Some(item) = self.state.event.queue.pop_front() {
+                return Some(item);
+            }
+            if self.pos >= self.input.len() {
+                return None;
+            }
             if self.after_cr {
                 self.after_cr = false;
                 if self.input[self.pos] == b'\n' {
@@ -130,16 +160,15 @@ impl SseParser {
             let Some(eol) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
                 self.state.feed(rest);
                 self.pos = self.input.len();
-                break;
+                continue;
             };
             self.state.feed(&rest[..eol]);
             self.after_cr = rest[eol] == b'\r';
             self.pos += eol + 1;
             if let Some(item) = self.state.end_line() {
-                return Some(item);
+                self.state.event.queue.push_back(item);
             }
         }
-        None
     }
 
     /// Total capacity of the parser's buffers in bytes, for memory accounting and tests.
@@ -349,6 +378,12 @@ struct EventBuffer {
     oversized: bool,
     preview: Vec<u8>,
     event_type: Vec<u8>,
+    /// Events of this type are streamed, not buffered.
+    streamed_type: Option<Box<[u8]>>,
+    /// The current event is streamed: its data goes to `queue` as it arrives.
+    streaming: bool,
+    /// Items ready to be handed out, in order (a line yields at most a few).
+    queue: VecDeque<SseItem>,
 }
 
 impl EventBuffer {
@@ -361,21 +396,45 @@ impl EventBuffer {
             oversized: false,
             preview: Vec::new(),
             event_type: Vec::new(),
+            streamed_type: None,
+            streaming: false,
+            queue: VecDeque::new(),
         }
     }
 
     fn buffered_capacity(&self) -> usize {
-        self.data.capacity() + self.preview.capacity() + self.event_type.capacity()
+        let queued: usize = self
+            .queue
+            .iter()
+            .map(|item| match item {
+                SseItem::Data(b) => b.len(),
+                _ => 0,
+            })
+            .sum();
+        self.data.capacity() + self.preview.capacity() + self.event_type.capacity() + queued
     }
 
     fn begin_data_line(&mut self) {
         if self.has_data {
             self.append_data(b"\n");
+        } else {
+            self.streaming = !self.oversized
+                && self
+                    .streamed_type
+                    .as_deref()
+                    .is_some_and(|t| *t == self.event_type[..]);
         }
         self.has_data = true;
     }
 
     fn append_data(&mut self, bytes: &[u8]) {
+        if self.streaming {
+            if !bytes.is_empty() {
+                self.queue
+                    .push_back(SseItem::Data(Bytes::copy_from_slice(bytes)));
+            }
+            return;
+        }
         self.size = self.size.saturating_add(bytes.len());
         if !self.oversized && self.size > self.max_bytes {
             self.mark_oversized();
@@ -399,10 +458,15 @@ impl EventBuffer {
     }
 
     fn begin_event_type(&mut self) {
-        self.event_type.clear();
+        if !self.streaming {
+            self.event_type.clear();
+        }
     }
 
     fn append_event_type(&mut self, bytes: &[u8]) {
+        if self.streaming {
+            return;
+        }
         let room = MAX_EVENT_TYPE_BYTES - self.event_type.len();
         if bytes.len() > room {
             self.event_type.extend_from_slice(&bytes[..room]);
@@ -429,6 +493,8 @@ impl EventBuffer {
     fn dispatch(&mut self, last_id: Option<&str>) -> Option<SseItem> {
         let item = if !self.has_data {
             None
+        } else if self.streaming {
+            Some(SseItem::DataEnd)
         } else if self.oversized {
             Some(SseItem::Oversized {
                 event_type: self.event_type_string(),
@@ -443,6 +509,7 @@ impl EventBuffer {
             }))
         };
         self.has_data = false;
+        self.streaming = false;
         self.oversized = false;
         self.size = 0;
         self.data.clear();

@@ -108,3 +108,64 @@ async fn capture_latency_smoke_run_measures_every_row() {
     assert!(p50 > 0.0 && max >= p50, "{latency:#}");
     assert!(report.join("latency.svg").is_file());
 }
+
+fn check_value(result: &Value, name: &str) -> f64 {
+    result["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == name))
+        .and_then(|c| c["value"].as_f64())
+        .unwrap_or_else(|| panic!("no check {name:?} in {result:#}"))
+}
+
+#[tokio::test]
+async fn ingest_drain_and_outage_smoke_runs_report_peak_rss() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("drain");
+    let run = run_ds_sync(
+        &[
+            "bench",
+            "ingest-drain",
+            "--rows",
+            "3000",
+            "--out",
+            dir.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await
+    .ok();
+    assert!(run.stdout.contains("ds-sync peak RSS"), "{}", run.stdout);
+    let report = only_report_dir(&dir);
+    let result: Value =
+        serde_json::from_slice(&std::fs::read(report.join("result.json")).unwrap()).unwrap();
+    assert!(check_value(&result, "ds-sync peak RSS (VmHWM)") > 1.0);
+    assert!(figure(&result, "ds-sync ingest") > 0.0);
+
+    let dir = out.path().join("outage");
+    let run = run_ds_sync(
+        &[
+            "bench",
+            "ingest-outage",
+            "--rows",
+            "3000",
+            "--duration",
+            "2",
+            "--out",
+            dir.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await
+    .ok();
+    assert!(
+        run.stdout.contains("catch-up after PostgreSQL is back"),
+        "{}",
+        run.stdout
+    );
+    let report = only_report_dir(&dir);
+    let result: Value =
+        serde_json::from_slice(&std::fs::read(report.join("result.json")).unwrap()).unwrap();
+    assert_eq!(figure(&result, "events during the outage"), 3000.0);
+    assert!(figure(&result, "outage") >= 2.0);
+    assert!(check_value(&result, "ds-sync peak RSS (VmHWM)") > 1.0);
+}

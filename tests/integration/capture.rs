@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use ds_sync::ds::DsClient;
 use ds_sync::embedded::DsServerOptions;
+use ds_sync::sse::{ArrayItem, DsItem};
 
 use crate::kit::{CaptureProcess, Scenario, scenario, start_streaming, wait_for};
 
@@ -85,7 +86,7 @@ async fn the_sync_layer_check_a_row_reaches_pg_items_over_sse_within_a_second() 
     let data = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match sse.next().await {
-                Some(Ok(ds_sync::sse::DsEvent::Data(bytes))) => return bytes,
+                Some(Ok(DsItem::Array(ArrayItem::Element { text, .. }))) => return text,
                 Some(Ok(_)) => continue,
                 other => panic!("SSE ended: {other:?}"),
             }
@@ -94,8 +95,7 @@ async fn the_sync_layer_check_a_row_reaches_pg_items_over_sse_within_a_second() 
     .await
     .expect("the row arrives over SSE");
     let latency = inserted.elapsed();
-    let rows: Value = serde_json::from_slice(&data).unwrap();
-    let row = &rows[0];
+    let row: Value = serde_json::from_slice(&data).unwrap();
     assert_eq!(row["type"], "items");
     assert_eq!(row["key"], "1");
     assert_eq!(row["value"]["title"], "hello");

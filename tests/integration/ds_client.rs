@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use ds_sync::ds::{AppendOutcome, ClientOptions, DsClient, DsError, SseSubscription};
 use ds_sync::embedded::{DsServer, DsServerOptions};
-use ds_sync::sse::{Control, DsEvent};
+use ds_sync::sse::{ArrayItem, Control, DsItem};
 
 async fn server(opts: DsServerOptions) -> DsServer {
     DsServer::start(opts)
@@ -36,20 +36,39 @@ async fn raw(method: Method, url: &str, headers: &[(&str, &str)], body: &str) ->
         .0
 }
 
-/// The next event within 5 s, or a panic saying what was expected.
+/// What a subscription delivered: a whole data event's messages, or a control.
+#[derive(Debug)]
+enum DsEvent {
+    Data(Vec<Value>),
+    Control(Control),
+}
+
+/// The next data event (its messages gathered) or control within 5 s, or a panic saying
+/// what was expected.
 async fn next_event(sub: &mut SseSubscription, what: &str) -> DsEvent {
-    match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
-        Ok(Some(Ok(event))) => event,
-        Ok(Some(Err(e))) => panic!("waiting for {what}: error {e}"),
-        Ok(None) => panic!("waiting for {what}: the server ended the SSE response"),
-        Err(_) => panic!("waiting for {what}: nothing within 5 s"),
+    let mut messages = Vec::new();
+    loop {
+        let item = match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+            Ok(Some(Ok(item))) => item,
+            Ok(Some(Err(e))) => panic!("waiting for {what}: error {e}"),
+            Ok(None) => panic!("waiting for {what}: the server ended the SSE response"),
+            Err(_) => panic!("waiting for {what}: nothing within 5 s"),
+        };
+        match item {
+            DsItem::Array(ArrayItem::Element { text, .. }) => messages.push(
+                serde_json::from_slice(&text)
+                    .unwrap_or_else(|e| panic!("a message is not JSON ({e}): {text:?}")),
+            ),
+            DsItem::DataEnd => return DsEvent::Data(messages),
+            DsItem::Control(c) => return DsEvent::Control(c),
+            other => panic!("waiting for {what}: unexpected {other:?}"),
+        }
     }
 }
 
 fn data_messages(event: DsEvent) -> Vec<Value> {
     match event {
-        DsEvent::Data(data) => serde_json::from_slice(&data)
-            .unwrap_or_else(|e| panic!("data event is not a JSON array ({e}): {data:?}")),
+        DsEvent::Data(messages) => messages,
         other => panic!("expected a data event, got {other:?}"),
     }
 }
@@ -428,4 +447,81 @@ async fn malformed_base_urls_are_refused_up_front_and_https_is_accepted() {
     assert!(matches!(err, DsError::InvalidUrl { .. }), "{err:?}");
     let err = DsClient::new("ds.example:4437", ClientOptions::default()).expect_err("no scheme");
     assert!(err.hint().unwrap().contains("http://host:port"));
+}
+
+/// All items of a catch-up read, reading its body to the end.
+async fn read_items(read: &mut ds_sync::ds::CatchUpRead) -> Vec<ArrayItem> {
+    let mut items = Vec::new();
+    loop {
+        while let Some(item) = read.next_buffered() {
+            items.push(item);
+        }
+        if read.done() {
+            return items;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), read.read()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("reading the body: {e}"),
+            Err(_) => panic!("the body did not end within 5 s"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_catch_up_read_says_its_offset_first_and_splits_its_body() {
+    let ds = server(DsServerOptions::default()).await;
+    let c = client(&ds);
+    c.ensure_stream("backlog").await.unwrap();
+    c.append("backlog", body(json!([{"n": 1}, {"n": 2}, "three"])), None)
+        .await
+        .unwrap();
+    let tail = c.head("backlog").await.unwrap().expect("stream exists");
+    let mut read = c
+        .read_stream("backlog", "-1", 1 << 20, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(read.next_offset, tail, "known before the body");
+    assert!(read.up_to_date && !read.closed && read.json, "{read:?}");
+    let texts: Vec<String> = read_items(&mut read)
+        .await
+        .into_iter()
+        .map(|i| match i {
+            ArrayItem::Element { text, .. } => String::from_utf8(text).unwrap(),
+            other => panic!("not an element: {other:?}"),
+        })
+        .collect();
+    assert_eq!(texts, [r#"{"n":1}"#, r#"{"n":2}"#, r#""three""#]);
+
+    let mut empty = c
+        .read_stream("backlog", &tail, 1 << 20, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(empty.next_offset, tail);
+    assert_eq!(
+        read_items(&mut empty).await,
+        vec![],
+        "an empty read has no items"
+    );
+
+    let status = raw(
+        Method::PUT,
+        &c.stream_url("text"),
+        &[("Content-Type", "text/plain")],
+        "",
+    )
+    .await;
+    assert!(status.is_success(), "{status}");
+    let text = c
+        .read_stream("text", "-1", 1 << 20, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        !text.json,
+        "a text stream's read is not a JSON array of messages"
+    );
+    let err = c
+        .read_stream("missing", "-1", 1 << 20, Duration::from_secs(5))
+        .await
+        .expect_err("no stream");
+    assert!(matches!(err, DsError::NotFound { .. }), "{err:?}");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use ds_sync::embedded::DsServerOptions;
 use ds_sync::ingest::DEFAULT_MAX_EVENT_BYTES;
 
-use crate::ingest_kit::{Ingest, PATIENCE, create_stream, http, post_raw, setup};
+use crate::ingest_kit::{Ingest, create_stream, http, post_raw, setup};
 
 /// payload text, event_key, event_type, operation
 type Stored = (String, Option<String>, Option<String>, Option<String>);
@@ -464,82 +464,5 @@ async fn lost_postgres_connections_lose_and_double_nothing() {
         ),
         (id, 0, id as i32 - 1)
     );
-    ingest.stop().await;
-}
-
-/// A backlog the server sends as one SSE event larger than the reader's limit is valid data:
-/// the subscription stops (`failed`) with the way out, stores nothing, and keeps its offset,
-/// so raising the limit and subscribing again loses no event.
-#[tokio::test]
-async fn a_backlog_event_over_the_reader_limit_stops_the_subscription_and_keeps_the_offset() {
-    use ds_sync::ds::{ClientOptions, DsClient};
-    use ds_sync::ingest::{self, IngestConfig};
-    use ds_sync::pg::PgTarget;
-    use tokio_util::sync::CancellationToken;
-
-    let s = setup("ing_oversized", DsServerOptions::default()).await;
-    s.ds.ensure_stream("backlog").await.unwrap();
-    for i in 0..40 {
-        s.post(
-            "backlog",
-            &format!(r#"[{{"key":"k{i}","pad":"{}"}}]"#, "p".repeat(100)),
-        )
-        .await;
-    }
-    let target = PgTarget::parse(&s.db.url, None).unwrap();
-    let mut cfg = IngestConfig::new(
-        target,
-        &s.server.url(),
-        vec!["backlog".into()],
-        DEFAULT_MAX_EVENT_BYTES,
-    )
-    .unwrap();
-    cfg.ds = DsClient::new(
-        &s.server.url(),
-        ClientOptions {
-            max_sse_event_bytes: 1024,
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap();
-    let (shutdown, hard_stop) = (CancellationToken::new(), CancellationToken::new());
-    let (sd, hs) = (shutdown.clone(), hard_stop.clone());
-    let task = tokio::spawn(async move { ingest::run(&cfg, &sd, &hs).await });
-    s.wait_status("backlog", "failed").await;
-    let error = s.subscription_error("backlog").await;
-    assert!(
-        error.contains("over the reader's limit of 1024 bytes")
-            && error.contains("ds-sync subscribe backlog"),
-        "{error}"
-    );
-    assert_eq!(s.count("backlog").await, 0);
-    assert_eq!(
-        s.stored_offset("backlog").await,
-        None,
-        "the offset did not move"
-    );
-    let dead: i64 = s
-        .sql
-        .query_one("SELECT count(*) FROM ds_sync.dead_letters", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(dead, 0, "valid events are not dead letters");
-    shutdown.cancel();
-    tokio::time::timeout(PATIENCE, task)
-        .await
-        .expect("ingest stops")
-        .expect("ingest task")
-        .expect("ingest ends cleanly");
-    // With the default limit the same backlog arrives whole.
-    let ingest = Ingest::start(&s.db, &s.server.url(), &[], DEFAULT_MAX_EVENT_BYTES).await;
-    s.sql
-        .execute(
-            "UPDATE ds_sync.subscriptions SET generation = generation + 1 WHERE stream_name = 'backlog'",
-            &[],
-        )
-        .await
-        .unwrap();
-    s.wait_rows("backlog", 40).await;
     ingest.stop().await;
 }

@@ -44,6 +44,10 @@ async fn subscribe_and_unsubscribe_while_running() {
     })
     .await;
 
+    wait_for("live1's memory figures", PATIENCE, || async {
+        (s.peak_buffered("live1").await > 0).then_some(())
+    })
+    .await;
     let report = cli(&s.db, &url, &["subscriptions", "--output", "json"])
         .await
         .ok()
@@ -54,10 +58,17 @@ async fn subscribe_and_unsubscribe_while_running() {
     assert_eq!(line["caught_up"], true, "{report:#}");
     assert_eq!(line["offset"], line["tail"], "{report:#}");
     assert_eq!(line["dead_letters"], 0, "{report:#}");
+    assert!(
+        line["peak_buffered_bytes"].as_i64() > Some(0)
+            && line["buffered_bytes"].as_i64() <= line["peak_buffered_bytes"].as_i64(),
+        "{report:#}"
+    );
     assert!(line["last_event_at"].is_string(), "{report:#}");
     let table = cli(&s.db, &url, &["subscriptions"]).await.ok();
     assert!(
-        table.stdout.contains("live1") && table.stdout.contains("caught up"),
+        table.stdout.contains("live1")
+            && table.stdout.contains("caught up")
+            && table.stdout.contains("buffered (peak)"),
         "{}",
         table.stdout
     );
@@ -224,4 +235,49 @@ async fn sigkill_at_random_moments_stores_every_event_exactly_once() {
         .unwrap()
         .get(0);
     assert_eq!(regressions, 0, "seed {seed}");
+}
+
+#[tokio::test]
+async fn ingest_limits_that_cannot_hold_a_message_are_refused_at_start() {
+    let s = setup("ing_cli_limits", DsServerOptions::default()).await;
+    let url = s.server.url();
+    let run = cli(
+        &s.db,
+        &url,
+        &[
+            "run",
+            "--no-capture",
+            "--ingest",
+            "x",
+            "--ingest-max-buffer-bytes",
+            "1000000",
+        ],
+    )
+    .await
+    .expect_code(1);
+    assert!(
+        run.stderr.contains("error: invalid ingest options: --ingest-max-buffer-bytes 1000000 cannot hold one message of --ingest-max-event-bytes 16777216"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("hint: Raise --ingest-max-buffer-bytes"),
+        "{}",
+        run.stderr
+    );
+    let run = run_ds_sync(
+        &["run", "--no-capture", "--ingest", "x"],
+        &[
+            ("POSTGRES_URL", s.db.url.as_str()),
+            ("DS_SERVER_URL", url.as_str()),
+            ("DS_SYNC_INGEST_IDLE_TIMEOUT", "soon"),
+        ],
+    )
+    .await
+    .expect_code(2);
+    assert!(
+        run.stderr.contains("\"soon\" is not a duration"),
+        "{}",
+        run.stderr
+    );
 }

@@ -34,9 +34,21 @@ impl Ingest {
         streams: &[&str],
         max_event_bytes: usize,
     ) -> Ingest {
+        Ingest::start_with(db, ds_url, streams, max_event_bytes, |_| {}).await
+    }
+
+    /// Starts ingest with a configuration changed by `tune` (memory bound, idle timeout).
+    pub async fn start_with(
+        db: &TestDb,
+        ds_url: &str,
+        streams: &[&str],
+        max_event_bytes: usize,
+        tune: impl FnOnce(&mut IngestConfig),
+    ) -> Ingest {
         let target = PgTarget::parse(&db.url, None).expect("test db url");
         let streams = streams.iter().map(|s| (*s).to_owned()).collect();
-        let cfg = IngestConfig::new(target, ds_url, streams, max_event_bytes).expect("config");
+        let mut cfg = IngestConfig::new(target, ds_url, streams, max_event_bytes).expect("config");
+        tune(&mut cfg);
         let shutdown = CancellationToken::new();
         let hard_stop = CancellationToken::new();
         let (s, h) = (shutdown.clone(), hard_stop.clone());
@@ -83,6 +95,19 @@ pub async fn setup(label: &str, opts: DsServerOptions) -> Setup {
 }
 
 impl Setup {
+    /// A setup around a database and a DS server made by the test (e.g. a database in a
+    /// cluster of its own).
+    pub async fn from_parts(db: TestDb, server: DsServer) -> Setup {
+        let ds = DsClient::new(&server.url(), ClientOptions::default()).expect("ds client");
+        let sql = db.client().await;
+        Setup {
+            db,
+            sql,
+            server,
+            ds,
+        }
+    }
+
     pub async fn post(&self, stream: &str, body: &str) {
         self.ds
             .append(stream, Bytes::from(body.to_owned()), None)
@@ -153,6 +178,36 @@ impl Setup {
             .await
             .unwrap()
             .get(0)
+    }
+
+    /// The most a stream's subscription held in memory, as it reports it.
+    pub async fn peak_buffered(&self, stream: &str) -> i64 {
+        self.sql
+            .query_one(
+                "SELECT peak_buffered_bytes FROM ds_sync.subscriptions WHERE stream_name = $1",
+                &[&stream],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Every row of a stream is there once: `n` rows, `n` distinct `payload->>field` values.
+    pub async fn expect_exactly_once(&self, stream: &str, field: &str, n: i64) {
+        let row = self
+            .sql
+            .query_one(
+                "SELECT count(*), count(DISTINCT payload->>$2) FROM session_events \
+                 WHERE stream_name = $1",
+                &[&stream, &field],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+            (n, n),
+            "{stream}: rows and distinct {field} values"
+        );
     }
 
     /// The stored offset of a stream.

@@ -201,7 +201,7 @@ pub async fn snapshotted_tables(sql: &Client, slot: &str) -> Result<Vec<String>,
 }
 
 /// Whether the slot's `ds_sync.snapshot_tables` is complete (see
-/// sql/030_snapshot_baselines.sql).
+/// sql/008_snapshot_baselines.sql).
 pub async fn has_baseline(sql: &Client, slot: &str) -> Result<bool, PgError> {
     let row = sql
         .query_one(

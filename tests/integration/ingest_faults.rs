@@ -151,7 +151,7 @@ async fn wait_lock_waiter(s: &Setup) {
                 .sql
                 .query_one(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND application_name = 'ds-sync' AND wait_event_type = 'Lock'",
+                 AND application_name LIKE 'ds-sync%' AND wait_event_type = 'Lock'",
                     &[],
                 )
                 .await

@@ -187,6 +187,9 @@ impl Subscription {
                         .with_message_limit(self.shared.max_event_bytes)
                         .with_idle_timeout(Some(self.shared.idle_timeout));
                     let end = self.read(sse, stop).await;
+                    // The connection and what it held are gone: a stale figure would keep
+                    // the next read (a catch-up) waiting for room that never comes.
+                    self.meter.set_local(0);
                     match self.after(end, opened_at, &mut backoff, json) {
                         Some(delay) => delay,
                         None => return,

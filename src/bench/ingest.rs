@@ -460,7 +460,7 @@ pub async fn latency(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchErro
         "p99 POST to committed row",
         l.p99,
         "ms",
-        Some(latency::P99_TARGET_MS),
+        Some(latency::INGEST_P99_TARGET_MS),
         true,
     );
     report.latencies.push(l);

@@ -144,10 +144,16 @@ async fn a_lost_slot_stops_run_with_the_slot_and_the_option_named() {
     );
 }
 
-/// What the official client holds for each `items` row that ever existed, per key.
-async fn wait_items(base: &str, sql: &tokio_postgres::Client, capture: &CaptureProcess) {
+/// Waits until the official client holds, in each of the per-key streams of `ids`, the
+/// `items` row of that key, or nothing once the row is gone.
+async fn wait_items(
+    base: &str,
+    sql: &tokio_postgres::Client,
+    capture: &CaptureProcess,
+    ids: &[i32],
+) {
     let table = table_rows(sql, "items", "t.id").await;
-    for id in 1..=7 {
+    for &id in ids {
         let expected: BTreeMap<String, Value> = table
             .get(&id.to_string())
             .map(|row| BTreeMap::from([(id.to_string(), row.clone())]))
@@ -179,7 +185,7 @@ async fn recreate_heals_a_lost_slot_and_the_official_client_holds_the_table() {
     )
     .await;
     wait_streaming(&db).await;
-    wait_items(&base, &sql, &capture).await;
+    wait_items(&base, &sql, &capture, &[1, 2, 3, 4, 5, 6, 7]).await;
     let notes = table_rows(&sql, "notes", "t.id").await;
     assert_eq!(notes.len(), 3, "notes 2, 3 and 4");
     let state = wait_for_rows(&base, "pg-notes", "notes", &notes, LONG, || capture.log()).await;
@@ -200,7 +206,7 @@ async fn recreate_heals_a_lost_slot_and_the_official_client_holds_the_table() {
     sql.batch_execute("DELETE FROM items WHERE id = 1; INSERT INTO notes VALUES (5, 'note 5')")
         .await
         .unwrap();
-    wait_items(&base, &sql, &capture).await;
+    wait_items(&base, &sql, &capture, &[1, 2, 3, 4, 5, 6, 7]).await;
     let notes = table_rows(&sql, "notes", "t.id").await;
     wait_for_rows(&base, "pg-notes", "notes", &notes, LONG, || capture.log()).await;
     let slot = db.slot("cap");
@@ -247,4 +253,46 @@ async fn recreate_heals_a_lost_slot_and_the_official_client_holds_the_table() {
         log.contains("WARN") && log.contains("recreating it"),
         "the recreation is logged as a warning:\n{log}"
     );
+}
+
+/// The slot is invalidated while `run` holds it: the server terminates its walsender, the
+/// reconnect finds the slot lost, and capture recreates it without a restart.
+#[tokio::test]
+async fn a_slot_lost_while_running_is_recreated_without_a_restart() {
+    let server = DsServer::start(DsServerOptions::default()).await.unwrap();
+    let base = server.url();
+    let (_pg, db) = small_wal_cluster("slot_lost_live").await;
+    let sql = db.client().await;
+    sql.batch_execute(SCHEMA).await.expect("test schema");
+    let args = [
+        "--tables",
+        "items,notes",
+        "--route",
+        ROUTE,
+        "--on-slot-lost",
+        "recreate",
+    ];
+    let capture = CaptureProcess::start(&db, &base, &args).await;
+    wait_streaming(&db).await;
+    wait_items(&base, &sql, &capture, &[1, 2, 3, 4]).await;
+    // Frozen, it confirms nothing while the WAL piles up past max_slot_wal_keep_size.
+    capture.freeze();
+    sql.batch_execute("DELETE FROM items WHERE id = 2; DELETE FROM notes WHERE id = 1")
+        .await
+        .unwrap();
+    lose_slot(&sql, &db.slot("cap")).await;
+    sql.batch_execute("DELETE FROM items WHERE id = 3; INSERT INTO items VALUES (7, 'item 7')")
+        .await
+        .unwrap();
+    capture.resume();
+    capture.wait_log("recreating it").await;
+    wait_streaming(&db).await;
+    wait_items(&base, &sql, &capture, &[1, 2, 3, 4, 7]).await;
+    let notes = table_rows(&sql, "notes", "t.id").await;
+    wait_for_rows(&base, "pg-notes", "notes", &notes, LONG, || capture.log()).await;
+    sql.batch_execute("DELETE FROM items WHERE id = 4")
+        .await
+        .unwrap();
+    wait_items(&base, &sql, &capture, &[1, 2, 3, 4, 7]).await;
+    capture.stop_ok().await;
 }

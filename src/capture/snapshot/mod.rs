@@ -126,25 +126,12 @@ pub async fn prepare(
     known_lost: bool,
     (shutdown, hard_stop): (&CancellationToken, &CancellationToken),
 ) -> Result<Prepared, CaptureError> {
-    let mode = cfg.snapshot.mode;
     let slot_name = cfg.source.slot.as_str();
-    let found = slot::find(sql, slot_name).await?;
-    let exists = found.is_some();
-    let lost = known_lost || found.as_ref().is_some_and(slot::SlotInfo::is_lost);
-    if lost && cfg.on_slot_lost == OnSlotLost::Error {
-        return Err(CaptureError::SlotLost(slot_name.to_owned()));
-    }
-    if mode == SnapshotMode::Never && !lost {
-        return stream_only(sql, cfg, exists).await;
-    }
-    source::ensure_publication(sql, &cfg.source).await?;
-    let recorded = state::load(sql, slot_name).await?;
-    let reason = if lost {
-        super::slot_lost::announce(slot_name, OnSlotLost::Recreate);
-        Some(Reason::SlotLost)
-    } else {
-        decide(mode, exists, recorded)
-    };
+    let Plan {
+        reason,
+        exists,
+        recorded,
+    } = plan(sql, cfg, known_lost).await?;
     let Some(reason) = reason else {
         return stream_only(sql, cfg, exists).await;
     };
@@ -222,6 +209,46 @@ pub async fn prepare(
             Ok(Prepared::Stopped)
         }
     }
+}
+
+/// What a start does: snapshot (and why) or only stream.
+struct Plan {
+    reason: Option<Reason>,
+    exists: bool,
+    recorded: Recorded,
+}
+
+/// Decides whether this start snapshots. A lost slot is an error under `--on-slot-lost
+/// error` and a reason to snapshot under `recreate` (announced here), in every mode; the
+/// publication is ensured unless the start only streams with `--snapshot never`.
+async fn plan(sql: &Client, cfg: &CaptureConfig, known_lost: bool) -> Result<Plan, CaptureError> {
+    let slot_name = cfg.source.slot.as_str();
+    let found = slot::find(sql, slot_name).await?;
+    let exists = found.is_some();
+    let lost = known_lost || found.as_ref().is_some_and(slot::SlotInfo::is_lost);
+    if lost && cfg.on_slot_lost == OnSlotLost::Error {
+        return Err(CaptureError::SlotLost(slot_name.to_owned()));
+    }
+    if cfg.snapshot.mode == SnapshotMode::Never && !lost {
+        return Ok(Plan {
+            reason: None,
+            exists,
+            recorded: Recorded::Never,
+        });
+    }
+    source::ensure_publication(sql, &cfg.source).await?;
+    let recorded = state::load(sql, slot_name).await?;
+    let reason = if lost {
+        super::slot_lost::announce(slot_name, OnSlotLost::Recreate);
+        Some(Reason::SlotLost)
+    } else {
+        decide(cfg.snapshot.mode, exists, recorded)
+    };
+    Ok(Plan {
+        reason,
+        exists,
+        recorded,
+    })
 }
 
 /// Creates the slot with an exported snapshot, logging every few seconds which transactions

@@ -24,24 +24,8 @@
 //! table and every client starts over, and a slot that keeps being lost needs a larger
 //! `max_slot_wal_keep_size` or a consumer that keeps up, which an operator should decide.
 
-/// What `run` does about a lost slot, for docs and `--help`.
-pub const ON_SLOT_LOST_DOC: &str = "\
-error: stop with an error (exit code 5) naming the slot and the way out; \
-recreate: drop and recreate the slot, reset every stream its tables wrote to, take a fresh \
-snapshot and stream on";
-
 /// What `run` does when the server invalidated its slot.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    clap::ValueEnum,
-    serde::Deserialize,
-    serde::Serialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnSlotLost {
     /// Stop with an error; the operator decides.
@@ -112,7 +96,14 @@ mod tests {
     }
 
     #[test]
-    fn the_default_is_to_stop() {
+    fn the_default_is_to_stop_and_the_config_file_names_the_action() {
         assert_eq!(OnSlotLost::default(), OnSlotLost::Error);
+        let file: crate::config::FileConfig =
+            toml::from_str("[capture]\non_slot_lost = \"recreate\"\n").unwrap();
+        assert_eq!(file.capture.on_slot_lost, Some(OnSlotLost::Recreate));
+        assert!(
+            toml::from_str::<crate::config::FileConfig>("[capture]\non_slot_lost = \"heal\"\n")
+                .is_err()
+        );
     }
 }

@@ -151,9 +151,10 @@ advances for changes the DS server has acknowledged; after a crash, replayed cha
 recognised by their Stream-Seq and skipped. A lost connection (Postgres or DS) is opened again
 after a backoff, and capture resumes. A slot the server invalidated (wal_status = lost, past
 max_slot_wal_keep_size) stops it with exit code 5, or with --on-slot-lost recreate is dropped
-and created again, every stream its tables wrote to reset and the tables snapshotted again. SIGTERM/SIGINT: stop reading, deliver what was read,
-confirm, exit 0; a second signal, or --shutdown-timeout-ms passing while a server is down,
-stops at once with exit code 6 (nothing is lost: the slot did not move past it).
+and created again, every stream its tables wrote to reset and the tables snapshotted again.
+SIGTERM/SIGINT: stop reading, deliver what was read, confirm, exit 0; a second signal, or
+--shutdown-timeout-ms passing while a server is down, stops at once with exit code 6 (nothing
+is lost: the slot did not move past it).
 
 Examples:
   ds-sync run --tables items,orders

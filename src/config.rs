@@ -121,6 +121,7 @@ pub struct CaptureFile {
     pub request_timeout_ms: Option<u64>,
     pub snapshot: Option<crate::capture::snapshot::SnapshotMode>,
     pub snapshot_workers: Option<usize>,
+    pub on_slot_lost: Option<crate::capture::slot_lost::OnSlotLost>,
     pub metrics_stream_labels: Option<bool>,
     pub shutdown_timeout_ms: Option<u64>,
 }

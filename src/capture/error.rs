@@ -139,7 +139,7 @@ impl CaptureError {
                 "Pass --tables a,b to create it, or create it with `ds-sync publication create {p} --tables ...`."
             )),
             CaptureError::SlotLost(s) => Some(format!(
-                "A lost slot cannot be resumed: drop it (`ds-sync slot drop {s}`) and start again; the tables need a fresh snapshot."
+                "A lost slot cannot be resumed: the changes in the removed WAL are gone. Start with `--on-slot-lost recreate` (env DS_SYNC_ON_SLOT_LOST=recreate) to drop and recreate slot {s}, reset every stream its tables wrote to and take a fresh snapshot (clients see a reset and the whole table again); or drop it yourself (`ds-sync slot drop {s}`) and start again. To keep it from happening again, raise max_slot_wal_keep_size or keep ds-sync running."
             )),
             CaptureError::SlotBusy { pid, .. } => Some(format!(
                 "Another consumer holds the slot. Stop it, or pass --takeover to terminate pid {pid}."

@@ -18,6 +18,7 @@
 //!   it is provably this source's own write.
 //! * [`adopt`]: handing a stream written by another source to this one.
 //! * [`fence`]: one process per slot; a process that was taken over stops.
+//! * [`slot_lost`]: `--on-slot-lost`: stop, or recreate the slot, reset and snapshot again.
 //! * [`pipeline`]: the loop that ties them together, and reconnection.
 //! * [`whole_rows`]: REPLICA IDENTITY FULL for tables seen while streaming; reports updates
 //!   that arrive without unchanged TOASTed values.
@@ -37,6 +38,7 @@ pub mod message;
 mod pipeline;
 pub mod route;
 mod sender;
+pub mod slot_lost;
 pub mod snapshot;
 pub mod source;
 pub mod streams;

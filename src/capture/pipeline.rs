@@ -40,6 +40,7 @@ use super::ledger::{Ledger, TxId};
 use super::message::{self, ChangeRef, RowMessage, TableInfo, TxMeta};
 use super::route::Router;
 use super::sender::Deliveries;
+use super::slot_lost::{self, OnSlotLost};
 use super::snapshot::incremental::Incremental;
 use super::source::{self, SourceConfig};
 use super::streams::StreamBook;
@@ -58,6 +59,8 @@ pub struct CaptureConfig {
     pub snapshot: super::snapshot::SnapshotOptions,
     /// Keeps updates whole for tables seen while streaming (see `whole_rows`).
     pub whole_rows: super::whole_rows::WholeRows,
+    /// What to do when the server invalidated the slot (see `slot_lost`).
+    pub on_slot_lost: OnSlotLost,
 }
 
 /// `application_name` of capture's SQL connection.
@@ -87,6 +90,18 @@ pub async fn run(
                 crate::observe::capture().server_ended();
                 None
             }
+            Err(CaptureError::SlotLost(slot)) => {
+                if cfg.on_slot_lost == OnSlotLost::Error {
+                    slot_lost::announce(&slot, OnSlotLost::Error);
+                    return Err(CaptureError::SlotLost(slot));
+                }
+                // The next attempt prepares from scratch: it drops and recreates the slot.
+                resume = Resume {
+                    slot_lost: true,
+                    ..Resume::default()
+                };
+                continue;
+            }
             Err(e) if e.is_transient() => Some(e),
             Err(e) => return Err(e),
         };
@@ -109,6 +124,9 @@ struct Resume {
     /// Which incarnation of the slot this process streams from (see `identity`).
     identity: Option<Arc<SourceIdentity>>,
     incremental: Option<Incremental>,
+    /// The slot was found lost after streaming began (`--on-slot-lost recreate`): the next
+    /// preparation recreates it, whatever the server says of it by then.
+    slot_lost: bool,
 }
 
 /// One connection's worth of capture: connect, prepare what is not prepared yet, stream.
@@ -133,12 +151,14 @@ async fn attempt(
         _ => {
             // Snapshot bookkeeping, the signal table and the probe all live in ds_sync.
             crate::schema::apply(&mut sql).await?;
-            match super::snapshot::prepare(&sql, cfg, fence, shutdown, hard_stop).await? {
+            let stops = (shutdown, hard_stop);
+            match super::snapshot::prepare(&sql, cfg, fence, resume.slot_lost, stops).await? {
                 super::snapshot::Prepared::Start(start, identity) => (start, identity),
                 super::snapshot::Prepared::Stopped => return Ok(SessionEnd::Stopped),
             }
         }
     };
+    resume.slot_lost = false;
     resume.start = Some(start);
     resume.identity = Some(Arc::clone(&identity));
     let incremental = match resume.incremental.take() {

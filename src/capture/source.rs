@@ -185,6 +185,11 @@ pub async fn connect(
         };
         match start_stream(cfg, start, &publications, tls).await {
             Ok(client) => return Ok(client),
+            Err(pgwire_replication::PgWireError::Server(msg))
+                if super::slot_lost::is_lost_message(&msg) =>
+            {
+                return Err(CaptureError::SlotLost(cfg.slot.clone()));
+            }
             Err(e) => {
                 let refused = !matches!(e, pgwire_replication::PgWireError::Io(_));
                 failed.push((step, replication_error(&e), refused));

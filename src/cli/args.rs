@@ -14,7 +14,8 @@ Exit codes:
   2  usage error (unknown option, missing argument)
   3  init: a server prerequisite is not met (each failed check is printed with its fix)
   4  slot status / slot drop: the slot does not exist
-  5  slot status: the slot is lost (wal_status = lost): its WAL is gone
+  5  slot status: the slot is lost (wal_status = lost): its WAL is gone;
+     run / dev: the slot is lost and --on-slot-lost is error (the default)
   6  run / dev: a second signal or --shutdown-timeout-ms stopped it before the work in
      flight was finished (nothing is lost: the next start resumes)
   7  run: another ds-sync took the slot over (--takeover); this one stopped sending";
@@ -148,9 +149,12 @@ TOASTable columns get REPLICA IDENTITY FULL (logged) so that updates carry whole
 --toast partial or --keep-replica-identity. Partitioned tables stream as themselves. The slot only
 advances for changes the DS server has acknowledged; after a crash, replayed changes are
 recognised by their Stream-Seq and skipped. A lost connection (Postgres or DS) is opened again
-after a backoff, and capture resumes. SIGTERM/SIGINT: stop reading, deliver what was read,
-confirm, exit 0; a second signal, or --shutdown-timeout-ms passing while a server is down,
-stops at once with exit code 6 (nothing is lost: the slot did not move past it).
+after a backoff, and capture resumes. A slot the server invalidated (wal_status = lost, past
+max_slot_wal_keep_size) stops it with exit code 5, or with --on-slot-lost recreate is dropped
+and created again, every stream its tables wrote to reset and the tables snapshotted again.
+SIGTERM/SIGINT: stop reading, deliver what was read, confirm, exit 0; a second signal, or
+--shutdown-timeout-ms passing while a server is down, stops at once with exit code 6 (nothing
+is lost: the slot did not move past it).
 
 Examples:
   ds-sync run --tables items,orders
@@ -400,6 +404,11 @@ pub struct CaptureArgs {
     /// slot and snapshot on every start), never [default: initial]
     #[arg(long, env = "DS_SYNC_SNAPSHOT", value_enum, value_name = "WHEN")]
     pub snapshot: Option<crate::capture::snapshot::SnapshotMode>,
+    /// When the server invalidated the slot (wal_status = lost: its WAL is gone): error
+    /// (stop, exit code 5) or recreate (drop and recreate the slot, send reset to every
+    /// stream its tables wrote to, snapshot the tables again, stream on) [default: error]
+    #[arg(long, env = "DS_SYNC_ON_SLOT_LOST", value_enum, value_name = "ACTION")]
+    pub on_slot_lost: Option<crate::capture::slot_lost::OnSlotLost>,
     /// Tables a snapshot reads in parallel [default: 4]
     #[arg(long, env = "DS_SYNC_SNAPSHOT_WORKERS", value_name = "N")]
     pub snapshot_workers: Option<usize>,

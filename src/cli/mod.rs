@@ -80,6 +80,7 @@ impl CliError {
         match self {
             CliError::Slot(SlotError::NotFound(_)) => exit::SLOT_NOT_FOUND,
             CliError::SlotLost(_) => exit::SLOT_LOST,
+            CliError::Capture(crate::capture::CaptureError::SlotLost(_)) => exit::SLOT_LOST,
             CliError::Prerequisites { .. } => exit::PREREQUISITES,
             CliError::Abandoned(_) => exit::ABANDONED,
             CliError::Capture(crate::capture::CaptureError::Fenced { .. }) => exit::FENCED,

@@ -154,6 +154,7 @@ fn capture_config(
                 .max(1),
         },
         whole_rows: crate::capture::whole_rows::WholeRows::default(),
+        on_slot_lost: args.on_slot_lost.or(file.on_slot_lost).unwrap_or_default(),
     };
     let stream_labels = args.metrics_stream_labels || file.metrics_stream_labels.unwrap_or(false);
     crate::observe::capture().configured(cfg.max_buffer_bytes, stream_labels);
@@ -207,8 +208,15 @@ pub async fn dev(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError
         None
     } else {
         let cfg = capture_config(&args, settings, target.clone(), &ds_url, access.clone())?;
-        // The slot exists before the banner invites inserts, so no row falls before it.
-        crate::capture::source::prepare(&client, &cfg.source).await?;
+        // The slot exists before the banner invites inserts, so no row falls before it. A
+        // lost slot is left to capture, which recreates it with --on-slot-lost recreate.
+        match crate::capture::source::prepare(&client, &cfg.source).await {
+            Err(crate::capture::CaptureError::SlotLost(_))
+                if cfg.on_slot_lost == crate::capture::slot_lost::OnSlotLost::Recreate => {}
+            other => {
+                other?;
+            }
+        }
         Some(cfg)
     };
     print_dev_banner(local_pg.as_ref(), &target, &ds_url, &args, cfg.is_some());

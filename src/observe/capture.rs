@@ -175,6 +175,7 @@ pub struct CaptureMetrics {
     pub(super) buffer_limit_bytes: Gauge,
     pub(super) stream_messages: Family<StreamLabels, Counter>,
     pub(super) reconnects: Family<ReconnectLabels, Counter>,
+    pub(super) slot_lost: Counter,
     stream_labels: AtomicBool,
     labelled_streams: Mutex<HashSet<String>>,
     pending: Mutex<PendingCommits>,
@@ -195,6 +196,7 @@ impl CaptureMetrics {
             buffer_limit_bytes: Gauge::default(),
             stream_messages: Family::default(),
             reconnects,
+            slot_lost: Counter::default(),
             stream_labels: AtomicBool::new(false),
             labelled_streams: Mutex::new(HashSet::new()),
             pending: Mutex::new(PendingCommits::default()),
@@ -319,6 +321,13 @@ impl CaptureMetrics {
             CapturePhase::Reconnecting,
             Some("the server ended the replication stream".into()),
         );
+    }
+
+    /// The server invalidated the slot; `policy` says whether capture recreates it (not
+    /// ready until it streams again) or stops.
+    pub fn slot_lost(&self, slot: &str, policy: crate::capture::slot_lost::OnSlotLost) {
+        self.slot_lost.inc();
+        super::readiness().slot_lost(slot, policy.as_str());
     }
 
     fn count_reconnect(&self, cause: &'static str) {

@@ -4,11 +4,17 @@
 //! Ready means every enabled direction runs and the DS server answered recently:
 //! * capture: taking its snapshot or streaming, which both mean this process holds the slot
 //!   (a replication session that started streaming has acquired it; the snapshot's session
-//!   created it); not while starting, reconnecting or stopping;
+//!   created it); not while starting, reconnecting or stopping, nor while it recreates a lost
+//!   slot (`recreating_slot`, snapshot included: the streams were reset and are incomplete
+//!   until it streams again);
 //! * ingest: running, and its writer's last transaction did not fail;
 //! * DS server: the last probe (every [`super::pollers::PROBE_EVERY`]) got an answer within
 //!   [`ANSWER_MAX_AGE`]. An idle capture sends nothing, so the probe is what notices a
 //!   server that stopped answering.
+//!
+//! A lost slot is also reported on its own (`slot_lost`: which slot, how often, when last,
+//! what capture did), from the moment it is found for as long as the process runs, so that
+//! a healed loss stays visible after capture is ready again.
 //!
 //! [`report`] is a pure function of the recorded state and the time, so the rules are
 //! tested without servers.
@@ -31,6 +37,8 @@ pub enum CapturePhase {
     Snapshot,
     Streaming,
     Reconnecting,
+    /// The slot was lost: capture drops and recreates it and snapshots again.
+    RecreatingSlot,
     Stopped,
 }
 
@@ -51,6 +59,15 @@ struct Probe {
     error: Option<String>,
 }
 
+/// The last lost slot this process found.
+#[derive(Debug, Clone)]
+struct SlotLost {
+    slot: String,
+    times: u64,
+    at: Instant,
+    action: &'static str,
+}
+
 /// The recorded state. Cloned out of the lock to be evaluated.
 #[derive(Debug, Clone)]
 pub struct State {
@@ -58,6 +75,7 @@ pub struct State {
     ingest: Option<(IngestPhase, Option<String>)>,
     probe: Probe,
     stopping: bool,
+    slot_lost: Option<SlotLost>,
 }
 
 /// Readiness state, written by the hooks and pollers.
@@ -77,6 +95,7 @@ impl Default for Readiness {
                     error: None,
                 },
                 stopping: false,
+                slot_lost: None,
             }),
         }
     }
@@ -99,9 +118,34 @@ impl Readiness {
         }
     }
 
-    /// An initial snapshot started (capture holds the slot it created).
+    /// An initial snapshot started (capture holds the slot it created). The snapshot of a
+    /// recreated slot stays `recreating_slot`.
     pub fn capture_snapshot(&self) {
-        self.capture(CapturePhase::Snapshot, None);
+        let mut s = lock(&self.state);
+        if let Some((phase, _)) = &s.capture
+            && *phase != CapturePhase::RecreatingSlot
+        {
+            s.capture = Some((CapturePhase::Snapshot, None));
+        }
+    }
+
+    /// The server invalidated `slot`; `action` is what capture does about it (`recreate`:
+    /// not ready until it streams again; `error`: it stops).
+    pub fn slot_lost(&self, slot: &str, action: &'static str) {
+        let mut s = lock(&self.state);
+        let times = s.slot_lost.as_ref().map_or(0, |l| l.times) + 1;
+        s.slot_lost = Some(SlotLost {
+            slot: slot.to_owned(),
+            times,
+            at: Instant::now(),
+            action,
+        });
+        if action == "recreate" && s.capture.is_some() {
+            let reason = format!(
+                "replication slot '{slot}' was lost: dropping and recreating it, resetting its streams and taking a fresh snapshot"
+            );
+            s.capture = Some((CapturePhase::RecreatingSlot, Some(reason)));
+        }
     }
 
     /// Ingest moved to `phase`.
@@ -170,6 +214,20 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ingest: Option<Check>,
     pub ds_server: Check,
+    /// Present once this process found its slot lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot_lost: Option<SlotLostReport>,
+}
+
+/// A lost slot, as `/readyz` reports it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SlotLostReport {
+    pub slot: String,
+    /// How often this process found it lost.
+    pub times: u64,
+    pub last_seconds_ago: f64,
+    /// `recreate` or `error` (`--on-slot-lost`).
+    pub action: String,
 }
 
 /// Evaluates the state at `now`. Pure.
@@ -195,12 +253,19 @@ pub fn report(state: &State, now: Instant) -> Report {
     if !ds_server.ready {
         not_ready.push(line("ds_server", &ds_server));
     }
+    let slot_lost = state.slot_lost.as_ref().map(|l| SlotLostReport {
+        slot: l.slot.clone(),
+        times: l.times,
+        last_seconds_ago: (now.saturating_duration_since(l.at).as_secs_f64() * 10.0).round() / 10.0,
+        action: l.action.to_owned(),
+    });
     Report {
         ready: not_ready.is_empty(),
         not_ready,
         capture,
         ingest,
         ds_server,
+        slot_lost,
     }
 }
 
@@ -310,5 +375,27 @@ mod tests {
         assert_eq!(rep.not_ready.len(), 2, "{rep:?}");
         r.stopping();
         assert!(!report(&r.state(), now).ready);
+    }
+
+    #[test]
+    fn a_lost_slot_is_not_ready_until_streaming_and_stays_reported() {
+        let now = Instant::now();
+        let r = ready_state(now);
+        assert!(report(&r.state(), now).slot_lost.is_none());
+        r.slot_lost("s", "recreate");
+        r.capture_snapshot();
+        let rep = report(&r.state(), now);
+        assert!(!rep.ready, "{rep:?}");
+        assert_eq!(rep.capture.as_ref().unwrap().state, "recreating_slot");
+        assert!(rep.not_ready[0].contains("'s' was lost"), "{rep:?}");
+        r.capture(CapturePhase::Streaming, None);
+        let rep = report(&r.state(), now + Duration::from_secs(3));
+        assert!(rep.ready, "{rep:?}");
+        let lost = rep.slot_lost.expect("still reported");
+        assert_eq!((lost.slot.as_str(), lost.times), ("s", 1));
+        assert_eq!(lost.action, "recreate");
+        assert!(lost.last_seconds_ago >= 3.0);
+        r.slot_lost("s", "error");
+        assert_eq!(report(&r.state(), now).slot_lost.unwrap().times, 2);
     }
 }

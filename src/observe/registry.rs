@@ -207,6 +207,11 @@ fn register_capture(r: &mut Registry, c: &CaptureMetrics) {
         c.buffer_limit_bytes.clone(),
     );
     r.register(
+        "slot_lost",
+        "Times the server invalidated the slot (wal_status lost: max_slot_wal_keep_size exceeded), whether capture then stopped (--on-slot-lost error) or recreated it (recreate)",
+        c.slot_lost.clone(),
+    );
+    r.register(
         "capture_stream_messages",
         "Messages the DS server holds, per capture stream (only with --metrics-stream-labels; streams past 10000 share stream=\"_other\")",
         c.stream_messages.clone(),

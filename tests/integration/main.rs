@@ -42,6 +42,7 @@ mod resnapshot_edges;
 mod server_errors;
 mod shutdown;
 mod slot;
+mod slot_lost;
 mod snapshot;
 mod stream_names;
 mod tls_kit;

@@ -12,7 +12,7 @@ const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, title text);\
                      INSERT INTO items VALUES (1, 'a'), (2, 'b');";
 
 /// The address the process serves its endpoints on, from its log line.
-async fn listen_addr(p: &CaptureProcess) -> String {
+pub(crate) async fn listen_addr(p: &CaptureProcess) -> String {
     const NEEDLE: &str = "metrics and health endpoints on http://";
     p.wait_log(NEEDLE).await;
     let log = p.log();

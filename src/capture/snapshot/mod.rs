@@ -19,13 +19,15 @@
 //! resume. `ds_sync.snapshots` is marked `running` before the slot is created and `done`
 //! after the last row is acknowledged. A start that finds `running` drops the slot, creates
 //! it again with a fresh snapshot and snapshots again, sending `reset` first to every
-//! stream any earlier snapshot of the slot wrote to (recorded in `ds_sync.snapshot_streams`
-//! before a stream's first message). The new consistent point is higher, so the whole new
-//! section sorts after the partial one: a client that applies `reset` ends with the table.
+//! stream the slot's tables wrote to: those of earlier snapshots (recorded in
+//! `ds_sync.snapshot_streams` before a stream's first message) and those of changes
+//! (`ds_sync.table_streams`). The new consistent point is higher, so the whole new section
+//! sorts after the partial one: a client that applies `reset` ends with the table.
 //!
 //! **Modes** ([`SnapshotMode`]): `initial` snapshots when `run` creates the slot (and
 //! after an unfinished snapshot); `always` recreates the slot and snapshots on every start;
-//! `never` only streams.
+//! `never` only streams. A lost slot with `--on-slot-lost recreate` is recreated and
+//! snapshotted in every mode (see `slot_lost`).
 
 mod catalog;
 mod copy_text;
@@ -56,6 +58,7 @@ use super::identity::{self, SourceIdentity};
 use super::message::format_lsn;
 use super::pipeline::CaptureConfig;
 use super::route::Router;
+use super::slot_lost::OnSlotLost;
 use super::source;
 
 pub use catalog::{SIGNAL_SCHEMA, SnapshotTable, published_tables};
@@ -113,24 +116,23 @@ pub enum Prepared {
 
 /// Creates the publication and slot as `source::prepare` does, snapshotting when the mode
 /// says so; returns where streaming starts and the source incarnation (new whenever the
-/// slot is created).
+/// slot is created). A lost slot (`known_lost`: found so while streaming) is an error under
+/// `--on-slot-lost error`; under `recreate` it is dropped, created again and snapshotted,
+/// whatever the mode, with a reset of every stream its tables wrote to (see `slot_lost`).
 pub async fn prepare(
     sql: &Client,
     cfg: &CaptureConfig,
     fence: &Fence,
-    shutdown: &CancellationToken,
-    hard_stop: &CancellationToken,
+    known_lost: bool,
+    (shutdown, hard_stop): (&CancellationToken, &CancellationToken),
 ) -> Result<Prepared, CaptureError> {
-    let mode = cfg.snapshot.mode;
     let slot_name = cfg.source.slot.as_str();
-    if mode == SnapshotMode::Never {
-        let exists = slot::find(sql, slot_name).await?.is_some();
-        return stream_only(sql, cfg, exists).await;
-    }
-    source::ensure_publication(sql, &cfg.source).await?;
-    let exists = slot::find(sql, slot_name).await?.is_some();
-    let recorded = state::load(sql, slot_name).await?;
-    let Some(reason) = decide(mode, exists, recorded) else {
+    let Plan {
+        reason,
+        exists,
+        recorded,
+    } = plan(sql, cfg, known_lost).await?;
+    let Some(reason) = reason else {
         return stream_only(sql, cfg, exists).await;
     };
     tracing::info!(
@@ -207,6 +209,46 @@ pub async fn prepare(
             Ok(Prepared::Stopped)
         }
     }
+}
+
+/// What a start does: snapshot (and why) or only stream.
+struct Plan {
+    reason: Option<Reason>,
+    exists: bool,
+    recorded: Recorded,
+}
+
+/// Decides whether this start snapshots. A lost slot is an error under `--on-slot-lost
+/// error` and a reason to snapshot under `recreate` (announced here), in every mode; the
+/// publication is ensured unless the start only streams with `--snapshot never`.
+async fn plan(sql: &Client, cfg: &CaptureConfig, known_lost: bool) -> Result<Plan, CaptureError> {
+    let slot_name = cfg.source.slot.as_str();
+    let found = slot::find(sql, slot_name).await?;
+    let exists = found.is_some();
+    let lost = known_lost || found.as_ref().is_some_and(slot::SlotInfo::is_lost);
+    if lost && cfg.on_slot_lost == OnSlotLost::Error {
+        return Err(CaptureError::SlotLost(slot_name.to_owned()));
+    }
+    if cfg.snapshot.mode == SnapshotMode::Never && !lost {
+        return Ok(Plan {
+            reason: None,
+            exists,
+            recorded: Recorded::Never,
+        });
+    }
+    source::ensure_publication(sql, &cfg.source).await?;
+    let recorded = state::load(sql, slot_name).await?;
+    let reason = if lost {
+        super::slot_lost::announce(slot_name, OnSlotLost::Recreate);
+        Some(Reason::SlotLost)
+    } else {
+        decide(cfg.snapshot.mode, exists, recorded)
+    };
+    Ok(Plan {
+        reason,
+        exists,
+        recorded,
+    })
 }
 
 /// Creates the slot with an exported snapshot, logging every few seconds which transactions

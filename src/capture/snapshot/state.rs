@@ -27,6 +27,8 @@ pub enum Reason {
     Unfinished,
     /// `--snapshot always`.
     Always,
+    /// The server invalidated the slot (`--on-slot-lost recreate`).
+    SlotLost,
 }
 
 impl Reason {
@@ -35,6 +37,7 @@ impl Reason {
             Reason::NewSlot => "the slot is new",
             Reason::Unfinished => "the previous snapshot did not finish",
             Reason::Always => "--snapshot always",
+            Reason::SlotLost => "the slot was lost (--on-slot-lost recreate)",
         }
     }
 }
@@ -105,16 +108,20 @@ pub async fn finish(sql: &Client, slot: &str, rows: u64) -> Result<(), PgError> 
     Ok(())
 }
 
-/// Streams earlier snapshots of the slot wrote to.
+/// Every stream the slot's tables wrote to, for the reset before a snapshot that follows
+/// another: those earlier snapshots wrote to (`ds_sync.snapshot_streams`) and those changes
+/// wrote to (`ds_sync.table_streams`, per-key streams included), so that no stream keeps
+/// a row deleted while no slot streamed its changes.
 pub async fn streams(sql: &Client, slot: &str) -> Result<Vec<String>, PgError> {
     let rows = sql
         .query(
             "SELECT stream_name FROM ds_sync.snapshot_streams WHERE slot_name = $1 \
+             UNION SELECT stream_name FROM ds_sync.table_streams WHERE slot_name = $1 \
              ORDER BY stream_name",
             &[&slot],
         )
         .await
-        .map_err(|e| PgError::query("reading ds_sync.snapshot_streams", &e))?;
+        .map_err(|e| PgError::query("reading the streams of the slot's tables", &e))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 

@@ -73,6 +73,29 @@ pub struct IngestFile {
     pub max_buffer_bytes: Option<usize>,
     /// A duration such as `"60s"`, `"2m"` or `"500ms"` (see [`parse_duration`]).
     pub idle_timeout: Option<String>,
+    /// `run --retention`: a duration such as `"30d"` (see [`parse_age`]).
+    pub retention: Option<String>,
+    /// `run --dead-letter-retention`, e.g. `"90d"`.
+    pub dead_letter_retention: Option<String>,
+    /// `run --retention-interval`, e.g. `"10m"`.
+    pub retention_interval: Option<String>,
+}
+
+/// Reads an age or period for retention (`30d`, `12h`, `2w`, `90min`, `1month`,
+/// `7days 12h`), as humantime reads it; it must be above zero.
+///
+/// # Errors
+///
+/// A message that quotes the input and says what is accepted.
+pub fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    match humantime::parse_duration(t) {
+        Ok(d) if d.is_zero() => Err(format!("{text:?}: the duration must be above zero")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!(
+            "{text:?} is not a duration ({e}): give a number and a unit, e.g. 30d, 12h, 2w, 90min or '7days 12h'"
+        )),
+    }
 }
 
 /// Reads a duration: a whole number followed by `ms`, `s`, `m` or `h`, or by nothing

@@ -345,6 +345,11 @@ pub struct BenchArgs {
     /// Results go to DIR/<scenario>-<timestamp>/
     #[arg(long, default_value = "bench/results", value_name = "DIR")]
     pub out: PathBuf,
+    /// Forms of session_events ingest-drain measures in this run, one drain of the same
+    /// backlog each: plain (as init makes it), partitioned (init --partition-by day),
+    /// unindexed (plain without the readers' indexes) [default: plain]
+    #[arg(long, value_delimiter = ',', value_enum, value_name = "FORM,...")]
+    pub table_forms: Vec<crate::bench::table_form::TableForm>,
     /// Passed to `ds-sync run`
     #[arg(last = true)]
     pub ds_sync_args: Vec<String>,

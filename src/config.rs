@@ -482,6 +482,24 @@ pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn retention_ages_read_as_humantime_and_bad_ones_say_what_is_accepted() {
+        let day = std::time::Duration::from_secs(86_400);
+        assert_eq!(parse_age("30d"), Ok(day * 30));
+        assert_eq!(parse_age(" 2w "), Ok(day * 14));
+        assert_eq!(
+            parse_age("7days 12h"),
+            Ok(day * 7 + std::time::Duration::from_secs(12 * 3600))
+        );
+        let err = parse_age("3x").unwrap_err();
+        assert!(
+            err.contains("\"3x\" is not a duration") && err.contains("30d"),
+            "{err}"
+        );
+        assert!(parse_age("").is_err());
+        assert!(parse_age("0s").unwrap_err().contains("above zero"));
+    }
+
     fn flag<T>(v: T) -> CliValue<T> {
         CliValue {
             value: Some(v),

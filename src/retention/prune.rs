@@ -248,3 +248,28 @@ fn bar(what: &str, total: i64) -> ProgressBar {
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_line_names_what_went() {
+        let s = PruneSummary {
+            cutoff: Some("2026-11-02T12:00:00Z".into()),
+            partitions_dropped: vec!["session_events_p20261005".into()],
+            rows_in_dropped_partitions_estimate: 2400,
+            rows_deleted: 120,
+            batches: 2,
+            dead_letters_cutoff: Some("2026-09-01T00:00:00Z".into()),
+            dead_letters_deleted: 3,
+            seconds: 0.84,
+        };
+        assert_eq!(
+            s.line(),
+            "pruned session_events received before 2026-11-02T12:00:00Z: deleted 120 rows in 2 batches, \
+             dropped 1 partitions (about 2400 rows: session_events_p20261005); \
+             dead letters created before 2026-09-01T00:00:00Z: deleted 3 in 0.8s"
+        );
+    }
+}

@@ -47,8 +47,14 @@ async fn pass(m: &Maintenance) -> Result<(), RetentionError> {
         .with_application_name("ds-sync/retention")
         .connect()
         .await?;
-    if let Form::Partitioned(Some(interval)) = partitions::form(&client).await? {
-        partitions::ensure(&mut client, interval).await?;
+    // A partition that cannot be made (the default partition already holds rows of its
+    // range, a lock held too long) must not stop pruning: rows then go to the default
+    // partition, and prune still empties it.
+    if let Form::Partitioned(Some(interval)) = partitions::form(&client).await?
+        && let Err(e) = partitions::ensure(&mut client, interval).await
+    {
+        let hint = e.hint().unwrap_or_default();
+        tracing::warn!(error = %e, %hint, "creating partitions of session_events ahead of time failed; rows without a partition go to session_events_default");
     }
     if m.events.is_none() && m.dead_letters.is_none() {
         return Ok(());

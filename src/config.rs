@@ -73,6 +73,29 @@ pub struct IngestFile {
     pub max_buffer_bytes: Option<usize>,
     /// A duration such as `"60s"`, `"2m"` or `"500ms"` (see [`parse_duration`]).
     pub idle_timeout: Option<String>,
+    /// `run --retention`: a duration such as `"30d"` (see [`parse_age`]).
+    pub retention: Option<String>,
+    /// `run --dead-letter-retention`, e.g. `"90d"`.
+    pub dead_letter_retention: Option<String>,
+    /// `run --retention-interval`, e.g. `"10m"`.
+    pub retention_interval: Option<String>,
+}
+
+/// Reads an age or period for retention (`30d`, `12h`, `2w`, `90min`, `1month`,
+/// `7days 12h`), as humantime reads it; it must be above zero.
+///
+/// # Errors
+///
+/// A message that quotes the input and says what is accepted.
+pub fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    match humantime::parse_duration(t) {
+        Ok(d) if d.is_zero() => Err(format!("{text:?}: the duration must be above zero")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!(
+            "{text:?} is not a duration ({e}): give a number and a unit, e.g. 30d, 12h, 2w, 90min or '7days 12h'"
+        )),
+    }
 }
 
 /// Reads a duration: a whole number followed by `ms`, `s`, `m` or `h`, or by nothing
@@ -459,6 +482,24 @@ pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_ages_read_as_humantime_and_bad_ones_say_what_is_accepted() {
+        let day = std::time::Duration::from_secs(86_400);
+        assert_eq!(parse_age("30d"), Ok(day * 30));
+        assert_eq!(parse_age(" 2w "), Ok(day * 14));
+        assert_eq!(
+            parse_age("7days 12h"),
+            Ok(day * 7 + std::time::Duration::from_secs(12 * 3600))
+        );
+        let err = parse_age("3x").unwrap_err();
+        assert!(
+            err.contains("\"3x\" is not a duration") && err.contains("30d"),
+            "{err}"
+        );
+        assert!(parse_age("").is_err());
+        assert!(parse_age("0s").unwrap_err().contains("above zero"));
+    }
 
     fn flag<T>(v: T) -> CliValue<T> {
         CliValue {

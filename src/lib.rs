@@ -22,6 +22,8 @@
 //! * [`capture`]: DB → stream: the replication loop, LSN ledger, batching, delivery.
 //! * [`ingest`]: stream → DB: SSE subscriptions, binary COPY with the offset in the same
 //!   transaction, dead letters, subscriptions that change at run time.
+//! * [`retention`]: `ds-sync prune`, `run --retention`, `init --partition-by`: old
+//!   `session_events` rows and dead letters removed in bounded batches or whole partitions.
 //! * [`bench`]: `ds-sync bench`, the load-test runner: scenarios next to their ceilings.
 //! * [`observe`]: Prometheus metrics, `/livez` and `/readyz` on `--listen`, `ds-sync health`.
 //! * [`waits`]: long waits log which sessions they wait for and what to do.
@@ -40,6 +42,7 @@ pub mod observe;
 pub mod pg;
 pub mod pgoutput;
 pub mod publication;
+pub mod retention;
 pub mod schema;
 pub mod slot;
 pub mod sse;

@@ -65,6 +65,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "009_ingest_memory",
         sql: include_str!("../sql/009_ingest_memory.sql"),
     },
+    Migration {
+        version: 11,
+        name: "011_session_events_indexes",
+        sql: include_str!("../sql/011_session_events_indexes.sql"),
+    },
 ];
 
 /// Serializes concurrent `init` runs (the value spells "ds-sync" in ASCII).

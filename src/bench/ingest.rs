@@ -15,6 +15,7 @@ use super::capture::Ctx;
 use super::latency::{self, Stamps};
 use super::report::{Report, Series};
 use super::stack::{DsSyncProcess, Stack};
+use super::table_form::{self, TableForm};
 use super::tail::count_in_offset;
 use super::workload::{self, Bar};
 use crate::ds::DsClient;
@@ -180,35 +181,83 @@ async fn check_stored(
     Ok(())
 }
 
-/// `ingest-drain`.
+/// `ingest-drain`: the same backlog drained once per table form (`--table-forms`), each
+/// next to binary COPY into the same table.
 pub async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
     let rows = ctx.opts.rows;
     let stream = "bench-ingest";
     preload(ctx.stack, stream, rows, ctx.opts.progress).await?;
+    let forms = &ctx.opts.table_forms;
+    let only_plain = forms.as_slice() == [TableForm::Plain] || forms.is_empty();
+    for form in forms {
+        let label = if only_plain {
+            String::new()
+        } else {
+            format!(" ({})", form.name())
+        };
+        if !only_plain {
+            let mut sql = ctx.stack.sql().await?;
+            table_form::reset(&mut sql, *form, stream).await?;
+        }
+        drain_one(ctx, report, stream, &label).await?;
+    }
+    report.notes.push(
+        "The backlog is POSTed before ds-sync starts. ds-sync's time runs from its start to \
+         the poll (20 ms) that finds the stream's tail offset committed in \
+         ds_sync.stream_offsets. The ceiling then exports the very rows ds-sync stored \
+         (\\copy ... TO ... WITH (FORMAT binary)), empties session_events and times \
+         \\copy ... FROM of them into it: the same table, indexes, defaults and partitions."
+            .into(),
+    );
+    if !only_plain {
+        report.notes.push(
+            "Table forms, in the order run, on the same servers and backlog: plain is \
+             session_events as `ds-sync init` makes it (primary key, (stream_name, id) and \
+             (received_at) indexes); unindexed is the same without those two indexes (their \
+             cost); partitioned is `init --partition-by day` (primary key (id, received_at), \
+             the same indexes on every partition). Before each drain the table is made anew, \
+             empty, and ingest's offset for the stream is forgotten."
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// One drain of the preloaded backlog into the table as it is, and its ceiling.
+async fn drain_one(
+    ctx: &Ctx<'_>,
+    report: &mut Report,
+    stream: &str,
+    label: &str,
+) -> Result<(), BenchError> {
+    let rows = ctx.opts.rows;
     let IngestDrain {
         elapsed,
-        series,
+        mut series,
         cpu,
         rss,
     } = ingest_until_tail(ctx, stream, rows).await?;
+    series.name.push_str(label);
     let sql = ctx.stack.sql().await?;
     let copy = binary_copy_ceiling(ctx, &sql, stream).await?;
     let (c, d) = (copy.as_secs_f64(), elapsed.as_secs_f64());
-    report.figure("events", rows as f64, "events");
+    if label.is_empty() || report.figures.iter().all(|f| f.name != "events") {
+        report.figure("events", rows as f64, "events");
+    }
     report.figure(
-        "psql \\copy FROM (FORMAT binary)",
+        &format!("psql \\copy FROM (FORMAT binary){label}"),
         rows as f64 / c,
         "rows/s",
     );
-    report.figure("ds-sync ingest", rows as f64 / d, "rows/s");
-    report.figure("psql \\copy time", c, "s");
-    report.figure("ds-sync ingest time", d, "s");
+    report.figure(&format!("ds-sync ingest{label}"), rows as f64 / d, "rows/s");
+    report.figure(&format!("psql \\copy time{label}"), c, "s");
+    report.figure(&format!("ds-sync ingest time{label}"), d, "s");
     if let Some(cpu) = cpu {
-        report.figure("ds-sync CPU", cpu, "s");
+        report.figure(&format!("ds-sync CPU{label}"), cpu, "s");
     }
     if let Some((_, peak)) = rss {
         report.check(
-            "ds-sync peak RSS (VmHWM)",
+            &format!("ds-sync peak RSS (VmHWM){label}"),
             peak as f64 / 1024.0,
             "MB",
             Some(DRAIN_RSS_TARGET_MB),
@@ -216,26 +265,18 @@ pub async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError>
         );
     }
     report.check(
-        "ds-sync ingest / psql binary COPY throughput",
+        &format!("ds-sync ingest / psql binary COPY throughput{label}"),
         c / d,
         "x",
         Some(DRAIN_TARGET),
         false,
     );
     report.series.push(series);
-    report.notes.push(
-        "The backlog is POSTed before ds-sync starts. ds-sync's time runs from its start to \
-         the poll (20 ms) that finds the stream's tail offset committed in \
-         ds_sync.stream_offsets. The ceiling then loads the very rows ds-sync stored \
-         (exported with \\copy ... TO ... WITH (FORMAT binary)) into a table shaped like \
-         session_events, indexes and defaults included."
-            .into(),
-    );
     Ok(())
 }
 
-/// Exports the ingested rows in binary COPY format, then times `psql \copy FROM` of that
-/// file into an empty table like `session_events`.
+/// Exports the ingested rows in binary COPY format, empties `session_events`, then times
+/// `psql \copy FROM` of that file into it (the same form, indexes and partitions).
 async fn binary_copy_ceiling(
     ctx: &Ctx<'_>,
     sql: &tokio_postgres::Client,
@@ -252,26 +293,20 @@ async fn binary_copy_ceiling(
         ),
     )
     .await?;
-    sql.batch_execute(
-        "DROP TABLE IF EXISTS public.bench_copy_ceiling; \
-         CREATE TABLE public.bench_copy_ceiling (LIKE public.session_events INCLUDING ALL)",
-    )
-    .await
-    .map_err(|e| BenchError::sql("creating the ceiling table", &e))?;
+    sql.batch_execute("TRUNCATE public.session_events")
+        .await
+        .map_err(|e| BenchError::sql("emptying session_events for the ceiling", &e))?;
     let started = Instant::now();
     workload::psql(
         ctx.stack,
         &format!(
-            "\\copy public.bench_copy_ceiling ({cols}) FROM '{}' WITH (FORMAT binary)",
+            "\\copy public.session_events ({cols}) FROM '{}' WITH (FORMAT binary)",
             file.display()
         ),
     )
     .await?;
     let took = started.elapsed();
     let _ = std::fs::remove_file(&file);
-    sql.batch_execute("DROP TABLE public.bench_copy_ceiling")
-        .await
-        .map_err(|e| BenchError::sql("dropping the ceiling table", &e))?;
     Ok(took)
 }
 

@@ -20,6 +20,7 @@ mod naive;
 pub mod report;
 mod snapshot;
 mod stack;
+pub mod table_form;
 mod tail;
 mod workload;
 
@@ -100,6 +101,8 @@ pub struct BenchOptions {
     pub ds_sync_args: Vec<String>,
     /// Writer connections of the latency scenarios.
     pub writers: usize,
+    /// Forms of `session_events` `ingest-drain` measures, one drain each, in this order.
+    pub table_forms: Vec<table_form::TableForm>,
 }
 
 /// Errors of the runner.

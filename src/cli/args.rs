@@ -194,13 +194,30 @@ Examples:
     Publication(PublicationCommand),
     /// Create the sink table and ds-sync's schema, and check the server's prerequisites
     #[command(after_help = "\
-Applies sql/ (embedded) idempotently: public.session_events and the ds_sync schema. Then checks
+Applies sql/ (embedded) idempotently: public.session_events (with its indexes) and the ds_sync
+schema; with --partition-by, session_events is partitioned by received_at. Then checks
 wal_level, max_replication_slots, max_wal_senders, the role's REPLICATION attribute and the
 server version, printing each failed check with its fix; exits 3 when one fails.
 
 Example:
-  ds-sync init --postgres-url postgres://app@localhost/app")]
-    Init,
+  ds-sync init --postgres-url postgres://app@localhost/app
+  ds-sync init --partition-by month    # session_events partitioned by received_at")]
+    Init(InitArgs),
+    /// Delete old session_events rows and dead letters, in short batches (ingest goes on)
+    #[command(after_help = "\
+Deletes session_events rows whose received_at is older than --older-than, in batches of
+--batch-rows rows, each its own short transaction, so ingest's COPY goes on meanwhile. On a
+table made by `init --partition-by`, partitions wholly older than that are dropped first (a
+lock of at most 2 s per try, retried), then the rest is deleted in batches. Dead letters go by
+their created_at. Offsets in ds_sync.stream_offsets are not touched: ingest never reads a
+pruned event again. A progress bar on a terminal; a summary line at the end. `run
+--retention` does the same periodically.
+
+Examples:
+  ds-sync prune --older-than 30d
+  ds-sync prune --older-than 12h --stream sessions/42 --stream sessions/43
+  ds-sync prune --dead-letters-older-than 90d")]
+    Prune(PruneArgs),
     /// Show the effective configuration and where each value came from
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -332,6 +349,11 @@ pub struct BenchArgs {
     /// Results go to DIR/<scenario>-<timestamp>/
     #[arg(long, default_value = "bench/results", value_name = "DIR")]
     pub out: PathBuf,
+    /// Forms of session_events ingest-drain measures in this run, one drain of the same
+    /// backlog each: plain (as init makes it), partitioned (init --partition-by day),
+    /// unindexed (plain without the readers' indexes) [default: plain]
+    #[arg(long, value_delimiter = ',', value_enum, value_name = "FORM,...")]
+    pub table_forms: Vec<crate::bench::table_form::TableForm>,
     /// Passed to `ds-sync run`
     #[arg(last = true)]
     pub ds_sync_args: Vec<String>,
@@ -470,6 +492,65 @@ pub struct IngestArgs {
         value_parser = crate::config::parse_duration
     )]
     pub ingest_idle_timeout: Option<std::time::Duration>,
+    /// Prune session_events rows received longer ago than this, at every retention pass
+    /// (as `ds-sync prune --older-than`), e.g. 30d, 12h, 2w [default: keep everything]
+    #[arg(
+        long,
+        env = "DS_SYNC_RETENTION",
+        value_name = "DURATION",
+        value_parser = crate::config::parse_age
+    )]
+    pub retention: Option<std::time::Duration>,
+    /// Prune dead letters (ds_sync.dead_letters) created longer ago than this, at every
+    /// retention pass, e.g. 90d [default: keep everything]
+    #[arg(
+        long,
+        env = "DS_SYNC_DEAD_LETTER_RETENTION",
+        value_name = "DURATION",
+        value_parser = crate::config::parse_age
+    )]
+    pub dead_letter_retention: Option<std::time::Duration>,
+    /// Time between retention passes (pruning, and partitions of a partitioned
+    /// session_events created ahead of time); the first runs at start [default: 10m]
+    #[arg(
+        long,
+        env = "DS_SYNC_RETENTION_INTERVAL",
+        value_name = "DURATION",
+        value_parser = crate::config::parse_age
+    )]
+    pub retention_interval: Option<std::time::Duration>,
+}
+
+/// Options of `ds-sync init`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct InitArgs {
+    /// Create session_events partitioned by received_at, one partition per day, week (from
+    /// Monday) or month (UTC); its primary key is then (id, received_at). Refused for an
+    /// existing plain table that holds rows (the error says how to migrate)
+    #[arg(long, value_enum, value_name = "INTERVAL")]
+    pub partition_by: Option<crate::retention::PartitionInterval>,
+}
+
+/// Options of `ds-sync prune`.
+#[derive(Debug, Args, Clone)]
+#[command(group(
+    clap::ArgGroup::new("what").required(true).multiple(true)
+        .args(["older_than", "dead_letters_older_than"])
+))]
+pub struct PruneArgs {
+    /// Delete session_events rows received longer ago than this (by received_at), e.g.
+    /// 30d, 12h, 2w, '7days 12h'
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_age)]
+    pub older_than: Option<std::time::Duration>,
+    /// Only this stream's rows (and dead letters); repeatable. No partition is dropped then
+    #[arg(long = "stream", value_name = "STREAM")]
+    pub streams: Vec<String>,
+    /// Delete dead letters (ds_sync.dead_letters) created longer ago than this, e.g. 90d
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_age)]
+    pub dead_letters_older_than: Option<std::time::Duration>,
+    /// Rows per DELETE statement (each its own short transaction) [default: 10000]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
+    pub batch_rows: Option<i64>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -34,6 +34,11 @@ pub async fn bench(args: &BenchArgs, settings: &Settings) -> Result<(), CliError
         command: command_line(),
         ds_sync_args: args.ds_sync_args.clone(),
         writers: args.writers.max(1),
+        table_forms: if args.table_forms.is_empty() {
+            vec![bench::table_form::TableForm::Plain]
+        } else {
+            args.table_forms.clone()
+        },
     };
     if cfg!(debug_assertions) {
         eprintln!(

@@ -8,7 +8,7 @@ use super::CliError;
 use super::args::{
     Command, ConfigCommand, PublicationCommand, SlotCommand, StreamCommand, TableArgs,
 };
-use super::output::Printer;
+use super::output::{Printer, TableReport};
 
 /// Runs one subcommand.
 pub async fn run(command: Command, settings: &Settings) -> Result<(), CliError> {
@@ -16,7 +16,8 @@ pub async fn run(command: Command, settings: &Settings) -> Result<(), CliError> 
     match command {
         Command::Slot(cmd) => slot_command(cmd, settings, &out).await,
         Command::Publication(cmd) => publication_command(cmd, settings, &out).await,
-        Command::Init => init(settings, &out).await,
+        Command::Init(args) => init(&args, settings, &out).await,
+        Command::Prune(args) => prune(&args, settings, &out).await,
         Command::Config(ConfigCommand::Show) => config_show(settings, &out),
         Command::Run { capture } => super::run::run(&capture, settings).await,
         Command::Dev { capture } => super::run::dev(&capture, settings).await,
@@ -192,17 +193,60 @@ fn described(changes: &publication::Changes) -> String {
     text
 }
 
-async fn init(settings: &Settings, out: &Printer) -> Result<(), CliError> {
+async fn init(
+    args: &super::args::InitArgs,
+    settings: &Settings,
+    out: &Printer,
+) -> Result<(), CliError> {
+    use crate::retention::partitions::{self, Form, Partitioning};
     let mut client = target(settings)?.connect().await?;
     let migrations = schema::apply(&mut client).await?;
+    let partitioned_now = match args.partition_by {
+        Some(interval) => {
+            partitions::partition(&mut client, interval).await? == Partitioning::Created
+        }
+        None => false,
+    };
+    let table = match partitions::form(&client).await? {
+        Form::Partitioned(interval) => TableReport {
+            form: "partitioned",
+            interval: interval.map(crate::retention::PartitionInterval::as_str),
+            partitioned_now,
+        },
+        Form::Plain | Form::Missing => TableReport {
+            form: "plain",
+            interval: None,
+            partitioned_now: false,
+        },
+    };
     let facts = schema::server_facts(&client).await?;
     let checks = schema::checks(&facts);
-    out.init_report(&migrations, &checks)?;
+    out.init_report(&migrations, &table, &checks)?;
     let failed = checks.iter().filter(|c| !c.ok).count();
     if failed > 0 {
         return Err(CliError::Prerequisites { failed });
     }
     Ok(())
+}
+
+/// `ds-sync prune`: see `retention::prune`.
+async fn prune(
+    args: &super::args::PruneArgs,
+    settings: &Settings,
+    out: &Printer,
+) -> Result<(), CliError> {
+    use crate::retention::prune::{DEFAULT_BATCH_ROWS, PruneRequest, prune};
+    let mut client = target(settings)?.connect().await?;
+    schema::apply(&mut client).await?;
+    let req = PruneRequest {
+        older_than: args.older_than,
+        streams: args.streams.clone(),
+        dead_letters_older_than: args.dead_letters_older_than,
+        batch_rows: args.batch_rows.unwrap_or(DEFAULT_BATCH_ROWS),
+        progress: true,
+    };
+    let summary = prune(&mut client, &req).await?;
+    out.prune(&summary)
 }
 
 fn config_show(settings: &Settings, out: &Printer) -> Result<(), CliError> {

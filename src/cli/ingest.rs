@@ -10,11 +10,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, CaptureConfig};
-use crate::config::{IngestFile, OutputFormat, Settings, parse_duration};
+use crate::config::{IngestFile, OutputFormat, Settings, parse_age, parse_duration};
 use crate::ds::{ClientOptions, DsClient};
 use crate::ingest::store::{self, SubscriptionInfo};
 use crate::ingest::{self, DEFAULT_MAX_EVENT_BYTES, IngestConfig, WriterOptions};
 use crate::pg::PgTarget;
+use crate::retention::maintain::{self, Maintenance};
 
 use super::CliError;
 use super::args::IngestArgs;
@@ -134,12 +135,52 @@ pub(super) async fn dev_config(
     Ok(Some(cfg))
 }
 
+/// What `run` keeps up beside the directions: partitions ahead of time (whenever ingest
+/// runs) and pruning with `--retention` / `--dead-letter-retention` (flag > env >
+/// `[ingest]` key). `None` when there is nothing to do.
+pub(super) fn maintenance(
+    args: &IngestArgs,
+    settings: &Settings,
+    target: &PgTarget,
+    ingest_runs: bool,
+) -> Result<Option<Maintenance>, CliError> {
+    let file = &settings.ingest_file;
+    let from_file = |key: &str, value: Option<&String>| {
+        value
+            .map(|t| parse_age(t).map_err(|e| CliError::Invalid(format!("[ingest] {key}: {e}"))))
+            .transpose()
+    };
+    let events = match args.retention {
+        Some(d) => Some(d),
+        None => from_file("retention", file.retention.as_ref())?,
+    };
+    let dead_letters = match args.dead_letter_retention {
+        Some(d) => Some(d),
+        None => from_file("dead_letter_retention", file.dead_letter_retention.as_ref())?,
+    };
+    let every = match args.retention_interval {
+        Some(d) => d,
+        None => from_file("retention_interval", file.retention_interval.as_ref())?
+            .unwrap_or(maintain::DEFAULT_EVERY),
+    };
+    if !ingest_runs && events.is_none() && dead_letters.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Maintenance {
+        target: target.clone(),
+        events,
+        dead_letters,
+        every,
+    }))
+}
+
 /// Runs capture, ingest, or both side by side, with the metrics and health endpoints when
 /// `--listen` is set; when one direction fails the other is stopped gracefully and the first
 /// error is returned.
 pub(super) async fn run_directions(
     capture: Option<CaptureConfig>,
     ingest: Option<IngestConfig>,
+    maintenance: Option<Maintenance>,
     settings: &Settings,
     shutdown: &CancellationToken,
     hard_stop: &CancellationToken,
@@ -148,7 +189,14 @@ pub(super) async fn run_directions(
         Some(listen) => observe(&listen.value, capture.as_ref(), ingest.as_ref(), shutdown).await?,
         None => None,
     };
+    let retention = maintenance.map(|m| {
+        let stop = shutdown.clone();
+        tokio::spawn(async move { maintain::run(&m, &stop).await })
+    });
     let result = directions(capture, ingest, settings, shutdown, hard_stop).await;
+    if let Some(task) = retention {
+        task.abort();
+    }
     if let Some(o) = observer {
         o.stop().await;
     }

@@ -68,6 +68,8 @@ pub enum CliError {
     Observe(#[from] crate::observe::ObserveError),
     #[error(transparent)]
     Health(#[from] crate::observe::health::HealthError),
+    #[error(transparent)]
+    Retention(#[from] crate::retention::RetentionError),
     #[error("{0}")]
     Invalid(String),
     #[error("stopped after {0} without finishing the work in flight")]
@@ -101,6 +103,7 @@ impl CliError {
             CliError::Ingest(e) => e.hint(),
             CliError::Observe(e) => e.hint(),
             CliError::Health(e) => e.hint(),
+            CliError::Retention(e) => e.hint(),
             CliError::Abandoned(_) => Some(
                 "Nothing is lost: the next start resumes capture from the slot's confirmed position and ingest from the stored offsets. A server was down or stalled; raise --shutdown-timeout-ms to give it longer.".into(),
             ),

@@ -179,10 +179,13 @@ impl Printer {
     pub fn init_report(
         &self,
         migrations: &[MigrationStatus],
+        table: &TableReport,
         checks: &[Check],
     ) -> Result<(), CliError> {
         if self.format == OutputFormat::Json {
-            return self.json(&json!({"migrations": migrations, "checks": checks}));
+            return self.json(
+                &json!({"migrations": migrations, "session_events": table, "checks": checks}),
+            );
         }
         let mut lines = Vec::new();
         for m in migrations {
@@ -193,6 +196,7 @@ impl Printer {
             };
             lines.push(format!("schema  {:<28} {state}", m.name));
         }
+        lines.push(format!("table   {:<28} {}", "session_events", table.text()));
         for c in checks {
             let state = if c.ok { "ok  " } else { "FAIL" };
             lines.push(format!("check   {:<28} {state} {}", c.name, c.value));
@@ -201,6 +205,14 @@ impl Printer {
             }
         }
         self.emit(&lines.join("\n"))
+    }
+
+    /// The summary line of `ds-sync prune`.
+    pub fn prune(&self, summary: &crate::retention::prune::PruneSummary) -> Result<(), CliError> {
+        if self.format == OutputFormat::Json {
+            return self.json(summary);
+        }
+        self.emit(&summary.line())
     }
 
     pub fn config(&self, s: &Settings, postgres: Option<&str>) -> Result<(), CliError> {
@@ -311,5 +323,26 @@ mod tests {
         assert_eq!(human_bytes(0), "0 B");
         assert_eq!(human_bytes(1536), "1.5 KiB (1536)");
         assert_eq!(human_bytes(3 * 1024 * 1024), "3.0 MiB (3145728)");
+    }
+}
+
+/// What `init` left `session_events` as.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TableReport {
+    /// `plain` or `partitioned`.
+    pub form: &'static str,
+    /// The partition interval, when ds-sync partitions it.
+    pub interval: Option<&'static str>,
+    /// True when this run made it partitioned.
+    pub partitioned_now: bool,
+}
+
+impl TableReport {
+    fn text(&self) -> String {
+        match (self.interval, self.partitioned_now) {
+            (Some(i), true) => format!("partitioned by {i} of received_at (created now)"),
+            (Some(i), false) => format!("partitioned by {i} of received_at"),
+            (None, _) => self.form.to_owned(),
+        }
     }
 }

@@ -34,6 +34,8 @@ async fn run_until_stopped(
 ) -> Result<(), CliError> {
     let target = super::commands::target(settings)?;
     let ingest = super::ingest::config(&args.ingest, settings, &target).await?;
+    let maintenance =
+        super::ingest::maintenance(&args.ingest, settings, &target, ingest.is_some())?;
     let cfg = if args.ingest.no_capture {
         None
     } else {
@@ -45,7 +47,15 @@ async fn run_until_stopped(
             settings.ds_access()?,
         )?)
     };
-    super::ingest::run_directions(cfg, ingest, settings, &stop.shutdown, &stop.hard_stop).await
+    super::ingest::run_directions(
+        cfg,
+        ingest,
+        maintenance,
+        settings,
+        &stop.shutdown,
+        &stop.hard_stop,
+    )
+    .await
 }
 
 /// `--shutdown-timeout-ms` over the `[capture]` key over the default.
@@ -221,7 +231,11 @@ pub async fn dev(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError
     };
     print_dev_banner(local_pg.as_ref(), &target, &ds_url, &args, cfg.is_some());
     let ingest = super::ingest::dev_config(&args.ingest, &target, &ds_url, access).await?;
-    let result = super::ingest::run_directions(cfg, ingest, settings, &shutdown, &hard_stop).await;
+    let maintenance =
+        super::ingest::maintenance(&args.ingest, settings, &target, ingest.is_some())?;
+    let result =
+        super::ingest::run_directions(cfg, ingest, maintenance, settings, &shutdown, &hard_stop)
+            .await;
     drop(ds_server);
     drop(local_pg);
     eprintln!("stopped; throwaway servers removed");

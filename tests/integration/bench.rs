@@ -169,3 +169,41 @@ async fn ingest_drain_and_outage_smoke_runs_report_peak_rss() {
     assert!(figure(&result, "outage") >= 2.0);
     assert!(check_value(&result, "ds-sync peak RSS (VmHWM)") > 1.0);
 }
+
+#[tokio::test]
+async fn ingest_drain_measures_every_table_form_in_one_run() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("forms");
+    let run = run_ds_sync(
+        &[
+            "bench",
+            "ingest-drain",
+            "--rows",
+            "1500",
+            "--table-forms",
+            "plain,partitioned,unindexed",
+            "--out",
+            dir.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await
+    .ok();
+    let report = only_report_dir(&dir);
+    let result: Value =
+        serde_json::from_slice(&std::fs::read(report.join("result.json")).unwrap()).unwrap();
+    for form in ["plain", "partitioned", "unindexed"] {
+        assert!(
+            figure(&result, &format!("ds-sync ingest ({form})")) > 0.0,
+            "{}",
+            run.stdout
+        );
+        assert!(
+            figure(
+                &result,
+                &format!("psql \\copy FROM (FORMAT binary) ({form})")
+            ) > 0.0
+        );
+    }
+    assert_eq!(figure(&result, "events"), 1500.0);
+}

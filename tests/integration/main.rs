@@ -39,6 +39,7 @@ mod publication_rules;
 mod reconnect;
 mod resnapshot;
 mod resnapshot_edges;
+mod retention;
 mod server_errors;
 mod shutdown;
 mod slot;

@@ -12,7 +12,8 @@ use crate::kit::{CaptureProcess, Scenario, scenario, start_streaming, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// Waits until the stream holds at least `n` messages and returns them.
+/// Waits until the stream holds at least `n` messages and returns them; fails when no new
+/// message arrives for [`LONG`] (a slow machine only slows the wait, a stall fails it).
 async fn wait_messages(
     client: &DsClient,
     stream: &str,
@@ -20,11 +21,16 @@ async fn wait_messages(
     capture: &CaptureProcess,
 ) -> Vec<Value> {
     let db = capture.db_url();
-    let deadline = tokio::time::Instant::now() + LONG;
+    let mut deadline = tokio::time::Instant::now() + LONG;
+    let mut seen = 0;
     loop {
         let m = crate::snapshot::read(client, stream).await;
         if m.len() >= n {
             return m;
+        }
+        if m.len() > seen {
+            seen = m.len();
+            deadline = tokio::time::Instant::now() + LONG;
         }
         if tokio::time::Instant::now() > deadline {
             let tail: Vec<&Value> = m.iter().rev().take(5).collect();
@@ -45,7 +51,7 @@ async fn wait_messages(
                 .map(|rows| rows.iter().map(|r| r.get(0)).collect())
                 .unwrap_or_default();
             panic!(
-                "timed out waiting for {n} messages in {stream}: {} there, the last ones: {tail:#?}\n--- publications ---\n{}\n--- walsenders ---\n{}\n--- slots ---\n{}\n--- ds-sync log ---\n{}",
+                "no new message for {LONG:?} while waiting for {n} messages in {stream}: {} there, the last ones: {tail:#?}\n--- publications ---\n{}\n--- walsenders ---\n{}\n--- slots ---\n{}\n--- ds-sync log ---\n{}",
                 m.len(),
                 pubs.join("\n"),
                 repl.join("\n"),

@@ -22,12 +22,14 @@
 //! * [`capture`]: DB → stream: the replication loop, LSN ledger, batching, delivery.
 //! * [`ingest`]: stream → DB: SSE subscriptions, binary COPY with the offset in the same
 //!   transaction, dead letters, subscriptions that change at run time.
-//! * [`bench`]: `ds-sync bench`, the load-test runner: scenarios next to their ceilings.
+//! * `bench`: `ds-sync bench`, the load-test runner: scenarios next to their ceilings (cargo
+//!   feature `bench`, off by default: not part of the sidecar binary).
 //! * [`observe`]: Prometheus metrics, `/livez` and `/readyz` on `--listen`, `ds-sync health`.
 //! * [`waits`]: long waits log which sessions they wait for and what to do.
 //! * [`embedded`]: a throwaway local PostgreSQL cluster and an in-process DS server, used by
 //!   the test suite and by `ds-sync dev`.
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod capture;
 pub mod cli;

@@ -233,16 +233,26 @@ Examples:
     #[command(after_help = "\
 Without --postgres-url it starts a private PostgreSQL cluster; without --ds-server-url it serves a
 DS server in this process. ds-sync itself runs as a child process (this executable, `run`), so
-its memory and CPU are measured alone. Build with --release: debug figures mean little.
+its memory and CPU are measured alone. Build with --release: debug figures mean little. The
+runner is a cargo feature (`bench`), not part of the sidecar binary.
 Arguments after `--` are passed to `ds-sync run` (e.g. batch limits being tuned).
 
 Examples:
-  cargo run --release -- bench capture-drain
-  cargo run --release -- bench capture-latency --rate 2000 --duration 20
-  cargo run --release -- bench memory --rows 1000000
-  cargo run --release -- bench ingest-outage --rows 300000 --duration 15
-  cargo run --release -- bench capture-drain -- --batch-max-messages 5000")]
+  cargo run --release --features bench -- bench capture-drain
+  cargo run --release --features bench -- bench capture-latency --rate 2000 --duration 20
+  cargo run --release --features bench -- bench memory --rows 1000000
+  cargo run --release --features bench -- bench ingest-outage --rows 300000 --duration 15
+  cargo run --release --features bench -- bench capture-drain -- --batch-max-messages 5000")]
+    #[cfg(feature = "bench")]
     Bench(BenchArgs),
+    /// Load-test runner: not in this build (cargo feature `bench`); says how to get it
+    #[cfg(not(feature = "bench"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Bench {
+        /// Whatever was given; the runner is not here to read it
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
     /// Ask capture to send one table's existing rows again, while streaming goes on
     #[command(after_help = "\
 Writes a request into ds_sync.signals (added to the publication automatically). The running
@@ -304,6 +314,7 @@ pub struct SnapshotArgs {
 }
 
 /// Options of `ds-sync bench`.
+#[cfg(feature = "bench")]
 #[derive(Debug, Args, Clone)]
 pub struct BenchArgs {
     /// The scenario to run

@@ -37,7 +37,7 @@ pub async fn bench(args: &BenchArgs, settings: &Settings) -> Result<(), CliError
     };
     if cfg!(debug_assertions) {
         eprintln!(
-            "note: this is a debug build; run the bench with `cargo run --release -- bench ...`"
+            "note: this is a debug build; run the bench with `cargo run --release --features bench -- bench ...`"
         );
     }
     let (report, dir) = bench::run(&opts).await?;

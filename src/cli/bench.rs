@@ -10,7 +10,7 @@ use super::CliError;
 use super::args::BenchArgs;
 
 /// Runs one scenario and prints its table and where the report went.
-pub async fn bench(args: &BenchArgs, settings: &Settings) -> Result<(), CliError> {
+pub(super) async fn bench(args: &BenchArgs, settings: &Settings) -> Result<(), CliError> {
     let postgres = (settings.postgres_url_source() != Source::Unset)
         .then(|| super::commands::target(settings))
         .transpose()?;

@@ -636,6 +636,58 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// `--help` states each default `run` merges with (`config::layered`); the constants
+    /// are the only place the values are written.
+    #[test]
+    fn run_help_states_the_defaults_the_merge_uses() {
+        use crate::capture::CaptureConfig;
+        use crate::capture::batch::Limits;
+        use crate::capture::snapshot::SnapshotOptions;
+        use crate::capture::snapshot::incremental::DEFAULT_CHUNK_ROWS;
+        use crate::ds::ClientOptions;
+        let cmd = Cli::command();
+        let run = cmd.find_subcommand("run").expect("run");
+        for (id, value) in [
+            (
+                "batch_max_messages",
+                Limits::DEFAULT_MAX_MESSAGES.to_string(),
+            ),
+            ("batch_max_bytes", Limits::DEFAULT_MAX_BYTES.to_string()),
+            ("linger_ms", Limits::DEFAULT_LINGER.as_millis().to_string()),
+            (
+                "max_buffer_bytes",
+                CaptureConfig::DEFAULT_MAX_BUFFER_BYTES.to_string(),
+            ),
+            (
+                "max_in_flight",
+                CaptureConfig::DEFAULT_MAX_IN_FLIGHT.to_string(),
+            ),
+            (
+                "request_timeout_ms",
+                ClientOptions::DEFAULT_REQUEST_TIMEOUT
+                    .as_millis()
+                    .to_string(),
+            ),
+            (
+                "snapshot_workers",
+                SnapshotOptions::DEFAULT_WORKERS.to_string(),
+            ),
+            ("snapshot_chunk_rows", DEFAULT_CHUNK_ROWS.to_string()),
+        ] {
+            let arg = run
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .unwrap_or_else(|| panic!("no option {id}"));
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(
+                help.contains(&format!("[default: {value}]"))
+                    || help.contains(&format!("[default: {value}:")),
+                "--{id}: help {help:?} does not state the default {value}"
+            );
+        }
+    }
+
     #[test]
     fn globals_may_follow_the_subcommand() {
         let cli = Cli::try_parse_from(["ds-sync", "slot", "list", "--output", "json"]).unwrap();

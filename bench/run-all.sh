@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every bench scenario on this machine (release build) and rewrites bench/RESULTS.md
 # from their reports; charts are copied to bench/charts/. Usage: bash bench/run-all.sh
+# The runner is the cargo feature `bench` (the sidecar binary is built without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked
+cargo build --release --locked --features bench
 out=$(mktemp -d)
 scenarios=(capture-drain capture-latency memory snapshot ingest-drain ingest-latency ingest-outage naive)
 # Sizes other than the defaults, per scenario (the issue's figures).
@@ -11,7 +12,7 @@ declare -A args=([ingest-outage]="--rows 300000 --duration 15")
 for s in "${scenarios[@]}"; do
   echo "== $s" >&2
   # shellcheck disable=SC2086
-  ./target/release/ds-sync bench "$s" ${args[$s]:-} --out "$out" >&2
+  "${CARGO_TARGET_DIR:-target}/release/ds-sync" bench "$s" ${args[$s]:-} --out "$out" >&2
 done
 rm -rf bench/charts && mkdir -p bench/charts
 {

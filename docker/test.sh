@@ -123,6 +123,13 @@ if [ -z "$BIN" ]; then
   BIN=$TARGET_DIR/release/ds-sync
 fi
 [ -x "$BIN" ] || fail "no ds-sync binary at $BIN"
+# The sidecar binary carries no load-test runner (cargo feature `bench`); asked for it, it
+# says how to get it.
+if "$BIN" bench --help >/dev/null 2>"$WORK/bench.err"; then
+  fail "the release binary runs \`bench\`: it must be built without the bench feature"
+fi
+grep -q -- "--features bench" "$WORK/bench.err" \
+  || fail "\`ds-sync bench\` without the runner does not say how to get it: $(cat "$WORK/bench.err")"
 
 # The base image: Debian $SUITE's essential packages and CA certificates, like distroless cc.
 if ! pod image exists "$BASE_IMAGE"; then

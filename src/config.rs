@@ -446,6 +446,13 @@ fn read_token_file(path: &Path) -> Result<String, ConfigError> {
     Ok(token.to_owned())
 }
 
+/// The value of a command's option that also has a key in the config file's `[capture]` or
+/// `[ingest]` section: the flag (or its environment variable, which clap has already put in
+/// its place) over the file's key over the default. Every such option is merged here.
+pub fn layered<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
+    flag.or(file).unwrap_or(default)
+}
+
 fn pick<T>(cli: CliValue<T>, file: Option<T>) -> Option<Sourced<T>> {
     match (cli.value, file) {
         (Some(value), _) => Some(Sourced {
@@ -510,6 +517,13 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn layered_takes_the_flag_then_the_file_then_the_default() {
+        assert_eq!(layered(Some(1), Some(2), 3), 1);
+        assert_eq!(layered(None, Some(2), 3), 2);
+        assert_eq!(layered(None, None, 3), 3);
     }
 
     #[test]

@@ -24,12 +24,14 @@
 //!   transaction, dead letters, subscriptions that change at run time.
 //! * [`retention`]: `ds-sync prune`, `run --retention`, `init --partition-by`: old
 //!   `session_events` rows and dead letters removed in bounded batches or whole partitions.
-//! * [`bench`]: `ds-sync bench`, the load-test runner: scenarios next to their ceilings.
+//! * `bench`: `ds-sync bench`, the load-test runner: scenarios next to their ceilings (cargo
+//!   feature `bench`, off by default: not part of the sidecar binary).
 //! * [`observe`]: Prometheus metrics, `/livez` and `/readyz` on `--listen`, `ds-sync health`.
 //! * [`waits`]: long waits log which sessions they wait for and what to do.
 //! * [`embedded`]: a throwaway local PostgreSQL cluster and an in-process DS server, used by
 //!   the test suite and by `ds-sync dev`.
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod capture;
 pub mod cli;

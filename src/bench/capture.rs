@@ -15,7 +15,7 @@ use crate::ds::DsClient;
 use crate::sse::{ArrayItem, DsItem};
 
 /// What every scenario gets.
-pub struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     pub opts: &'a BenchOptions,
     pub stack: &'a Stack,
     pub dir: &'a Path,
@@ -27,7 +27,7 @@ const DRAIN_TARGET: f64 = 0.8;
 const RSS_TARGET_MB: f64 = 100.0;
 
 /// Starts ds-sync on `phase`'s publication and slot and times the drain of `expected` rows.
-pub async fn ds_sync_drain(
+pub(super) async fn ds_sync_drain(
     ctx: &Ctx<'_>,
     phase: &Phase,
     slot: &str,
@@ -65,7 +65,7 @@ pub async fn ds_sync_drain(
 
 /// Starts `ds-sync run` on `phase`'s publication and `slot`, streaming to `bench-{table}`,
 /// with `extra` and the bench's `-- ARGS` appended; its log goes to `log` in the results.
-pub fn spawn_run(
+pub(super) fn spawn_run(
     ctx: &Ctx<'_>,
     phase: &Phase,
     slot: &str,
@@ -154,7 +154,7 @@ async fn drain_phase(
 }
 
 /// `capture-drain`.
-pub async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
+pub(super) async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
     let big = drain_phase(ctx, report, "bench_big", ctx.opts.rows, true).await?;
     report.series.push(big.series);
     let small = drain_phase(ctx, report, "bench_small", ctx.opts.txns, false).await?;
@@ -171,7 +171,7 @@ pub async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError>
 }
 
 /// `memory`: RSS of ds-sync while one large transaction passes.
-pub async fn memory(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
+pub(super) async fn memory(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
     let sql = ctx.stack.sql().await?;
     let phase = Phase::create(&sql, "bench_mem").await?;
     let slot = phase.slot(&sql, "dssync").await?;
@@ -200,7 +200,7 @@ pub async fn memory(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError
 
 /// `capture-latency`: `rate` one-row transactions per second for `duration`; each row's
 /// latency runs from its commit returning to the writer to an SSE reader receiving it.
-pub async fn latency(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
+pub(super) async fn latency(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
     let sql = ctx.stack.sql().await?;
     let phase = Phase::create(&sql, "bench_live").await?;
     let slot = phase.slot(&sql, "dssync").await?;

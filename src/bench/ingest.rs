@@ -30,7 +30,7 @@ const OUTAGE_RSS_TARGET_MB: f64 = 96.0;
 const PRELOAD_BATCH: u64 = 1000;
 
 /// One event of the sync-layer document's shape, numbered.
-pub fn event(n: u64) -> serde_json::Value {
+pub(super) fn event(n: u64) -> serde_json::Value {
     json!({
         "key": format!("event-{n}"),
         "type": "user-action",
@@ -40,7 +40,7 @@ pub fn event(n: u64) -> serde_json::Value {
 }
 
 /// Appends `count` events to `stream` (numbered from 1), `PRELOAD_BATCH` per POST.
-pub async fn preload(
+pub(super) async fn preload(
     stack: &Stack,
     stream: &str,
     count: u64,
@@ -88,7 +88,11 @@ async fn committed_offset(
 }
 
 /// Runs ds-sync ingest on a preloaded stream until its tail offset is committed; the time.
-pub async fn timed_ingest(ctx: &Ctx<'_>, stream: &str, rows: u64) -> Result<Duration, BenchError> {
+pub(super) async fn timed_ingest(
+    ctx: &Ctx<'_>,
+    stream: &str,
+    rows: u64,
+) -> Result<Duration, BenchError> {
     Ok(ingest_until_tail(ctx, stream, rows).await?.elapsed)
 }
 
@@ -183,7 +187,7 @@ async fn check_stored(
 
 /// `ingest-drain`: the same backlog drained once per table form (`--table-forms`), each
 /// next to binary COPY into the same table.
-pub async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
+pub(super) async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
     let rows = ctx.opts.rows;
     let stream = "bench-ingest";
     preload(ctx.stack, stream, rows, ctx.opts.progress).await?;
@@ -344,7 +348,7 @@ async fn wait_committed(
 /// `ingest-outage`: ds-sync ingests a live stream; PostgreSQL stops for `duration` while
 /// `rows` events arrive at an even pace, then starts again. Peak RSS through it all, the
 /// time to catch up once PostgreSQL is back, and every event exactly once.
-pub async fn outage(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
+pub(super) async fn outage(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
     let stream = "bench-ingest-outage";
     let rows = ctx.opts.rows;
     ctx.stack.ds.ensure_stream(stream).await?;
@@ -444,7 +448,7 @@ async fn check_exactly_once(
 
 /// `ingest-latency`: `rate` single-event POSTs per second for `duration`; each event's
 /// latency runs from its POST returning to a poller seeing its row committed.
-pub async fn latency(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
+pub(super) async fn latency(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
     let stream = "bench-ingest-live";
     ctx.stack.ds.ensure_stream(stream).await?;
     let total = (f64::from(ctx.opts.rate) * ctx.opts.duration.as_secs_f64()) as usize;

@@ -13,12 +13,12 @@ use super::stack::DsSyncProcess;
 use super::workload::Bar;
 
 /// Target: p99 latency at 2,000 items/s, in ms (`capture-latency`: commit to client).
-pub const P99_TARGET_MS: f64 = 25.0;
+pub(super) const P99_TARGET_MS: f64 = 25.0;
 /// Target p99 for `ingest-latency`, POST to committed row at 2,000 events/s.
-pub const INGEST_P99_TARGET_MS: f64 = 10.0;
+pub(super) const INGEST_P99_TARGET_MS: f64 = 10.0;
 
 /// Per-item times in µs since `base`, indexed by item number (0: not yet).
-pub struct Stamps {
+pub(super) struct Stamps {
     base: Instant,
     sent: Vec<AtomicU64>,
     arrived: Vec<AtomicU64>,
@@ -26,7 +26,7 @@ pub struct Stamps {
 
 impl Stamps {
     /// Room for items `0..=last`.
-    pub fn new(last: usize) -> Arc<Stamps> {
+    pub(super) fn new(last: usize) -> Arc<Stamps> {
         let slots = || (0..=last).map(|_| AtomicU64::new(0)).collect();
         Arc::new(Stamps {
             base: Instant::now(),
@@ -44,7 +44,7 @@ impl Stamps {
     }
 
     /// Records the first arrival of `item`; items out of range are someone else's.
-    pub fn arrived(&self, item: u64) {
+    pub(super) fn arrived(&self, item: u64) {
         if let Some(slot) = usize::try_from(item).ok().and_then(|i| self.arrived.get(i)) {
             let _ = slot.compare_exchange(0, self.now(), Ordering::Relaxed, Ordering::Relaxed);
         }
@@ -59,7 +59,7 @@ impl Stamps {
 
     /// Waits until every item of `items` arrived; fails when ds-sync exits or `timeout`
     /// passes first.
-    pub async fn wait_arrived(
+    pub(super) async fn wait_arrived(
         &self,
         items: Range<usize>,
         timeout: Duration,
@@ -88,7 +88,7 @@ impl Stamps {
     }
 
     /// The distribution of arrival minus send time over `items`.
-    pub fn latency(&self, name: &str, items: Range<usize>) -> Result<Latency, BenchError> {
+    pub(super) fn latency(&self, name: &str, items: Range<usize>) -> Result<Latency, BenchError> {
         let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
             .map_err(|e| BenchError::Report(e.to_string()))?;
         for i in items {
@@ -103,7 +103,7 @@ impl Stamps {
 /// Sends items `1..=total` at `rate` per second over all `senders` together (one task each,
 /// every one paced to its share), stamping each item when its send returns. Returns the
 /// time the sending took.
-pub async fn paced<S, F, Fut>(
+pub(super) async fn paced<S, F, Fut>(
     senders: Vec<S>,
     rate: u32,
     total: usize,

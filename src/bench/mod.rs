@@ -13,6 +13,9 @@
 //! * [`naive`]: the sync-layer document's example design on the same load.
 //! * [`report`]: table, JSON, Markdown and SVG charts.
 
+// Everything here is the runner's own; only `run`, its options and its report leave it.
+#![warn(unreachable_pub)]
+
 mod capture;
 mod ingest;
 mod latency;

@@ -18,7 +18,7 @@ use super::workload::{self, Bar, Phase};
 use crate::pgoutput::{PgOutputMessage, RelationCache, TupleValue, decode};
 
 /// `naive`: both directions, each design on the same load.
-pub async fn run(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
+pub(super) async fn run(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
     capture(ctx, report).await?;
     ingest(ctx, report).await
 }

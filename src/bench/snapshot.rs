@@ -11,7 +11,7 @@ use super::workload::{self, Phase};
 const SNAPSHOT_TARGET: f64 = 0.8;
 
 /// `snapshot`: `rows` existing rows, one table.
-pub async fn run(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
+pub(super) async fn run(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
     let rows = ctx.opts.rows;
     let sql = ctx.stack.sql().await?;
     let phase = Phase::create(&sql, "bench_snap").await?;

@@ -28,7 +28,7 @@ const PG_SETTINGS: &[(&str, &str)] = &[
 ];
 
 /// A Postgres and a DS server, throwaway or given.
-pub struct Stack {
+pub(super) struct Stack {
     local_pg: Option<Arc<Mutex<LocalPostgres>>>,
     ds_server: Option<DsServer>,
     target: PgTarget,
@@ -40,7 +40,7 @@ pub struct Stack {
 
 impl Stack {
     /// Starts what is not given; `ds_access` applies to a given DS server only.
-    pub async fn start(
+    pub(super) async fn start(
         target: Option<PgTarget>,
         ds_url: Option<String>,
         ds_access: DsAccess,
@@ -95,11 +95,11 @@ impl Stack {
     }
 
     /// A new SQL connection.
-    pub async fn sql(&self) -> Result<tokio_postgres::Client, BenchError> {
+    pub(super) async fn sql(&self) -> Result<tokio_postgres::Client, BenchError> {
         Ok(self.target.connect().await?)
     }
 
-    pub fn target(&self) -> &PgTarget {
+    pub(super) fn target(&self) -> &PgTarget {
         &self.target
     }
 
@@ -117,18 +117,18 @@ impl Stack {
     }
 
     /// True when the runner started the DS server (its offsets encode message counts).
-    pub fn embedded_ds(&self) -> bool {
+    pub(super) fn embedded_ds(&self) -> bool {
         self.ds_server.is_some()
     }
 
     /// True when the runner started Postgres.
-    pub fn embedded_pg(&self) -> bool {
+    pub(super) fn embedded_pg(&self) -> bool {
         self.local_pg.is_some()
     }
 
     /// Stops the throwaway cluster (fast shutdown: clients are disconnected); its data stays
     /// for [`start_postgres_again`](Self::start_postgres_again).
-    pub async fn stop_postgres(&self) -> Result<(), BenchError> {
+    pub(super) async fn stop_postgres(&self) -> Result<(), BenchError> {
         let pg = self.own_postgres()?;
         tokio::task::spawn_blocking(move || lock(&pg).stop())
             .await
@@ -136,7 +136,7 @@ impl Stack {
     }
 
     /// Starts the throwaway cluster again on the same port, with the same data.
-    pub async fn start_postgres_again(&self) -> Result<(), BenchError> {
+    pub(super) async fn start_postgres_again(&self) -> Result<(), BenchError> {
         let pg = self.own_postgres()?;
         tokio::task::spawn_blocking(move || lock(&pg).start_again())
             .await
@@ -161,7 +161,7 @@ fn lock(pg: &Mutex<LocalPostgres>) -> std::sync::MutexGuard<'_, LocalPostgres> {
 
 /// CPU time (user + system) this process has used, from `/proc/self/stat`: with the
 /// in-process DS server, most of it is the server's.
-pub fn own_cpu_seconds() -> Option<f64> {
+pub(super) fn own_cpu_seconds() -> Option<f64> {
     proc_cpu_seconds("self")
 }
 
@@ -171,12 +171,13 @@ fn proc_cpu_seconds(pid: &str) -> Option<f64> {
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     // SAFETY: sysconf has no preconditions.
+    #[allow(unsafe_code)]
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Some(ticks / hz.max(1.0))
 }
 
 /// A running `ds-sync` child process.
-pub struct DsSyncProcess {
+pub(super) struct DsSyncProcess {
     child: Child,
     pid: u32,
     pub started: Instant,
@@ -185,7 +186,7 @@ pub struct DsSyncProcess {
 
 impl DsSyncProcess {
     /// Runs `ds-sync ARGS` against the stack, logging to `log`.
-    pub fn spawn(
+    pub(super) fn spawn(
         exe: &Path,
         stack: &Stack,
         args: &[&str],
@@ -220,7 +221,7 @@ impl DsSyncProcess {
     }
 
     /// Resident memory now and at its peak, in kB, from `/proc/PID/status`.
-    pub fn memory_kb(&self) -> Option<(u64, u64)> {
+    pub(super) fn memory_kb(&self) -> Option<(u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
         let field = |name: &str| {
             status
@@ -233,12 +234,12 @@ impl DsSyncProcess {
     }
 
     /// CPU time (user + system) used so far, from `/proc/PID/stat`.
-    pub fn cpu_seconds(&self) -> Option<f64> {
+    pub(super) fn cpu_seconds(&self) -> Option<f64> {
         proc_cpu_seconds(&self.pid.to_string())
     }
 
     /// Fails when the process already exited (a broken run must not look like a slow one).
-    pub fn check_alive(&mut self) -> Result<(), BenchError> {
+    pub(super) fn check_alive(&mut self) -> Result<(), BenchError> {
         match self.child.try_wait() {
             Ok(Some(status)) => Err(BenchError::DsSyncExited {
                 status: status.to_string(),
@@ -249,7 +250,7 @@ impl DsSyncProcess {
     }
 
     /// SIGTERM, then wait (graceful shutdown confirms the slot).
-    pub async fn stop(mut self) -> Result<(), BenchError> {
+    pub(super) async fn stop(mut self) -> Result<(), BenchError> {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.pid as i32),
             nix::sys::signal::Signal::SIGTERM,
@@ -272,7 +273,7 @@ impl DsSyncProcess {
 }
 
 /// The last lines of a log file, for error messages.
-pub fn tail(path: &Path) -> String {
+pub(super) fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")

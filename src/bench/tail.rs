@@ -8,7 +8,7 @@ use super::BenchError;
 use crate::ds::{DsClient, OFFSET_START};
 
 /// Counts messages in one stream.
-pub struct TailCounter {
+pub(super) struct TailCounter {
     ds: DsClient,
     stream: String,
     /// Offset and count of the last incremental read, for opaque offsets.
@@ -16,7 +16,7 @@ pub struct TailCounter {
 }
 
 /// The message count an embedded-server offset encodes, if it is one.
-pub fn count_in_offset(offset: &str) -> Option<u64> {
+pub(super) fn count_in_offset(offset: &str) -> Option<u64> {
     let (seq, bytes) = offset.split_once('_')?;
     if seq.len() != 16 || bytes.len() != 16 {
         return None;
@@ -26,7 +26,7 @@ pub fn count_in_offset(offset: &str) -> Option<u64> {
 }
 
 impl TailCounter {
-    pub fn new(ds: &DsClient, stream: &str) -> TailCounter {
+    pub(super) fn new(ds: &DsClient, stream: &str) -> TailCounter {
         TailCounter {
             ds: ds.clone(),
             stream: stream.to_owned(),
@@ -35,7 +35,7 @@ impl TailCounter {
     }
 
     /// Messages in the stream now (0 while it does not exist).
-    pub async fn count(&mut self) -> Result<u64, BenchError> {
+    pub(super) async fn count(&mut self) -> Result<u64, BenchError> {
         let Some(offset) = self.ds.head(&self.stream).await? else {
             return Ok(0);
         };

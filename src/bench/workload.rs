@@ -22,7 +22,7 @@ const SAMPLE: Duration = Duration::from_millis(250);
 const STALL: Duration = Duration::from_secs(120);
 
 /// One bench table, its publication, and the slots its consumers read.
-pub struct Phase {
+pub(super) struct Phase {
     pub table: String,
     pub publication: String,
 }
@@ -30,7 +30,7 @@ pub struct Phase {
 impl Phase {
     /// Creates `table` (ids, text, a numeric and a timestamp: a typical row of ~120 bytes)
     /// and a publication for it.
-    pub async fn create(sql: &Client, table: &str) -> Result<Phase, BenchError> {
+    pub(super) async fn create(sql: &Client, table: &str) -> Result<Phase, BenchError> {
         let publication = format!("{table}_pub");
         sql.batch_execute(&format!(
             "DROP PUBLICATION IF EXISTS {publication}; DROP TABLE IF EXISTS {table}; \
@@ -47,7 +47,7 @@ impl Phase {
     }
 
     /// A pgoutput slot at the current WAL position, dropped first if a previous run left it.
-    pub async fn slot(&self, sql: &Client, consumer: &str) -> Result<String, BenchError> {
+    pub(super) async fn slot(&self, sql: &Client, consumer: &str) -> Result<String, BenchError> {
         let name = format!("{}_{consumer}", self.table);
         sql.execute(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
@@ -66,7 +66,11 @@ impl Phase {
     }
 
     /// `rows` rows in one transaction.
-    pub async fn write_one_transaction(&self, sql: &Client, rows: u64) -> Result<(), BenchError> {
+    pub(super) async fn write_one_transaction(
+        &self,
+        sql: &Client,
+        rows: u64,
+    ) -> Result<(), BenchError> {
         sql.execute(
             &format!(
                 "INSERT INTO {} (id, title, body, amount) SELECT g, 'title ' || g, \
@@ -81,7 +85,11 @@ impl Phase {
     }
 
     /// `txns` one-row transactions, committed server-side in a loop.
-    pub async fn write_transactions(&self, sql: &Client, txns: u64) -> Result<(), BenchError> {
+    pub(super) async fn write_transactions(
+        &self,
+        sql: &Client,
+        txns: u64,
+    ) -> Result<(), BenchError> {
         sql.batch_execute(&format!(
             "DO $$ BEGIN FOR g IN 1..{txns} LOOP \
                INSERT INTO {} (id, title, body, amount) VALUES \
@@ -96,13 +104,13 @@ impl Phase {
     }
 
     /// The stream ds-sync writes this table to (`--stream-template bench-{table}`).
-    pub fn stream(&self) -> String {
+    pub(super) fn stream(&self) -> String {
         format!("bench-{}", self.table)
     }
 }
 
 /// The server's current WAL insert position, as text.
-pub async fn current_lsn(sql: &Client) -> Result<String, BenchError> {
+pub(super) async fn current_lsn(sql: &Client) -> Result<String, BenchError> {
     let row = sql
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
@@ -112,7 +120,7 @@ pub async fn current_lsn(sql: &Client) -> Result<String, BenchError> {
 
 /// `pg_recvlogical` reading `slot` to `end_lsn` into /dev/null: the walsender's decoding
 /// speed with no work on the consumer side. Returns the wall time.
-pub async fn recvlogical_ceiling(
+pub(super) async fn recvlogical_ceiling(
     stack: &Stack,
     slot: &str,
     publication: &str,
@@ -132,7 +140,7 @@ pub async fn recvlogical_ceiling(
 }
 
 /// `psql -c COMMAND` (stopping at the first error); returns the wall time.
-pub async fn psql(stack: &Stack, command: &str) -> Result<Duration, BenchError> {
+pub(super) async fn psql(stack: &Stack, command: &str) -> Result<Duration, BenchError> {
     run_client(
         stack,
         "psql",
@@ -190,7 +198,7 @@ fn postgres_tool(name: &str) -> Result<std::path::PathBuf, BenchError> {
 }
 
 /// What a drain measured.
-pub struct Drain {
+pub(super) struct Drain {
     /// From starting the consumer to the last message landing in the stream.
     pub elapsed: Duration,
     /// Messages per second over time.
@@ -207,7 +215,7 @@ pub struct Drain {
 
 /// Polls `stream` until it holds `expected` messages; the time is that of the poll that
 /// first saw the last message. With `process`, also samples its memory and checks it lives.
-pub async fn wait_drained(
+pub(super) async fn wait_drained(
     stack: &Stack,
     stream: &str,
     expected: u64,
@@ -282,7 +290,7 @@ pub async fn wait_drained(
 
 /// Waits until `slot` confirmed `lsn`: proof that the consumer let the slot advance past
 /// what it delivered (not part of the timed drain: confirmations go out once a second).
-pub async fn wait_confirmed(sql: &Client, slot: &str, lsn: &str) -> Result<(), BenchError> {
+pub(super) async fn wait_confirmed(sql: &Client, slot: &str, lsn: &str) -> Result<(), BenchError> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let row = sql
@@ -308,7 +316,7 @@ pub async fn wait_confirmed(sql: &Client, slot: &str, lsn: &str) -> Result<(), B
 }
 
 /// A progress bar on a terminal, a log line every few seconds otherwise.
-pub struct Bar {
+pub(super) struct Bar {
     bar: Option<ProgressBar>,
     label: String,
     total: u64,
@@ -316,7 +324,7 @@ pub struct Bar {
 }
 
 impl Bar {
-    pub fn new(label: &str, total: u64, progress: bool) -> Bar {
+    pub(super) fn new(label: &str, total: u64, progress: bool) -> Bar {
         let bar = progress.then(|| {
             let b = ProgressBar::new(total);
             b.set_style(
@@ -337,7 +345,7 @@ impl Bar {
         }
     }
 
-    pub fn set(&self, n: u64) {
+    pub(super) fn set(&self, n: u64) {
         match &self.bar {
             Some(b) => b.set_position(n),
             None if self.last_log.get().elapsed() >= Duration::from_secs(5) => {
@@ -348,7 +356,7 @@ impl Bar {
         }
     }
 
-    pub fn finish(&self) {
+    pub(super) fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish();
         }

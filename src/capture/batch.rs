@@ -136,6 +136,15 @@ pub struct Limits {
     pub linger: Duration,
 }
 
+impl Limits {
+    /// Default of `--batch-max-messages`.
+    pub const DEFAULT_MAX_MESSAGES: usize = 1000;
+    /// Default of `--batch-max-bytes`.
+    pub const DEFAULT_MAX_BYTES: usize = 1 << 20;
+    /// Default of `--linger-ms`: a committed batch leaves at once.
+    pub const DEFAULT_LINGER: Duration = Duration::ZERO;
+}
+
 #[derive(Debug)]
 struct StreamQueue {
     open: Vec<OutMessage>,

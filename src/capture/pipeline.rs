@@ -63,6 +63,14 @@ pub struct CaptureConfig {
     pub on_slot_lost: OnSlotLost,
 }
 
+impl CaptureConfig {
+    /// Default of `--max-buffer-bytes`: the read-ahead that keeps the slot busy while
+    /// batches are in flight, small enough for the peak RSS target (bench/NOTES.md).
+    pub const DEFAULT_MAX_BUFFER_BYTES: usize = 16 << 20;
+    /// Default of `--max-in-flight`.
+    pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+}
+
 /// `application_name` of capture's SQL connection.
 pub const APPLICATION_NAME: &str = "ds-sync/capture";
 

@@ -254,16 +254,26 @@ Examples:
     #[command(after_help = "\
 Without --postgres-url it starts a private PostgreSQL cluster; without --ds-server-url it serves a
 DS server in this process. ds-sync itself runs as a child process (this executable, `run`), so
-its memory and CPU are measured alone. Build with --release: debug figures mean little.
+its memory and CPU are measured alone. Build with --release: debug figures mean little. The
+runner is a cargo feature (`bench`), not part of the sidecar binary.
 Arguments after `--` are passed to `ds-sync run` (e.g. batch limits being tuned).
 
 Examples:
-  cargo run --release -- bench capture-drain
-  cargo run --release -- bench capture-latency --rate 2000 --duration 20
-  cargo run --release -- bench memory --rows 1000000
-  cargo run --release -- bench ingest-outage --rows 300000 --duration 15
-  cargo run --release -- bench capture-drain -- --batch-max-messages 5000")]
+  cargo run --release --features bench -- bench capture-drain
+  cargo run --release --features bench -- bench capture-latency --rate 2000 --duration 20
+  cargo run --release --features bench -- bench memory --rows 1000000
+  cargo run --release --features bench -- bench ingest-outage --rows 300000 --duration 15
+  cargo run --release --features bench -- bench capture-drain -- --batch-max-messages 5000")]
+    #[cfg(feature = "bench")]
     Bench(BenchArgs),
+    /// Load-test runner: not in this build (cargo feature `bench`); says how to get it
+    #[cfg(not(feature = "bench"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Bench {
+        /// Whatever was given; the runner is not here to read it
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
     /// Ask capture to send one table's existing rows again, while streaming goes on
     #[command(after_help = "\
 Writes a request into ds_sync.signals (added to the publication automatically). The running
@@ -325,6 +335,7 @@ pub struct SnapshotArgs {
 }
 
 /// Options of `ds-sync bench`.
+#[cfg(feature = "bench")]
 #[derive(Debug, Args, Clone)]
 pub struct BenchArgs {
     /// The scenario to run
@@ -713,6 +724,58 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// `--help` states each default `run` merges with (`config::layered`); the constants
+    /// are the only place the values are written.
+    #[test]
+    fn run_help_states_the_defaults_the_merge_uses() {
+        use crate::capture::CaptureConfig;
+        use crate::capture::batch::Limits;
+        use crate::capture::snapshot::SnapshotOptions;
+        use crate::capture::snapshot::incremental::DEFAULT_CHUNK_ROWS;
+        use crate::ds::ClientOptions;
+        let cmd = Cli::command();
+        let run = cmd.find_subcommand("run").expect("run");
+        for (id, value) in [
+            (
+                "batch_max_messages",
+                Limits::DEFAULT_MAX_MESSAGES.to_string(),
+            ),
+            ("batch_max_bytes", Limits::DEFAULT_MAX_BYTES.to_string()),
+            ("linger_ms", Limits::DEFAULT_LINGER.as_millis().to_string()),
+            (
+                "max_buffer_bytes",
+                CaptureConfig::DEFAULT_MAX_BUFFER_BYTES.to_string(),
+            ),
+            (
+                "max_in_flight",
+                CaptureConfig::DEFAULT_MAX_IN_FLIGHT.to_string(),
+            ),
+            (
+                "request_timeout_ms",
+                ClientOptions::DEFAULT_REQUEST_TIMEOUT
+                    .as_millis()
+                    .to_string(),
+            ),
+            (
+                "snapshot_workers",
+                SnapshotOptions::DEFAULT_WORKERS.to_string(),
+            ),
+            ("snapshot_chunk_rows", DEFAULT_CHUNK_ROWS.to_string()),
+        ] {
+            let arg = run
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .unwrap_or_else(|| panic!("no option {id}"));
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(
+                help.contains(&format!("[default: {value}]"))
+                    || help.contains(&format!("[default: {value}:")),
+                "--{id}: help {help:?} does not state the default {value}"
+            );
+        }
     }
 
     #[test]

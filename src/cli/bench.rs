@@ -10,7 +10,7 @@ use super::CliError;
 use super::args::BenchArgs;
 
 /// Runs one scenario and prints its table and where the report went.
-pub async fn bench(args: &BenchArgs, settings: &Settings) -> Result<(), CliError> {
+pub(super) async fn bench(args: &BenchArgs, settings: &Settings) -> Result<(), CliError> {
     let postgres = (settings.postgres_url_source() != Source::Unset)
         .then(|| super::commands::target(settings))
         .transpose()?;
@@ -42,7 +42,7 @@ pub async fn bench(args: &BenchArgs, settings: &Settings) -> Result<(), CliError
     };
     if cfg!(debug_assertions) {
         eprintln!(
-            "note: this is a debug build; run the bench with `cargo run --release -- bench ...`"
+            "note: this is a debug build; run the bench with `cargo run --release --features bench -- bench ...`"
         );
     }
     let (report, dir) = bench::run(&opts).await?;

@@ -21,7 +21,10 @@ pub async fn run(command: Command, settings: &Settings) -> Result<(), CliError> 
         Command::Config(ConfigCommand::Show) => config_show(settings, &out),
         Command::Run { capture } => super::run::run(&capture, settings).await,
         Command::Dev { capture } => super::run::dev(&capture, settings).await,
+        #[cfg(feature = "bench")]
         Command::Bench(args) => super::bench::bench(&args, settings).await,
+        #[cfg(not(feature = "bench"))]
+        Command::Bench { .. } => Err(CliError::BenchNotBuilt),
         Command::Subscribe {
             streams,
             reset_offset,

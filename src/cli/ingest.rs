@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, CaptureConfig};
-use crate::config::{IngestFile, OutputFormat, Settings, parse_age, parse_duration};
+use crate::config::{IngestFile, OutputFormat, Settings, layered, parse_age, parse_duration};
 use crate::ds::{ClientOptions, DsClient};
 use crate::ingest::store::{self, SubscriptionInfo};
 use crate::ingest::{self, DEFAULT_MAX_EVENT_BYTES, IngestConfig, WriterOptions};
@@ -49,10 +49,11 @@ pub(super) async fn config(
             return Ok(None);
         }
     }
-    let max_event_bytes = args
-        .ingest_max_event_bytes
-        .or(file.max_event_bytes)
-        .unwrap_or(DEFAULT_MAX_EVENT_BYTES);
+    let max_event_bytes = layered(
+        args.ingest_max_event_bytes,
+        file.max_event_bytes,
+        DEFAULT_MAX_EVENT_BYTES,
+    );
     let mut cfg = IngestConfig::new(
         target.clone(),
         &settings.ds_server_url.value,
@@ -61,11 +62,12 @@ pub(super) async fn config(
     )?
     .with_access(settings.ds_access()?)?;
     cfg.writer = WriterOptions {
-        max_rows: args
-            .ingest_batch_max_rows
-            .or(file.batch_max_rows)
-            .unwrap_or(cfg.writer.max_rows)
-            .max(1),
+        max_rows: layered(
+            args.ingest_batch_max_rows,
+            file.batch_max_rows,
+            cfg.writer.max_rows,
+        )
+        .max(1),
         ..cfg.writer
     };
     apply_limits(&mut cfg, args, Some(file))?;

@@ -4,6 +4,7 @@
 //! and a documented exit code (see `ds-sync --help`).
 
 pub mod args;
+#[cfg(feature = "bench")]
 mod bench;
 mod commands;
 mod ingest;
@@ -35,6 +36,9 @@ pub mod exit {
     pub const FENCED: u8 = 7;
 }
 
+/// What to do when `ds-sync bench` is asked of a binary built without the runner.
+const BENCH_NOT_BUILT_HINT: &str = "The load-test runner is the cargo feature `bench`, left out of the sidecar binary: run it from a checkout of ds-sync with `cargo run --release --features bench -- bench SCENARIO ...` (README, \"Benchmarks\").";
+
 /// Everything a command can fail with, at the edge.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -60,8 +64,11 @@ pub enum CliError {
     Embedded(#[from] crate::embedded::EmbeddedError),
     #[error(transparent)]
     Ds(#[from] crate::ds::DsError),
+    #[cfg(feature = "bench")]
     #[error(transparent)]
     Bench(#[from] crate::bench::BenchError),
+    #[error("this ds-sync was built without the load-test runner (`ds-sync bench`)")]
+    BenchNotBuilt,
     #[error(transparent)]
     Ingest(#[from] crate::ingest::IngestError),
     #[error(transparent)]
@@ -107,6 +114,7 @@ impl CliError {
             CliError::Abandoned(_) => Some(
                 "Nothing is lost: the next start resumes capture from the slot's confirmed position and ingest from the stored offsets. A server was down or stalled; raise --shutdown-timeout-ms to give it longer.".into(),
             ),
+            CliError::BenchNotBuilt => Some(BENCH_NOT_BUILT_HINT.into()),
             CliError::SlotLost(name) => Some(format!(
                 "A lost slot cannot be resumed: drop it (`ds-sync slot drop {name}`), create it again and re-snapshot the tables."
             )),
@@ -252,5 +260,17 @@ mod tests {
         assert!(super::colour_logs(true, false));
         assert!(!super::colour_logs(false, false));
         assert!(!super::colour_logs(true, true));
+    }
+
+    #[test]
+    fn bench_without_the_runner_says_how_to_build_it() {
+        let e = super::CliError::BenchNotBuilt;
+        assert_eq!(e.exit_code(), super::exit::ERROR);
+        assert!(e.to_string().contains("ds-sync bench"), "{e}");
+        let hint = e.hint().expect("a hint");
+        assert!(
+            hint.contains("cargo run --release --features bench -- bench"),
+            "{hint}"
+        );
     }
 }

@@ -14,12 +14,12 @@ use crate::slot::{Created, Dropped, SlotInfo};
 use super::CliError;
 
 /// Writes results to stdout in the chosen format.
-pub struct Printer {
+pub(super) struct Printer {
     format: OutputFormat,
 }
 
 impl Printer {
-    pub fn new(format: OutputFormat) -> Self {
+    pub(super) fn new(format: OutputFormat) -> Self {
         Printer { format }
     }
 
@@ -35,14 +35,14 @@ impl Printer {
     }
 
     /// A one-line confirmation (`{"ok": true, "name": ...}` in JSON).
-    pub fn message(&self, text: &str, name: &str) -> Result<(), CliError> {
+    pub(super) fn message(&self, text: &str, name: &str) -> Result<(), CliError> {
         match self.format {
             OutputFormat::Table => self.emit(text),
             OutputFormat::Json => self.json(&json!({"ok": true, "name": name, "message": text})),
         }
     }
 
-    pub fn slots(&self, slots: &[SlotInfo]) -> Result<(), CliError> {
+    pub(super) fn slots(&self, slots: &[SlotInfo]) -> Result<(), CliError> {
         if self.format == OutputFormat::Json {
             return self.json(slots);
         }
@@ -82,7 +82,7 @@ impl Printer {
         self.emit(&table.to_string())
     }
 
-    pub fn created_slot(&self, c: &Created) -> Result<(), CliError> {
+    pub(super) fn created_slot(&self, c: &Created) -> Result<(), CliError> {
         match self.format {
             OutputFormat::Json => self.json(c),
             OutputFormat::Table => {
@@ -101,7 +101,7 @@ impl Printer {
         }
     }
 
-    pub fn dropped_slot(&self, d: &Dropped) -> Result<(), CliError> {
+    pub(super) fn dropped_slot(&self, d: &Dropped) -> Result<(), CliError> {
         match self.format {
             OutputFormat::Json => self.json(d),
             OutputFormat::Table => match d.terminated_pid {
@@ -114,7 +114,7 @@ impl Printer {
         }
     }
 
-    pub fn publication(&self, p: &PublicationInfo) -> Result<(), CliError> {
+    pub(super) fn publication(&self, p: &PublicationInfo) -> Result<(), CliError> {
         if self.format == OutputFormat::Json {
             return self.json(p);
         }
@@ -176,7 +176,7 @@ impl Printer {
         self.emit(&text)
     }
 
-    pub fn init_report(
+    pub(super) fn init_report(
         &self,
         migrations: &[MigrationStatus],
         table: &TableReport,
@@ -208,14 +208,17 @@ impl Printer {
     }
 
     /// The summary line of `ds-sync prune`.
-    pub fn prune(&self, summary: &crate::retention::prune::PruneSummary) -> Result<(), CliError> {
+    pub(super) fn prune(
+        &self,
+        summary: &crate::retention::prune::PruneSummary,
+    ) -> Result<(), CliError> {
         if self.format == OutputFormat::Json {
             return self.json(summary);
         }
         self.emit(&summary.line())
     }
 
-    pub fn config(&self, s: &Settings, postgres: Option<&str>) -> Result<(), CliError> {
+    pub(super) fn config(&self, s: &Settings, postgres: Option<&str>) -> Result<(), CliError> {
         let pg = json!({"value": postgres, "source": s.postgres_url_source()});
         if self.format == OutputFormat::Json {
             let mut v = serde_json::to_value(s).map_err(|e| CliError::Output(e.to_string()))?;
@@ -299,7 +302,7 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
 }
 
 /// `1536` → `1.5 KiB (1536)`: readable, with the exact figure kept.
-pub fn human_bytes(n: i64) -> String {
+pub(super) fn human_bytes(n: i64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
     let mut unit = 0;

@@ -6,8 +6,9 @@ use std::time::Duration;
 use crate::capture::CaptureConfig;
 use crate::capture::batch::Limits;
 use crate::capture::route::{Router, Template, parse_route_option};
+use crate::capture::snapshot::{SnapshotMode, SnapshotOptions};
 use crate::capture::source::SourceConfig;
-use crate::config::{Settings, Source};
+use crate::config::{Settings, Source, layered};
 use crate::ds::{ClientOptions, DsAccess, DsClient};
 use crate::embedded::{DsServer, DsServerOptions, LocalPostgres, PostgresOptions};
 use crate::pg::PgTarget;
@@ -78,11 +79,11 @@ fn capture_config(
     let publication = settings.publication.value.clone();
     validate_slot_name(&slot).map_err(|e| CliError::Invalid(e.to_string()))?;
     validate_publication_name(&publication).map_err(|e| CliError::Invalid(e.to_string()))?;
-    let template = args
-        .stream_template
-        .clone()
-        .or_else(|| file.stream_template.clone())
-        .unwrap_or_else(|| DEFAULT_STREAM_TEMPLATE.into());
+    let template = layered(
+        args.stream_template.clone(),
+        file.stream_template.clone(),
+        DEFAULT_STREAM_TEMPLATE.into(),
+    );
     let invalid = |e: crate::capture::route::RouteError| CliError::Invalid(e.to_string());
     let mut routes = Vec::new();
     for (table, tpl) in file.routes.clone().unwrap_or_default() {
@@ -96,22 +97,26 @@ fn capture_config(
     let router =
         Router::new(Template::parse(&template).map_err(invalid)?, routes).map_err(invalid)?;
     let limits = Limits {
-        max_messages: args
-            .batch_max_messages
-            .or(file.batch_max_messages)
-            .unwrap_or(1000)
-            .max(1),
-        max_bytes: args
-            .batch_max_bytes
-            .or(file.batch_max_bytes)
-            .unwrap_or(1 << 20)
-            .max(1),
-        linger: Duration::from_millis(args.linger_ms.or(file.linger_ms).unwrap_or(0)),
+        max_messages: layered(
+            args.batch_max_messages,
+            file.batch_max_messages,
+            Limits::DEFAULT_MAX_MESSAGES,
+        )
+        .max(1),
+        max_bytes: layered(
+            args.batch_max_bytes,
+            file.batch_max_bytes,
+            Limits::DEFAULT_MAX_BYTES,
+        )
+        .max(1),
+        linger: args
+            .linger_ms
+            .or(file.linger_ms)
+            .map_or(Limits::DEFAULT_LINGER, Duration::from_millis),
     };
-    let timeout = Duration::from_millis(
-        args.request_timeout_ms
-            .or(file.request_timeout_ms)
-            .unwrap_or(10_000),
+    let timeout = args.request_timeout_ms.or(file.request_timeout_ms).map_or(
+        ClientOptions::DEFAULT_REQUEST_TIMEOUT,
+        Duration::from_millis,
     );
     let ds = DsClient::new(
         ds_url,
@@ -126,16 +131,12 @@ fn capture_config(
             target,
             slot,
             publication,
-            tables: args
-                .tables
-                .clone()
-                .or_else(|| file.tables.clone())
-                .unwrap_or_default(),
-            insert_only: args
-                .insert_only
-                .clone()
-                .or_else(|| file.insert_only.clone())
-                .unwrap_or_default(),
+            tables: layered(args.tables.clone(), file.tables.clone(), Vec::new()),
+            insert_only: layered(
+                args.insert_only.clone(),
+                file.insert_only.clone(),
+                Vec::new(),
+            ),
             policy: crate::publication::IdentityPolicy {
                 toast: args.toast.or(file.toast).unwrap_or_default(),
                 keep_replica_identity: args.keep_replica_identity
@@ -146,18 +147,24 @@ fn capture_config(
         ds,
         router,
         limits,
-        max_buffer_bytes: args
-            .max_buffer_bytes
-            .or(file.max_buffer_bytes)
-            .unwrap_or(16 << 20),
-        max_in_flight: args.max_in_flight.or(file.max_in_flight).unwrap_or(16),
-        snapshot: crate::capture::snapshot::SnapshotOptions {
-            mode: args.snapshot.or(file.snapshot).unwrap_or_default(),
-            workers: args
-                .snapshot_workers
-                .or(file.snapshot_workers)
-                .unwrap_or(4)
-                .max(1),
+        max_buffer_bytes: layered(
+            args.max_buffer_bytes,
+            file.max_buffer_bytes,
+            CaptureConfig::DEFAULT_MAX_BUFFER_BYTES,
+        ),
+        max_in_flight: layered(
+            args.max_in_flight,
+            file.max_in_flight,
+            CaptureConfig::DEFAULT_MAX_IN_FLIGHT,
+        ),
+        snapshot: SnapshotOptions {
+            mode: layered(args.snapshot, file.snapshot, SnapshotMode::default()),
+            workers: layered(
+                args.snapshot_workers,
+                file.snapshot_workers,
+                SnapshotOptions::DEFAULT_WORKERS,
+            )
+            .max(1),
             chunk_rows: args
                 .snapshot_chunk_rows
                 .unwrap_or(crate::capture::snapshot::incremental::DEFAULT_CHUNK_ROWS)

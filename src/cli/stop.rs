@@ -18,14 +18,14 @@ use tokio_util::sync::CancellationToken;
 use super::{CliError, exit};
 
 /// How long after a hard stop the process may take to end before the watchdog exits it.
-pub const HARD_EXIT_AFTER: Duration = Duration::from_secs(5);
+pub(super) const HARD_EXIT_AFTER: Duration = Duration::from_secs(5);
 
 /// Default of `--shutdown-timeout-ms`.
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the work in flight was abandoned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HardStop {
+pub(super) enum HardStop {
     SecondSignal,
     Timeout(Duration),
 }
@@ -45,7 +45,7 @@ impl std::fmt::Display for HardStop {
 
 /// The stop tokens of one process and why a hard stop happened.
 #[derive(Debug, Clone)]
-pub struct Stop {
+pub(super) struct Stop {
     /// Graceful: stop reading, finish and confirm what is in flight.
     pub shutdown: CancellationToken,
     /// Abandon what is in flight.
@@ -64,7 +64,7 @@ impl Stop {
 
     /// Installs the SIGTERM/SIGINT handlers (before anything else happens, so a signal that
     /// arrives while commands still connect or start servers is a graceful stop too).
-    pub fn install(timeout: Duration) -> Stop {
+    pub(super) fn install(timeout: Duration) -> Stop {
         use tokio::signal::unix::{SignalKind, signal};
         let stop = Stop::new();
         let (Ok(mut term), Ok(mut int)) = (
@@ -109,7 +109,7 @@ impl Stop {
 
     /// The command's result, said as it is: after a hard stop, success or an interrupted
     /// capture is [`CliError::Abandoned`] (exit code 6).
-    pub fn outcome(&self, result: Result<(), CliError>) -> Result<(), CliError> {
+    pub(super) fn outcome(&self, result: Result<(), CliError>) -> Result<(), CliError> {
         let Some(reason) = self.reason.get() else {
             return result;
         };

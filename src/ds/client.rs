@@ -64,10 +64,15 @@ pub struct ClientOptions {
     pub access: DsAccess,
 }
 
+impl ClientOptions {
+    /// Default of `--request-timeout-ms`.
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
-            request_timeout: Duration::from_secs(10),
+            request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
             pool_idle_timeout: Duration::from_secs(30),
             max_idle_per_host: 8,
             max_sse_event_bytes: 64 << 20,

@@ -39,7 +39,7 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 ///
 /// [`DsError::InvalidUrl`] for an unparsable URL, another scheme, a missing host, or a query
 /// or fragment.
-pub fn normalize_base(base: &str) -> Result<String, DsError> {
+pub(super) fn normalize_base(base: &str) -> Result<String, DsError> {
     let invalid = |reason: &str| DsError::InvalidUrl {
         url: base.to_owned(),
         reason: reason.to_owned(),
@@ -68,7 +68,7 @@ pub fn normalize_base(base: &str) -> Result<String, DsError> {
 
 /// `{base}/v1/stream/{name}`, `base` as returned by [`normalize_base`].
 #[must_use]
-pub fn stream_url(base: &str, stream: &str) -> String {
+pub(super) fn stream_url(base: &str, stream: &str) -> String {
     let mut url = String::with_capacity(base.len() + STREAM_PATH.len() + stream.len() + 8);
     url.push_str(base);
     url.push_str(STREAM_PATH);
@@ -81,7 +81,7 @@ pub fn stream_url(base: &str, stream: &str) -> String {
 
 /// A query value, percent-encoded.
 #[must_use]
-pub fn encode_component(value: &str) -> String {
+pub(super) fn encode_component(value: &str) -> String {
     utf8_percent_encode(value, COMPONENT).to_string()
 }
 

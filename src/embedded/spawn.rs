@@ -30,7 +30,8 @@ fn keeper() -> &'static Mutex<mpsc::Sender<Request>> {
 }
 
 /// Spawns `cmd` so that it receives SIGQUIT when this process exits.
-pub fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
+#[allow(unsafe_code)]
+pub(super) fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and the closure touches no shared state.
     unsafe {

@@ -30,6 +30,7 @@ fn keepalive_of_sockets_to(port: u16) -> Vec<Keepalive> {
         }
         // SAFETY: the fd is open (listed just now) and only borrowed for a few getsockopt
         // calls; a socket closed meanwhile makes them fail, which is skipped.
+        #[allow(unsafe_code)]
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         let sock = socket2::SockRef::from(&fd);
         let Some(peer) = sock.peer_addr().ok().and_then(|a| a.as_socket()) else {

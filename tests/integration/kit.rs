@@ -34,6 +34,7 @@ fn shared() -> &'static Shared {
     SHARED.get_or_init(|| {
         let pg = start_cluster(&PostgresOptions::default());
         // SAFETY: registering a plain extern "C" function with no arguments.
+        #[allow(unsafe_code)]
         unsafe {
             libc::atexit(stop_shared_cluster);
         }

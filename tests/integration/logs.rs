@@ -22,6 +22,7 @@ enum Stderr {
 fn open_pty() -> (std::fs::File, std::fs::File) {
     // SAFETY: plain libc calls on a descriptor this function owns; ptsname_r writes into a
     // buffer of the given length.
+    #[allow(unsafe_code)]
     unsafe {
         let controller = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
         assert!(

@@ -95,11 +95,16 @@ pub struct SnapshotOptions {
     pub chunk_rows: usize,
 }
 
+impl SnapshotOptions {
+    /// Default of `--snapshot-workers`.
+    pub const DEFAULT_WORKERS: usize = 4;
+}
+
 impl Default for SnapshotOptions {
     fn default() -> Self {
         SnapshotOptions {
             mode: SnapshotMode::Initial,
-            workers: 4,
+            workers: Self::DEFAULT_WORKERS,
             chunk_rows: incremental::DEFAULT_CHUNK_ROWS,
         }
     }
@@ -435,6 +440,11 @@ fn spawn_readers(
     readers
 }
 
+/// The read-ahead of [`snapshot_tables`]: twice `run`'s default
+/// ([`super::CaptureConfig::DEFAULT_MAX_BUFFER_BYTES`]), the 32 MiB `run` had before its
+/// default was lowered for peak RSS (bench/NOTES.md). Only rows of the copy fill it here.
+const SNAPSHOT_TABLES_BUFFER_BYTES: usize = 2 * super::CaptureConfig::DEFAULT_MAX_BUFFER_BYTES;
+
 /// Snapshots the publication's tables (all, or those named in `only` by `type` or
 /// `schema.table`) into their streams, outside any slot: the snapshot is one exported from
 /// a plain transaction, and messages sort just below the current WAL position. For timing
@@ -483,8 +493,8 @@ pub async fn snapshot_tables(
         tables,
         ds,
         limits,
-        max_in_flight: 16,
-        max_buffer_bytes: 32 << 20,
+        max_in_flight: super::CaptureConfig::DEFAULT_MAX_IN_FLIGHT,
+        max_buffer_bytes: SNAPSHOT_TABLES_BUFFER_BYTES,
         workers,
         consistent_point: point,
         reset: false,

@@ -47,6 +47,10 @@ async fn pass(m: &Maintenance) -> Result<(), RetentionError> {
         .with_application_name("ds-sync/retention")
         .connect()
         .await?;
+    // Ingest applies the schema as it starts, at the same moment as the first pass: the
+    // pass applies it too (idempotent, under the schema lock) rather than read tables that
+    // may not exist yet.
+    crate::schema::apply(&mut client).await?;
     // A partition that cannot be made (the default partition already holds rows of its
     // range, a lock held too long) must not stop pruning: rows then go to the default
     // partition, and prune still empties it.

@@ -644,3 +644,32 @@ async fn run_prunes_periodically_and_creates_partitions_ahead() {
     process.wait_log("retention pass done").await;
     let _ = tokio::time::timeout(Duration::from_secs(30), process.stop_ok()).await;
 }
+
+/// `run` with ingest on a database where nothing was set up yet: ingest applies the schema
+/// as it starts, and the first retention pass, at the same moment, must not fail on tables
+/// that do not exist yet.
+#[tokio::test]
+async fn the_first_retention_pass_on_a_fresh_database_does_not_fail() {
+    let db = test_db("ret_fresh").await;
+    let server = ds_sync::embedded::DsServer::start(DsServerOptions::default())
+        .await
+        .unwrap();
+    let process = CaptureProcess::start(
+        &db,
+        &server.url(),
+        &["--no-capture", "--ingest", "fresh", "--retention", "1h"],
+    )
+    .await;
+    wait_for("the first retention pass to end", PATIENCE, || async {
+        let log = process.log();
+        (log.contains("retention pass done") || log.contains("retention pass failed")).then_some(())
+    })
+    .await;
+    let log = process.log();
+    assert!(
+        !log.contains("retention pass failed"),
+        "the first pass failed:\n{log}"
+    );
+    let (code, log) = process.stop().await;
+    assert_eq!(code, 0, "{log}");
+}

@@ -19,7 +19,8 @@ rm -rf bench/charts && mkdir -p bench/charts
   echo "# Benchmark results"
   echo
   echo "Written by \`bash bench/run-all.sh\` on $(date -u +%Y-%m-%d): every scenario with its default"
-  echo "size, one after another, each next to its ceiling or baseline measured in the same run."
+  echo "size unless its command line says otherwise, one after another, each next to its ceiling"
+  echo "or baseline measured in the same run."
   echo "Each section is that scenario's report.md; the command line is in it."
   echo
   cat bench/NOTES.md 2>/dev/null || true

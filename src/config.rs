@@ -73,7 +73,7 @@ pub struct IngestFile {
     pub max_buffer_bytes: Option<usize>,
     /// A duration such as `"60s"`, `"2m"` or `"500ms"` (see [`parse_duration`]).
     pub idle_timeout: Option<String>,
-    /// `run --retention`: a duration such as `"30d"` (see [`parse_age`]).
+    /// `run --retention`: a duration such as `"30d"` (see [`parse_duration`]).
     pub retention: Option<String>,
     /// `run --dead-letter-retention`, e.g. `"90d"`.
     pub dead_letter_retention: Option<String>,
@@ -81,47 +81,29 @@ pub struct IngestFile {
     pub retention_interval: Option<String>,
 }
 
-/// Reads an age or period for retention (`30d`, `12h`, `2w`, `90min`, `1month`,
-/// `7days 12h`), as humantime reads it; it must be above zero.
+/// Reads a duration, as humantime does (`60s`, `2m`, `500ms`, `30d`, `2w`, `90min`,
+/// `7days 12h`), or a bare whole number of seconds; it must be above zero. One grammar for
+/// every duration option, so a value that works for one works for all.
 ///
 /// # Errors
 ///
 /// A message that quotes the input and says what is accepted.
-pub fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let t = text.trim();
-    match humantime::parse_duration(t) {
+    let parsed = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        t.parse()
+            .map(std::time::Duration::from_secs)
+            .map_err(|e| e.to_string())
+    } else {
+        humantime::parse_duration(t).map_err(|e| e.to_string())
+    };
+    match parsed {
         Ok(d) if d.is_zero() => Err(format!("{text:?}: the duration must be above zero")),
         Ok(d) => Ok(d),
         Err(e) => Err(format!(
-            "{text:?} is not a duration ({e}): give a number and a unit, e.g. 30d, 12h, 2w, 90min or '7days 12h'"
+            "{text:?} is not a duration ({e}): give a number and a unit, e.g. 60s, 500ms, 2m, 12h, 30d, 2w or '7days 12h'"
         )),
     }
-}
-
-/// Reads a duration: a whole number followed by `ms`, `s`, `m` or `h`, or by nothing
-/// (seconds); it must be above zero.
-///
-/// # Errors
-///
-/// A message saying what is accepted.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let t = text.trim();
-    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
-    let (number, unit) = t.split_at(digits);
-    let bad = || format!("{text:?} is not a duration: give e.g. 60s, 2m or 500ms");
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    let ms = match unit.trim() {
-        "ms" => Some(n),
-        "" | "s" => n.checked_mul(1000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        _ => None,
-    }
-    .ok_or_else(bad)?;
-    if ms == 0 {
-        return Err(format!("{text:?}: the duration must be above zero"));
-    }
-    Ok(std::time::Duration::from_millis(ms))
 }
 
 /// The `[capture]` section of the config file; each key mirrors a `run` option.
@@ -493,19 +475,19 @@ mod tests {
     #[test]
     fn retention_ages_read_as_humantime_and_bad_ones_say_what_is_accepted() {
         let day = std::time::Duration::from_secs(86_400);
-        assert_eq!(parse_age("30d"), Ok(day * 30));
-        assert_eq!(parse_age(" 2w "), Ok(day * 14));
+        assert_eq!(parse_duration("30d"), Ok(day * 30));
+        assert_eq!(parse_duration(" 2w "), Ok(day * 14));
         assert_eq!(
-            parse_age("7days 12h"),
+            parse_duration("7days 12h"),
             Ok(day * 7 + std::time::Duration::from_secs(12 * 3600))
         );
-        let err = parse_age("3x").unwrap_err();
+        let err = parse_duration("3x").unwrap_err();
         assert!(
             err.contains("\"3x\" is not a duration") && err.contains("30d"),
             "{err}"
         );
-        assert!(parse_age("").is_err());
-        assert!(parse_age("0s").unwrap_err().contains("above zero"));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("0s").unwrap_err().contains("above zero"));
     }
 
     fn flag<T>(v: T) -> CliValue<T> {
@@ -699,9 +681,12 @@ mod tests {
         assert_eq!(parse_duration(" 500ms "), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        for bad in ["", "s", "1.5s", "-1s", "10 days", "0s"] {
+        for bad in ["", "s", "1.5", "-1s", "10 dayz", "0s", "0"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        // One grammar with the retention options (humantime): these read as durations now.
+        assert_eq!(parse_duration("10 days"), Ok(Duration::from_secs(864_000)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
     }
 
     #[test]

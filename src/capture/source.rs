@@ -136,7 +136,7 @@ async fn claim_slot(sql: &Client, cfg: &SourceConfig) -> Result<(), CaptureError
 pub(crate) async fn describe_backend(sql: &Client, pid: i32) -> String {
     let row = sql
         .query_opt(
-            "SELECT coalesce(nullif(application_name, ''), '(none)'),                     coalesce(client_addr::text, 'local'),                     extract(epoch FROM now() - backend_start)::int8              FROM pg_stat_activity WHERE pid = $1",
+            "SELECT coalesce(nullif(application_name, ''), '(none)'), coalesce(client_addr::text, 'local'), extract(epoch FROM now() - backend_start)::int8 FROM pg_stat_activity WHERE pid = $1",
             &[&pid],
         )
         .await;

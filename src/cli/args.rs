@@ -509,7 +509,7 @@ pub struct IngestArgs {
         long,
         env = "DS_SYNC_RETENTION",
         value_name = "DURATION",
-        value_parser = crate::config::parse_age
+        value_parser = crate::config::parse_duration
     )]
     pub retention: Option<std::time::Duration>,
     /// Prune dead letters (ds_sync.dead_letters) created longer ago than this, at every
@@ -518,7 +518,7 @@ pub struct IngestArgs {
         long,
         env = "DS_SYNC_DEAD_LETTER_RETENTION",
         value_name = "DURATION",
-        value_parser = crate::config::parse_age
+        value_parser = crate::config::parse_duration
     )]
     pub dead_letter_retention: Option<std::time::Duration>,
     /// Time between retention passes (pruning, and partitions of a partitioned
@@ -527,7 +527,7 @@ pub struct IngestArgs {
         long,
         env = "DS_SYNC_RETENTION_INTERVAL",
         value_name = "DURATION",
-        value_parser = crate::config::parse_age
+        value_parser = crate::config::parse_duration
     )]
     pub retention_interval: Option<std::time::Duration>,
 }
@@ -551,13 +551,13 @@ pub struct InitArgs {
 pub struct PruneArgs {
     /// Delete session_events rows received longer ago than this (by received_at), e.g.
     /// 30d, 12h, 2w, '7days 12h'
-    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_age)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub older_than: Option<std::time::Duration>,
     /// Only this stream's rows (and dead letters); repeatable. No partition is dropped then
     #[arg(long = "stream", value_name = "STREAM")]
     pub streams: Vec<String>,
     /// Delete dead letters (ds_sync.dead_letters) created longer ago than this, e.g. 90d
-    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_age)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub dead_letters_older_than: Option<std::time::Duration>,
     /// Rows per DELETE statement (each its own short transaction) [default: 10000]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]

@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, CaptureConfig};
-use crate::config::{IngestFile, OutputFormat, Settings, layered, parse_age, parse_duration};
+use crate::config::{IngestFile, OutputFormat, Settings, layered, parse_duration};
 use crate::ds::{ClientOptions, DsClient};
 use crate::ingest::store::{self, SubscriptionInfo};
 use crate::ingest::{self, DEFAULT_MAX_EVENT_BYTES, IngestConfig, WriterOptions};
@@ -149,7 +149,9 @@ pub(super) fn maintenance(
     let file = &settings.ingest_file;
     let from_file = |key: &str, value: Option<&String>| {
         value
-            .map(|t| parse_age(t).map_err(|e| CliError::Invalid(format!("[ingest] {key}: {e}"))))
+            .map(|t| {
+                parse_duration(t).map_err(|e| CliError::Invalid(format!("[ingest] {key}: {e}")))
+            })
             .transpose()
     };
     let events = match args.retention {

@@ -21,7 +21,8 @@ use std::pin::Pin;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{CopyInSink, Transaction};
+use tokio_postgres::types::Type;
+use tokio_postgres::{CopyInSink, ToStatement, Transaction};
 
 use super::decode::{DeadLetter, Row};
 
@@ -131,13 +132,21 @@ pub struct CopyIn {
 }
 
 impl CopyIn {
-    /// Starts `COPY ... FROM STDIN (FORMAT binary)` in `tx`.
+    /// Starts `COPY ... FROM STDIN (FORMAT binary)` in `tx`: `statement` is [`COPY_SQL`],
+    /// or the statement prepared from it once per connection (a busy writer saves the
+    /// round trip that preparing it costs in every transaction).
     ///
     /// # Errors
     ///
     /// The server's refusal.
-    pub async fn start(tx: &Transaction<'_>) -> Result<CopyIn, tokio_postgres::Error> {
-        let sink = tx.copy_in::<_, Bytes>(COPY_SQL).await?;
+    pub async fn start<T>(
+        tx: &Transaction<'_>,
+        statement: &T,
+    ) -> Result<CopyIn, tokio_postgres::Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let sink = tx.copy_in::<_, Bytes>(statement).await?;
         Ok(CopyIn {
             sink: Box::pin(sink),
             buf: CopyBuf::new(),
@@ -196,14 +205,18 @@ impl CopyIn {
 /// # Errors
 ///
 /// As [`CopyIn::row`].
-pub async fn copy_rows(
+pub async fn copy_rows<T>(
     tx: &Transaction<'_>,
+    statement: &T,
     rows: &[(&str, &Row, &str)],
-) -> Result<u64, tokio_postgres::Error> {
+) -> Result<u64, tokio_postgres::Error>
+where
+    T: ?Sized + ToStatement,
+{
     if rows.is_empty() {
         return Ok(0);
     }
-    let mut copy = CopyIn::start(tx).await?;
+    let mut copy = CopyIn::start(tx, statement).await?;
     for (stream, row, ds_offset) in rows {
         copy.row(stream, row, ds_offset).await?;
     }
@@ -238,10 +251,18 @@ pub async fn insert_dead_letters(
         .map(|(_, d, _)| i64::try_from(d.size).unwrap_or(i64::MAX))
         .collect();
     let truncated: Vec<bool> = dead.iter().map(|(_, d, _)| d.truncated).collect();
-    tx.execute(
+    // Typed parameters: Parse, Bind and Execute go in one round trip (no prepare first).
+    tx.query_typed(
         "INSERT INTO ds_sync.dead_letters (stream_name, ds_offset, error, raw, size, truncated) \
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int8[], $6::bool[])",
-        &[&streams, &offsets, &errors, &raws, &sizes, &truncated],
+        &[
+            (&streams, Type::TEXT_ARRAY),
+            (&offsets, Type::TEXT_ARRAY),
+            (&errors, Type::TEXT_ARRAY),
+            (&raws, Type::BYTEA_ARRAY),
+            (&sizes, Type::INT8_ARRAY),
+            (&truncated, Type::BOOL_ARRAY),
+        ],
     )
     .await?;
     Ok(())
@@ -260,8 +281,9 @@ pub async fn upsert_offsets(
     let streams: Vec<&str> = moves.iter().map(|m| m.0).collect();
     let prev: Vec<Option<&str>> = moves.iter().map(|m| m.1).collect();
     let next: Vec<&str> = moves.iter().map(|m| m.2).collect();
+    // Typed parameters: one round trip per transaction instead of a prepare and an execute.
     let rows = tx
-        .query(
+        .query_typed(
             "WITH input AS ( \
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) AS i(stream_name, next, prev)) \
              INSERT INTO ds_sync.stream_offsets AS o (stream_name, ds_offset) \
@@ -269,7 +291,11 @@ pub async fn upsert_offsets(
              ON CONFLICT (stream_name) DO UPDATE SET ds_offset = EXCLUDED.ds_offset, updated_at = now() \
              WHERE o.ds_offset = (SELECT prev FROM input WHERE input.stream_name = EXCLUDED.stream_name) \
              RETURNING o.stream_name",
-            &[&streams, &next, &prev],
+            &[
+                (&streams, Type::TEXT_ARRAY),
+                (&next, Type::TEXT_ARRAY),
+                (&prev, Type::TEXT_ARRAY),
+            ],
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::sse::{ArrayItem, ArraySplitter};
+use crate::sse::ArrayItem;
 
 /// Most bytes of refused data kept in a dead letter; longer data keeps its first bytes.
 pub const DEAD_LETTER_RAW_MAX: usize = crate::sse::array::PREFIX_BYTES;
@@ -409,9 +409,10 @@ impl Pending {
         }
     }
 
-    /// Decodes a whole data event at once (tests and callers that hold it anyway).
+    /// Decodes a whole data event at once (tests).
+    #[cfg(test)]
     pub fn push_data(&mut self, data: &[u8], max_message_bytes: usize) {
-        let mut split = ArraySplitter::new(max_message_bytes);
+        let mut split = crate::sse::ArraySplitter::new(max_message_bytes);
         split.push(bytes::Bytes::copy_from_slice(data));
         while let Some(item) = split.next_item() {
             self.push(decode(item, max_message_bytes));

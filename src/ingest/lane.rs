@@ -68,7 +68,7 @@ impl<'a> Out<'a> {
             }
             Decoded::Row(row) => {
                 if self.copy.is_none() {
-                    self.copy = Some(CopyIn::start(tx).await?);
+                    self.copy = Some(CopyIn::start(tx, copy::COPY_SQL).await?);
                 }
                 if let Some(copy) = self.copy.as_mut() {
                     copy.row(self.stream, &row, self.offset).await?;
@@ -112,7 +112,7 @@ impl<'a> Out<'a> {
         let (stream, offset) = (self.stream, self.offset);
         tx.batch_execute("SAVEPOINT catch_up_chunk").await?;
         let refs: Vec<_> = rows.iter().map(|r| (stream, r, offset)).collect();
-        match copy::copy_rows(tx, &refs).await {
+        match copy::copy_rows(tx, copy::COPY_SQL, &refs).await {
             Ok(n) => {
                 self.stored += n;
                 return tx.batch_execute("RELEASE SAVEPOINT catch_up_chunk").await;
@@ -144,7 +144,7 @@ impl<'a> Out<'a> {
             }
         }
         let refs: Vec<_> = kept.iter().map(|r| (stream, r, offset)).collect();
-        self.stored += copy::copy_rows(tx, &refs).await?;
+        self.stored += copy::copy_rows(tx, copy::COPY_SQL, &refs).await?;
         tx.batch_execute("RELEASE SAVEPOINT catch_up_chunk").await
     }
 

@@ -115,12 +115,6 @@ impl Ledger {
         !self.pending.is_empty()
     }
 
-    /// Whether anything waits to be committed (sealed, or in flight).
-    #[must_use]
-    pub fn has_sealed(&self) -> bool {
-        self.ready_control.is_some() || self.in_flight.is_some()
-    }
-
     /// Bytes held by rows and dead letters not handed to the writer yet.
     #[must_use]
     pub fn held_bytes(&self) -> usize {

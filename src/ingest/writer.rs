@@ -28,7 +28,7 @@ use std::collections::HashSet;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, Statement, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use super::IngestError;
@@ -111,6 +111,8 @@ pub async fn run(
     hard_stop: CancellationToken,
 ) -> Result<(), IngestError> {
     let mut client = target.connect().await?;
+    // The COPY statement, prepared once per connection (a failed transaction drops it).
+    let mut copy_statement: Option<Statement> = None;
     let mut carry: Option<Commit> = None;
     let mut backoff = Backoff::default();
     loop {
@@ -125,7 +127,7 @@ pub async fn run(
         carry = fill(&mut rx, &mut batch, opts.max_rows);
         let started = std::time::Instant::now();
         let outcome = tokio::select! {
-            r = write_batch(&mut client, &mut batch) => r,
+            r = write_batch(&mut client, &mut copy_statement, &mut batch) => r,
             () = hard_stop.cancelled() => {
                 fail_all(batch, &CommitFailed::Stopped);
                 return Ok(());
@@ -146,6 +148,8 @@ pub async fn run(
             Err(Failure::Retry(reason)) => {
                 crate::observe::ingest().writer_failed(&reason);
                 tracing::warn!(%reason, commits = batch.len(), "ingest transaction failed; resuming from the stored offsets");
+                // The connection may be replaced: prepare again on the one that serves.
+                copy_statement = None;
                 client =
                     reply_stored(&target, client, batch, &reason, &mut backoff, &hard_stop).await?;
             }
@@ -195,15 +199,19 @@ enum Failure {
 }
 
 /// Writes one batch, turning rows PostgreSQL refuses into dead letters and trying again.
-async fn write_batch(client: &mut Client, batch: &mut [Commit]) -> Result<(), Failure> {
-    let outcome = match transaction(client, batch).await {
+async fn write_batch(
+    client: &mut Client,
+    copy_statement: &mut Option<Statement>,
+    batch: &mut [Commit],
+) -> Result<(), Failure> {
+    let outcome = match transaction(client, copy_statement, batch).await {
         Ok(outcome) => outcome,
         Err(e) if is_data_error(&e) && !client.is_closed() => {
             let moved = isolate_refused_rows(client, batch).await?;
             if moved == 0 {
                 return Err(Failure::Fatal(describe(&e)));
             }
-            transaction(client, batch)
+            transaction(client, copy_statement, batch)
                 .await
                 .map_err(|e| classify(client, &e))?
         }
@@ -255,10 +263,15 @@ fn classify(client: &Client, e: &tokio_postgres::Error) -> Failure {
 /// the state reporter writes, so the two never wait for each other.
 async fn transaction(
     client: &mut Client,
+    copy_statement: &mut Option<Statement>,
     batch: &[Commit],
 ) -> Result<Outcome, tokio_postgres::Error> {
+    let copy = match copy_statement.take() {
+        Some(statement) => statement,
+        None => client.prepare(copy::COPY_SQL).await?,
+    };
     let tx = client.transaction().await?;
-    copy_rows(&tx, batch).await?;
+    copy_rows(&tx, &copy, batch).await?;
     let mut dead = Vec::new();
     for c in batch {
         for d in &c.dead {
@@ -284,20 +297,26 @@ async fn transaction(
             .filter(|s| !moved.contains(s))
             .collect();
         tx.rollback().await?;
+        *copy_statement = Some(copy);
         return Ok(Outcome::OffsetMoved(lost));
     }
     tx.commit().await?;
+    *copy_statement = Some(copy);
     Ok(Outcome::Committed)
 }
 
-async fn copy_rows(tx: &Transaction<'_>, batch: &[Commit]) -> Result<(), tokio_postgres::Error> {
+async fn copy_rows(
+    tx: &Transaction<'_>,
+    copy: &Statement,
+    batch: &[Commit],
+) -> Result<(), tokio_postgres::Error> {
     let mut rows = Vec::with_capacity(batch.iter().map(|c| c.rows.len()).sum());
     for c in batch {
         for r in &c.rows {
             rows.push((c.stream.as_str(), r, c.next_offset.as_str()));
         }
     }
-    copy::copy_rows(tx, &rows).await?;
+    copy::copy_rows(tx, copy, &rows).await?;
     Ok(())
 }
 

@@ -444,7 +444,7 @@ fn connect_hint(a: &Attempt, mode: SslMode) -> Option<String> {
         !a.tls_used && a.error.code() == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION);
     (refused_plain && mode <= SslMode::Prefer).then(|| {
         format!(
-            "The server refused a connection without TLS (sslmode={mode}); it may accept only TLS              (hostssl lines in pg_hba.conf). Set sslmode=verify-full with sslrootcert (or              sslmode=require) in the URL or PGSSLMODE."
+            "The server refused a connection without TLS (sslmode={mode}); it may accept only TLS (hostssl lines in pg_hba.conf). Set sslmode=verify-full with sslrootcert (or sslmode=require) in the URL or PGSSLMODE."
         )
     })
 }

@@ -7,8 +7,6 @@
 
 use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
 
-/// The table partitions are made for.
-pub const PARENT: &str = "session_events";
 /// The partition that takes rows no ranged partition covers.
 pub const DEFAULT_PARTITION: &str = "session_events_default";
 const PREFIX: &str = "session_events_p";

@@ -29,8 +29,12 @@ pub struct Maintenance {
 
 /// Runs a pass now and then every `every`, until `shutdown`.
 pub async fn run(m: &Maintenance, shutdown: &CancellationToken) {
+    // Ingest applies the schema as it starts, at the same moment as the first pass: the
+    // first pass applies it too (idempotent, under the schema lock) rather than read
+    // tables that may not exist yet. Later passes find it in place.
+    let mut schema_applied = false;
     loop {
-        if let Err(e) = pass(m).await {
+        if let Err(e) = pass(m, &mut schema_applied).await {
             tracing::warn!(error = %e, retry_in_s = m.every.as_secs(), "retention pass failed; trying again at the next pass");
         }
         tokio::select! {
@@ -41,16 +45,16 @@ pub async fn run(m: &Maintenance, shutdown: &CancellationToken) {
 }
 
 /// One pass: partitions ahead, then pruning.
-async fn pass(m: &Maintenance) -> Result<(), RetentionError> {
+async fn pass(m: &Maintenance, schema_applied: &mut bool) -> Result<(), RetentionError> {
     let mut client = m
         .target
         .with_application_name("ds-sync/retention")
         .connect()
         .await?;
-    // Ingest applies the schema as it starts, at the same moment as the first pass: the
-    // pass applies it too (idempotent, under the schema lock) rather than read tables that
-    // may not exist yet.
-    crate::schema::apply(&mut client).await?;
+    if !*schema_applied {
+        crate::schema::apply(&mut client).await?;
+        *schema_applied = true;
+    }
     // A partition that cannot be made (the default partition already holds rows of its
     // range, a lock held too long) must not stop pruning: rows then go to the default
     // partition, and prune still empties it.

@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-
 use ds_sync::ds::DsClient;
 use ds_sync::embedded::DsServerOptions;
 
@@ -12,22 +10,11 @@ use crate::kit::{CaptureProcess, Rng, Scenario, scenario, start_streaming, wait_
 
 const LONG: Duration = Duration::from_secs(90);
 
-/// Keys of the stream's messages, in stream order.
-async fn keys(client: &DsClient, stream: &str) -> Vec<i64> {
-    client
-        .read_all(stream)
-        .await
-        .unwrap_or_default()
-        .iter()
-        .map(|m: &Value| m["key"].as_str().and_then(|k| k.parse().ok()).unwrap_or(-1))
-        .collect()
-}
-
 /// Waits until the stream holds `n` messages, then checks they are exactly 1..=n in order.
 async fn expect_exactly_once(client: &DsClient, stream: &str, n: i64, capture: &CaptureProcess) {
     let deadline = tokio::time::Instant::now() + LONG;
     let got = loop {
-        let k = keys(client, stream).await;
+        let k = crate::kit::stream_keys(client, stream).await;
         if k.len() as i64 >= n {
             break k;
         }
@@ -51,7 +38,7 @@ async fn expect_exactly_once(client: &DsClient, stream: &str, n: i64, capture: &
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let got_after = keys(client, stream).await;
+    let got_after = crate::kit::stream_keys(client, stream).await;
     assert_eq!(
         got_after.len(),
         got.len(),
@@ -108,7 +95,7 @@ async fn the_ds_server_going_away_loses_nothing() {
         .await
         .unwrap();
     wait_for("the first rows", LONG, || async {
-        (keys(&client, "pg-o").await.len() == 100).then_some(())
+        (crate::kit::stream_keys(&client, "pg-o").await.len() == 100).then_some(())
     })
     .await;
     server.stop().await;

@@ -9,17 +9,6 @@ use ds_sync::embedded::DsServerOptions;
 
 use crate::kit::{CaptureProcess, Scenario, scenario, start_streaming, wait_for};
 
-/// Keys of the stream's messages, in stream order.
-async fn keys(client: &DsClient, stream: &str) -> Vec<i64> {
-    client
-        .read_all(stream)
-        .await
-        .unwrap_or_default()
-        .iter()
-        .map(|m| m["key"].as_str().and_then(|k| k.parse().ok()).unwrap_or(-1))
-        .collect()
-}
-
 async fn insert(sql: &tokio_postgres::Client, from: i32, to: i32) {
     sql.execute(
         "INSERT INTO s SELECT generate_series($1::int, $2::int)",
@@ -35,7 +24,7 @@ async fn wait_exactly(client: &DsClient, n: i64) {
         &format!("keys 1..={n} in pg-s, once each and in order"),
         Duration::from_secs(120),
         || async {
-            let got = keys(client, "pg-s").await;
+            let got = crate::kit::stream_keys(client, "pg-s").await;
             assert!(
                 got.len() as i64 <= n && got[..] == expected[..got.len()],
                 "pg-s differs from 1..={n}: {got:?}"

@@ -559,3 +559,14 @@ pub async fn scenario(label: &str, ddl: &str, ds: ds_sync::embedded::DsServerOpt
         pg,
     }
 }
+
+/// The keys of a stream's messages in order (a key that is not a number reads as -1).
+pub async fn stream_keys(client: &ds_sync::ds::DsClient, stream: &str) -> Vec<i64> {
+    client
+        .read_all(stream)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|m| m["key"].as_str().and_then(|k| k.parse().ok()).unwrap_or(-1))
+        .collect()
+}

@@ -272,7 +272,7 @@ async fn init_partition_by_day_makes_a_partitioned_table_that_ingest_copies_into
 #[tokio::test]
 async fn partitioning_a_plain_table_with_rows_is_refused_with_the_way_to_migrate() {
     let db = test_db("ret_refuse").await;
-    let _ = db.ds_sync(&["init"]).await;
+    db.ds_sync(&["init"]).await.ok();
     let sql = db.client().await;
     sql.batch_execute("INSERT INTO session_events (stream_name, payload) VALUES ('s', '{}')")
         .await
@@ -307,7 +307,7 @@ async fn partitioning_a_plain_table_with_rows_is_refused_with_the_way_to_migrate
 
     // Another interval than the table was made with.
     let db = test_db("ret_refuse2").await;
-    let _ = db.ds_sync(&["init", "--partition-by", "week"]).await;
+    db.ds_sync(&["init", "--partition-by", "week"]).await.ok();
     let out = db
         .ds_sync(&["init", "--partition-by", "day"])
         .await
@@ -342,7 +342,7 @@ async fn durations_that_do_not_parse_are_refused_with_what_is_accepted() {
 #[tokio::test]
 async fn prune_deletes_old_rows_in_batches_and_never_rereads_them() {
     let s = setup("ret_prune", DsServerOptions::default()).await;
-    let _ = s.db.ds_sync(&["init"]).await;
+    s.db.ds_sync(&["init"]).await.ok();
     for stream in ["a", "b"] {
         s.ds.ensure_stream(stream).await.unwrap();
     }
@@ -431,7 +431,7 @@ async fn prune_deletes_old_rows_in_batches_and_never_rereads_them() {
 #[tokio::test]
 async fn prune_drops_whole_partitions_then_deletes_the_rest_in_batches() {
     let s = setup("ret_drop", DsServerOptions::default()).await;
-    let _ = s.db.ds_sync(&["init", "--partition-by", "day"]).await;
+    s.db.ds_sync(&["init", "--partition-by", "day"]).await.ok();
     s.ds.ensure_stream("d").await.unwrap();
     let ingest = Ingest::start(&s.db, &s.server.url(), &["d"], 1 << 20).await;
     s.post("d", &events(1, 40)).await;
@@ -553,14 +553,14 @@ async fn prune_while_ingesting(s: &Setup, partitioned: bool) {
 #[tokio::test]
 async fn prune_while_ingest_runs_keeps_every_other_event_exactly_once() {
     let s = setup("ret_busy", DsServerOptions::default()).await;
-    let _ = s.db.ds_sync(&["init"]).await;
+    s.db.ds_sync(&["init"]).await.ok();
     prune_while_ingesting(&s, false).await;
 }
 
 #[tokio::test]
 async fn prune_while_ingest_runs_into_a_partitioned_table() {
     let s = setup("ret_busy_p", DsServerOptions::default()).await;
-    let _ = s.db.ds_sync(&["init", "--partition-by", "day"]).await;
+    s.db.ds_sync(&["init", "--partition-by", "day"]).await.ok();
     prune_while_ingesting(&s, true).await;
 }
 
@@ -576,7 +576,7 @@ async fn count_where(db: &TestDb, sql_text: &str) -> i64 {
 #[tokio::test]
 async fn run_prunes_periodically_and_creates_partitions_ahead() {
     let s = setup("ret_run", DsServerOptions::default()).await;
-    let _ = s.db.ds_sync(&["init", "--partition-by", "day"]).await;
+    s.db.ds_sync(&["init", "--partition-by", "day"]).await.ok();
     let ahead = day_partition(&s.sql, -3).await;
     s.sql
         .batch_execute(&format!("DROP TABLE public.{ahead}"))
@@ -642,7 +642,9 @@ async fn run_prunes_periodically_and_creates_partitions_ahead() {
         1
     );
     process.wait_log("retention pass done").await;
-    let _ = tokio::time::timeout(Duration::from_secs(30), process.stop_ok()).await;
+    tokio::time::timeout(Duration::from_secs(30), process.stop_ok())
+        .await
+        .expect("run stops within 30 s of SIGTERM");
 }
 
 /// `run` with ingest on a database where nothing was set up yet: ingest applies the schema

@@ -48,7 +48,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ds::DsClient;
 use crate::pg::replication_session::{ExportedSlot, ReplicationSession};
-use crate::pg::{PgError, PgTarget};
 use crate::slot;
 
 use super::batch::Limits;
@@ -57,7 +56,6 @@ use super::fence::Fence;
 use super::identity::{self, SourceIdentity};
 use super::message::format_lsn;
 use super::pipeline::CaptureConfig;
-use super::route::Router;
 use super::slot_lost::OnSlotLost;
 use super::source;
 
@@ -69,11 +67,6 @@ pub use writer::SnapshotSeqs;
 
 use reader::Item;
 use writer::{StreamRecord, Writer};
-
-/// When `run` snapshots, for docs and `--help`.
-pub const SNAPSHOT_MODE_DOC: &str = "\
-initial: snapshot when run creates the slot, and again after a snapshot that did not finish; \
-always: recreate the slot and snapshot on every start; never: stream changes only";
 
 /// When `run` snapshots the published tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
@@ -438,75 +431,6 @@ fn spawn_readers(
         });
     }
     readers
-}
-
-/// The read-ahead of [`snapshot_tables`]: twice `run`'s default
-/// ([`super::CaptureConfig::DEFAULT_MAX_BUFFER_BYTES`]), the 32 MiB `run` had before its
-/// default was lowered for peak RSS (bench/NOTES.md). Only rows of the copy fill it here.
-const SNAPSHOT_TABLES_BUFFER_BYTES: usize = 2 * super::CaptureConfig::DEFAULT_MAX_BUFFER_BYTES;
-
-/// Snapshots the publication's tables (all, or those named in `only` by `type` or
-/// `schema.table`) into their streams, outside any slot: the snapshot is one exported from
-/// a plain transaction, and messages sort just below the current WAL position. For timing
-/// the snapshot path (benchmarks) and for tools; `run` uses [`prepare`].
-pub async fn snapshot_tables(
-    target: &PgTarget,
-    publication: &str,
-    only: Option<&[String]>,
-    ds: DsClient,
-    router: Router,
-    limits: Limits,
-    workers: usize,
-) -> Result<u64, CaptureError> {
-    let holder = target.connect().await?;
-    holder
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(|e| PgError::query("opening the snapshot transaction", &e))?;
-    let row = holder
-        .query_one(
-            "SELECT pg_export_snapshot(), pg_current_wal_lsn()::text",
-            &[],
-        )
-        .await
-        .map_err(|e| PgError::query("exporting a snapshot", &e))?;
-    let (snapshot, lsn): (String, String) = (row.get(0), row.get(1));
-    let point = pgwire_replication::Lsn::parse(&lsn).map_or(0, |l| l.as_u64());
-    let mut tables = catalog::published_tables(&holder, publication).await?;
-    if let Some(only) = only {
-        tables.retain(|t| {
-            only.iter()
-                .any(|n| *n == t.info.type_name || *n == t.info.qualified_name())
-        });
-    }
-    for table in &tables {
-        router.validate(&table.info)?;
-    }
-    let job = CopyJob {
-        read: ReadContext {
-            target: target.clone(),
-            snapshot: Some(snapshot),
-            router: Arc::new(router),
-            lsn: point,
-            time_micros: now_micros(),
-        },
-        tables,
-        ds,
-        limits,
-        max_in_flight: super::CaptureConfig::DEFAULT_MAX_IN_FLIGHT,
-        max_buffer_bytes: SNAPSHOT_TABLES_BUFFER_BYTES,
-        workers,
-        consistent_point: point,
-        reset: false,
-        reset_streams: Vec::new(),
-    };
-    let never = CancellationToken::new();
-    let end = copy(job, None, &never, &never).await?;
-    let _ = holder.batch_execute("COMMIT").await;
-    Ok(match end {
-        CopyEnd::Done { rows } => rows,
-        CopyEnd::Stopped => 0,
-    })
 }
 
 /// Now, in microseconds since 2000-01-01 UTC (the PostgreSQL epoch).

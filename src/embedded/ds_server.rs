@@ -8,6 +8,10 @@
 //! crate's own binary does: the crate builds the rustls server configuration from its
 //! transport settings, axum-server serves it. A [`RouterLayer`] wraps the router, e.g. with
 //! an authentication check in front of the real server.
+//!
+//! Every accepted connection has `TCP_NODELAY`: an SSE event is a small write, and with
+//! Nagle's algorithm on it waits for the client's ACK of the previous one, which a client
+//! that only receives may delay; events then arrive in bursts, milliseconds late.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -15,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum_server::accept::NoDelayAcceptor;
 use durable_streams_server::config::TransportMode;
 use durable_streams_server::{Config, InMemoryStorage, build_router_with_ready};
 use tokio::task::JoinHandle;
@@ -154,12 +159,16 @@ impl DsServer {
                 .map_err(|e| EmbeddedError::DsServer(e.to_string()))?;
             let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
             axum_server::from_tcp_rustls(listener, tls).map(|server| {
-                let server = server.handle(handle.clone());
+                let server = server
+                    .map(|tls| tls.acceptor(NoDelayAcceptor::new()))
+                    .handle(handle.clone());
                 tokio::spawn(async move { report(server.serve(service).await) })
             })
         } else {
             axum_server::from_tcp(listener).map(|server| {
-                let server = server.handle(handle.clone());
+                let server = server
+                    .acceptor(NoDelayAcceptor::new())
+                    .handle(handle.clone());
                 tokio::spawn(async move { report(server.serve(service).await) })
             })
         };

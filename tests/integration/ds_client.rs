@@ -11,6 +11,8 @@ use ds_sync::ds::{AppendOutcome, ClientOptions, DsClient, DsError, SseSubscripti
 use ds_sync::embedded::{DsServer, DsServerOptions};
 use ds_sync::sse::{ArrayItem, Control, DsItem};
 
+use crate::fault_proxy::FaultProxy;
+
 async fn server(opts: DsServerOptions) -> DsServer {
     DsServer::start(opts)
         .await
@@ -524,4 +526,102 @@ async fn a_catch_up_read_says_its_offset_first_and_splits_its_body() {
         .await
         .expect_err("no stream");
     assert!(matches!(err, DsError::NotFound { .. }), "{err:?}");
+}
+
+/// An SSE subscription gets a connection of its own, even when the pool holds an idle one
+/// from a plain read. A keep-alive connection that carried a request and its response before
+/// is in the kernel's delayed-ACK mode; against a server that does not set `TCP_NODELAY`,
+/// small SSE writes then wait for those delayed ACKs and arrive in bursts, milliseconds late.
+#[tokio::test]
+async fn a_subscription_does_not_reuse_a_pooled_connection() {
+    let ds = server(DsServerOptions::default()).await;
+    let proxy = FaultProxy::for_url(&ds.url()).await;
+    let c = DsClient::new(
+        &proxy.url(),
+        ClientOptions {
+            request_timeout: Duration::from_secs(5),
+            ..ClientOptions::default()
+        },
+    )
+    .expect("the proxy's URL is valid");
+    c.ensure_stream("own-conn").await.expect("creating the stream");
+    c.append("own-conn", body(json!([{"n": 1}])), None)
+        .await
+        .expect("appending");
+    let read = c.read("own-conn", "-1").await.expect("a plain read");
+    let before = proxy.accepted();
+    let mut sub = c
+        .subscribe("own-conn", &read.next_offset)
+        .await
+        .expect("subscribing");
+    assert_eq!(
+        proxy.accepted(),
+        before + 1,
+        "the subscription must open a connection of its own, not take the idle pooled one"
+    );
+    c.append("own-conn", body(json!([{"n": 2}])), None)
+        .await
+        .expect("appending while subscribed");
+    // The server may say first that the subscription starts at the tail.
+    for _ in 0..2 {
+        if let DsEvent::Data(messages) =
+            next_event(&mut sub, "the message appended while subscribed").await
+        {
+            assert_eq!(messages, vec![json!({"n": 2})]);
+            return;
+        }
+    }
+    panic!("two controls and no data event after the append");
+}
+
+/// The embedded server sets `TCP_NODELAY` on every connection it accepts, so an SSE event
+/// leaves at once instead of waiting for the client's ACK of the one before (Nagle).
+#[tokio::test]
+async fn the_embedded_server_sends_without_delay() {
+    let ds = server(DsServerOptions::default()).await;
+    let c = client(&ds);
+    c.ensure_stream("nodelay").await.expect("creating the stream");
+    let mut sub = c.subscribe("nodelay", "-1").await.expect("subscribing");
+    let _ = next_event(&mut sub, "the first control").await;
+    let port = ds
+        .url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .expect("the server's port");
+    let accepted = server_side_sockets(port);
+    assert!(
+        !accepted.is_empty(),
+        "no accepted socket of the server (port {port}) found in this process"
+    );
+    for (fd, nodelay) in accepted {
+        assert!(nodelay, "the server's socket (fd {fd}) has TCP_NODELAY off");
+    }
+}
+
+/// The sockets of this process whose local port is `port` and that are connected (the
+/// server's side of its connections), with whether `TCP_NODELAY` is set on each.
+fn server_side_sockets(port: u16) -> Vec<(i32, bool)> {
+    use std::os::fd::BorrowedFd;
+    let mut found = Vec::new();
+    let entries = std::fs::read_dir("/proc/self/fd").expect("listing /proc/self/fd");
+    for entry in entries.flatten() {
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: the descriptor is only borrowed for the two calls below, while this
+        // process keeps it open (a descriptor closed meanwhile makes the calls fail).
+        #[allow(unsafe_code)]
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let local = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrIn>(fd);
+        let peer = nix::sys::socket::getpeername::<nix::sys::socket::SockaddrIn>(fd);
+        if let (Ok(local), Ok(_)) = (local, peer)
+            && local.port() == port
+            && let Ok(nodelay) =
+                nix::sys::socket::getsockopt(&borrowed, nix::sys::socket::sockopt::TcpNoDelay)
+        {
+            found.push((fd, nodelay));
+        }
+    }
+    found
 }

@@ -199,3 +199,42 @@ async fn json_logs_are_json() {
         serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{line}: {e}"));
     }
 }
+
+/// The `THP_enabled` line of a process's `/proc/PID/status`.
+fn thp_enabled(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|| panic!("no THP_enabled line in /proc/{pid}/status"))
+}
+
+/// ds-sync opts out of transparent huge pages (its allocator's eagerly committed arenas
+/// would otherwise become resident 2 MiB at a time), unless `MIMALLOC_ALLOW_THP` is set.
+#[tokio::test]
+async fn the_process_runs_without_transparent_huge_pages() {
+    let db = crate::kit::test_db("thp").await;
+    db.client()
+        .await
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .expect("creating the table");
+    let server = ds_sync::embedded::DsServer::start(ds_sync::embedded::DsServerOptions::default())
+        .await
+        .expect("DS server");
+    for (env, expected) in [(&[][..], "0"), (&[("MIMALLOC_ALLOW_THP", "1")][..], "1")] {
+        let run =
+            crate::kit::CaptureProcess::start_with_env(&db, &server.url(), &["--tables", "t"], env)
+                .await;
+        let pid = run.pid().expect("the process's id");
+        run.wait_log("streaming").await;
+        assert_eq!(
+            thp_enabled(pid),
+            expected,
+            "THP_enabled of ds-sync run with {env:?}"
+        );
+        run.stop_ok().await;
+    }
+}

@@ -544,7 +544,9 @@ async fn a_subscription_does_not_reuse_a_pooled_connection() {
         },
     )
     .expect("the proxy's URL is valid");
-    c.ensure_stream("own-conn").await.expect("creating the stream");
+    c.ensure_stream("own-conn")
+        .await
+        .expect("creating the stream");
     c.append("own-conn", body(json!([{"n": 1}])), None)
         .await
         .expect("appending");
@@ -580,7 +582,9 @@ async fn a_subscription_does_not_reuse_a_pooled_connection() {
 async fn the_embedded_server_sends_without_delay() {
     let ds = server(DsServerOptions::default()).await;
     let c = client(&ds);
-    c.ensure_stream("nodelay").await.expect("creating the stream");
+    c.ensure_stream("nodelay")
+        .await
+        .expect("creating the stream");
     let mut sub = c.subscribe("nodelay", "-1").await.expect("subscribing");
     let _ = next_event(&mut sub, "the first control").await;
     let port = ds
@@ -606,7 +610,11 @@ fn server_side_sockets(port: u16) -> Vec<(i32, bool)> {
     let mut found = Vec::new();
     let entries = std::fs::read_dir("/proc/self/fd").expect("listing /proc/self/fd");
     for entry in entries.flatten() {
-        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
             continue;
         };
         // SAFETY: the descriptor is only borrowed for the two calls below, while this

@@ -24,7 +24,7 @@ pub(super) struct Ctx<'a> {
 /// Target: ds-sync drains at least this fraction of the `pg_recvlogical` rate.
 const DRAIN_TARGET: f64 = 0.8;
 /// Target: peak RSS while a 1M-row transaction passes, in MB.
-const RSS_TARGET_MB: f64 = 100.0;
+const RSS_TARGET_MB: f64 = 64.0;
 
 /// Starts ds-sync on `phase`'s publication and slot and times the drain of `expected` rows.
 pub(super) async fn ds_sync_drain(
@@ -173,26 +173,53 @@ pub(super) async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), Benc
 /// `memory`: RSS of ds-sync while one large transaction passes.
 pub(super) async fn memory(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
     let sql = ctx.stack.sql().await?;
-    let phase = Phase::create(&sql, "bench_mem").await?;
-    let slot = phase.slot(&sql, "dssync").await?;
     let rows = ctx.opts.rows;
-    phase.write_one_transaction(&sql, rows).await?;
-    let end = workload::current_lsn(&sql).await?;
-    let drain = ds_sync_drain(ctx, &phase, &slot, rows, &end, "ds-sync").await?;
-    let peak_mb = drain.peak_rss_kb.unwrap_or_default() as f64 / 1024.0;
+    let runs = ctx.opts.runs.max(1);
+    let mut worst: Option<(f64, super::report::Series)> = None;
     report.figure("rows in the transaction", rows as f64, "rows");
-    report.figure("drain", rows as f64 / drain.elapsed.as_secs_f64(), "rows/s");
-    report.check(
-        "ds-sync peak RSS (VmHWM)",
-        peak_mb,
-        "MB",
-        Some(RSS_TARGET_MB),
-        true,
-    );
-    report.series.push(drain.rss);
+    for run in 1..=runs {
+        let table = if runs == 1 {
+            "bench_mem".to_owned()
+        } else {
+            format!("bench_mem_{run}")
+        };
+        let phase = Phase::create(&sql, &table).await?;
+        let slot = phase.slot(&sql, "dssync").await?;
+        phase.write_one_transaction(&sql, rows).await?;
+        let end = workload::current_lsn(&sql).await?;
+        let drain = ds_sync_drain(ctx, &phase, &slot, rows, &end, "ds-sync").await?;
+        let peak_mb = drain.peak_rss_kb.unwrap_or_default() as f64 / 1024.0;
+        let suffix = if runs == 1 {
+            String::new()
+        } else {
+            format!(" (run {run})")
+        };
+        report.figure(
+            &format!("drain{suffix}"),
+            rows as f64 / drain.elapsed.as_secs_f64(),
+            "rows/s",
+        );
+        if runs > 1 {
+            report.figure(&format!("ds-sync peak RSS{suffix}"), peak_mb, "MB");
+        }
+        if worst.as_ref().is_none_or(|(w, _)| peak_mb > *w) {
+            worst = Some((peak_mb, drain.rss));
+        }
+    }
+    let Some((peak_mb, rss)) = worst else {
+        return Ok(());
+    };
+    let name = if runs == 1 {
+        "ds-sync peak RSS (VmHWM)".to_owned()
+    } else {
+        format!("ds-sync peak RSS (VmHWM), worst of {runs} runs")
+    };
+    report.check(&name, peak_mb, "MB", Some(RSS_TARGET_MB), true);
+    report.series.push(rss);
     report.notes.push(
-        "Peak RSS is the child process's VmHWM from /proc after the drain; the chart samples \
-         VmRSS every 20 ms."
+        "Peak RSS is the child process's VmHWM from /proc after the drain (with several runs, \
+         each drains its own table and transaction, and the worst peak is checked); the chart \
+         samples VmRSS every 20 ms (of the worst run)."
             .into(),
     );
     Ok(())

@@ -104,6 +104,8 @@ pub struct BenchOptions {
     pub ds_sync_args: Vec<String>,
     /// Writer connections of the latency scenarios.
     pub writers: usize,
+    /// Drains of the memory scenario (each peak reported, the worst checked).
+    pub runs: u32,
     /// Forms of `session_events` `ingest-drain` measures, one drain each, in this order.
     pub table_forms: Vec<table_form::TableForm>,
 }

@@ -34,6 +34,7 @@ pub(super) async fn bench(args: &BenchArgs, settings: &Settings) -> Result<(), C
         command: command_line(),
         ds_sync_args: args.ds_sync_args.clone(),
         writers: args.writers.max(1),
+        runs: args.runs.max(1),
         table_forms: if args.table_forms.is_empty() {
             vec![bench::table_form::TableForm::Plain]
         } else {

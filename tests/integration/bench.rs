@@ -207,3 +207,25 @@ async fn ingest_drain_measures_every_table_form_in_one_run() {
     }
     assert_eq!(figure(&result, "events"), 1500.0);
 }
+
+#[tokio::test]
+async fn memory_with_several_runs_checks_the_worst_peak() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    run_ds_sync(
+        &[
+            "bench", "memory", "--rows", "500", "--runs", "2", "--out", dir,
+        ],
+        &[],
+    )
+    .await
+    .ok();
+    let report = only_report_dir(out.path());
+    let result: Value =
+        serde_json::from_slice(&std::fs::read(report.join("result.json")).unwrap()).unwrap();
+    let peaks = [1, 2].map(|run| figure(&result, &format!("ds-sync peak RSS (run {run})")));
+    assert!(peaks.iter().all(|p| *p > 1.0), "{peaks:?}");
+    assert!(figure(&result, "drain (run 2)") > 0.0);
+    let worst = check_value(&result, "ds-sync peak RSS (VmHWM), worst of 2 runs");
+    assert_eq!(worst, peaks[0].max(peaks[1]), "{result:#}");
+}

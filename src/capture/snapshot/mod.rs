@@ -47,6 +47,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::ds::DsClient;
+use crate::lsn::Lsn;
 use crate::pg::replication_session::{ExportedSlot, ReplicationSession};
 use crate::slot;
 
@@ -54,7 +55,7 @@ use super::batch::Limits;
 use super::error::CaptureError;
 use super::fence::Fence;
 use super::identity::{self, SourceIdentity};
-use super::message::format_lsn;
+use super::message::pg_now_micros;
 use super::pipeline::CaptureConfig;
 use super::slot_lost::OnSlotLost;
 use super::source;
@@ -107,7 +108,7 @@ impl Default for SnapshotOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Prepared {
     /// Stream from this position, as this source incarnation.
-    Start(u64, Arc<SourceIdentity>),
+    Start(Lsn, Arc<SourceIdentity>),
     /// A shutdown came during the snapshot: the next start snapshots again.
     Stopped,
 }
@@ -152,8 +153,8 @@ pub async fn prepare(
         return Ok(Prepared::Stopped);
     };
     let point = exported.consistent_point;
-    tracing::info!(slot = slot_name, consistent_point = %format_lsn(point), "created replication slot with an exported snapshot");
-    state::set_point(sql, slot_name, &format_lsn(point)).await?;
+    tracing::info!(slot = slot_name, consistent_point = %point, "created replication slot with an exported snapshot");
+    state::set_point(sql, slot_name, point).await?;
     let identity = identity::created(sql, slot_name, point).await?;
     let reset = exists || recorded != Recorded::Never;
     let reset_streams = if reset {
@@ -172,7 +173,7 @@ pub async fn prepare(
             snapshot: Some(exported.snapshot_name.clone()),
             router: Arc::new(cfg.router.clone()),
             lsn: point,
-            time_micros: now_micros(),
+            time_micros: pg_now_micros(),
         },
         tables,
         ds: cfg.ds.clone(),
@@ -317,7 +318,7 @@ pub struct CopyJob {
     /// Tables read at once.
     pub workers: usize,
     /// Snapshot messages sort just below this position.
-    pub consistent_point: u64,
+    pub consistent_point: Lsn,
     /// Send `reset` before each stream's `snapshot-start`.
     pub reset: bool,
     /// Streams framed (and reset) even when no row goes to them now.
@@ -431,13 +432,4 @@ fn spawn_readers(
         });
     }
     readers
-}
-
-/// Now, in microseconds since 2000-01-01 UTC (the PostgreSQL epoch).
-fn now_micros() -> i64 {
-    const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64);
-    unix - PG_EPOCH_UNIX_SECS * 1_000_000
 }

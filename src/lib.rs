@@ -12,6 +12,7 @@
 //!   SQL identifier safety.
 //! * [`keepalive`]: TCP keepalive on every socket to Postgres and the DS server.
 //! * [`tls`]: rustls pieces shared by the Postgres connections and the DS client.
+//! * [`lsn`]: WAL positions: their `X/Y` text (a malformed one is an error), order, arithmetic.
 //! * [`slot`], [`publication`]: replication slot and publication management.
 //! * [`schema`]: `ds-sync init`: embedded `sql/` and the server prerequisite checks.
 //! * [`pgoutput`]: the pure pgoutput v1 decoder and relation cache.
@@ -40,6 +41,7 @@ pub mod ds;
 pub mod embedded;
 pub mod ingest;
 pub mod keepalive;
+pub mod lsn;
 pub mod observe;
 pub mod pg;
 pub mod pgoutput;

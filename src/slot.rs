@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Row};
 
+use crate::lsn::{Lsn, LsnParseError};
 use crate::pg::ident::{NameError, validate_slot_name};
 use crate::pg::{PgError, PgTarget};
 use crate::waits;
@@ -46,6 +47,15 @@ pub enum SlotError {
     StillActive { name: String, pid: i32 },
     #[error("the server does not allow logical replication slots: {reason}")]
     WalLevel { reason: String },
+    /// The server reported a position ds-sync cannot read: never taken as 0, which would
+    /// start from (or confirm) the wrong place.
+    #[error("replication slot '{slot}': {column} from pg_replication_slots: {source}")]
+    BadLsn {
+        slot: String,
+        column: &'static str,
+        #[source]
+        source: LsnParseError,
+    },
     #[error(transparent)]
     Pg(#[from] PgError),
 }
@@ -72,6 +82,9 @@ impl SlotError {
                 "Set wal_level = logical and restart the server; `ds-sync init` checks all prerequisites."
                     .into(),
             ),
+            SlotError::BadLsn { .. } => Some(
+                "PostgreSQL prints positions as X/Y (two hex numbers); a server or proxy that changes that form is not supported. Report the text above.".into(),
+            ),
             _ => None,
         }
     }
@@ -88,8 +101,8 @@ pub struct SlotInfo {
     pub temporary: bool,
     pub active: bool,
     pub active_pid: Option<i32>,
-    pub restart_lsn: Option<String>,
-    pub confirmed_flush_lsn: Option<String>,
+    pub restart_lsn: Option<Lsn>,
+    pub confirmed_flush_lsn: Option<Lsn>,
     /// Bytes of WAL between the slot's confirmed position and the server's current position.
     pub lag_bytes: Option<i64>,
     /// `reserved`, `extended`, `unreserved` or `lost` (NULL for slots that never reserved WAL).
@@ -105,22 +118,41 @@ impl SlotInfo {
         self.wal_status.as_deref() == Some("lost")
     }
 
-    fn from_row(row: &Row) -> Self {
-        SlotInfo {
-            slot_name: row.get("slot_name"),
+    /// The row of [`SLOTS_SQL`]; a position that is not an LSN is an error naming it.
+    fn from_row(row: &Row) -> Result<Self, SlotError> {
+        let slot_name: String = row.get("slot_name");
+        let lsn = |column: &'static str| position(&slot_name, column, row.get(column));
+        Ok(SlotInfo {
+            restart_lsn: lsn("restart_lsn")?,
+            confirmed_flush_lsn: lsn("confirmed_flush_lsn")?,
+            slot_name,
             plugin: row.get("plugin"),
             slot_type: row.get("slot_type"),
             database: row.get("database"),
             temporary: row.get("temporary"),
             active: row.get("active"),
             active_pid: row.get("active_pid"),
-            restart_lsn: row.get("restart_lsn"),
-            confirmed_flush_lsn: row.get("confirmed_flush_lsn"),
             lag_bytes: row.get("lag_bytes"),
             wal_status: row.get("wal_status"),
             safe_wal_size: row.get("safe_wal_size"),
-        }
+        })
     }
+}
+
+/// A position column of `pg_replication_slots` (NULL for a slot that never reserved WAL);
+/// text that is not an LSN is an error naming the slot and the column. Pure.
+fn position(
+    slot: &str,
+    column: &'static str,
+    text: Option<&str>,
+) -> Result<Option<Lsn>, SlotError> {
+    text.map(str::parse::<Lsn>)
+        .transpose()
+        .map_err(|source| SlotError::BadLsn {
+            slot: slot.to_owned(),
+            column,
+            source,
+        })
 }
 
 /// The current WAL position on a primary, or the replayed position on a standby (where
@@ -145,7 +177,7 @@ pub async fn list(client: &Client) -> Result<Vec<SlotInfo>, SlotError> {
         .query(SLOTS_SQL, &[&None::<String>])
         .await
         .map_err(|e| PgError::query("listing replication slots", &e))?;
-    Ok(rows.iter().map(SlotInfo::from_row).collect())
+    rows.iter().map(SlotInfo::from_row).collect()
 }
 
 /// One slot by name, or `None` when it does not exist.
@@ -155,7 +187,7 @@ pub async fn find(client: &Client, name: &str) -> Result<Option<SlotInfo>, SlotE
         .query_opt(SLOTS_SQL, &[&Some(name)])
         .await
         .map_err(|e| PgError::query(format!("reading replication slot '{name}'"), &e))?;
-    Ok(row.as_ref().map(SlotInfo::from_row))
+    row.as_ref().map(SlotInfo::from_row).transpose()
 }
 
 /// One slot by name; a missing slot is an error.
@@ -337,4 +369,27 @@ async fn terminate(client: &Client, pid: i32) -> Result<(), SlotError> {
         .await
         .map_err(|e| PgError::query(format!("terminating walsender pid {pid}"), &e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_parse_and_a_bad_one_names_the_slot_and_column() {
+        assert_eq!(position("s", "restart_lsn", None).unwrap(), None);
+        assert_eq!(
+            position("s", "restart_lsn", Some("0/16B3748")).unwrap(),
+            Some(Lsn::from_u64(0x16B_3748))
+        );
+        let err = position("s1", "confirmed_flush_lsn", Some("16-B374D848")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("'s1'")
+                && text.contains("confirmed_flush_lsn")
+                && text.contains("'16-B374D848'"),
+            "{text}"
+        );
+        assert!(err.hint().is_some());
+    }
 }

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
+use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
 use serde_json::{Map, Value};
 
 use super::BenchError;
@@ -189,7 +189,7 @@ async fn naive_drain(
                 bar.set(posted);
             }
             Some(ReplicationEvent::Commit { end_lsn, .. }) => {
-                repl.update_applied_lsn(Lsn::from_u64(end_lsn.as_u64()));
+                repl.update_applied_lsn(end_lsn);
             }
             Some(_) => {}
             None => {

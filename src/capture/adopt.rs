@@ -21,6 +21,7 @@ use serde_json::json;
 use tokio_postgres::Client;
 
 use crate::ds::{AppendOutcome, DsClient};
+use crate::lsn::Lsn;
 use crate::pg::PgError;
 
 use super::batch::Seq;
@@ -66,7 +67,7 @@ pub async fn adopt(sql: &Client, ds: &DsClient, stream: &str) -> Result<Adopted,
         .unwrap_or_default()
         .into();
     let first = Seq {
-        commit_lsn: 0,
+        commit_lsn: Lsn::ZERO,
         index: 0,
     }
     .header_in(Some(epoch));

@@ -25,9 +25,9 @@
 //!   seals every message as it comes, so it always has something sendable or in flight and
 //!   never needs relief.
 //!
-//! Each message carries a sequence `(commit LSN, index in transaction)`: deterministic, so a
-//! replay recomputes the same values, and increasing in stream order. A batch's `Stream-Seq`
-//! is its last message's sequence.
+//! Each message carries its position [`Seq`] `(commit LSN, index in transaction)`:
+//! deterministic, so a replay recomputes the same values, and increasing in stream order. A
+//! batch's `Stream-Seq` is its last message's position (see `seq`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -36,31 +36,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::ledger::TxId;
-
-/// The position of one message in the replication stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Seq {
-    pub commit_lsn: u64,
-    pub index: u32,
-}
-
-impl Seq {
-    /// The `Stream-Seq` header value: fixed width, so bytewise order is numeric order.
-    pub fn header(&self) -> String {
-        format!("{:016X}{:010}", self.commit_lsn, self.index)
-    }
-
-    /// The header in a stream's epoch (`ds-sync stream adopt`): `e`, the epoch in 16 hex
-    /// digits, then [`Seq::header`]. `e` sorts above every hex digit, so every value of an
-    /// epoch sorts above every value without one, and a later (larger) epoch above an
-    /// earlier one, whichever database wrote them.
-    pub fn header_in(&self, epoch: Option<i64>) -> String {
-        match epoch {
-            None => self.header(),
-            Some(e) => format!("e{:016X}{}", e.max(0), self.header()),
-        }
-    }
-}
+pub use super::seq::Seq;
 
 /// One serialized State Protocol message on its way to a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -417,8 +393,10 @@ impl Queues {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lsn::Lsn;
 
     fn msg(tx: u64, index: u32, text: &str) -> OutMessage {
+        let tx = Lsn::from_u64(tx);
         OutMessage {
             json: Bytes::from(text.to_string()),
             tx,
@@ -445,45 +423,6 @@ mod tests {
     }
 
     #[test]
-    fn seq_headers_sort_like_positions() {
-        let a = Seq {
-            commit_lsn: 0x1_0000_0000,
-            index: 9,
-        }
-        .header();
-        let b = Seq {
-            commit_lsn: 0x1_0000_0000,
-            index: 10,
-        }
-        .header();
-        let c = Seq {
-            commit_lsn: 0x2_0000_0000,
-            index: 0,
-        }
-        .header();
-        assert!(a < b && b < c, "{a} {b} {c}");
-        assert_eq!(a.len(), 26);
-        let low = Seq {
-            commit_lsn: 0,
-            index: 0,
-        };
-        let high = Seq {
-            commit_lsn: u64::MAX,
-            index: u32::MAX,
-        };
-        assert!(
-            low.header_in(Some(1)) > high.header(),
-            "an epoch sorts above any plain value"
-        );
-        assert!(
-            low.header_in(Some(2)) > high.header_in(Some(1)),
-            "later epochs sort higher"
-        );
-        assert!(low.header_in(Some(1)) < high.header_in(Some(1)));
-        assert_eq!(low.header_in(None), low.header());
-    }
-
-    #[test]
     fn body_is_a_json_array_and_split_halves_it() {
         let batch = Batch {
             stream: Arc::from("s"),
@@ -496,11 +435,12 @@ mod tests {
         };
         let v: serde_json::Value = serde_json::from_slice(&batch.body()).unwrap();
         assert_eq!(v, serde_json::json!([{"a":1},{"b":2},3]));
-        assert_eq!(batch.tx_counts(), vec![(1, 2), (2, 1)]);
+        let at = Lsn::from_u64;
+        assert_eq!(batch.tx_counts(), vec![(at(1), 2), (at(2), 1)]);
         assert_eq!(
             batch.seq(),
             Some(Seq {
-                commit_lsn: 2,
+                commit_lsn: at(2),
                 index: 0
             })
         );

@@ -3,6 +3,7 @@
 //! hint.
 
 use crate::ds::DsError;
+use crate::lsn::LsnParseError;
 use crate::pg::PgError;
 use crate::pgoutput::DecodeError;
 use crate::publication::PublicationError;
@@ -29,6 +30,15 @@ pub enum CaptureError {
         pid: i32,
         /// Who that is: application, client, since when.
         holder: String,
+    },
+    /// The server gave a position that is not an LSN: never taken as 0, which would start
+    /// from (or confirm) the wrong place.
+    #[error("{what}: {source}")]
+    BadLsn {
+        /// Where the text came from: the query or column.
+        what: String,
+        #[source]
+        source: LsnParseError,
     },
     #[error("replication connection: {reason}")]
     Replication { reason: String, transient: bool },
@@ -153,6 +163,9 @@ impl CaptureError {
             CaptureError::ForeignWrite { stream, .. } => Some(format!(
                 "The stream was written from another database (or a restore of this one with lower WAL positions). To hand it to this database run `ds-sync stream adopt {stream}` (it sends a reset, numbers this database's writes above every earlier one and re-snapshots the tables routed there), or delete the stream on the DS server, then start ds-sync again."
             )),
+            CaptureError::BadLsn { .. } => Some(
+                "PostgreSQL prints positions as X/Y (two hex numbers); a server or proxy that changes that form is not supported. Report the text above.".into(),
+            ),
             CaptureError::Slot(e) => e.hint(),
             CaptureError::Publication(e) => e.hint(),
             CaptureError::Pg(e) => e.hint(),

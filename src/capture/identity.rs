@@ -34,10 +34,10 @@ use std::sync::Arc;
 
 use tokio_postgres::Client;
 
+use crate::lsn::Lsn;
 use crate::pg::PgError;
 
 use super::error::CaptureError;
-use super::message::format_lsn;
 
 /// How an incarnation began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +65,7 @@ pub struct SourceIdentity {
     pub system_identifier: Option<String>,
     pub timeline: Option<i64>,
     /// 409s for changes committed before this position may be an earlier version's writes.
-    pub lenient_below: Option<u64>,
+    pub lenient_below: Option<Lsn>,
 }
 
 impl SourceIdentity {
@@ -82,7 +82,7 @@ impl SourceIdentity {
 
     /// True when a 409 for a change committed at `commit_lsn` may come from a write of the
     /// ds-sync version before the upgrade (see the module documentation).
-    pub fn lenient_for(&self, commit_lsn: u64) -> bool {
+    pub fn lenient_for(&self, commit_lsn: Lsn) -> bool {
         self.lenient_below.is_some_and(|below| commit_lsn < below)
     }
 }
@@ -109,7 +109,7 @@ async fn system(sql: &Client) -> (Option<String>, Option<i64>) {
 pub async fn created(
     sql: &Client,
     slot: &str,
-    start_lsn: u64,
+    start_lsn: Lsn,
 ) -> Result<Arc<SourceIdentity>, CaptureError> {
     let identity = begin(sql, slot, Origin::Created, start_lsn, None).await?;
     tracing::info!(source = %identity.describe(), "new source incarnation: the slot was created");
@@ -121,12 +121,12 @@ pub async fn created(
 pub async fn establish(
     sql: &Client,
     slot: &str,
-    position: u64,
+    position: Lsn,
 ) -> Result<Arc<SourceIdentity>, CaptureError> {
     let row = sql
         .query_opt(
             "SELECT incarnation, system_identifier, timeline, origin, \
-                    (lenient_below - '0/0'::pg_lsn)::int8, (start_lsn - '0/0'::pg_lsn)::int8 \
+                    lenient_below::text, start_lsn::text \
              FROM ds_sync.sources WHERE slot_name = $1",
             &[&slot],
         )
@@ -139,8 +139,8 @@ pub async fn establish(
         return Ok(identity);
     };
     let incarnation: Option<String> = row.get(0);
-    let lenient = row.get::<_, Option<i64>>(4).map(|l| l as u64);
-    let start = row.get::<_, Option<i64>>(5).map_or(0, |l| l as u64);
+    let lenient = recorded_lsn(row.get(4), "lenient_below")?;
+    let start = recorded_lsn(row.get(5), "start_lsn")?.unwrap_or(Lsn::ZERO);
     match incarnation {
         None => {
             let identity = begin(sql, slot, Origin::Adopted, position, lenient).await?;
@@ -168,15 +168,26 @@ pub async fn establish(
     }
 }
 
+/// A position column of `ds_sync.sources` (NULL: not recorded); text that is not an LSN is
+/// an error naming the column. Pure.
+fn recorded_lsn(text: Option<&str>, column: &str) -> Result<Option<Lsn>, CaptureError> {
+    text.map(str::parse::<Lsn>)
+        .transpose()
+        .map_err(|source| CaptureError::BadLsn {
+            what: format!("ds_sync.sources.{column}"),
+            source,
+        })
+}
+
 async fn begin(
     sql: &Client,
     slot: &str,
     origin: Origin,
-    start_lsn: u64,
-    lenient_below: Option<u64>,
+    start_lsn: Lsn,
+    lenient_below: Option<Lsn>,
 ) -> Result<Arc<SourceIdentity>, CaptureError> {
     let (system_identifier, timeline) = system(sql).await;
-    let lenient = lenient_below.map(format_lsn);
+    let lenient = lenient_below.map(|l| l.to_string());
     let row = sql
         .query_one(
             "INSERT INTO ds_sync.sources AS s (slot_name, incarnation, system_identifier, timeline, \
@@ -192,7 +203,7 @@ async fn begin(
                 &system_identifier,
                 &timeline,
                 &origin.as_str(),
-                &format_lsn(start_lsn),
+                &start_lsn.to_string(),
                 &lenient,
             ],
         )
@@ -220,14 +231,31 @@ mod tests {
             timeline: Some(1),
             lenient_below: None,
         };
-        assert!(!id.lenient_for(5));
-        id.lenient_below = Some(100);
-        assert!(id.lenient_for(99));
-        assert!(!id.lenient_for(100));
+        let at = Lsn::from_u64;
+        assert!(!id.lenient_for(at(5)));
+        id.lenient_below = Some(at(100));
+        assert!(id.lenient_for(at(99)));
+        assert!(!id.lenient_for(at(100)));
         let text = id.describe();
         assert!(
             text.contains("incarnation i") && text.contains("system 7"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn recorded_positions_parse_and_a_bad_one_is_an_error_naming_its_column() {
+        assert_eq!(recorded_lsn(None, "start_lsn").unwrap(), None);
+        assert_eq!(
+            recorded_lsn(Some("1/AB"), "start_lsn").unwrap(),
+            Some(Lsn::from_u64(0x1_0000_00AB))
+        );
+        let err = recorded_lsn(Some("1/XY"), "lenient_below").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("ds_sync.sources.lenient_below") && text.contains("'1/XY'"),
+            "{text}"
+        );
+        assert!(!err.is_transient());
     }
 }

@@ -13,15 +13,17 @@
 
 use std::collections::VecDeque;
 
+use crate::lsn::Lsn;
+
 /// A transaction, identified by its commit LSN (unique and increasing in a replication
 /// stream).
-pub type TxId = u64;
+pub type TxId = Lsn;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     id: TxId,
     /// Set when the Commit message arrived.
-    end_lsn: Option<u64>,
+    end_lsn: Option<Lsn>,
     /// Messages routed but not yet acknowledged by the DS server.
     pending: u64,
 }
@@ -30,12 +32,12 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Ledger {
     entries: VecDeque<Entry>,
-    confirmed: u64,
+    confirmed: Lsn,
 }
 
 impl Ledger {
     /// A ledger that has confirmed everything up to `start` (the slot's confirmed position).
-    pub fn new(start: u64) -> Ledger {
+    pub fn new(start: Lsn) -> Ledger {
         Ledger {
             entries: VecDeque::new(),
             confirmed: start,
@@ -43,7 +45,7 @@ impl Ledger {
     }
 
     /// The highest position confirmed so far.
-    pub fn confirmed(&self) -> u64 {
+    pub fn confirmed(&self) -> Lsn {
         self.confirmed
     }
 
@@ -79,7 +81,7 @@ impl Ledger {
     }
 
     /// The transaction's Commit arrived: it is complete once its messages are acknowledged.
-    pub fn commit(&mut self, id: TxId, end_lsn: u64) {
+    pub fn commit(&mut self, id: TxId, end_lsn: Lsn) {
         if let Some(e) = self.entry_mut(id) {
             e.end_lsn = Some(end_lsn);
         }
@@ -103,7 +105,7 @@ impl Ledger {
 
     /// Pops fully acknowledged transactions off the front; returns the new confirmed position
     /// when it moved.
-    pub fn advance(&mut self) -> Option<u64> {
+    pub fn advance(&mut self) -> Option<Lsn> {
         let before = self.confirmed;
         while let Some(front) = self.entries.front() {
             match front.end_lsn {
@@ -119,7 +121,7 @@ impl Ledger {
 
     /// A keepalive reported the server's position. Confirmed only while nothing is in
     /// flight: everything before it has then been delivered.
-    pub fn keepalive(&mut self, wal_end: u64) -> Option<u64> {
+    pub fn keepalive(&mut self, wal_end: Lsn) -> Option<Lsn> {
         if self.in_flight() || wal_end <= self.confirmed {
             return None;
         }
@@ -132,107 +134,111 @@ impl Ledger {
 mod tests {
     use super::*;
 
+    fn at(n: u64) -> Lsn {
+        Lsn::from_u64(n)
+    }
+
     #[test]
     fn confirms_only_acknowledged_prefixes_in_commit_order() {
-        let mut l = Ledger::new(100);
-        l.begin(200);
-        l.add_pending(200, 2);
-        l.commit(200, 210);
-        l.begin(300);
-        l.add_pending(300, 1);
-        l.commit(300, 310);
+        let mut l = Ledger::new(at(100));
+        l.begin(at(200));
+        l.add_pending(at(200), 2);
+        l.commit(at(200), at(210));
+        l.begin(at(300));
+        l.add_pending(at(300), 1);
+        l.commit(at(300), at(310));
         assert_eq!(l.advance(), None, "nothing acknowledged yet");
-        l.acked(300, 1);
+        l.acked(at(300), 1);
         assert_eq!(
             l.advance(),
             None,
             "a later transaction cannot pass an earlier one"
         );
-        l.acked(200, 1);
+        l.acked(at(200), 1);
         assert_eq!(
             l.advance(),
             None,
             "half of the first transaction is not enough"
         );
-        l.acked(200, 1);
-        assert_eq!(l.advance(), Some(310));
+        l.acked(at(200), 1);
+        assert_eq!(l.advance(), Some(at(310)));
         assert!(!l.in_flight());
-        assert_eq!(l.confirmed(), 310);
+        assert_eq!(l.confirmed(), at(310));
     }
 
     #[test]
     fn an_uncommitted_transaction_is_never_confirmed() {
-        let mut l = Ledger::new(0);
-        l.begin(50);
-        l.add_pending(50, 1);
-        l.acked(50, 1);
+        let mut l = Ledger::new(at(0));
+        l.begin(at(50));
+        l.add_pending(at(50), 1);
+        l.acked(at(50), 1);
         assert_eq!(l.advance(), None, "its Commit has not arrived");
-        l.commit(50, 60);
-        assert_eq!(l.advance(), Some(60));
+        l.commit(at(50), at(60));
+        assert_eq!(l.advance(), Some(at(60)));
     }
 
     #[test]
     fn empty_transactions_confirm_at_commit() {
-        let mut l = Ledger::new(0);
-        l.begin(10);
-        l.commit(10, 20);
-        assert_eq!(l.advance(), Some(20));
+        let mut l = Ledger::new(at(0));
+        l.begin(at(10));
+        l.commit(at(10), at(20));
+        assert_eq!(l.advance(), Some(at(20)));
     }
 
     #[test]
     fn keepalives_confirm_only_when_idle() {
-        let mut l = Ledger::new(100);
-        assert_eq!(l.keepalive(150), Some(150));
-        assert_eq!(l.keepalive(140), None, "never backwards");
-        l.begin(200);
-        assert_eq!(l.keepalive(500), None, "a transaction is open");
-        l.commit(200, 210);
-        l.add_pending(200, 1);
-        assert_eq!(l.keepalive(500), None, "a message is unacknowledged");
-        l.acked(200, 1);
-        assert_eq!(l.advance(), Some(210));
-        assert_eq!(l.keepalive(500), Some(500));
+        let mut l = Ledger::new(at(100));
+        assert_eq!(l.keepalive(at(150)), Some(at(150)));
+        assert_eq!(l.keepalive(at(140)), None, "never backwards");
+        l.begin(at(200));
+        assert_eq!(l.keepalive(at(500)), None, "a transaction is open");
+        l.commit(at(200), at(210));
+        l.add_pending(at(200), 1);
+        assert_eq!(l.keepalive(at(500)), None, "a message is unacknowledged");
+        l.acked(at(200), 1);
+        assert_eq!(l.advance(), Some(at(210)));
+        assert_eq!(l.keepalive(at(500)), Some(at(500)));
     }
 
     #[test]
     fn abandoning_drops_only_the_open_tail() {
-        let mut l = Ledger::new(0);
-        l.begin(10);
-        l.commit(10, 11);
-        l.add_pending(10, 1);
-        l.begin(20);
-        l.add_pending(20, 5);
+        let mut l = Ledger::new(at(0));
+        l.begin(at(10));
+        l.commit(at(10), at(11));
+        l.add_pending(at(10), 1);
+        l.begin(at(20));
+        l.add_pending(at(20), 5);
         l.abandon_open();
         assert!(l.in_flight(), "the committed transaction stays");
-        l.acked(10, 1);
-        assert_eq!(l.advance(), Some(11));
+        l.acked(at(10), 1);
+        assert_eq!(l.advance(), Some(at(11)));
         assert!(!l.in_flight());
     }
 
     #[test]
     fn unknown_ids_are_ignored() {
-        let mut l = Ledger::new(0);
-        l.acked(99, 1);
-        l.add_pending(99, 1);
-        l.commit(99, 100);
+        let mut l = Ledger::new(at(0));
+        l.acked(at(99), 1);
+        l.add_pending(at(99), 1);
+        l.commit(at(99), at(100));
         assert_eq!(l.advance(), None);
         assert!(!l.in_flight());
     }
 
     #[test]
     fn many_interleaved_transactions_confirm_exactly_once_each() {
-        let mut l = Ledger::new(0);
+        let mut l = Ledger::new(at(0));
         for i in 1..=100u64 {
-            l.begin(i * 10);
-            l.add_pending(i * 10, i % 3);
-            l.commit(i * 10, i * 10 + 5);
+            l.begin(at(i * 10));
+            l.add_pending(at(i * 10), i % 3);
+            l.commit(at(i * 10), at(i * 10 + 5));
         }
         // Acknowledge in reverse order: nothing may confirm until the first is done.
         for i in (2..=100u64).rev() {
-            l.acked(i * 10, i % 3);
-            assert!(l.advance().is_none_or(|c| c <= 15));
+            l.acked(at(i * 10), i % 3);
+            assert!(l.advance().is_none_or(|c| c <= at(15)));
         }
-        l.acked(10, 1);
-        assert_eq!(l.advance(), Some(1005));
+        l.acked(at(10), 1);
+        assert_eq!(l.advance(), Some(at(1005)));
     }
 }

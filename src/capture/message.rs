@@ -35,6 +35,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::lsn::Lsn;
 use crate::pgoutput::{
     Begin, DecodeError, Delete, Insert, PgOutputMessage, TupleData, TupleValue, Update,
 };
@@ -44,7 +45,7 @@ mod identity;
 mod time;
 
 pub use identity::{KEY_ENCODING_DOC, TableInfo};
-pub use time::{format_commit_time, format_lsn};
+pub use time::{PG_EPOCH_UNIX_SECS, format_commit_time, pg_now_micros};
 
 use identity::encode_key;
 
@@ -62,7 +63,7 @@ the client must keep its previous value.";
 pub struct TxMeta {
     pub xid: u32,
     /// The LSN of the commit record (`Begin::final_lsn`).
-    pub commit_lsn: u64,
+    pub commit_lsn: Lsn,
     /// Microseconds since 2000-01-01 00:00:00 UTC (the PostgreSQL epoch).
     pub commit_time_micros: i64,
 }
@@ -71,7 +72,7 @@ impl TxMeta {
     pub fn from_begin(begin: &Begin) -> TxMeta {
         TxMeta {
             xid: begin.xid,
-            commit_lsn: begin.final_lsn,
+            commit_lsn: Lsn::from_u64(begin.final_lsn),
             commit_time_micros: begin.commit_time,
         }
     }
@@ -302,7 +303,7 @@ pub fn build(
 pub fn snapshot_insert(
     table: &TableInfo,
     values: &[Option<&str>],
-    lsn: u64,
+    lsn: Lsn,
     time_micros: i64,
 ) -> Result<RowMessage, MessageError> {
     if values.len() != table.relation.columns.len() {
@@ -536,7 +537,7 @@ fn headers(operation: Operation, meta: &TxMeta) -> Map<String, Value> {
     put("operation", operation.as_str().to_owned());
     put("txid", meta.xid.to_string());
     put("timestamp", format_commit_time(meta.commit_time_micros));
-    put("lsn", format_lsn(meta.commit_lsn));
+    put("lsn", meta.commit_lsn.to_string());
     headers
 }
 

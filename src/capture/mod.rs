@@ -9,6 +9,7 @@
 //! * [`source`]: publication and slot setup, the replication connection, catalog lookups.
 //! * [`message`]: decoded rows to State Protocol change messages (pure).
 //! * [`route`]: table (and column values) to stream name (pure).
+//! * [`seq`]: a message's position `(commit LSN, index)` and its `Stream-Seq` text (pure).
 //! * [`batch`]: per-stream batching, one POST in flight per stream, recovery mode.
 //! * [`sender`]: one POST with retries until the server has it.
 //! * [`ledger`]: which WAL positions may be confirmed (pure).
@@ -38,6 +39,7 @@ pub mod message;
 mod pipeline;
 pub mod route;
 mod sender;
+pub mod seq;
 pub mod slot_lost;
 pub mod snapshot;
 pub mod source;

@@ -25,11 +25,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
+use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::ds::{Backoff, DsClient};
+use crate::lsn::Lsn;
 use crate::pgoutput::{PgOutputMessage, Truncate, decode};
 
 use super::batch::{Limits, OutMessage, Queues, Seq};
@@ -128,7 +129,7 @@ pub async fn run(
 #[derive(Default)]
 struct Resume {
     /// Set once the slot (and its initial snapshot) is ready.
-    start: Option<u64>,
+    start: Option<Lsn>,
     /// Which incarnation of the slot this process streams from (see `identity`).
     identity: Option<Arc<SourceIdentity>>,
     incremental: Option<Incremental>,
@@ -196,7 +197,7 @@ async fn attempt(
     let repl = repl?;
     incremental.send_probe(&sql).await?;
     crate::observe::capture().session_started();
-    tracing::info!(slot = %cfg.source.slot, start = %Lsn::from_u64(start), "streaming changes");
+    tracing::info!(slot = %cfg.source.slot, %start, "streaming changes");
     let mut session = Session::new(cfg, &sql, start, hard_stop, incremental, (fence, &identity));
     let result = session.run(repl, shutdown).await;
     let confirmed = session.ledger.confirmed().max(start);
@@ -218,12 +219,12 @@ async fn attempt(
 
 /// The slot's position after a graceful stop. Failing to write it loses nothing: the
 /// changes delivered after it are sent again on the next start and skipped by the server.
-async fn confirm_at_exit(sql: &Client, slot: &str, confirmed: u64) {
+async fn confirm_at_exit(sql: &Client, slot: &str, confirmed: Lsn) {
     match source::advance_slot(sql, slot, confirmed).await {
-        Ok(()) => tracing::info!(confirmed = %Lsn::from_u64(confirmed), "stopped"),
+        Ok(()) => tracing::info!(%confirmed, "stopped"),
         Err(e) => tracing::warn!(
             error = %e,
-            delivered = %Lsn::from_u64(confirmed),
+            delivered = %confirmed,
             "stopped; the slot's position could not be updated, so changes delivered after it are read again on the next start and skipped by the DS server"
         ),
     }
@@ -301,7 +302,7 @@ impl OpenTx {
             .ok_or_else(|| CaptureError::Replication {
                 reason: format!(
                     "transaction {} has more than {} messages",
-                    Lsn::from_u64(self.id),
+                    self.id,
                     u32::MAX
                 ),
                 transient: false,
@@ -333,7 +334,7 @@ impl<'a> Session<'a> {
     fn new(
         cfg: &'a CaptureConfig,
         sql: &'a Client,
-        start: u64,
+        start: Lsn,
         hard_stop: &CancellationToken,
         snap: &'a mut Incremental,
         (fence, identity): (&Fence, &Arc<SourceIdentity>),
@@ -385,7 +386,7 @@ impl<'a> Session<'a> {
                 self.ledger.abandon_open();
                 self.ledger.advance();
                 crate::observe::capture().acknowledged(self.ledger.confirmed());
-                repl.update_applied_lsn(Lsn::from_u64(self.ledger.confirmed()));
+                repl.update_applied_lsn(self.ledger.confirmed().into());
                 // The server may not answer (it is stopping, or the network is gone): the
                 // position is also written over SQL at exit.
                 if tokio::time::timeout(REPLICATION_STOP_TIMEOUT, repl.shutdown())
@@ -428,7 +429,7 @@ impl<'a> Session<'a> {
             }
             if let Some(lsn) = self.ledger.advance() {
                 crate::observe::capture().acknowledged(lsn);
-                repl.update_applied_lsn(Lsn::from_u64(lsn));
+                repl.update_applied_lsn(lsn.into());
             }
         }
     }
@@ -476,7 +477,7 @@ impl<'a> Session<'a> {
                 xid,
                 commit_time_micros,
             } => {
-                let id = final_lsn.as_u64();
+                let id = Lsn::from(final_lsn);
                 self.ledger.begin(id);
                 self.tx = Some(OpenTx {
                     id,
@@ -490,28 +491,29 @@ impl<'a> Session<'a> {
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 if let Some(tx) = self.tx.take() {
-                    tracing::debug!(commit_lsn = %Lsn::from_u64(tx.id), messages = tx.next_index, "transaction read");
+                    tracing::debug!(commit_lsn = %tx.id, messages = tx.next_index, "transaction read");
+                    let end_lsn = Lsn::from(end_lsn);
                     crate::observe::capture().committed(
-                        end_lsn.as_u64(),
+                        end_lsn,
                         tx.meta.commit_time_micros,
                         tx.next_index,
                     );
-                    self.ledger.commit(tx.id, end_lsn.as_u64());
-                    self.snap.committed(tx.id, end_lsn.as_u64());
+                    self.ledger.commit(tx.id, end_lsn);
+                    self.snap.committed(tx.id, end_lsn);
                     self.queues.commit();
                 }
             }
             ReplicationEvent::XLogData {
                 data, wal_start, ..
-            } => self.xlog(&data, wal_start).await?,
+            } => self.xlog(&data, wal_start.into()).await?,
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 // Not before this session's probe came back: see `Incremental::send_probe`.
                 if self.tx.is_none()
                     && !self.snap.probe_pending()
-                    && let Some(lsn) = self.ledger.keepalive(wal_end.as_u64())
+                    && let Some(lsn) = self.ledger.keepalive(wal_end.into())
                 {
                     crate::observe::capture().acknowledged(lsn);
-                    repl.update_applied_lsn(Lsn::from_u64(lsn));
+                    repl.update_applied_lsn(lsn.into());
                 }
             }
             ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
@@ -574,7 +576,7 @@ impl<'a> Session<'a> {
                 lsn: self
                     .tx
                     .as_ref()
-                    .map(|t| Lsn::from_u64(t.id).to_string())
+                    .map(|t| t.id.to_string())
                     .unwrap_or_default(),
                 source: crate::pgoutput::DecodeError::UnknownRelation { relation_oid: oid },
             })

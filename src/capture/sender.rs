@@ -29,7 +29,6 @@ use super::batch::{Batch, Queues};
 use super::error::CaptureError;
 use super::fence::Fence;
 use super::identity::SourceIdentity;
-use super::message::format_lsn;
 use super::streams::{StreamBook, StreamInfo};
 
 /// How a delivery ended.
@@ -186,7 +185,7 @@ impl Deliveries {
                 seq,
                 lsn: batch
                     .seq()
-                    .map_or_else(String::new, |s| format_lsn(s.commit_lsn)),
+                    .map_or_else(String::new, |s| s.commit_lsn.to_string()),
                 source_id: self
                     .identity
                     .as_ref()

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, TlsConfig};
+use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
 use tokio_postgres::Client;
 
+use crate::lsn::Lsn;
 use crate::pg::ssl::{SslOptions, Step};
 use crate::pg::{PgError, PgTarget};
 use crate::publication::{self, IdentityPolicy, PublicationError, Request, TableSpec};
@@ -32,7 +33,7 @@ pub struct SourceConfig {
 /// Creates the publication (from `tables`) and the slot when missing; returns the slot's
 /// confirmed position. The publication comes first: pgoutput on PostgreSQL 15 stops with
 /// "publication does not exist" when it decodes a change from before the publication.
-pub async fn prepare(sql: &Client, cfg: &SourceConfig) -> Result<u64, CaptureError> {
+pub async fn prepare(sql: &Client, cfg: &SourceConfig) -> Result<Lsn, CaptureError> {
     ensure_publication(sql, cfg).await?;
     let created = slot::create_reporting(sql, &cfg.target, &cfg.slot, false, true).await?;
     if created.created {
@@ -70,14 +71,22 @@ pub(crate) async fn ensure_publication(
     Ok(())
 }
 
-/// The slot's confirmed position; a lost slot is an error.
-pub async fn confirmed_position(sql: &Client, slot_name: &str) -> Result<u64, CaptureError> {
+/// The slot's confirmed position; a lost slot is an error, and so is text that is not an LSN
+/// (`slot::status` names the slot and column). A logical slot has one once its creation
+/// finished; a NULL (a slot still being created, or replaced by a physical one) is a
+/// transient error, read again after a backoff, never a start from 0/0.
+pub async fn confirmed_position(sql: &Client, slot_name: &str) -> Result<Lsn, CaptureError> {
     let info = slot::status(sql, slot_name).await?;
     if info.is_lost() {
         return Err(CaptureError::SlotLost(slot_name.to_string()));
     }
-    let lsn = info.confirmed_flush_lsn.unwrap_or_default();
-    Ok(Lsn::parse(&lsn).map(|l| l.as_u64()).unwrap_or(0))
+    info.confirmed_flush_lsn
+        .ok_or_else(|| CaptureError::Replication {
+            reason: format!(
+                "replication slot '{slot_name}' has no confirmed_flush_lsn yet (still being created, or not a logical slot)"
+            ),
+            transient: true,
+        })
 }
 
 /// Drops the slot before a snapshot recreates it. A walsender of a killed instance may
@@ -159,7 +168,7 @@ pub(crate) async fn describe_backend(sql: &Client, pid: i32) -> String {
 pub async fn connect(
     sql: &Client,
     cfg: &SourceConfig,
-    start: u64,
+    start: Lsn,
 ) -> Result<ReplicationClient, CaptureError> {
     claim_slot(sql, cfg).await?;
     // The publication and, when it exists, its insert-only companion.
@@ -206,7 +215,7 @@ pub async fn connect(
 
 async fn start_stream(
     cfg: &SourceConfig,
-    start: u64,
+    start: Lsn,
     publications: &[String],
     tls: TlsConfig,
 ) -> Result<ReplicationClient, pgwire_replication::PgWireError> {
@@ -221,8 +230,8 @@ async fn start_stream(
     )
     .with_port(t.port())
     .with_tls(tls)
-    .with_start_lsn(Lsn::from_u64(start))
-    .with_ack_lsn(Lsn::from_u64(start))
+    .with_start_lsn(start.into())
+    .with_ack_lsn(start.into())
     .with_status_interval(Duration::from_secs(1))
     .with_wakeup_interval(Duration::from_secs(1))
     .with_buffer_size(4096)
@@ -266,21 +275,19 @@ pub async fn primary_key(sql: &Client, oid: u32) -> Result<Option<Vec<String>>, 
 /// slot is advanced over SQL once the walsender has released it. Failing that is not an
 /// error: the changes since the slot's position are delivered and will be recognised and
 /// skipped on the next start.
-pub async fn advance_slot(sql: &Client, slot_name: &str, lsn: u64) -> Result<(), CaptureError> {
+pub async fn advance_slot(sql: &Client, slot_name: &str, lsn: Lsn) -> Result<(), CaptureError> {
     for _ in 0..100 {
         let info = slot::status(sql, slot_name).await?;
-        let confirmed = info
+        if info
             .confirmed_flush_lsn
-            .as_deref()
-            .and_then(|l| Lsn::parse(l).ok())
-            .map_or(0, Lsn::as_u64);
-        if confirmed >= lsn {
+            .is_some_and(|confirmed| confirmed >= lsn)
+        {
             return Ok(());
         }
         if !info.active {
             sql.execute(
                 "SELECT pg_replication_slot_advance($1::text::name, $2::text::pg_lsn)",
-                &[&slot_name, &Lsn::from_u64(lsn).to_pg_string()],
+                &[&slot_name, &lsn.to_string()],
             )
             .await
             .map_err(|e| PgError::query(format!("advancing slot '{slot_name}'"), &e))?;
@@ -288,6 +295,6 @@ pub async fn advance_slot(sql: &Client, slot_name: &str, lsn: u64) -> Result<(),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tracing::warn!(slot = slot_name, delivered = %Lsn::from_u64(lsn), "the slot's position was not updated before exit; delivered changes after it will be skipped on the next start");
+    tracing::warn!(slot = slot_name, delivered = %lsn, "the slot's position was not updated before exit; delivered changes after it will be skipped on the next start");
     Ok(())
 }

@@ -95,7 +95,9 @@ impl Printer {
                 self.emit(&format!(
                     "{verb} slot {} at {}{temp}",
                     c.slot.slot_name,
-                    c.slot.confirmed_flush_lsn.as_deref().unwrap_or("-")
+                    c.slot
+                        .confirmed_flush_lsn
+                        .map_or_else(|| "-".to_owned(), |l| l.to_string())
                 ))
             }
         }

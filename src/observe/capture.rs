@@ -19,7 +19,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
+use crate::capture::message::PG_EPOCH_UNIX_SECS;
 use crate::ds::{AppendOutcome, DsError};
+use crate::lsn::Lsn;
 
 use super::readiness::CapturePhase;
 use super::registry::{Direction, ReconnectLabels};
@@ -33,7 +35,7 @@ pub const OTHER_STREAM: &str = "_other";
 /// transactions) the oldest are dropped from the measurement, never from delivery.
 const MAX_PENDING_COMMITS: usize = 1 << 20;
 /// Microseconds from the Unix epoch to 2000-01-01, the PostgreSQL epoch.
-const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800 * 1_000_000;
+const PG_EPOCH_UNIX_MICROS: i64 = PG_EPOCH_UNIX_SECS * 1_000_000;
 
 /// What happened to a row: the State Protocol `operation`, or a TRUNCATE.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -101,7 +103,7 @@ pub fn outcome(result: &Result<AppendOutcome, DsError>) -> Outcome {
 }
 
 /// The WAL position an event carries, if any. Pure.
-pub fn event_position(event: &ReplicationEvent) -> Option<u64> {
+pub fn event_position(event: &ReplicationEvent) -> Option<Lsn> {
     let lsn = match event {
         ReplicationEvent::KeepAlive { wal_end, .. } => *wal_end,
         ReplicationEvent::Begin { final_lsn, .. } => *final_lsn,
@@ -112,7 +114,7 @@ pub fn event_position(event: &ReplicationEvent) -> Option<u64> {
         ReplicationEvent::Message { lsn, .. } => *lsn,
         ReplicationEvent::StoppedAt { reached } => *reached,
     };
-    Some(lsn.as_u64()).filter(|l| *l > 0)
+    Some(Lsn::from(lsn)).filter(|l| *l > Lsn::ZERO)
 }
 
 /// Seconds from a commit time (microseconds since 2000-01-01) to `now`; never negative
@@ -129,12 +131,12 @@ pub fn commit_age_seconds(commit_time_micros: i64, now: SystemTime) -> f64 {
 /// histogram. Pure.
 #[derive(Debug, Default)]
 pub struct PendingCommits {
-    queue: VecDeque<(u64, i64)>,
+    queue: VecDeque<(Lsn, i64)>,
 }
 
 impl PendingCommits {
     /// Remembers a transaction that ends at `end_lsn` and committed at `commit_time_micros`.
-    pub fn push(&mut self, end_lsn: u64, commit_time_micros: i64) {
+    pub fn push(&mut self, end_lsn: Lsn, commit_time_micros: i64) {
         if self.queue.len() >= MAX_PENDING_COMMITS {
             self.queue.pop_front();
         }
@@ -142,7 +144,7 @@ impl PendingCommits {
     }
 
     /// The commit times of the transactions that end at or before `acknowledged`.
-    pub fn acknowledged(&mut self, acknowledged: u64) -> Vec<i64> {
+    pub fn acknowledged(&mut self, acknowledged: Lsn) -> Vec<i64> {
         let mut done = Vec::new();
         while let Some(&(end, time)) = self.queue.front() {
             if end > acknowledged {
@@ -213,12 +215,12 @@ impl CaptureMetrics {
     /// A replication event arrived.
     pub fn received(&self, event: &ReplicationEvent) {
         if let Some(lsn) = event_position(event) {
-            self.received_lsn.set(saturating_i64(lsn));
+            self.received_lsn.set(lsn.as_i64_saturating());
         }
     }
 
     /// A transaction's Commit arrived; `messages` of its changes were routed to streams.
-    pub fn committed(&self, end_lsn: u64, commit_time_micros: i64, messages: u32) {
+    pub fn committed(&self, end_lsn: Lsn, commit_time_micros: i64, messages: u32) {
         self.transactions.inc();
         if messages > 0 {
             lock(&self.pending).push(end_lsn, commit_time_micros);
@@ -241,8 +243,8 @@ impl CaptureMetrics {
     }
 
     /// The DS server holds every change up to `lsn`; the slot is told so.
-    pub fn acknowledged(&self, lsn: u64) {
-        self.acknowledged_lsn.set(saturating_i64(lsn));
+    pub fn acknowledged(&self, lsn: Lsn) {
+        self.acknowledged_lsn.set(lsn.as_i64_saturating());
         let done = lock(&self.pending).acknowledged(lsn);
         let now = SystemTime::now();
         for time in done {
@@ -434,13 +436,14 @@ mod tests {
     #[test]
     fn latency_is_measured_from_commit_to_acknowledgement_in_order() {
         let mut p = PendingCommits::default();
-        p.push(100, 1);
-        p.push(200, 2);
-        p.push(300, 3);
-        assert_eq!(p.acknowledged(99), Vec::<i64>::new());
-        assert_eq!(p.acknowledged(250), vec![1, 2]);
+        let at = Lsn::from_u64;
+        p.push(at(100), 1);
+        p.push(at(200), 2);
+        p.push(at(300), 3);
+        assert_eq!(p.acknowledged(at(99)), Vec::<i64>::new());
+        assert_eq!(p.acknowledged(at(250)), vec![1, 2]);
         p.clear();
-        assert!(p.acknowledged(u64::MAX).is_empty());
+        assert!(p.acknowledged(at(u64::MAX)).is_empty());
     }
 
     #[test]

@@ -19,9 +19,9 @@
 
 use std::time::Duration;
 
+use crate::lsn::Lsn;
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
-use pgwire_replication::Lsn;
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::backend::{DataRowBody, ErrorResponseBody, Message};
@@ -166,7 +166,7 @@ pub struct ExportedSlot {
     pub slot_name: String,
     /// Changes that commit at or after this LSN are streamed by the slot; everything before
     /// is in the snapshot.
-    pub consistent_point: u64,
+    pub consistent_point: Lsn,
     /// For `SET TRANSACTION SNAPSHOT`; valid while the session stays idle.
     pub snapshot_name: String,
     pub output_plugin: String,
@@ -187,9 +187,9 @@ impl ExportedSlot {
                 }
             ));
         };
-        let consistent_point = Lsn::parse(point)
-            .map_err(|_| format!("consistent_point {point:?} is not an LSN"))?
-            .as_u64();
+        let consistent_point = point
+            .parse::<Lsn>()
+            .map_err(|e| format!("consistent_point: {e}"))?;
         Ok(ExportedSlot {
             slot_name: slot.clone(),
             consistent_point,

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use ds_sync::ds::DsClient;
 use ds_sync::embedded::DsServerOptions;
+use ds_sync::lsn::Lsn;
 use ds_sync::pg::PgTarget;
 use ds_sync::pg::replication_session::ReplicationSession;
 
@@ -402,7 +403,7 @@ async fn the_replication_session_exports_a_snapshot_other_connections_can_use() 
     let exported = session.create_slot_exporting_snapshot(&slot).await.unwrap();
     assert_eq!(exported.slot_name, slot);
     assert_eq!(exported.output_plugin, "pgoutput");
-    assert!(exported.consistent_point > 0);
+    assert!(exported.consistent_point > Lsn::ZERO);
     sql.batch_execute("INSERT INTO t VALUES (2)").await.unwrap();
     let reader = db.client().await;
     reader

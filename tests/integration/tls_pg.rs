@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use ds_sync::capture::source::{SourceConfig, connect as replication_connect};
 use ds_sync::ds::{ClientOptions, DsClient};
 use ds_sync::embedded::{DsServer, DsServerOptions, LocalPostgres};
+use ds_sync::lsn::Lsn;
 use ds_sync::pg::PgTarget;
 use ds_sync::pg::replication_session::{ReplicationSession, SessionError};
 
@@ -252,7 +253,7 @@ async fn a_certificate_of_another_ca_is_refused_on_every_connection_kind() {
             policy: Default::default(),
             takeover: false,
         };
-        let e = match replication_connect(&good, &cfg, 0).await {
+        let e = match replication_connect(&good, &cfg, Lsn::ZERO).await {
             Ok(_) => panic!("{params}: the replication stream must refuse the certificate"),
             Err(e) => e,
         };
@@ -360,7 +361,7 @@ async fn sslmode_behaves_as_in_libpq() {
             policy: Default::default(),
             takeover: false,
         };
-        let mut stream = replication_connect(&sql, &cfg, 0)
+        let mut stream = replication_connect(&sql, &cfg, Lsn::ZERO)
             .await
             .unwrap_or_else(|e| panic!("{params}: replication stream: {e}"));
         stream.shutdown().await.ok();

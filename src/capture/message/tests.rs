@@ -14,7 +14,7 @@ const JSONB: u32 = 3802;
 
 const META: TxMeta = TxMeta {
     xid: 731,
-    commit_lsn: 0x16B_3748,
+    commit_lsn: Lsn::from_u64(0x16B_3748),
     commit_time_micros: 757_479_845_123_456,
 };
 

@@ -1,4 +1,4 @@
-//! Commit times and LSNs as the message headers show them.
+//! Commit times as the message headers show them, and the PostgreSQL epoch.
 //!
 //! PostgreSQL sends commit times as microseconds since 2000-01-01 00:00:00 UTC. Converting
 //! them needs only the proleptic Gregorian calendar, so it is done here with integer
@@ -6,8 +6,11 @@
 //! each, the calendar's exact period), and within an era into years and months counted from
 //! March, so that the leap day falls at the end of the counting year.
 
+/// Seconds from 1970-01-01 (the Unix epoch) to 2000-01-01 (the PostgreSQL epoch, from which
+/// PostgreSQL counts commit times and `now()` in its wire formats). The one definition.
+pub const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
 /// Days from 1970-01-01 to 2000-01-01.
-const PG_EPOCH_DAYS_FROM_UNIX: i64 = 10_957;
+const PG_EPOCH_DAYS_FROM_UNIX: i64 = PG_EPOCH_UNIX_SECS / SECONDS_PER_DAY;
 /// Days from 0000-03-01 to 1970-01-01 in the proleptic Gregorian calendar.
 const UNIX_EPOCH_DAYS_FROM_MARCH_0000: i64 = 719_468;
 const DAYS_PER_ERA: i64 = 146_097;
@@ -37,9 +40,13 @@ pub fn format_commit_time(micros_since_2000: i64) -> String {
     )
 }
 
-/// An LSN as PostgreSQL prints it: the high and low 32 bits in uppercase hex, `0/16B3748`.
-pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+/// Now, in microseconds since the PostgreSQL epoch (what a commit time counts); 0 for a
+/// clock set before 1970.
+pub fn pg_now_micros() -> i64 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    unix - PG_EPOCH_UNIX_SECS * MICROS_PER_SECOND
 }
 
 /// (year, month 1..=12, day 1..=31) of a day counted from 1970-01-01.
@@ -175,10 +182,10 @@ mod tests {
     }
 
     #[test]
-    fn lsns_print_like_postgres() {
-        assert_eq!(format_lsn(0), "0/0");
-        assert_eq!(format_lsn(0x16B_3748), "0/16B3748");
-        assert_eq!(format_lsn(0x1_0000_00AB), "1/AB");
-        assert_eq!(format_lsn(u64::MAX), "FFFFFFFF/FFFFFFFF");
+    fn the_pg_epoch_is_2000_01_01() {
+        assert_eq!(PG_EPOCH_DAYS_FROM_UNIX, 10_957);
+        assert_eq!(format_commit_time(0), "2000-01-01T00:00:00.000000Z");
+        let now = pg_now_micros();
+        assert!(format_commit_time(now).starts_with("20"), "{now}");
     }
 }

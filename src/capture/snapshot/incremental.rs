@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
+use crate::lsn::Lsn;
 use crate::pg::{PgError, PgTarget};
 use crate::pgoutput::{Relation, TupleData, TupleValue};
 use crate::waits::{self, Monitor};
@@ -82,8 +83,8 @@ struct Active {
     /// the low watermark) places the chunk exactly as the first time.
     window: Option<Window>,
     /// The transaction that carries the chunk's rows, and its end once committed.
-    emitted_in: Option<u64>,
-    confirm_at: Option<u64>,
+    emitted_in: Option<Lsn>,
+    confirm_at: Option<Lsn>,
 }
 
 struct Chunk {
@@ -298,7 +299,7 @@ impl Incremental {
     /// transaction `tx` (high's), plus the table they belong to.
     pub fn chunk_messages(
         &mut self,
-        tx: u64,
+        tx: Lsn,
         time_micros: i64,
     ) -> Result<(u32, std::sync::Arc<message::TableInfo>, Vec<RowMessage>), CaptureError> {
         let Some(a) = &mut self.active else {
@@ -333,7 +334,7 @@ impl Incremental {
     }
 
     /// A transaction committed: the chunk's transaction now has an end to wait for.
-    pub fn committed(&mut self, tx: u64, end_lsn: u64) {
+    pub fn committed(&mut self, tx: Lsn, end_lsn: Lsn) {
         if let Some(a) = &mut self.active
             && a.emitted_in == Some(tx)
         {
@@ -343,7 +344,7 @@ impl Incremental {
 
     /// Moves the work on: starts the next request, finishes a chunk the DS server has
     /// acknowledged (everything up to `confirmed`), issues the next chunk.
-    pub async fn poll(&mut self, sql: &Client, confirmed: u64) -> Result<(), CaptureError> {
+    pub async fn poll(&mut self, sql: &Client, confirmed: Lsn) -> Result<(), CaptureError> {
         loop {
             let Some(a) = &mut self.active else {
                 let Some(next) = self.queue.pop_front() else {

@@ -47,6 +47,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::ds::DsClient;
+use crate::lsn::Lsn;
 use crate::pg::replication_session::{ExportedSlot, ReplicationSession};
 use crate::slot;
 
@@ -54,7 +55,7 @@ use super::batch::Limits;
 use super::error::CaptureError;
 use super::fence::Fence;
 use super::identity::{self, SourceIdentity};
-use super::message::format_lsn;
+use super::message::pg_now_micros;
 use super::pipeline::CaptureConfig;
 use super::slot_lost::OnSlotLost;
 use super::source;
@@ -107,7 +108,7 @@ impl Default for SnapshotOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Prepared {
     /// Stream from this position, as this source incarnation.
-    Start(u64, Arc<SourceIdentity>),
+    Start(Lsn, Arc<SourceIdentity>),
     /// A shutdown came during the snapshot: the next start snapshots again.
     Stopped,
 }
@@ -122,68 +123,45 @@ pub async fn prepare(
     cfg: &CaptureConfig,
     fence: &Fence,
     known_lost: bool,
-    (shutdown, hard_stop): (&CancellationToken, &CancellationToken),
+    stops: (&CancellationToken, &CancellationToken),
 ) -> Result<Prepared, CaptureError> {
-    let slot_name = cfg.source.slot.as_str();
-    let Plan {
-        reason,
-        exists,
-        recorded,
-    } = plan(sql, cfg, known_lost).await?;
-    let Some(reason) = reason else {
-        return stream_only(sql, cfg, exists).await;
+    let plan = plan(sql, cfg, known_lost).await?;
+    let Some(reason) = plan.reason else {
+        return stream_only(sql, cfg, plan.exists).await;
     };
     tracing::info!(
-        slot = slot_name,
+        slot = %cfg.source.slot,
         reason = reason.as_str(),
         "taking a snapshot of the published tables"
     );
-    state::begin(sql, slot_name).await?;
-    if exists {
-        source::drop_slot(sql, &cfg.source).await?;
-    }
-    // The slot is gone now: taking it raises the epoch, fencing any process that had it.
-    fence.take(sql, cfg.source.takeover).await?;
-    let mut session = ReplicationSession::connect(&cfg.source.target).await?;
-    let Some(exported) = create_slot(sql, &mut session, slot_name, shutdown).await? else {
+    snapshot(sql, cfg, fence, &plan, stops).await
+}
+
+/// The snapshotting start: the slot (re)created with an exported snapshot, the published
+/// tables copied as of its consistent point, the snapshot recorded as done. Streaming
+/// starts at the consistent point (or the slot's position, if it moved on since).
+async fn snapshot(
+    sql: &Client,
+    cfg: &CaptureConfig,
+    fence: &Fence,
+    plan: &Plan,
+    (shutdown, hard_stop): (&CancellationToken, &CancellationToken),
+) -> Result<Prepared, CaptureError> {
+    let slot_name = cfg.source.slot.as_str();
+    let Some((session, exported)) = recreate_slot(sql, cfg, fence, plan.exists, shutdown).await?
+    else {
         tracing::info!(
             "stopped while the slot was being created; the next start takes the snapshot"
         );
         return Ok(Prepared::Stopped);
     };
     let point = exported.consistent_point;
-    tracing::info!(slot = slot_name, consistent_point = %format_lsn(point), "created replication slot with an exported snapshot");
-    state::set_point(sql, slot_name, &format_lsn(point)).await?;
+    tracing::info!(slot = slot_name, consistent_point = %point, "created replication slot with an exported snapshot");
+    state::set_point(sql, slot_name, point).await?;
     let identity = identity::created(sql, slot_name, point).await?;
-    let reset = exists || recorded != Recorded::Never;
-    let reset_streams = if reset {
-        state::streams(sql, slot_name).await?
-    } else {
-        Vec::new()
-    };
-    let tables = catalog::published_tables(sql, &cfg.source.publication).await?;
-    for table in &tables {
-        cfg.router.validate(&table.info)?;
-    }
-    let names: Vec<String> = tables.iter().map(|t| t.info.qualified_name()).collect();
-    let job = CopyJob {
-        read: ReadContext {
-            target: cfg.source.target.clone(),
-            snapshot: Some(exported.snapshot_name.clone()),
-            router: Arc::new(cfg.router.clone()),
-            lsn: point,
-            time_micros: now_micros(),
-        },
-        tables,
-        ds: cfg.ds.clone(),
-        limits: cfg.limits,
-        max_in_flight: cfg.max_in_flight,
-        max_buffer_bytes: cfg.max_buffer_bytes,
-        workers: cfg.snapshot.workers,
-        consistent_point: point,
-        reset,
-        reset_streams,
-    };
+    let reset = plan.exists || plan.recorded != Recorded::Never;
+    let job = copy_job(sql, cfg, &exported, reset).await?;
+    let names: Vec<String> = job.tables.iter().map(|t| t.info.qualified_name()).collect();
     let record = StreamRecord {
         sql,
         slot: slot_name,
@@ -194,12 +172,7 @@ pub async fn prepare(
     session.terminate().await;
     match end? {
         CopyEnd::Done { rows } => {
-            state::finish(sql, slot_name, rows).await?;
-            for name in &names {
-                signals::record_table(sql, slot_name, name).await?;
-            }
-            signals::record_baseline(sql, slot_name).await?;
-            let start = source::confirmed_position(sql, slot_name).await?;
+            let start = record_done(sql, slot_name, rows, &names).await?;
             Ok(Prepared::Start(start.max(point), identity))
         }
         CopyEnd::Stopped => {
@@ -207,6 +180,83 @@ pub async fn prepare(
             Ok(Prepared::Stopped)
         }
     }
+}
+
+/// Marks the snapshot running, drops the slot when it `exists`, takes the fence and
+/// creates the slot again on a replication session that exports its snapshot. The session
+/// must stay open (and idle) while the snapshot is read. `None` when `shutdown` came first.
+async fn recreate_slot(
+    sql: &Client,
+    cfg: &CaptureConfig,
+    fence: &Fence,
+    exists: bool,
+    shutdown: &CancellationToken,
+) -> Result<Option<(ReplicationSession, ExportedSlot)>, CaptureError> {
+    let slot_name = cfg.source.slot.as_str();
+    state::begin(sql, slot_name).await?;
+    if exists {
+        source::drop_slot(sql, &cfg.source).await?;
+    }
+    // The slot is gone now: taking it raises the epoch, fencing any process that had it.
+    fence.take(sql, cfg.source.takeover).await?;
+    let mut session = ReplicationSession::connect(&cfg.source.target).await?;
+    let exported = create_slot(sql, &mut session, slot_name, shutdown).await?;
+    Ok(exported.map(|exported| (session, exported)))
+}
+
+/// What the snapshot copies and where: the published tables (each checked against the
+/// routes) read in the exported snapshot, with a `reset` first to every stream an earlier
+/// snapshot or the slot's changes wrote to when `reset`.
+async fn copy_job(
+    sql: &Client,
+    cfg: &CaptureConfig,
+    exported: &ExportedSlot,
+    reset: bool,
+) -> Result<CopyJob, CaptureError> {
+    let slot_name = cfg.source.slot.as_str();
+    let reset_streams = if reset {
+        state::streams(sql, slot_name).await?
+    } else {
+        Vec::new()
+    };
+    let tables = catalog::published_tables(sql, &cfg.source.publication).await?;
+    for table in &tables {
+        cfg.router.validate(&table.info)?;
+    }
+    Ok(CopyJob {
+        read: ReadContext {
+            target: cfg.source.target.clone(),
+            snapshot: Some(exported.snapshot_name.clone()),
+            router: Arc::new(cfg.router.clone()),
+            lsn: exported.consistent_point,
+            time_micros: pg_now_micros(),
+        },
+        tables,
+        ds: cfg.ds.clone(),
+        limits: cfg.limits,
+        max_in_flight: cfg.max_in_flight,
+        max_buffer_bytes: cfg.max_buffer_bytes,
+        workers: cfg.snapshot.workers,
+        consistent_point: exported.consistent_point,
+        reset,
+        reset_streams,
+    })
+}
+
+/// Records a finished snapshot: done with its row count, its tables (for snapshots taken
+/// while streaming) and the signal baseline. Returns the slot's confirmed position.
+async fn record_done(
+    sql: &Client,
+    slot_name: &str,
+    rows: u64,
+    tables: &[String],
+) -> Result<Lsn, CaptureError> {
+    state::finish(sql, slot_name, rows).await?;
+    for name in tables {
+        signals::record_table(sql, slot_name, name).await?;
+    }
+    signals::record_baseline(sql, slot_name).await?;
+    source::confirmed_position(sql, slot_name).await
 }
 
 /// What a start does: snapshot (and why) or only stream.
@@ -317,7 +367,7 @@ pub struct CopyJob {
     /// Tables read at once.
     pub workers: usize,
     /// Snapshot messages sort just below this position.
-    pub consistent_point: u64,
+    pub consistent_point: Lsn,
     /// Send `reset` before each stream's `snapshot-start`.
     pub reset: bool,
     /// Streams framed (and reset) even when no row goes to them now.
@@ -431,13 +481,4 @@ fn spawn_readers(
         });
     }
     readers
-}
-
-/// Now, in microseconds since 2000-01-01 UTC (the PostgreSQL epoch).
-fn now_micros() -> i64 {
-    const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64);
-    unix - PG_EPOCH_UNIX_SECS * 1_000_000
 }

@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::error::SqlState;
 
+use crate::lsn::Lsn;
 use crate::pg::{PgError, PgTarget};
 
 use super::super::error::CaptureError;
@@ -50,7 +51,7 @@ pub struct ReadContext {
     pub snapshot: Option<String>,
     pub router: Arc<Router>,
     /// `headers.lsn` of snapshot rows.
-    pub lsn: u64,
+    pub lsn: Lsn,
     /// `headers.timestamp` of snapshot rows (µs since 2000-01-01).
     pub time_micros: i64,
 }

@@ -3,6 +3,7 @@
 
 use tokio_postgres::Client;
 
+use crate::lsn::Lsn;
 use crate::pg::PgError;
 
 use super::SnapshotMode;
@@ -85,10 +86,10 @@ pub async fn begin(sql: &Client, slot: &str) -> Result<(), PgError> {
 }
 
 /// Records the slot's consistent point.
-pub async fn set_point(sql: &Client, slot: &str, lsn: &str) -> Result<(), PgError> {
+pub async fn set_point(sql: &Client, slot: &str, lsn: Lsn) -> Result<(), PgError> {
     sql.execute(
         "UPDATE ds_sync.snapshots SET consistent_point = $2::text::pg_lsn WHERE slot_name = $1",
-        &[&slot, &lsn],
+        &[&slot, &lsn.to_string()],
     )
     .await
     .map_err(|e| PgError::query("recording the snapshot's consistent point", &e))?;

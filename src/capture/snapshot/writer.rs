@@ -2,7 +2,7 @@
 //! sequence numbers that sort before every change the slot streams.
 //!
 //! Each stream's snapshot section is `[reset] snapshot-start, insert..., snapshot-end`.
-//! Its messages carry `Seq { commit_lsn: consistent_point - 1, index: 0, 1, 2, ... }`,
+//! Its messages carry `Seq { commit_lsn: consistent_point.prev(), index: 0, 1, 2, ... }`,
 //! counted per stream in the order they are queued, which is the order they are POSTed
 //! (one POST in flight per stream). Changes the slot streams commit at or after the
 //! consistent point, so their sequences are higher; a later snapshot (restart, `always`)
@@ -18,6 +18,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::ds::DsClient;
+use crate::lsn::Lsn;
 
 use super::super::batch::{Limits, OutMessage, Queues, Seq};
 use super::super::error::CaptureError;
@@ -40,15 +41,15 @@ pub struct StreamRecord<'a> {
 /// Per-stream sequence numbers of one snapshot. Pure.
 #[derive(Debug)]
 pub struct SnapshotSeqs {
-    base: u64,
+    base: Lsn,
     next: HashMap<Arc<str>, u32>,
 }
 
 impl SnapshotSeqs {
     /// Sequences just below `consistent_point`.
-    pub fn new(consistent_point: u64) -> SnapshotSeqs {
+    pub fn new(consistent_point: Lsn) -> SnapshotSeqs {
         SnapshotSeqs {
-            base: consistent_point.saturating_sub(1),
+            base: consistent_point.prev(),
             next: HashMap::new(),
         }
     }
@@ -90,7 +91,7 @@ impl<'a> Writer<'a> {
         ds: DsClient,
         limits: Limits,
         max_in_flight: usize,
-        consistent_point: u64,
+        consistent_point: Lsn,
         reset: bool,
         record: Option<StreamRecord<'a>>,
         hard_stop: &CancellationToken,
@@ -153,7 +154,14 @@ impl<'a> Writer<'a> {
     ) -> Result<(), CaptureError> {
         let key = self.touch(Some(table), stream).await?;
         let seq = self.seqs.next(&key)?;
-        self.queues.push(&key, OutMessage { json, tx: 0, seq });
+        self.queues.push(
+            &key,
+            OutMessage {
+                json,
+                tx: Lsn::ZERO,
+                seq,
+            },
+        );
         self.rows += 1;
         Ok(())
     }
@@ -161,7 +169,14 @@ impl<'a> Writer<'a> {
     fn push_json(&mut self, key: &Arc<str>, value: &serde_json::Value) -> Result<(), CaptureError> {
         let json = Bytes::from(serde_json::to_vec(value).unwrap_or_default());
         let seq = self.seqs.next(key)?;
-        self.queues.push(key, OutMessage { json, tx: 0, seq });
+        self.queues.push(
+            key,
+            OutMessage {
+                json,
+                tx: Lsn::ZERO,
+                seq,
+            },
+        );
         Ok(())
     }
 
@@ -212,7 +227,7 @@ mod tests {
 
     #[test]
     fn snapshot_seqs_sit_below_the_consistent_point_and_count_per_stream() {
-        let mut seqs = SnapshotSeqs::new(0x1_0000_0010);
+        let mut seqs = SnapshotSeqs::new(Lsn::from_u64(0x1_0000_0010));
         let a: Arc<str> = Arc::from("a");
         let b: Arc<str> = Arc::from("b");
         let a0 = seqs.next(&a).unwrap();
@@ -221,11 +236,11 @@ mod tests {
         assert_eq!((a0.index, a1.index, b0.index), (0, 1, 0));
         assert!(a0 < a1);
         let first_change = Seq {
-            commit_lsn: 0x1_0000_0010,
+            commit_lsn: Lsn::from_u64(0x1_0000_0010),
             index: 0,
         };
         assert!(a1 < first_change && b0 < first_change);
-        let mut later = SnapshotSeqs::new(0x1_0000_0011);
+        let mut later = SnapshotSeqs::new(Lsn::from_u64(0x1_0000_0011));
         assert!(
             later.next(&a).unwrap() > a1,
             "a later snapshot sorts after this one"

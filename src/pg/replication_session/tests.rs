@@ -52,7 +52,7 @@ fn the_slot_row_becomes_an_exported_slot() {
     let texts = row_texts(&row).unwrap();
     let slot = ExportedSlot::from_row(&texts).unwrap();
     assert_eq!(slot.slot_name, "s1");
-    assert_eq!(slot.consistent_point, 0x16B3748);
+    assert_eq!(slot.consistent_point, Lsn::from_u64(0x16B3748));
     assert_eq!(slot.snapshot_name, "00000003-00000002-1");
     assert_eq!(slot.output_plugin, "pgoutput");
 }

@@ -27,7 +27,6 @@
 use std::collections::HashSet;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement, Transaction};
 use tokio_util::sync::CancellationToken;
 
@@ -239,20 +238,15 @@ enum Outcome {
     OffsetMoved(Vec<String>),
 }
 
+/// Retry or stop, by the class of the error (see [`crate::pg::sqlstate`]): a transaction
+/// that lost a race, a lost connection or a server going away is retried from the stored
+/// offsets; so is any failure on a connection that is closed now (the outcome of the
+/// transaction is unknown). Refused data that the jsonb probe cannot find, a constraint
+/// that refuses a row and any other refusal stop ingest with the server's message: trying
+/// the same rows again would fail the same way.
 fn classify(client: &Client, e: &tokio_postgres::Error) -> Failure {
     let reason = describe(e);
-    let retry = client.is_closed()
-        || e.as_db_error().is_none()
-        || e.code().is_some_and(|c| {
-            let code = c.code();
-            // Conflicts, serialization failures, shutdown, too many connections.
-            code.starts_with("40")
-                || code.starts_with("57")
-                || code.starts_with("53")
-                || code.starts_with("08")
-                || *c == SqlState::UNIQUE_VIOLATION
-        });
-    if retry {
+    if client.is_closed() || crate::pg::classify(e).is_transient() {
         Failure::Retry(reason)
     } else {
         Failure::Fatal(reason)

@@ -156,34 +156,8 @@ pub async fn prepare(
     state::set_point(sql, slot_name, &format_lsn(point)).await?;
     let identity = identity::created(sql, slot_name, point).await?;
     let reset = exists || recorded != Recorded::Never;
-    let reset_streams = if reset {
-        state::streams(sql, slot_name).await?
-    } else {
-        Vec::new()
-    };
-    let tables = catalog::published_tables(sql, &cfg.source.publication).await?;
-    for table in &tables {
-        cfg.router.validate(&table.info)?;
-    }
-    let names: Vec<String> = tables.iter().map(|t| t.info.qualified_name()).collect();
-    let job = CopyJob {
-        read: ReadContext {
-            target: cfg.source.target.clone(),
-            snapshot: Some(exported.snapshot_name.clone()),
-            router: Arc::new(cfg.router.clone()),
-            lsn: point,
-            time_micros: now_micros(),
-        },
-        tables,
-        ds: cfg.ds.clone(),
-        limits: cfg.limits,
-        max_in_flight: cfg.max_in_flight,
-        max_buffer_bytes: cfg.max_buffer_bytes,
-        workers: cfg.snapshot.workers,
-        consistent_point: point,
-        reset,
-        reset_streams,
-    };
+    let job = copy_job(sql, cfg, &exported, reset).await?;
+    let names: Vec<String> = job.tables.iter().map(|t| t.info.qualified_name()).collect();
     let record = StreamRecord {
         sql,
         slot: slot_name,
@@ -207,6 +181,44 @@ pub async fn prepare(
             Ok(Prepared::Stopped)
         }
     }
+}
+
+/// The initial snapshot's copy of every published table, read in the exported snapshot;
+/// `reset` first sends a reset to every stream the slot's tables wrote to.
+async fn copy_job(
+    sql: &Client,
+    cfg: &CaptureConfig,
+    exported: &ExportedSlot,
+    reset: bool,
+) -> Result<CopyJob, CaptureError> {
+    let reset_streams = if reset {
+        state::streams(sql, &cfg.source.slot).await?
+    } else {
+        Vec::new()
+    };
+    let tables = catalog::published_tables(sql, &cfg.source.publication).await?;
+    for table in &tables {
+        cfg.router.validate(&table.info)?;
+    }
+    let point = exported.consistent_point;
+    Ok(CopyJob {
+        read: ReadContext {
+            target: cfg.source.target.clone(),
+            snapshot: Some(exported.snapshot_name.clone()),
+            router: Arc::new(cfg.router.clone()),
+            lsn: point,
+            time_micros: now_micros(),
+        },
+        tables,
+        ds: cfg.ds.clone(),
+        limits: cfg.limits,
+        max_in_flight: cfg.max_in_flight,
+        max_buffer_bytes: cfg.max_buffer_bytes,
+        workers: cfg.snapshot.workers,
+        consistent_point: point,
+        reset,
+        reset_streams,
+    })
 }
 
 /// What a start does: snapshot (and why) or only stream.

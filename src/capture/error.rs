@@ -2,6 +2,8 @@
 //! reconnect and resume from the slot's confirmed position; the rest stop capture with a
 //! hint.
 
+use tokio_postgres::error::SqlState;
+
 use crate::ds::DsError;
 use crate::lsn::LsnParseError;
 use crate::pg::PgError;
@@ -40,8 +42,35 @@ pub enum CaptureError {
         #[source]
         source: LsnParseError,
     },
-    #[error("replication connection: {reason}")]
-    Replication { reason: String, transient: bool },
+    /// The replication stream failed (see [`ReplicationFailure`]).
+    #[error("replication connection: {0}")]
+    Replication(ReplicationFailure),
+    /// The TLS settings cannot be used for the replication connection (a certificate or key
+    /// file).
+    #[error("replication connection: TLS settings: {0}")]
+    ReplicationTls(#[source] crate::tls::TlsError),
+    /// The slot has no confirmed position yet (still being created, or not a logical slot):
+    /// read again after a backoff, never a start from 0/0.
+    #[error(
+        "replication slot '{slot}' has no confirmed_flush_lsn yet (still being created, or not a logical slot)"
+    )]
+    NoConfirmedPosition { slot: String },
+    /// pgoutput sent a row change between transactions: this session lost track of the
+    /// stream, and resuming from the slot's confirmed position is the safe answer.
+    #[error("replication connection: a row change arrived outside a transaction")]
+    OutsideTransaction,
+    /// A transaction has more messages than a `Stream-Seq` index can number.
+    #[error(
+        "replication connection: transaction {tx} has more than {} messages",
+        u32::MAX
+    )]
+    TooManyMessages { tx: String },
+    /// A change message could not be serialized as JSON.
+    #[error("replication connection: cannot serialize a message: {0}")]
+    Serialize(#[source] serde_json::Error),
+    /// A task delivering batches to the DS server panicked or was aborted.
+    #[error("replication connection: a delivery task failed: {0}")]
+    DeliveryTask(#[source] tokio::task::JoinError),
     #[error("cannot decode pgoutput message at {lsn}: {source}")]
     Decode {
         lsn: String,
@@ -121,6 +150,65 @@ fn row_too_large_hint(reply: Option<&crate::ds::ServerReply>) -> String {
     }
 }
 
+/// A failure of the replication stream library, with the SQLSTATE of a server error read
+/// once from its text (the library hands the server's error over as a string).
+#[derive(Debug)]
+pub struct ReplicationFailure {
+    pub error: pgwire_replication::PgWireError,
+    /// The server's SQLSTATE, for [`pgwire_replication::PgWireError::Server`].
+    pub code: Option<SqlState>,
+}
+
+impl ReplicationFailure {
+    #[must_use]
+    pub fn new(error: pgwire_replication::PgWireError) -> ReplicationFailure {
+        let code = match &error {
+            pgwire_replication::PgWireError::Server(msg) => crate::pg::sqlstate_in_message(msg),
+            _ => None,
+        };
+        ReplicationFailure { error, code }
+    }
+
+    /// The server's message, for a server error.
+    #[must_use]
+    pub fn server_message(&self) -> Option<&str> {
+        match &self.error {
+            pgwire_replication::PgWireError::Server(msg) => Some(msg),
+            _ => None,
+        }
+    }
+
+    /// Whether a new replication connection can succeed: the connection broke (I/O) or its
+    /// worker ended; the server answered with a transient SQLSTATE (see
+    /// [`crate::pg::sqlstate`]) or said the slot is held by another walsender (55006, waited
+    /// for). Authentication, TLS and protocol failures are definite. A server error without a
+    /// code is matched on PostgreSQL's wording of a held slot, the one case worth waiting for.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        use pgwire_replication::PgWireError as E;
+        match (&self.error, &self.code) {
+            (E::Io(_) | E::Task(_), _) => true,
+            (E::Server(_), Some(code)) => {
+                *code == SqlState::OBJECT_IN_USE || crate::pg::is_transient_code(code)
+            }
+            (E::Server(msg), None) => msg.contains("is active for PID"),
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for ReplicationFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl From<pgwire_replication::PgWireError> for CaptureError {
+    fn from(e: pgwire_replication::PgWireError) -> Self {
+        CaptureError::Replication(ReplicationFailure::new(e))
+    }
+}
+
 impl From<crate::pg::replication_session::SessionError> for CaptureError {
     fn from(e: crate::pg::replication_session::SessionError) -> Self {
         CaptureError::Session(Box::new(e))
@@ -131,7 +219,8 @@ impl CaptureError {
     /// Whether reconnecting and resuming from the slot's confirmed position can help.
     pub fn is_transient(&self) -> bool {
         match self {
-            CaptureError::Replication { transient, .. } => *transient,
+            CaptureError::Replication(failure) => failure.is_transient(),
+            CaptureError::OutsideTransaction | CaptureError::NoConfirmedPosition { .. } => true,
             CaptureError::Pg(e) => e.is_transient(),
             CaptureError::Slot(SlotError::Pg(e)) => e.is_transient(),
             CaptureError::Publication(e) => publication_transient(e),
@@ -171,6 +260,69 @@ impl CaptureError {
             CaptureError::Pg(e) => e.hint(),
             CaptureError::Session(e) => e.hint(),
             _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use pgwire_replication::PgWireError;
+
+    use super::*;
+
+    #[test]
+    fn replication_failures_are_classified_by_their_sqlstate() {
+        let server = |m: &str| PgWireError::Server(m.to_owned());
+        let table = [
+            (
+                server("replication slot \"s\" is active for PID 7 (SQLSTATE 55006)"),
+                true,
+            ),
+            (server("replication slot \"s\" is active for PID 7"), true),
+            (
+                server("terminating connection due to administrator command (SQLSTATE 57P01)"),
+                true,
+            ),
+            (
+                server("the database system is starting up (SQLSTATE 57P03)"),
+                true,
+            ),
+            (
+                server("sorry, too many clients already (SQLSTATE 53300)"),
+                true,
+            ),
+            (server("could not serialize access (SQLSTATE 40001)"), true),
+            (
+                server("publication \"p\" does not exist (SQLSTATE 42704)"),
+                false,
+            ),
+            (
+                server("logical decoding requires wal_level >= logical (SQLSTATE 55000)"),
+                false,
+            ),
+            (
+                server("a message quoting (SQLSTATE 57P01) then (SQLSTATE 42501)"),
+                false,
+            ),
+            (server("no code"), false),
+            (
+                PgWireError::Io(Arc::new(std::io::Error::other("reset"))),
+                true,
+            ),
+            (PgWireError::Task("worker ended".into()), true),
+            (
+                PgWireError::Auth("password authentication failed".into()),
+                false,
+            ),
+            (PgWireError::Protocol("unexpected message".into()), false),
+        ];
+        for (error, transient) in table {
+            let text = error.to_string();
+            let e = CaptureError::from(error);
+            assert_eq!(e.is_transient(), transient, "{text}");
+            assert_eq!(e.to_string(), format!("replication connection: {text}"));
         }
     }
 }

@@ -40,7 +40,7 @@ use super::identity::SourceIdentity;
 use super::ledger::{Ledger, TxId};
 use super::message::{self, ChangeRef, RowMessage, TableInfo, TxMeta};
 use super::route::Router;
-use super::sender::Deliveries;
+use super::sender::{Deliveries, Landed};
 use super::slot_lost::{self, OnSlotLost};
 use super::snapshot::incremental::Incremental;
 use super::source::{self, SourceConfig};
@@ -299,13 +299,8 @@ impl OpenTx {
         let index = self.next_index;
         self.next_index = index
             .checked_add(1)
-            .ok_or_else(|| CaptureError::Replication {
-                reason: format!(
-                    "transaction {} has more than {} messages",
-                    self.id,
-                    u32::MAX
-                ),
-                transient: false,
+            .ok_or_else(|| CaptureError::TooManyMessages {
+                tx: self.id.to_string(),
             })?;
         Ok(index)
     }
@@ -403,8 +398,8 @@ impl<'a> Session<'a> {
             let probe_warning = self.snap.probe_warning_at();
             tokio::select! {
                 biased;
-                Some(done) = self.deliveries.next(&mut self.queues), if !self.deliveries.is_empty() => {
-                    if let Some(batch) = done? {
+                done = self.deliveries.next(&mut self.queues), if !self.deliveries.is_empty() => {
+                    if let Landed::Held(batch) = done? {
                         for (tx, n) in batch.tx_counts() {
                             self.ledger.acked(tx, n);
                         }
@@ -449,7 +444,7 @@ impl<'a> Session<'a> {
             match event {
                 Ok(Some(event)) => self.event(event, repl).await?,
                 Ok(None) => return Ok(Some(SessionEnd::ServerEnded)),
-                Err(e) => return Err(source::replication_error(&e)),
+                Err(e) => return Err(CaptureError::from(e)),
             }
             handled += 1;
             if handled < READ_AHEAD && self.queues.buffered_bytes() < self.cfg.max_buffer_bytes {
@@ -562,10 +557,7 @@ impl<'a> Session<'a> {
     /// Commit; anything else means this session lost track of the stream, and resuming from
     /// the slot's confirmed position is the safe answer (never dropping the change).
     fn open_tx(&mut self) -> Result<&mut OpenTx, CaptureError> {
-        self.tx.as_mut().ok_or_else(|| CaptureError::Replication {
-            reason: "a row change arrived outside a transaction".into(),
-            transient: true,
-        })
+        self.tx.as_mut().ok_or(CaptureError::OutsideTransaction)
     }
 
     fn table(&self, oid: u32) -> Result<Arc<TableInfo>, CaptureError> {
@@ -673,10 +665,7 @@ impl<'a> Session<'a> {
     ) -> Result<(), CaptureError> {
         let json = serde_json::to_vec(&row.message)
             .map(Bytes::from)
-            .map_err(|e| CaptureError::Replication {
-                reason: format!("cannot serialize a message: {e}"),
-                transient: false,
-            })?;
+            .map_err(CaptureError::Serialize)?;
         let tx = self.open_tx()?;
         let id = tx.id;
         let seq = Seq {

@@ -52,6 +52,17 @@ pub enum Delivery {
     Fenced(Box<CaptureError>),
 }
 
+/// What became of the POST [`Deliveries::next`] waited for.
+#[derive(Debug)]
+pub enum Landed {
+    /// The server holds the batch: its messages can be acknowledged.
+    Held(Batch),
+    /// The server refused it as too large; its halves are queued again.
+    Split,
+    /// No POST was in flight.
+    Idle,
+}
+
 /// The POSTs of one set of [`Queues`] (the capture loop's, or a snapshot writer's): at most
 /// `max_in_flight` at once, each stream created before this process's first POST to it.
 pub struct Deliveries {
@@ -126,21 +137,13 @@ impl Deliveries {
         }
     }
 
-    /// Waits for one POST to finish and books it in `queues`: `Some(batch)` when the server
-    /// holds the batch (for the caller's acknowledgements), `None` when it was split and
-    /// queued again. `None` from the outer option when no POST is running.
-    pub async fn next(
-        &mut self,
-        queues: &mut Queues,
-    ) -> Option<Result<Option<Batch>, CaptureError>> {
-        let joined = self.in_flight.join_next().await?;
-        Some(match joined {
-            Ok((batch, delivery)) => self.delivered(queues, batch, delivery),
-            Err(e) => Err(CaptureError::Replication {
-                reason: format!("a delivery task failed: {e}"),
-                transient: false,
-            }),
-        })
+    /// Waits for one POST to finish and books it in `queues`.
+    pub async fn next(&mut self, queues: &mut Queues) -> Result<Landed, CaptureError> {
+        match self.in_flight.join_next().await {
+            None => Ok(Landed::Idle),
+            Some(Ok((batch, delivery))) => self.delivered(queues, batch, delivery),
+            Some(Err(e)) => Err(CaptureError::DeliveryTask(e)),
+        }
     }
 
     /// Stops retrying and waits for every POST still running (at most one request each),
@@ -155,7 +158,7 @@ impl Deliveries {
         queues: &mut Queues,
         batch: Batch,
         delivery: Delivery,
-    ) -> Result<Option<Batch>, CaptureError> {
+    ) -> Result<Landed, CaptureError> {
         match delivery {
             Delivery::Written | Delivery::AlreadyWritten => {
                 let accepted = matches!(delivery, Delivery::Written);
@@ -164,13 +167,13 @@ impl Deliveries {
                 }
                 self.ensured.insert(Arc::clone(&batch.stream));
                 queues.finished(&batch, accepted);
-                Ok(Some(batch))
+                Ok(Landed::Held(batch))
             }
             Delivery::TooLarge(error) => match batch.clone().split() {
                 Some((a, b)) => {
                     tracing::info!(stream = %batch.stream, messages = batch.messages.len(), "batch too large for the server, splitting");
                     queues.requeue_front(vec![a, b]);
-                    Ok(None)
+                    Ok(Landed::Split)
                 }
                 None => Err(too_large(&batch, &error)),
             },

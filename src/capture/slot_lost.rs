@@ -24,6 +24,10 @@
 //! table and every client starts over, and a slot that keeps being lost needs a larger
 //! `max_slot_wal_keep_size` or a consumer that keeps up, which an operator should decide.
 
+use tokio_postgres::error::SqlState;
+
+use super::error::ReplicationFailure;
+
 /// What `run` does when the server invalidated its slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -44,13 +48,18 @@ impl OnSlotLost {
     }
 }
 
-/// Whether a server error of the replication connection says the slot was invalidated.
-/// PostgreSQL 15-16: "can no longer get changes from replication slot"; 17+: "can no longer
-/// access replication slot"; 14: "cannot read from logical replication slot ... has been
-/// invalidated"; all with SQLSTATE 55000. Pure.
-pub fn is_lost_message(message: &str) -> bool {
+/// Whether a failure of the replication connection says the slot was invalidated: a server
+/// error with SQLSTATE 55000 (object not in prerequisite state) in the words of PostgreSQL
+/// 15-16 ("can no longer get changes from replication slot"), 17+ ("can no longer access
+/// replication slot") or 14 ("cannot read from logical replication slot ... has been
+/// invalidated"). 55000 also says other things (`wal_level` too low), so the wording tells
+/// them apart. Pure.
+pub fn is_lost(failure: &ReplicationFailure) -> bool {
+    let Some(message) = failure.server_message() else {
+        return false;
+    };
     let lower = message.to_ascii_lowercase();
-    lower.contains("55000")
+    failure.code == Some(SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
         && (lower.contains("can no longer")
             || lower.contains("has been invalidated")
             || lower.contains("cannot read from logical replication slot"))
@@ -77,6 +86,10 @@ pub fn announce(slot: &str, policy: OnSlotLost) {
 mod tests {
     use super::*;
 
+    fn failure(msg: &str) -> ReplicationFailure {
+        ReplicationFailure::new(pgwire_replication::PgWireError::Server(msg.to_owned()))
+    }
+
     #[test]
     fn invalidation_errors_of_every_supported_version_are_recognised() {
         for msg in [
@@ -84,15 +97,20 @@ mod tests {
             "ERROR: can no longer access replication slot \"s\" (SQLSTATE 55000)",
             "ERROR: cannot read from logical replication slot \"s\": This slot has been invalidated because it exceeded the maximum reserved size. (SQLSTATE 55000)",
         ] {
-            assert!(is_lost_message(msg), "{msg}");
+            assert!(is_lost(&failure(msg)), "{msg}");
         }
         for msg in [
             "ERROR: replication slot \"s\" is active for PID 7 (SQLSTATE 55006)",
             "ERROR: replication slot \"s\" does not exist (SQLSTATE 42704)",
             "ERROR: logical decoding requires wal_level >= logical (SQLSTATE 55000)",
+            "ERROR: can no longer get changes from replication slot \"s\" (SQLSTATE 42704)",
+            "ERROR: can no longer get changes from replication slot \"s\"",
         ] {
-            assert!(!is_lost_message(msg), "{msg}");
+            assert!(!is_lost(&failure(msg)), "{msg}");
         }
+        let io = std::io::Error::other("can no longer (SQLSTATE 55000)");
+        let io = ReplicationFailure::new(pgwire_replication::PgWireError::Io(io.into()));
+        assert!(!is_lost(&io), "only a server error says the slot is lost");
     }
 
     #[test]

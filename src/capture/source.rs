@@ -12,7 +12,7 @@ use crate::pg::{PgError, PgTarget};
 use crate::publication::{self, IdentityPolicy, PublicationError, Request, TableSpec};
 use crate::slot;
 
-use super::error::CaptureError;
+use super::error::{CaptureError, ReplicationFailure};
 
 /// Where capture reads from.
 #[derive(Debug, Clone)]
@@ -81,11 +81,8 @@ pub async fn confirmed_position(sql: &Client, slot_name: &str) -> Result<Lsn, Ca
         return Err(CaptureError::SlotLost(slot_name.to_string()));
     }
     info.confirmed_flush_lsn
-        .ok_or_else(|| CaptureError::Replication {
-            reason: format!(
-                "replication slot '{slot_name}' has no confirmed_flush_lsn yet (still being created, or not a logical slot)"
-            ),
-            transient: true,
+        .ok_or_else(|| CaptureError::NoConfirmedPosition {
+            slot: slot_name.to_owned(),
         })
 }
 
@@ -183,25 +180,20 @@ pub async fn connect(
         }
         let tls = match step {
             Step::Plain => TlsConfig::disabled(),
-            Step::Tls | Step::TlsIfOffered => {
-                t.ssl()
-                    .pgwire(&t.host())
-                    .map_err(|e| CaptureError::Replication {
-                        reason: format!("TLS settings: {e}"),
-                        transient: false,
-                    })?
-            }
+            Step::Tls | Step::TlsIfOffered => t
+                .ssl()
+                .pgwire(&t.host())
+                .map_err(CaptureError::ReplicationTls)?,
         };
         match start_stream(cfg, start, &publications, tls).await {
             Ok(client) => return Ok(client),
-            Err(pgwire_replication::PgWireError::Server(msg))
-                if super::slot_lost::is_lost_message(&msg) =>
-            {
-                return Err(CaptureError::SlotLost(cfg.slot.clone()));
-            }
             Err(e) => {
-                let refused = !matches!(e, pgwire_replication::PgWireError::Io(_));
-                failed.push((step, replication_error(&e), refused));
+                let failure = ReplicationFailure::new(e);
+                if super::slot_lost::is_lost(&failure) {
+                    return Err(CaptureError::SlotLost(cfg.slot.clone()));
+                }
+                let refused = !matches!(failure.error, pgwire_replication::PgWireError::Io(_));
+                failed.push((step, CaptureError::Replication(failure), refused));
             }
         }
     }
@@ -239,21 +231,6 @@ async fn start_stream(
     let mut client = ReplicationClient::connect(repl_cfg).await?;
     client.wait_started().await?;
     Ok(client)
-}
-
-/// Server and I/O errors of the replication connection; "slot active" and connection
-/// problems are worth a retry, authentication and protocol errors are not.
-pub fn replication_error(e: &pgwire_replication::PgWireError) -> CaptureError {
-    use pgwire_replication::PgWireError as E;
-    let reason = e.to_string();
-    let transient = match e {
-        E::Io(_) | E::Task(_) => true,
-        E::Server(msg) => {
-            msg.contains("55006") || msg.contains("is active for PID") || msg.contains("57P01")
-        }
-        _ => false,
-    };
-    CaptureError::Replication { reason, transient }
 }
 
 /// The primary key of a table, in key order, or `None` without one.

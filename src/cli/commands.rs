@@ -287,7 +287,7 @@ async fn request_snapshot(
             args.table, args.table
         )));
     };
-    if let Err(why) = incremental::chunkable(&client, found).await? {
+    if let incremental::Chunking::Impossible(why) = incremental::chunkable(&client, found).await? {
         return Err(CliError::Invalid(format!(
             "table {} cannot be snapshotted while streaming: {why}",
             args.table

@@ -36,7 +36,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{MutexGuard, oneshot};
+use tokio::sync::MutexGuard;
 use tokio::time::Instant;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +47,7 @@ use super::lane::Out;
 use super::memory::{Full, OVERFLOW_WAIT, READ_HEADROOM};
 use super::state::Status;
 use super::subscription::{Subscription, with_hint};
-use super::writer::{Commit, CommitFailed};
+use super::writer::{Answer, Commit, CommitOutcome};
 use crate::ds::{Backoff, BodyRead, CatchUpRead, DsError, OFFSET_START};
 use crate::pg::{PgTarget, describe};
 
@@ -289,7 +289,7 @@ impl Subscription {
         stop: &CancellationToken,
     ) -> Result<u64, Lost> {
         let rows = (held.rows.len() + held.dead.len()) as u64;
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = Answer::channel();
         let commit = Commit {
             stream: self.stream.clone(),
             prev_offset: self.offset.clone(),
@@ -304,15 +304,15 @@ impl Subscription {
         }
         let landed = tokio::select! {
             () = stop.cancelled() => return Err(Lost::Stopped),
-            a = answer => a,
+            a = answer.landed() => a,
         };
         match landed {
-            Ok(Ok(())) => Ok(rows),
-            Ok(Err(CommitFailed::Retry { committed, reason })) => {
+            CommitOutcome::Committed => Ok(rows),
+            CommitOutcome::Retry { committed, reason } => {
                 self.offset = committed;
                 Err(Lost::Writer(reason))
             }
-            Ok(Err(CommitFailed::Stopped)) | Err(_) => Err(Lost::Stopped),
+            CommitOutcome::Stopped => Err(Lost::Stopped),
         }
     }
 

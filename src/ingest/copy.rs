@@ -20,7 +20,6 @@ use std::pin::Pin;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::{CopyInSink, ToStatement, Transaction};
 
@@ -305,10 +304,7 @@ pub async fn upsert_offsets(
 /// program limit): then the rows it refuses can be found and set aside.
 #[must_use]
 pub fn is_data_error(e: &tokio_postgres::Error) -> bool {
-    e.code().is_some_and(|c| {
-        let code = c.code();
-        code.starts_with("22") || code == SqlState::PROGRAM_LIMIT_EXCEEDED.code()
-    })
+    crate::pg::classify(e) == crate::pg::ErrorClass::Data
 }
 
 /// Probes each row's payload as `jsonb` (on a connection with no failed transaction) and

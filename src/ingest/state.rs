@@ -129,82 +129,159 @@ pub fn channel() -> (StateSender, StateReceiver) {
 /// Writes updates until every sender is gone (or `hard_stop`), then writes what is left.
 pub async fn report(target: PgTarget, receiver: StateReceiver, hard_stop: CancellationToken) {
     let StateReceiver { mut rx, memory } = receiver;
-    let mut latest: HashMap<String, StateUpdate> = HashMap::new();
-    let mut written: HashMap<String, (usize, usize)> = HashMap::new();
-    let mut memory_due = tokio::time::Instant::now() + MEMORY_EVERY;
-    let mut client: Option<Client> = None;
+    let mut reporter = Reporter::new(target, memory);
     let mut open = true;
-    let mut failing = false;
-    let mut retry_at = None;
-    let mut backoff = crate::ds::Backoff::default();
     while open {
+        match reporter.gather(&mut rx, &hard_stop).await {
+            Gathered::Due => {}
+            Gathered::AllSendersGone => open = false,
+            Gathered::HardStop => return,
+        }
+        reporter.record_memory(!open).await;
+        if reporter.flush(open, &hard_stop).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What one flush period of [`Reporter::gather`] ended with.
+enum Gathered {
+    /// The period is over: time to write.
+    Due,
+    /// Every sender is gone: write what is left, then end.
+    AllSendersGone,
+    HardStop,
+}
+
+/// `hard_stop` came while a write was in progress.
+struct Stopped;
+
+/// The reporter's state between flushes: the latest update per stream, the memory figures
+/// written last, its connection and how it is doing at writing.
+struct Reporter {
+    target: PgTarget,
+    memory: MemoryWatch,
+    client: Option<Client>,
+    latest: HashMap<String, StateUpdate>,
+    written: HashMap<String, (usize, usize)>,
+    memory_due: tokio::time::Instant,
+    /// The last write failed (said once per outage).
+    failing: bool,
+    /// After a failure, when the next write may be tried.
+    retry_at: Option<tokio::time::Instant>,
+    backoff: crate::ds::Backoff,
+}
+
+impl Reporter {
+    fn new(target: PgTarget, memory: MemoryWatch) -> Reporter {
+        Reporter {
+            target,
+            memory,
+            client: None,
+            latest: HashMap::new(),
+            written: HashMap::new(),
+            memory_due: tokio::time::Instant::now() + MEMORY_EVERY,
+            failing: false,
+            retry_at: None,
+            backoff: crate::ds::Backoff::default(),
+        }
+    }
+
+    /// Collects updates for one flush period, keeping the latest per stream (and whether
+    /// any of them stored events).
+    async fn gather(
+        &mut self,
+        rx: &mut mpsc::Receiver<StateUpdate>,
+        hard_stop: &CancellationToken,
+    ) -> Gathered {
         let deadline = tokio::time::sleep(FLUSH_EVERY);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
-                () = &mut deadline => break,
-                () = hard_stop.cancelled() => return,
+                () = &mut deadline => return Gathered::Due,
+                () = hard_stop.cancelled() => return Gathered::HardStop,
                 msg = rx.recv() => match msg {
-                    Some(mut u) => match latest.get_mut(&u.stream) {
-                        Some(old) => {
-                            u.stored_events |= old.stored_events;
-                            *old = u;
-                        }
-                        None => {
-                            latest.insert(u.stream.clone(), u);
-                        }
-                    },
-                    None => { open = false; break; }
+                    Some(u) => self.keep(u),
+                    None => return Gathered::AllSendersGone,
                 },
             }
         }
-        if tokio::time::Instant::now() >= memory_due || !open {
-            memory_due = tokio::time::Instant::now() + MEMORY_EVERY;
-            let figures = changed_memory(&memory, &mut written);
-            if !figures.is_empty()
-                && let Err(e) = write_memory(&target, &mut client, &figures).await
-            {
-                tracing::debug!(error = %e, "cannot record ingest memory figures");
-                client = None;
-                for (stream, _, _) in figures {
-                    written.remove(&stream);
-                }
+    }
+
+    fn keep(&mut self, mut u: StateUpdate) {
+        match self.latest.get_mut(&u.stream) {
+            Some(old) => {
+                u.stored_events |= old.stored_events;
+                *old = u;
+            }
+            None => {
+                self.latest.insert(u.stream.clone(), u);
             }
         }
-        // After a failure, the next try waits its backoff (a flush is due 4 times a second);
-        // the last flush, once every sender is gone, is always tried.
-        let backing_off = retry_at.is_some_and(|at| tokio::time::Instant::now() < at);
-        if latest.is_empty() || (open && backing_off) {
-            continue;
+    }
+
+    /// Writes the memory figures that changed, once a second (and on the last pass).
+    async fn record_memory(&mut self, last: bool) {
+        if tokio::time::Instant::now() < self.memory_due && !last {
+            return;
         }
-        let batch: Vec<StateUpdate> = latest.drain().map(|(_, u)| u).collect();
+        self.memory_due = tokio::time::Instant::now() + MEMORY_EVERY;
+        let figures = changed_memory(&self.memory, &mut self.written);
+        if !figures.is_empty()
+            && let Err(e) = write_memory(&self.target, &mut self.client, &figures).await
+        {
+            tracing::debug!(error = %e, "cannot record ingest memory figures");
+            self.client = None;
+            for (stream, _, _) in figures {
+                self.written.remove(&stream);
+            }
+        }
+    }
+
+    /// Writes the collected states. After a failure, the next try waits its backoff (a
+    /// flush is due 4 times a second); the last flush, once every sender is gone (`open`
+    /// false), is always tried.
+    async fn flush(&mut self, open: bool, hard_stop: &CancellationToken) -> Result<(), Stopped> {
+        let backing_off = self
+            .retry_at
+            .is_some_and(|at| tokio::time::Instant::now() < at);
+        if self.latest.is_empty() || (open && backing_off) {
+            return Ok(());
+        }
+        let batch: Vec<StateUpdate> = self.latest.drain().map(|(_, u)| u).collect();
         let outcome = tokio::select! {
-            () = hard_stop.cancelled() => return,
-            outcome = write(&target, &mut client, &batch) => outcome,
+            () = hard_stop.cancelled() => return Err(Stopped),
+            outcome = write(&self.target, &mut self.client, &batch) => outcome,
         };
         match outcome {
-            Ok(()) if failing => {
-                tracing::info!("subscription state is recorded again");
-                failing = false;
-                retry_at = None;
-                backoff.reset();
-            }
-            Ok(()) => {}
-            Err(e) => {
-                retry_at = Some(tokio::time::Instant::now() + backoff.next_delay());
-                // Said once per outage, not on every flush; the states wait for the next
-                // try unless a newer one replaces them meanwhile.
-                if failing {
-                    tracing::debug!(error = %e, "still cannot record subscription state");
-                } else {
-                    tracing::warn!(error = %e, updates = batch.len(), "cannot record subscription state; retrying");
-                }
-                failing = true;
-                client = None;
-                for u in batch {
-                    latest.entry(u.stream.clone()).or_insert(u);
-                }
-            }
+            Ok(()) => self.recorded(),
+            Err(e) => self.failed(&e, batch),
+        }
+        Ok(())
+    }
+
+    fn recorded(&mut self) {
+        if self.failing {
+            tracing::info!("subscription state is recorded again");
+            self.failing = false;
+            self.retry_at = None;
+            self.backoff.reset();
+        }
+    }
+
+    /// Schedules the next try; the states wait for it unless a newer one replaces them
+    /// meanwhile. Said once per outage, not on every flush.
+    fn failed(&mut self, e: &crate::pg::PgError, batch: Vec<StateUpdate>) {
+        self.retry_at = Some(tokio::time::Instant::now() + self.backoff.next_delay());
+        if self.failing {
+            tracing::debug!(error = %e, "still cannot record subscription state");
+        } else {
+            tracing::warn!(error = %e, updates = batch.len(), "cannot record subscription state; retrying");
+        }
+        self.failing = true;
+        self.client = None;
+        for u in batch {
+            self.latest.entry(u.stream.clone()).or_insert(u);
         }
     }
 }

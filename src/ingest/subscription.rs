@@ -23,7 +23,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,7 @@ use super::decode::{Pending, decode};
 use super::ledger::{Ledger, Reached};
 use super::memory::{Budget, Full, ITEM_HEADROOM, Meter, OVERFLOW_WAIT, READ_HEADROOM};
 use super::state::{StateSender, StateUpdate, Status};
-use super::writer::{Commit, CommitFailed};
+use super::writer::{Answer, Commit, CommitOutcome};
 use crate::ds::{Backoff, BodyRead, DsClient, DsError, OFFSET_START, SseSubscription};
 use crate::pg::PgTarget;
 use crate::sse::DsItem;
@@ -338,7 +338,7 @@ impl Subscription {
     /// queueing one transaction per event behind the last.
     async fn read(&mut self, mut sse: SseSubscription, stop: &CancellationToken) -> End {
         let mut ledger = Ledger::default();
-        let mut answer: Option<oneshot::Receiver<Result<(), CommitFailed>>> = None;
+        let mut answer: Option<Answer> = None;
         let mut progressed = false;
         let mut full_since: Option<Instant> = None;
         loop {
@@ -378,7 +378,7 @@ impl Subscription {
             let has_answer = answer.is_some();
             let landed = async {
                 match answer.as_mut() {
-                    Some(rx) => rx.await,
+                    Some(rx) => rx.landed().await,
                     None => std::future::pending().await,
                 }
             };
@@ -467,12 +467,8 @@ impl Subscription {
 
     /// Hands a batch to the writer with the bytes it holds; its reply is awaited by the
     /// read loop.
-    async fn send(
-        &mut self,
-        batch: Pending,
-        next_offset: String,
-    ) -> Result<oneshot::Receiver<Result<(), CommitFailed>>, End> {
-        let (reply, answer) = oneshot::channel();
+    async fn send(&mut self, batch: Pending, next_offset: String) -> Result<Answer, End> {
+        let (reply, answer) = Answer::channel();
         let charge = self.meter.charge(batch.bytes());
         let commit = Commit {
             stream: self.stream.clone(),
@@ -490,40 +486,31 @@ impl Subscription {
     }
 
     /// The writer's answer: the offset moves on (`Ok(closed)`), or the subscription ends.
-    fn finish(
-        &mut self,
-        answer: Result<Result<(), CommitFailed>, oneshot::error::RecvError>,
-        ledger: &mut Ledger,
-    ) -> Result<bool, End> {
+    fn finish(&mut self, answer: CommitOutcome, ledger: &mut Ledger) -> Result<bool, End> {
         let Some(sent) = ledger.landed() else {
             return Err(End::Stopped);
         };
         match answer {
-            Ok(Ok(())) => {
+            CommitOutcome::Committed => {
                 crate::observe::ingest().offset(&self.stream, Some(&sent.next_offset));
                 self.offset = Some(sent.next_offset);
                 self.committed(sent.up_to_date, sent.stored_events);
                 Ok(sent.closed)
             }
-            Ok(Err(CommitFailed::Retry { committed, reason })) => {
+            CommitOutcome::Retry { committed, reason } => {
                 self.offset = committed;
                 Err(End::Retry(reason))
             }
-            Ok(Err(CommitFailed::Stopped)) | Err(_) => Err(End::Stopped),
+            CommitOutcome::Stopped => Err(End::Stopped),
         }
     }
 
     /// Waits for the commit in flight, then commits what is ready; ends with `end` unless
     /// that ends the subscription otherwise (closed, a failed commit).
-    async fn settle(
-        &mut self,
-        mut ledger: Ledger,
-        mut answer: Option<oneshot::Receiver<Result<(), CommitFailed>>>,
-        end: End,
-    ) -> End {
+    async fn settle(&mut self, mut ledger: Ledger, mut answer: Option<Answer>, end: End) -> End {
         loop {
-            if let Some(rx) = answer.take() {
-                let landed = rx.await;
+            if let Some(mut rx) = answer.take() {
+                let landed = rx.landed().await;
                 match self.finish(landed, &mut ledger) {
                     Ok(true) => return End::StreamClosed,
                     Ok(false) => {}

@@ -27,7 +27,6 @@
 use std::collections::HashSet;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement, Transaction};
 use tokio_util::sync::CancellationToken;
 
@@ -50,21 +49,23 @@ pub struct Commit {
     pub dead: Vec<DeadLetter>,
     /// The memory the rows hold, given back once the writer is done with them.
     pub charge: Option<Charge>,
-    pub reply: oneshot::Sender<Result<(), CommitFailed>>,
+    pub reply: oneshot::Sender<CommitOutcome>,
 }
 
 impl Commit {
     /// Answers the subscription, after giving the commit's memory back.
-    fn answer(self, outcome: Result<(), CommitFailed>) {
+    fn answer(self, outcome: CommitOutcome) {
         let Commit { reply, charge, .. } = self;
         drop(charge);
         let _ = reply.send(outcome);
     }
 }
 
-/// Why a commit did not happen.
+/// The writer's answer to one commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CommitFailed {
+pub enum CommitOutcome {
+    /// Stored with its offset.
+    Committed,
     /// Nothing of it was stored; resume from `committed`, the offset stored now.
     Retry {
         committed: Option<String>,
@@ -72,6 +73,24 @@ pub enum CommitFailed {
     },
     /// Ingest is stopping (or stopped with an error of its own).
     Stopped,
+}
+
+/// Where the writer's answer to one commit arrives.
+#[derive(Debug)]
+pub struct Answer(oneshot::Receiver<CommitOutcome>);
+
+impl Answer {
+    /// The reply side for a [`Commit`] and the answer it sends.
+    #[must_use]
+    pub fn channel() -> (oneshot::Sender<CommitOutcome>, Answer) {
+        let (reply, answer) = oneshot::channel();
+        (reply, Answer(answer))
+    }
+
+    /// Waits for the answer; a writer that is gone without answering has stopped.
+    pub async fn landed(&mut self) -> CommitOutcome {
+        (&mut self.0).await.unwrap_or(CommitOutcome::Stopped)
+    }
 }
 
 /// Limits of one transaction.
@@ -129,7 +148,7 @@ pub async fn run(
         let outcome = tokio::select! {
             r = write_batch(&mut client, &mut copy_statement, &mut batch) => r,
             () = hard_stop.cancelled() => {
-                fail_all(batch, &CommitFailed::Stopped);
+                fail_all(batch, &CommitOutcome::Stopped);
                 return Ok(());
             }
         };
@@ -138,11 +157,11 @@ pub async fn run(
                 backoff.reset();
                 crate::observe::ingest().stored(&batch, started.elapsed());
                 for c in batch {
-                    c.answer(Ok(()));
+                    c.answer(CommitOutcome::Committed);
                 }
             }
             Err(Failure::Fatal(reason)) => {
-                fail_all(batch, &CommitFailed::Stopped);
+                fail_all(batch, &CommitOutcome::Stopped);
                 return Err(IngestError::Write { reason });
             }
             Err(Failure::Retry(reason)) => {
@@ -184,9 +203,9 @@ fn weight(c: &Commit) -> usize {
     c.rows.len() + c.dead.len() + 1
 }
 
-fn fail_all(batch: Vec<Commit>, why: &CommitFailed) {
+fn fail_all(batch: Vec<Commit>, why: &CommitOutcome) {
     for c in batch {
-        c.answer(Err(why.clone()));
+        c.answer(why.clone());
     }
 }
 
@@ -239,20 +258,15 @@ enum Outcome {
     OffsetMoved(Vec<String>),
 }
 
+/// Retry or stop, by the class of the error (see [`crate::pg::sqlstate`]): a transaction
+/// that lost a race, a lost connection or a server going away is retried from the stored
+/// offsets; so is any failure on a connection that is closed now (the outcome of the
+/// transaction is unknown). Refused data that the jsonb probe cannot find, a constraint
+/// that refuses a row and any other refusal stop ingest with the server's message: trying
+/// the same rows again would fail the same way.
 fn classify(client: &Client, e: &tokio_postgres::Error) -> Failure {
     let reason = describe(e);
-    let retry = client.is_closed()
-        || e.as_db_error().is_none()
-        || e.code().is_some_and(|c| {
-            let code = c.code();
-            // Conflicts, serialization failures, shutdown, too many connections.
-            code.starts_with("40")
-                || code.starts_with("57")
-                || code.starts_with("53")
-                || code.starts_with("08")
-                || *c == SqlState::UNIQUE_VIOLATION
-        });
-    if retry {
+    if client.is_closed() || crate::pg::classify(e).is_transient() {
         Failure::Retry(reason)
     } else {
         Failure::Fatal(reason)
@@ -352,7 +366,7 @@ async fn reply_stored(
                 Ok(stored) => {
                     for (c, committed) in batch.into_iter().zip(stored) {
                         let reason = reason.to_owned();
-                        c.answer(Err(CommitFailed::Retry { committed, reason }));
+                        c.answer(CommitOutcome::Retry { committed, reason });
                     }
                     return Ok(client);
                 }
@@ -366,7 +380,7 @@ async fn reply_stored(
                 target.connect().await
             } => connected,
             () = hard_stop.cancelled() => {
-                fail_all(batch, &CommitFailed::Stopped);
+                fail_all(batch, &CommitOutcome::Stopped);
                 return Ok(client);
             }
         };

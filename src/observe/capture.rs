@@ -346,7 +346,7 @@ impl CaptureMetrics {
 pub fn reconnect_cause(error: &crate::capture::CaptureError) -> &'static str {
     use crate::capture::CaptureError as E;
     match error {
-        E::Replication { .. } => "replication_connection",
+        E::Replication(_) | E::OutsideTransaction => "replication_connection",
         E::Pg(crate::pg::PgError::Connect { .. }) => "postgres_unreachable",
         E::Pg(_) => "postgres_error",
         E::SlotBusy { .. } => "slot_busy",

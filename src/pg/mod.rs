@@ -7,6 +7,7 @@
 
 pub mod ident;
 pub mod replication_session;
+pub mod sqlstate;
 pub mod ssl;
 pub mod tls_connect;
 
@@ -58,7 +59,7 @@ pub enum PgError {
         context: String,
         reason: String,
         code: Option<SqlState>,
-        /// The connection was lost or the server is going away: see [`is_transient`].
+        /// Trying again can succeed (the class of the SQLSTATE, see [`sqlstate`]).
         transient: bool,
     },
 }
@@ -106,51 +107,18 @@ impl PgError {
     }
 }
 
-/// SQLSTATEs that say the connection or the server, not the statement, failed: class 08
-/// (connection exception), 57P01-57P03 (terminated by an administrator, crash shutdown,
-/// cannot connect now) and class 53 (insufficient resources, too many connections).
-const TRANSIENT_CODES: &[SqlState] = &[
-    SqlState::CONNECTION_EXCEPTION,
-    SqlState::CONNECTION_DOES_NOT_EXIST,
-    SqlState::CONNECTION_FAILURE,
-    SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
-    SqlState::SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION,
-    SqlState::TRANSACTION_RESOLUTION_UNKNOWN,
-    SqlState::PROTOCOL_VIOLATION,
-    SqlState::ADMIN_SHUTDOWN,
-    SqlState::CRASH_SHUTDOWN,
-    SqlState::CANNOT_CONNECT_NOW,
-    SqlState::INSUFFICIENT_RESOURCES,
-    SqlState::DISK_FULL,
-    SqlState::OUT_OF_MEMORY,
-    SqlState::TOO_MANY_CONNECTIONS,
-    SqlState::CONFIGURATION_LIMIT_EXCEEDED,
-];
+pub use sqlstate::{ErrorClass, classify, classify_code, sqlstate_in_message};
 
-/// Whether a SQLSTATE is one of [`TRANSIENT_CODES`].
+/// Whether a SQLSTATE says trying again can succeed (see [`sqlstate`] for each class).
 pub fn is_transient_code(code: &SqlState) -> bool {
-    TRANSIENT_CODES.contains(code)
+    classify_code(code).is_transient()
 }
 
-/// Whether a tokio-postgres error is worth a retry on a new connection: the connection is
-/// closed, broke (I/O), or the server answered with a [`TRANSIENT_CODES`] SQLSTATE.
+/// Whether a tokio-postgres error is worth a retry (on a new connection where needed): the
+/// connection is closed or broke (I/O), or the server's SQLSTATE is transient (see
+/// [`sqlstate`]).
 pub fn is_transient(err: &tokio_postgres::Error) -> bool {
-    if err.is_closed() {
-        return true;
-    }
-    match err.code() {
-        Some(code) => is_transient_code(code),
-        None => {
-            let mut source = std::error::Error::source(err);
-            while let Some(cause) = source {
-                if cause.is::<std::io::Error>() {
-                    return true;
-                }
-                source = cause.source();
-            }
-            false
-        }
-    }
+    classify(err).is_transient()
 }
 
 /// A human description of a tokio-postgres error: the server's message, SQLSTATE, detail
@@ -596,26 +564,7 @@ mod tests {
     }
 
     #[test]
-    fn lost_connections_and_a_going_away_server_are_transient_refusals_are_not() {
-        for code in [
-            SqlState::ADMIN_SHUTDOWN,
-            SqlState::CRASH_SHUTDOWN,
-            SqlState::CANNOT_CONNECT_NOW,
-            SqlState::CONNECTION_FAILURE,
-            SqlState::TOO_MANY_CONNECTIONS,
-            SqlState::OUT_OF_MEMORY,
-        ] {
-            assert!(is_transient_code(&code), "{}", code.code());
-        }
-        for code in [
-            SqlState::INVALID_PASSWORD,
-            SqlState::UNDEFINED_TABLE,
-            SqlState::INSUFFICIENT_PRIVILEGE,
-            SqlState::QUERY_CANCELED,
-            SqlState::UNIQUE_VIOLATION,
-        ] {
-            assert!(!is_transient_code(&code), "{}", code.code());
-        }
+    fn refused_logins_are_definite_an_unreached_or_busy_server_is_not() {
         let refused = |code: Option<SqlState>| PgError::Connect {
             target: "t".into(),
             reason: "r".into(),

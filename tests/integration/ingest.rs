@@ -368,6 +368,38 @@ async fn a_gone_stream_stops_its_subscription_with_the_way_out() {
 }
 
 #[tokio::test]
+async fn a_constraint_that_refuses_a_row_stops_ingest_with_its_name() {
+    let s = setup("ing_constraint", DsServerOptions::default()).await;
+    s.ds.ensure_stream("twice").await.unwrap();
+    let ingest = Ingest::start(&s.db, &s.server.url(), &["twice"], DEFAULT_MAX_EVENT_BYTES).await;
+    s.post("twice", r#"[{"key":"once"}]"#).await;
+    s.wait_rows("twice", 1).await;
+    s.wait_caught_up("twice").await;
+    let stored = s.stored_offset("twice").await;
+    // A rule of the operator's own: a second row with the same key is refused. Retrying the
+    // same row cannot succeed, so ingest stops and says which constraint refused it.
+    s.sql
+        .batch_execute("CREATE UNIQUE INDEX session_events_key_once ON session_events (event_key)")
+        .await
+        .unwrap();
+    s.post("twice", r#"[{"key":"once"}]"#).await;
+    let error = ingest.failure().await;
+    assert!(
+        matches!(error, ds_sync::ingest::IngestError::Write { .. }),
+        "{error}"
+    );
+    let text = error.to_string();
+    assert!(text.contains("session_events_key_once"), "{text}");
+    assert!(text.contains("SQLSTATE 23505"), "{text}");
+    assert_eq!(s.count("twice").await, 1, "what was committed stays");
+    assert_eq!(
+        s.stored_offset("twice").await,
+        stored,
+        "the offset stays before the refused row, for a restart to resume from"
+    );
+}
+
+#[tokio::test]
 async fn messages_postgres_refuses_become_dead_letters_alone() {
     let s = setup("ing_refused", DsServerOptions::default()).await;
     let base = s.server.url();

@@ -60,6 +60,19 @@ impl Ingest {
         }
     }
 
+    /// Waits for ingest to stop on its own with an error; panics when it is still running
+    /// after [`PATIENCE`] or ends without one.
+    pub async fn failure(self) -> IngestError {
+        let result = tokio::time::timeout(PATIENCE, self.handle)
+            .await
+            .expect("ingest stops with an error")
+            .expect("ingest task");
+        match result {
+            Ok(()) => panic!("ingest ended without an error"),
+            Err(e) => e,
+        }
+    }
+
     /// Graceful stop; panics if ingest failed.
     pub async fn stop(self) {
         self.shutdown.cancel();

@@ -37,7 +37,7 @@ use super::super::error::CaptureError;
 use super::super::message::{self, RowMessage};
 use super::super::source;
 use super::catalog::{self, SnapshotTable};
-use super::signals::{self, SignalKind, Unfinished};
+use super::signals::{self, Mark, SignalKind, Unfinished};
 use super::window::Window;
 
 /// Rows per chunk when not configured.
@@ -367,7 +367,7 @@ impl Incremental {
                     Some(Chunk { end: Some(end), .. }) => a.after = Some(end),
                     _ => {
                         let (request, table) = (a.request, a.table.info.qualified_name());
-                        signals::mark(sql, &self.slot, "done", &table, request, None, None).await?;
+                        signals::mark(sql, Mark::done(&self.slot, &table, request)).await?;
                         tracing::info!(table, request, "snapshot done");
                         self.queued.remove(&request);
                         self.active = None;
@@ -414,7 +414,10 @@ impl Incremental {
                 "it is not in publication '{}' any more",
                 self.publication
             )),
-            Some(t) => chunkable(sql, t).await?.err(),
+            Some(t) => match chunkable(sql, t).await? {
+                Chunking::Possible => None,
+                Chunking::Impossible(why) => Some(why),
+            },
         };
         match (found, problem) {
             (Some(table), None) => {
@@ -431,7 +434,7 @@ impl Incremental {
             }
             (_, problem) => {
                 tracing::warn!(table = %req.table, request = req.request, reason = problem.unwrap_or_default(), "snapshot request skipped");
-                signals::mark(sql, &self.slot, "done", &req.table, req.request, None, None).await?;
+                signals::mark(sql, Mark::done(&self.slot, &req.table, req.request)).await?;
                 Ok(None)
             }
         }
@@ -484,15 +487,20 @@ async fn tables_at_start(
     Ok(known)
 }
 
+/// Whether a table can be read in key-ordered chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chunking {
+    Possible,
+    /// Why not, with the way out.
+    Impossible(String),
+}
+
 /// Whether a table can be read in key-ordered chunks: it needs a primary key whose columns
-/// are all published. `Err` says why not.
-pub async fn chunkable(
-    sql: &Client,
-    table: &SnapshotTable,
-) -> Result<Result<(), String>, CaptureError> {
+/// are all published.
+pub async fn chunkable(sql: &Client, table: &SnapshotTable) -> Result<Chunking, CaptureError> {
     let pk = source::primary_key(sql, table.info.relation.oid).await?;
     let Some(pk) = pk else {
-        return Ok(Err("it has no primary key to read it in chunks by; add one (ALTER TABLE .. ADD PRIMARY KEY)".into()));
+        return Ok(Chunking::Impossible("it has no primary key to read it in chunks by; add one (ALTER TABLE .. ADD PRIMARY KEY)".into()));
     };
     let keys: Vec<&str> = table
         .info
@@ -501,19 +509,19 @@ pub async fn chunkable(
         .map(|&i| table.info.relation.columns[i].name.as_str())
         .collect();
     if keys.len() != pk.len() || keys.iter().zip(&pk).any(|(a, b)| a != b) {
-        return Ok(Err(format!(
+        return Ok(Chunking::Impossible(format!(
             "its primary key ({}) is not fully in the publication's column list",
             pk.join(", ")
         )));
     }
-    Ok(Ok(()))
+    Ok(Chunking::Possible)
 }
 
 /// Low watermark, the chunk's read, high watermark: three transactions, in this order.
 async fn issue(sql: &Client, slot: &str, a: &Active, limit: usize) -> Result<Chunk, CaptureError> {
     let name = a.table.info.qualified_name();
     let after = a.after.as_deref();
-    let low = signals::mark(sql, slot, "low", &name, a.request, after, None).await?;
+    let low = signals::mark(sql, Mark::low(slot, &name, a.request, after)).await?;
     let keys: Vec<&str> = a
         .table
         .info
@@ -546,7 +554,11 @@ async fn issue(sql: &Client, slot: &str, a: &Active, limit: usize) -> Result<Chu
                 .collect::<Vec<String>>()
         })
     };
-    let high = signals::mark(sql, slot, "high", &name, a.request, after, end.as_deref()).await?;
+    let high = signals::mark(
+        sql,
+        Mark::high(slot, &name, a.request, after, end.as_deref()),
+    )
+    .await?;
     tracing::debug!(table = %name, rows = rows.len(), low, high, "chunk read between watermarks");
     Ok(Chunk {
         low,

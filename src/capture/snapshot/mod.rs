@@ -421,7 +421,9 @@ async fn copy(
         let room = writer.buffered_bytes() < job.max_buffer_bytes;
         tokio::select! {
             biased;
-            Some(done) = writer.next_delivery(), if writer.has_in_flight() => done?,
+            done = writer.next_delivery(), if writer.has_in_flight() => {
+                done?;
+            }
             _ = hard_stop.cancelled() => return Err(CaptureError::Interrupted),
             _ = shutdown.cancelled() => return Ok(CopyEnd::Stopped),
             item = rx.recv(), if reading && room => match item {

@@ -34,6 +34,17 @@ pub enum SignalKind {
 }
 
 impl SignalKind {
+    /// The `kind` text of a signal row.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalKind::Request => "snapshot",
+            SignalKind::Low => "low",
+            SignalKind::High => "high",
+            SignalKind::Done => "done",
+            SignalKind::Probe => "probe",
+        }
+    }
+
     pub fn parse(text: &str) -> Option<SignalKind> {
         Some(match text {
             "snapshot" => SignalKind::Request,
@@ -118,23 +129,74 @@ pub async fn request(sql: &Client, slot: &str, table: &str) -> Result<i64, PgErr
     Ok(row.get(0))
 }
 
-/// Inserts a watermark (or `done`) row of request `request`; returns its id. Each call is
-/// its own transaction, so its commit orders it in the WAL.
-pub async fn mark(
-    sql: &Client,
-    slot: &str,
-    kind: &str,
-    table: &str,
-    request: i64,
-    start: Option<&[String]>,
-    end: Option<&[String]>,
-) -> Result<i64, PgError> {
+/// A watermark or `done` row of a snapshot request, as [`mark`] writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark<'a> {
+    pub slot: &'a str,
+    pub kind: SignalKind,
+    /// `schema.name` of the table the request snapshots.
+    pub table: &'a str,
+    pub request: i64,
+    /// The key the chunk starts after (`None`: the table's start).
+    pub start: Option<&'a [String]>,
+    /// The chunk's last key (`None`: the chunk reaches the table's end).
+    pub end: Option<&'a [String]>,
+}
+
+impl<'a> Mark<'a> {
+    /// The low watermark of the chunk after `start`.
+    pub fn low(slot: &'a str, table: &'a str, request: i64, start: Option<&'a [String]>) -> Self {
+        Mark {
+            slot,
+            kind: SignalKind::Low,
+            table,
+            request,
+            start,
+            end: None,
+        }
+    }
+
+    /// The high watermark of the chunk after `start`, which ends at `end`.
+    pub fn high(
+        slot: &'a str,
+        table: &'a str,
+        request: i64,
+        start: Option<&'a [String]>,
+        end: Option<&'a [String]>,
+    ) -> Self {
+        Mark {
+            kind: SignalKind::High,
+            end,
+            ..Mark::low(slot, table, request, start)
+        }
+    }
+
+    /// The request is finished (or skipped).
+    pub fn done(slot: &'a str, table: &'a str, request: i64) -> Self {
+        Mark {
+            kind: SignalKind::Done,
+            ..Mark::low(slot, table, request, None)
+        }
+    }
+}
+
+/// Inserts a watermark (or `done`) row; returns its id. Each call is its own transaction,
+/// so its commit orders it in the WAL.
+pub async fn mark(sql: &Client, mark: Mark<'_>) -> Result<i64, PgError> {
+    let kind = mark.kind.as_str();
     let row = sql
         .query_one(
             "INSERT INTO ds_sync.signals \
              (slot_name, kind, table_name, request_id, chunk_start, chunk_end) \
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            &[&slot, &kind, &table, &request, &start, &end],
+            &[
+                &mark.slot,
+                &kind,
+                &mark.table,
+                &mark.request,
+                &mark.start,
+                &mark.end,
+            ],
         )
         .await
         .map_err(|e| PgError::query(format!("inserting a {kind} signal"), &e))?;
@@ -316,5 +378,14 @@ mod tests {
         );
         assert!(parse_signal(&[("id", Some("x"))]).is_none());
         assert!(SignalKind::parse("other").is_none());
+        for kind in [
+            SignalKind::Request,
+            SignalKind::Low,
+            SignalKind::High,
+            SignalKind::Done,
+            SignalKind::Probe,
+        ] {
+            assert_eq!(SignalKind::parse(kind.as_str()), Some(kind));
+        }
     }
 }

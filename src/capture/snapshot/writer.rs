@@ -25,7 +25,7 @@ use super::super::error::CaptureError;
 use super::super::fence::Fence;
 use super::super::identity::SourceIdentity;
 use super::super::message::{self, SnapshotControl};
-use super::super::sender::Deliveries;
+use super::super::sender::{Deliveries, Landed};
 use super::super::streams::StreamBook;
 use super::state;
 
@@ -210,10 +210,10 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    /// Waits for one POST to finish and books it; `None` when none is in flight.
-    pub async fn next_delivery(&mut self) -> Option<Result<(), CaptureError>> {
-        let done = self.deliveries.next(&mut self.queues).await?;
-        Some(done.map(drop))
+    /// Waits for one POST to finish and books it (nothing to wait for when none is in
+    /// flight).
+    pub async fn next_delivery(&mut self) -> Result<Landed, CaptureError> {
+        self.deliveries.next(&mut self.queues).await
     }
 
     pub fn has_in_flight(&self) -> bool {

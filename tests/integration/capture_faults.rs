@@ -6,39 +6,28 @@ use std::time::Duration;
 use ds_sync::ds::DsClient;
 use ds_sync::embedded::DsServerOptions;
 
-use crate::kit::{CaptureProcess, Rng, Scenario, scenario, start_streaming, wait_for};
+use crate::kit::{
+    CaptureProcess, Rng, Scenario, Wait, scenario, start_streaming, stream_keys, wait_until,
+};
 
 const LONG: Duration = Duration::from_secs(90);
 
 /// Waits until the stream holds `n` messages, then checks they are exactly 1..=n in order.
 async fn expect_exactly_once(client: &DsClient, stream: &str, n: i64, capture: &CaptureProcess) {
-    let deadline = tokio::time::Instant::now() + LONG;
-    let got = loop {
-        let k = crate::kit::stream_keys(client, stream).await;
-        if k.len() as i64 >= n {
-            break k;
-        }
-        if tokio::time::Instant::now() > deadline {
-            let log = capture.log();
-            let tail: Vec<&str> = log
-                .lines()
-                .rev()
-                .take(30)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            panic!(
-                "timed out waiting for {n} messages in {stream}: {} there; {}\n--- ds-sync log (tail) ---\n{}",
-                k.len(),
-                describe_difference(&k, n),
-                tail.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let got = Wait::new(format!("{n} messages in {stream}"), LONG)
+        .context(|| format!("--- ds-sync log (tail) ---\n{}", capture.log_tail(30)))
+        .until(|| async {
+            let k = stream_keys(client, stream).await;
+            if k.len() as i64 >= n {
+                Ok(k)
+            } else {
+                Err(format!("{} there; {}", k.len(), describe_difference(&k, n)))
+            }
+        })
+        .await;
+    // Then nothing more arrives: a message after these would be a duplicate.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let got_after = crate::kit::stream_keys(client, stream).await;
+    let got_after = stream_keys(client, stream).await;
     assert_eq!(
         got_after.len(),
         got.len(),
@@ -94,7 +83,7 @@ async fn the_ds_server_going_away_loses_nothing() {
     sql.batch_execute("INSERT INTO o SELECT generate_series(1, 100)")
         .await
         .unwrap();
-    wait_for("the first rows", LONG, || async {
+    wait_until("the first rows", LONG, || async {
         (crate::kit::stream_keys(&client, "pg-o").await.len() == 100).then_some(())
     })
     .await;
@@ -208,7 +197,7 @@ async fn takeover_terminates_a_stale_walsender() {
         .unwrap()
         .get(0);
     // A second instance without --takeover waits and says why.
-    let mut waiting = CaptureProcess::start(&db, &server.url(), &["--tables", "s"]).await;
+    let waiting = CaptureProcess::start(&db, &server.url(), &["--tables", "s"]).await;
     waiting
         .wait_log(&format!("held by walsender pid {holder}"))
         .await;
@@ -222,7 +211,7 @@ async fn takeover_terminates_a_stale_walsender() {
     first.freeze();
     let frozen = first;
     let second = CaptureProcess::start(&db, &server.url(), &["--tables", "s", "--takeover"]).await;
-    wait_for("the slot to move to a new walsender", LONG, || async {
+    wait_until("the slot to move to a new walsender", LONG, || async {
         let row = sql
             .query_opt(
                 "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
@@ -258,7 +247,7 @@ async fn a_change_larger_than_the_server_accepts_stops_with_table_and_key() {
         small,
     )
     .await;
-    let mut capture = start_streaming(&db, &server.url(), &["--tables", "l"]).await;
+    let capture = start_streaming(&db, &server.url(), &["--tables", "l"]).await;
     sql.execute("INSERT INTO l VALUES (42, $1)", &[&"y".repeat(64 * 1024)])
         .await
         .unwrap();
@@ -303,13 +292,13 @@ async fn a_refused_batch_is_split_and_delivers_its_prefix_in_order() {
         small,
     )
     .await;
-    let mut capture = start_streaming(&db, &server.url(), &["--tables", "s"]).await;
+    let capture = start_streaming(&db, &server.url(), &["--tables", "s"]).await;
     // A first accepted POST ends recovery mode (one message per POST after a start), so the
     // transaction below leaves as one batch.
     sql.execute("INSERT INTO s VALUES (0, 'first')", &[])
         .await
         .unwrap();
-    wait_for("the first row in the stream", LONG, || async {
+    wait_until("the first row in the stream", LONG, || async {
         (client.read_all("pg-s").await.map(|m| m.len()).unwrap_or(0) == 1).then_some(())
     })
     .await;
@@ -482,7 +471,7 @@ async fn a_session_whose_probe_is_not_decoded_holds_the_slot() {
         .await
         .unwrap();
     restart_walsender(&sql, &slot).await;
-    wait_for("confirmations to resume", LONG, || async {
+    wait_until("confirmations to resume", LONG, || async {
         passed(&sql, &slot, &wal).await.then_some(())
     })
     .await;

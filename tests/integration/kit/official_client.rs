@@ -107,7 +107,7 @@ pub fn wait_for_rows<'a>(
     type_name: &'a str,
     expected: &'a BTreeMap<String, Value>,
     timeout: Duration,
-    context: impl Fn() -> String + 'a,
+    context: impl Fn() -> String + Send + Sync + 'a,
 ) -> impl Future<Output = ClientState> + 'a {
     Wait::new(
         format!(

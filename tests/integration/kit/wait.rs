@@ -79,7 +79,7 @@ pub struct Wait<'a> {
     stall: bool,
     poll: Duration,
     alive: Option<&'a CaptureProcess>,
-    context: Vec<Box<dyn Fn() -> String + 'a>>,
+    context: Vec<Box<dyn Fn() -> String + Send + Sync + 'a>>,
 }
 
 impl<'a> Wait<'a> {
@@ -124,7 +124,7 @@ impl<'a> Wait<'a> {
     }
 
     /// Adds `context` (evaluated on failure only) to the failure message.
-    pub fn context(mut self, context: impl Fn() -> String + 'a) -> Wait<'a> {
+    pub fn context(mut self, context: impl Fn() -> String + Send + Sync + 'a) -> Wait<'a> {
         self.context.push(Box::new(context));
         self
     }

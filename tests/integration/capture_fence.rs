@@ -7,7 +7,10 @@ use std::time::Duration;
 use ds_sync::ds::DsClient;
 use ds_sync::embedded::DsServerOptions;
 
-use crate::kit::{CaptureProcess, Scenario, scenario, start_streaming, wait_until};
+use crate::kit::{
+    CaptureProcess, Scenario, scenario, start_streaming, streaming_pid, wait_streaming_anew,
+    wait_until,
+};
 
 async fn insert(sql: &tokio_postgres::Client, from: i32, to: i32) {
     sql.execute(
@@ -62,8 +65,13 @@ async fn a_paused_process_resumed_after_a_takeover_sends_nothing_and_stops() {
     old.freeze();
     server.start_again().await.unwrap();
 
+    let walsender = streaming_pid(&sql, &db.slot("cap")).await.unwrap();
+    assert!(
+        walsender.is_some(),
+        "the paused process still holds the slot"
+    );
     let new = CaptureProcess::start(&db, &server.url(), &args).await;
-    new.wait_log("streaming changes").await;
+    wait_streaming_anew(&sql, &db.slot("cap"), walsender).await;
     insert(&sql, 101, 150).await;
     wait_exactly(&client, 150).await;
 

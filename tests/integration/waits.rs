@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ds_sync::embedded::DsServerOptions;
 
-use crate::kit::{CaptureProcess, Scenario, scenario, start_streaming, wait_until};
+use crate::kit::{CaptureProcess, Scenario, scenario, start_streaming, wait_streaming, wait_until};
 
 const WAITS: &str = "waits for the transaction of pid";
 
@@ -94,7 +94,7 @@ async fn slot_creation_over_sql_names_the_transaction_it_waits_for() {
     .await;
     capture.wait_log(&format!("{WAITS} {pid} ")).await;
     blocker.batch_execute("COMMIT").await.unwrap();
-    capture.wait_log("streaming changes").await;
+    wait_streaming(&db).await;
     capture.stop_ok().await;
 }
 

@@ -82,6 +82,25 @@ pub async fn wait_streaming(db: &TestDb) {
     wait_slot_streaming(&client, &db.slot("cap")).await;
 }
 
+/// The pid of the walsender through which ds-sync streams from `slot`, if one does: held by
+/// the streaming connection, not by the snapshot's session (which holds the slot while it
+/// creates it).
+pub async fn streaming_pid(
+    sql: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<Option<i32>, String> {
+    let row = sql
+        .query_opt(
+            "SELECT s.active_pid FROM pg_replication_slots s \
+             JOIN pg_stat_activity a ON a.pid = s.active_pid \
+             WHERE s.slot_name = $1 AND s.active AND a.application_name = 'ds-sync'",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(row.map(|r| r.get(0)))
+}
+
 /// Waits until `slot` is held by ds-sync's streaming connection (over any SQL client, e.g.
 /// one over TLS).
 #[track_caller]
@@ -89,28 +108,31 @@ pub fn wait_slot_streaming<'a>(
     sql: &'a tokio_postgres::Client,
     slot: &'a str,
 ) -> impl Future<Output = ()> + 'a {
-    wait_until(
-        format!("capture to hold its slot {slot}"),
-        Duration::from_secs(90),
-        move || async move {
-            let row = sql
-                // Held by the streaming connection, not by the snapshot's session (which
-                // holds the slot while it creates it).
-                .query_opt(
-                    "SELECT s.active FROM pg_replication_slots s \
-                     JOIN pg_stat_activity a ON a.pid = s.active_pid \
-                     WHERE s.slot_name = $1 AND a.application_name = 'ds-sync'",
-                    &[&slot],
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            match row {
-                Some(row) if row.get::<_, bool>(0) => Ok(()),
-                Some(_) => Err("the slot is not active".to_string()),
-                None => Err("no ds-sync connection holds the slot".to_string()),
-            }
-        },
-    )
+    let streams = wait_streaming_anew(sql, slot, None);
+    async move {
+        streams.await;
+    }
+}
+
+/// Waits until ds-sync streams from `slot` over a walsender other than `previous` (a new
+/// session, after a reconnect or a takeover) and returns its pid.
+#[track_caller]
+pub fn wait_streaming_anew<'a>(
+    sql: &'a tokio_postgres::Client,
+    slot: &'a str,
+    previous: Option<i32>,
+) -> impl Future<Output = i32> + 'a {
+    let what = match previous {
+        Some(pid) => format!("ds-sync to stream from {slot} again (not over walsender {pid})"),
+        None => format!("capture to hold its slot {slot}"),
+    };
+    wait_until(what, Duration::from_secs(90), move || async move {
+        match streaming_pid(sql, slot).await? {
+            Some(pid) if Some(pid) != previous => Ok(pid),
+            Some(pid) => Err(format!("still walsender {pid}")),
+            None => Err("no ds-sync connection streams from the slot".to_string()),
+        }
+    })
 }
 
 /// What a capture test starts from: a cluster of its own, a database with the test's

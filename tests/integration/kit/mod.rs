@@ -6,8 +6,9 @@
 //!   running `ds-sync run` ([`CaptureProcess`]: its log, signals, exit).
 //! * [`wait`]: the one way to wait for a condition ([`wait_until`], [`Wait`] for a stall
 //!   timeout, a process that must keep running, context on failure).
-//! * [`capture`]: capture scenarios ([`Scenario`]), capture streaming, slot positions
-//!   ([`wal_now`], [`wait_confirmed`]).
+//! * [`capture`]: capture scenarios ([`Scenario`]), capture streaming ([`start_streaming`],
+//!   [`wait_streaming_anew`] after a reconnect or takeover), slot positions ([`wal_now`],
+//!   [`wait_confirmed`]), requested snapshots ([`wait_snapshot_done`]).
 //! * [`stream`]: streams as a client sees them ([`read`], [`materialize`],
 //!   [`wait_converged`]) and the `items` workload ([`ITEMS`], [`spawn_writer`]).
 //! * [`http`]: raw HTTP to the DS server.
@@ -18,9 +19,16 @@
 //! * [`official_client`]: the official TypeScript client as an oracle (node).
 //! * [`prom`]: a strict parser of what `/metrics` serves.
 //!
+//! * [`Rng`] (here): a seeded generator for tests that act at random moments.
+//!
 //! The most used names are re-exported here (`crate::kit::{scenario, wait_until, ...}`);
-//! the specialised modules are used by path (`crate::kit::ingest::Setup`). The kit's own
-//! servers are tested in `harness.rs`.
+//! the specialised modules are used by path (`crate::kit::ingest::Setup`). The kit itself
+//! is tested in `harness.rs`.
+//!
+//! Tests wait on conditions, never sleep and hope: a row, a slot position, a stream's
+//! messages, `/metrics`, through [`wait_until`] or a kit helper built on it. The ds-sync log
+//! is waited on only where the line is the behaviour under test or nothing else shows the
+//! moment (e.g. the port a `--listen 127.0.0.1:0` server got).
 
 #![allow(dead_code)]
 
@@ -37,8 +45,8 @@ pub mod tls;
 pub mod wait;
 
 pub use capture::{
-    Scenario, scenario, slot_passed, start_streaming, wait_confirmed, wait_slot_streaming,
-    wait_snapshot_done, wait_streaming, wal_now,
+    Scenario, scenario, slot_passed, start_streaming, streaming_pid, wait_confirmed,
+    wait_slot_streaming, wait_snapshot_done, wait_streaming, wait_streaming_anew, wal_now,
 };
 pub use cluster::{TestDb, connect, own_cluster_db, start_cluster, test_db, test_db_in};
 pub use http::http;

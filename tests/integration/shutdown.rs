@@ -108,7 +108,7 @@ async fn capture_with_the_ds_server_down_gives_up_after_the_shutdown_timeout() {
     let capture = start_streaming(&db, &server.url(), &["--tables", "s"]).await;
     // A first row makes the stream known to this source, so what follows are POST retries.
     sql.batch_execute("INSERT INTO s VALUES (0)").await.unwrap();
-    crate::kit::wait_until("the first row", Duration::from_secs(60), || async {
+    wait_until("the first row", Duration::from_secs(60), || async {
         (!crate::kit::read(&client, "pg-s").await.is_empty()).then_some(())
     })
     .await;
@@ -210,10 +210,31 @@ async fn capture_with_postgres_stalled_still_stops_within_a_bound() {
     eprintln!("capture, Postgres stalled: exited {code} {took:?} after SIGTERM");
 }
 
-/// `ds-sync run --no-capture` ingesting `stream` from `ds_url` into `db`.
+/// `ds-sync run --no-capture` ingesting `stream` from `ds_url` into `db`, once the
+/// subscription streams.
 async fn start_ingest(db: &TestDb, ds_url: &str, stream: &str) -> CaptureProcess {
     let process = CaptureProcess::start(db, ds_url, &["--no-capture", "--ingest", stream]).await;
-    process.wait_log("ingesting").await;
+    let sql = db.client().await;
+    Wait::new(
+        format!("the subscription to {stream} to stream"),
+        Duration::from_secs(30),
+    )
+    .while_running(&process)
+    .until(|| async {
+        let status = sql
+            .query_opt(
+                "SELECT status FROM ds_sync.subscriptions WHERE stream_name = $1",
+                &[&stream],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|row| row.get::<_, String>(0));
+        match status.as_deref() {
+            Some("streaming") => Ok(()),
+            other => Err(format!("status {other:?}")),
+        }
+    })
+    .await;
     process
 }
 
@@ -259,20 +280,6 @@ async fn ingest_with_the_ds_server_down_waits_its_backoff_and_stops_at_once() {
     client.ensure_stream("events").await.unwrap();
     let db = test_db("stop_ing_ds").await;
     let ingest = start_ingest(&db, &server.url(), "events").await;
-    let sql = db.client().await;
-    wait_until(
-        "the subscription to stream",
-        Duration::from_secs(30),
-        || async {
-            let status: String = sql
-                .query_opt("SELECT status FROM ds_sync.subscriptions", &[])
-                .await
-                .ok()??
-                .get(0);
-            (status == "streaming").then_some(())
-        },
-    )
-    .await;
     server.stop().await;
     ingest.wait_log("retrying").await;
     watch_retries(&ingest, "retrying").await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ds_sync::embedded::DsServerOptions;
 
-use crate::kit::{Scenario, TestDb, scenario, start_streaming, test_db, wait_for};
+use crate::kit::{Scenario, TestDb, scenario, start_streaming, test_db, wait_until};
 
 const TABLES: &str = "\
     CREATE TABLE items (id int PRIMARY KEY, title text); \
@@ -97,11 +97,11 @@ async fn an_insert_only_table_streams_its_inserts_and_keeps_its_updates_working(
     sql.batch_execute("INSERT INTO nokey VALUES (7, 'seven'); TRUNCATE nokey;")
         .await
         .unwrap();
-    let messages = wait_for(
+    let messages = wait_until(
         "the insert and the reset",
         Duration::from_secs(60),
         || async {
-            let m = crate::snapshot::read(&client, "pg-nokey").await;
+            let m = crate::kit::read(&client, "pg-nokey").await;
             (m.len() >= 5).then_some(m)
         },
     )

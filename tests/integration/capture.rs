@@ -8,7 +8,7 @@ use ds_sync::ds::DsClient;
 use ds_sync::embedded::DsServerOptions;
 use ds_sync::sse::{ArrayItem, DsItem};
 
-use crate::kit::{CaptureProcess, Scenario, scenario, start_streaming, wait_for};
+use crate::kit::{CaptureProcess, Scenario, Wait, read, scenario, start_streaming, wait_until};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -20,47 +20,50 @@ async fn wait_messages(
     n: usize,
     capture: &CaptureProcess,
 ) -> Vec<Value> {
-    let db = capture.db_url();
-    let mut deadline = tokio::time::Instant::now() + LONG;
-    let mut seen = 0;
-    loop {
-        let m = crate::snapshot::read(client, stream).await;
-        if m.len() >= n {
-            return m;
-        }
-        if m.len() > seen {
-            seen = m.len();
-            deadline = tokio::time::Instant::now() + LONG;
-        }
-        if tokio::time::Instant::now() > deadline {
+    let waited = Wait::new(format!("{n} messages in {stream}"), LONG)
+        .stalled_after(LONG)
+        .log_of(capture)
+        .try_until(|| async {
+            let m = read(client, stream).await;
+            if m.len() >= n {
+                return Ok(m);
+            }
             let tail: Vec<&Value> = m.iter().rev().take(5).collect();
-            let sql = crate::kit::connect(db).await;
-            let repl: Vec<String> = sql
-                .query("SELECT format('%s %s sent=%s write=%s flush=%s', application_name, state, sent_lsn, write_lsn, flush_lsn) FROM pg_stat_replication", &[])
-                .await
-                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-                .unwrap_or_default();
-            let slots: Vec<String> = sql
-                .query("SELECT format('%s active=%s confirmed=%s', slot_name, active, confirmed_flush_lsn) FROM pg_replication_slots", &[])
-                .await
-                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-                .unwrap_or_default();
-            let pubs: Vec<String> = sql
-                .query("SELECT format('%s %s.%s', pubname, schemaname, tablename) FROM pg_publication_tables", &[])
-                .await
-                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-                .unwrap_or_default();
-            panic!(
-                "no new message for {LONG:?} while waiting for {n} messages in {stream}: {} there, the last ones: {tail:#?}\n--- publications ---\n{}\n--- walsenders ---\n{}\n--- slots ---\n{}\n--- ds-sync log ---\n{}",
-                m.len(),
-                pubs.join("\n"),
-                repl.join("\n"),
-                slots.join("\n"),
-                capture.log()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(format!("{} messages, the last ones: {tail:#?}", m.len()))
+        })
+        .await;
+    match waited {
+        Ok(messages) => messages,
+        Err(failure) => panic!("{failure}\n{}", replication_state(capture.db_url()).await),
     }
+}
+
+/// Publications, walsenders and slots of the database at `url`, for failure messages.
+async fn replication_state(url: &str) -> String {
+    let sql = crate::kit::connect(url).await;
+    let mut out = String::new();
+    for (title, query) in [
+        (
+            "publications",
+            "SELECT format('%s %s.%s', pubname, schemaname, tablename) FROM pg_publication_tables",
+        ),
+        (
+            "walsenders",
+            "SELECT format('%s %s sent=%s write=%s flush=%s', application_name, state, sent_lsn, write_lsn, flush_lsn) FROM pg_stat_replication",
+        ),
+        (
+            "slots",
+            "SELECT format('%s active=%s confirmed=%s', slot_name, active, confirmed_flush_lsn) FROM pg_replication_slots",
+        ),
+    ] {
+        let rows: Vec<String> = sql
+            .query(query, &[])
+            .await
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default();
+        out.push_str(&format!("--- {title} ---\n{}\n", rows.join("\n")));
+    }
+    out
 }
 
 fn ops(messages: &[Value]) -> Vec<String> {
@@ -362,7 +365,7 @@ async fn writes_to_unpublished_tables_advance_the_slot() {
         .await
         .unwrap()
         .get(0);
-    wait_for(
+    wait_until(
         "confirmed_flush_lsn to pass the unpublished writes",
         LONG,
         || async {

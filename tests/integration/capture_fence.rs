@@ -7,7 +7,10 @@ use std::time::Duration;
 use ds_sync::ds::DsClient;
 use ds_sync::embedded::DsServerOptions;
 
-use crate::kit::{CaptureProcess, Scenario, scenario, start_streaming, wait_for};
+use crate::kit::{
+    CaptureProcess, Scenario, scenario, start_streaming, streaming_pid, wait_streaming_anew,
+    wait_until,
+};
 
 async fn insert(sql: &tokio_postgres::Client, from: i32, to: i32) {
     sql.execute(
@@ -20,7 +23,7 @@ async fn insert(sql: &tokio_postgres::Client, from: i32, to: i32) {
 
 async fn wait_exactly(client: &DsClient, n: i64) {
     let expected: Vec<i64> = (1..=n).collect();
-    wait_for(
+    wait_until(
         &format!("keys 1..={n} in pg-s, once each and in order"),
         Duration::from_secs(120),
         || async {
@@ -50,7 +53,7 @@ async fn a_paused_process_resumed_after_a_takeover_sends_nothing_and_stops() {
     )
     .await;
     let args = ["--tables", "s", "--takeover"];
-    let mut old = start_streaming(&db, &server.url(), &args).await;
+    let old = start_streaming(&db, &server.url(), &args).await;
     insert(&sql, 1, 50).await;
     wait_exactly(&client, 50).await;
     // The old process holds undelivered rows, retrying, when it is paused.
@@ -62,8 +65,13 @@ async fn a_paused_process_resumed_after_a_takeover_sends_nothing_and_stops() {
     old.freeze();
     server.start_again().await.unwrap();
 
+    let walsender = streaming_pid(&sql, &db.slot("cap")).await.unwrap();
+    assert!(
+        walsender.is_some(),
+        "the paused process still holds the slot"
+    );
     let new = CaptureProcess::start(&db, &server.url(), &args).await;
-    new.wait_log("streaming changes").await;
+    wait_streaming_anew(&sql, &db.slot("cap"), walsender).await;
     insert(&sql, 101, 150).await;
     wait_exactly(&client, 150).await;
 

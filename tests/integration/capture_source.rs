@@ -40,7 +40,7 @@ async fn a_fresh_database_behind_a_written_stream_stops_and_adoption_delivers() 
     let (_pg2, fresh) = own_cluster_db("src_fresh").await;
     let fresh_sql = fresh.client().await;
     fresh_sql.batch_execute(TABLE).await.unwrap();
-    let mut capture = start_streaming(&fresh, &server.url(), &["--tables", "items"]).await;
+    let capture = start_streaming(&fresh, &server.url(), &["--tables", "items"]).await;
     fresh_sql
         .batch_execute("INSERT INTO items VALUES (2, 'from the fresh database')")
         .await
@@ -76,7 +76,7 @@ async fn a_fresh_database_behind_a_written_stream_stops_and_adoption_delivers() 
         .ok();
     assert!(adopted.stdout.contains("adopted pg-items"), "{adopted:?}");
     let capture = CaptureProcess::start(&fresh, &server.url(), &["--tables", "items"]).await;
-    crate::kit::wait_for(
+    crate::kit::wait_until(
         "the fresh row and the re-snapshot in pg-items",
         std::time::Duration::from_secs(120),
         || async {

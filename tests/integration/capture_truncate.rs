@@ -6,7 +6,8 @@ use ds_sync::embedded::DsServerOptions;
 use serde_json::json;
 
 use crate::kit::{
-    CaptureProcess, Scenario, materialize, scenario, start_streaming, wait_confirmed, wal_now,
+    CaptureProcess, Scenario, materialize, scenario, start_streaming, wait_confirmed,
+    wait_streaming, wal_now,
 };
 
 const ROUTE: [&str; 4] = [
@@ -25,7 +26,7 @@ async fn keys(client: &DsClient, stream: &str) -> Vec<String> {
 /// Runs capture until everything committed so far is confirmed, then stops it.
 async fn capture_until_now(s: &Scenario) {
     let capture = CaptureProcess::start(&s.db, &s.server.url(), &ROUTE).await;
-    capture.wait_log("streaming changes").await;
+    wait_streaming(&s.db).await;
     let now = wal_now(&s.sql).await;
     wait_confirmed(&s.sql, &s.db.slot("cap"), &now, &capture).await;
     capture.stop_ok().await;

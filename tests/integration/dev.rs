@@ -6,7 +6,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use ds_sync::ds::{ClientOptions, DsClient};
 
-use crate::kit::wait_for;
+use crate::kit::wait_until;
 
 /// Pulls `prefix ... '<value>'` out of the banner line that starts with `prefix`.
 fn quoted_after(banner: &str, prefix: &str) -> String {
@@ -61,7 +61,7 @@ async fn dev_runs_capture_on_throwaway_servers_and_cleans_up() {
         .await
         .unwrap();
     let ds = DsClient::new(base, ClientOptions::default()).unwrap();
-    let messages = wait_for(
+    let messages = wait_until(
         "the demo row in pg-items",
         Duration::from_secs(60),
         || async {

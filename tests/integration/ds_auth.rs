@@ -17,7 +17,7 @@ use serde_json::json;
 use ds_sync::ds::{ClientOptions, DsAccess, DsClient, DsTls};
 use ds_sync::embedded::{DsServer, DsServerOptions, RouterLayer};
 
-use crate::kit::{CaptureProcess, http, own_cluster_db, run_ds_sync, wait_for};
+use crate::kit::{CaptureProcess, http, own_cluster_db, run_ds_sync, wait_until};
 
 const TOKEN: &str = "tok-4c1f9e-very-secret";
 
@@ -119,7 +119,7 @@ async fn ds_sync_passes_a_real_auth_gate_and_never_prints_the_token() {
             .filter(|m| m["value"]["id"].is_i64())
             .count()
     };
-    wait_for(
+    wait_until(
         "the snapshot through the gate",
         Duration::from_secs(60),
         || async { (ids(reader.read_all("pg-items").await.ok()?) == 10).then_some(()) },
@@ -129,7 +129,7 @@ async fn ds_sync_passes_a_real_auth_gate_and_never_prints_the_token() {
     sql.execute("INSERT INTO items VALUES (11)", &[])
         .await
         .unwrap();
-    wait_for(
+    wait_until(
         "the streamed row through the gate",
         Duration::from_secs(60),
         || async { (ids(reader.read_all("pg-items").await.ok()?) == 11).then_some(()) },
@@ -144,7 +144,7 @@ async fn ds_sync_passes_a_real_auth_gate_and_never_prints_the_token() {
         )
         .await
         .unwrap();
-    wait_for(
+    wait_until(
         "the event ingested through the gate",
         Duration::from_secs(60),
         || async {

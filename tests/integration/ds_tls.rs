@@ -10,8 +10,8 @@ use serde_json::json;
 use ds_sync::ds::{ClientOptions, DsAccess, DsClient, DsError, DsTls};
 use ds_sync::embedded::{DsServer, DsServerOptions, DsServerTls};
 
-use crate::kit::{CaptureProcess, own_cluster_db, run_ds_sync, wait_for};
-use crate::tls_kit::Pki;
+use crate::kit::tls::Pki;
+use crate::kit::{CaptureProcess, own_cluster_db, run_ds_sync, wait_until};
 
 async fn https_server(pki: &Pki, mutual: bool) -> DsServer {
     let server = DsServer::start(DsServerOptions {
@@ -209,7 +209,7 @@ async fn capture_and_ingest_run_over_mutual_tls() {
             .filter_map(|m| m["value"]["id"].as_i64())
             .collect()
     };
-    wait_for(
+    wait_until(
         "20 snapshot rows over HTTPS",
         Duration::from_secs(60),
         || async { (ids(reader.read_all("pg-items").await.ok()?).len() == 20).then_some(()) },
@@ -219,7 +219,7 @@ async fn capture_and_ingest_run_over_mutual_tls() {
     sql.execute("INSERT INTO items VALUES (21)", &[])
         .await
         .unwrap();
-    wait_for(
+    wait_until(
         "the streamed row over HTTPS",
         Duration::from_secs(60),
         || async {
@@ -238,7 +238,7 @@ async fn capture_and_ingest_run_over_mutual_tls() {
         )
         .await
         .unwrap();
-    wait_for(
+    wait_until(
         "the event ingested over HTTPS",
         Duration::from_secs(60),
         || async {

@@ -1,5 +1,8 @@
-//! The test harness's own servers are real: the cluster does logical decoding, and the DS
-//! server speaks the protocol and survives a stop/start with its data.
+//! The test kit itself: its servers are real (the cluster does logical decoding, the DS
+//! server speaks the protocol and survives a stop/start with its data), and its waits fail
+//! saying what they awaited, where, and what they saw.
+
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -9,7 +12,7 @@ use hyper_util::rt::TokioExecutor;
 
 use ds_sync::embedded::{DsServer, DsServerOptions};
 
-use crate::kit::{http, test_db};
+use crate::kit::{Wait, http, test_db, wait_until};
 
 async fn call(method: Method, url: &str, body: &str) -> (StatusCode, String) {
     let (status, body) = http(
@@ -91,4 +94,65 @@ async fn the_cluster_decodes_logical_replication() {
         .unwrap()
         .get(0);
     assert_eq!(user, "postgres");
+}
+
+/// The message a wait panicked with.
+async fn failure_of(wait: impl std::future::Future<Output = ()> + Send + 'static) -> String {
+    let err = tokio::spawn(wait).await.expect_err("the wait fails");
+    let payload = err.into_panic();
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .expect("a panic message")
+}
+
+#[tokio::test]
+async fn a_wait_that_times_out_says_what_it_awaited_where_and_what_it_saw() {
+    let probe = || async { Err::<(), _>("41 answers".to_string()) };
+    let message = failure_of(wait_until("the answer", Duration::from_millis(150), probe)).await;
+    for part in [
+        "timed out after 150ms waiting for the answer",
+        "tests/integration/harness.rs:",
+        "last seen: 41 answers",
+    ] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+    // Option and bool probes end the wait as soon as they hold.
+    let mut n = 0;
+    let got = wait_until("the third poll", Duration::from_secs(5), || {
+        n += 1;
+        let now = n;
+        async move { (now >= 3).then_some(now) }
+    })
+    .await;
+    assert_eq!(got, 3);
+    wait_until("true", Duration::from_secs(5), || async { true }).await;
+}
+
+#[tokio::test]
+async fn a_stall_aware_wait_fails_only_when_what_it_sees_stops_changing() {
+    // Progress every poll for longer than the stall timeout: the wait goes on and succeeds.
+    let started = Instant::now();
+    let waited = Wait::new("a slow count", Duration::from_millis(100))
+        .stalled_after(Duration::from_millis(100))
+        .until(|| async {
+            let ms = started.elapsed().as_millis();
+            if ms >= 400 {
+                Ok(())
+            } else {
+                Err(format!("{} polls", ms / 20))
+            }
+        });
+    waited.await;
+    // No change: it fails, saying so.
+    let stalled = Wait::new("a stuck count", Duration::from_millis(100))
+        .stalled_after(Duration::from_millis(100))
+        .until(|| async { Err::<(), _>("7 polls".to_string()) });
+    let message = failure_of(stalled).await;
+    assert!(
+        message.contains("nothing changed for 100ms waiting for a stuck count")
+            && message.contains("last seen: 7 polls"),
+        "{message}"
+    );
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use ds_sync::embedded::DsServerOptions;
 use ds_sync::ingest::DEFAULT_MAX_EVENT_BYTES;
 
-use crate::ingest_kit::{Ingest, create_stream, http, post_raw, setup};
+use crate::kit::http::{create_stream, post_raw, stream_request};
+use crate::kit::ingest::{Ingest, setup};
 
 /// payload text, event_key, event_type, operation
 type Stored = (String, Option<String>, Option<String>, Option<String>);
@@ -288,7 +289,7 @@ async fn a_closed_stream_finishes_its_subscription() {
     s.ds.ensure_stream("ending").await.unwrap();
     let ingest = Ingest::start(&s.db, &base, &["ending"], DEFAULT_MAX_EVENT_BYTES).await;
     s.post("ending", r#"[{"key":"last"}]"#).await;
-    let status = http(
+    let status = stream_request(
         &base,
         "POST",
         "ending",
@@ -340,7 +341,7 @@ async fn a_gone_stream_stops_its_subscription_with_the_way_out() {
     s.ds.ensure_stream("doomed").await.unwrap();
     s.post("doomed", r#"[{"key":"kept"}]"#).await;
     // A fork keeps the deleted source as a tombstone, which the server answers with 410.
-    let status = http(
+    let status = stream_request(
         &base,
         "PUT",
         "doomed-fork",
@@ -354,7 +355,7 @@ async fn a_gone_stream_stops_its_subscription_with_the_way_out() {
     assert!(status == 201 || status == 200, "fork: {status}");
     let ingest = Ingest::start(&s.db, &base, &["doomed"], DEFAULT_MAX_EVENT_BYTES).await;
     s.wait_rows("doomed", 1).await;
-    let status = http(&base, "DELETE", "doomed", &[], b"").await;
+    let status = stream_request(&base, "DELETE", "doomed", &[], b"").await;
     assert_eq!(status, 204, "delete");
     s.wait_status("doomed", "failed").await;
     let error = s.subscription_error("doomed").await;

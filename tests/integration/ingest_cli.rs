@@ -1,13 +1,14 @@
 //! Ingest through the `ds-sync` binary: subscriptions changed while it runs, the
 //! subscriptions report, loop safety, and SIGKILL at random moments.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
 use ds_sync::embedded::DsServerOptions;
 
-use crate::ingest_kit::{PATIENCE, setup};
-use crate::kit::{CaptureProcess, Rng, Run, TestDb, run_ds_sync, wait_for};
+use crate::kit::ingest::{PATIENCE, setup};
+use crate::kit::{CaptureProcess, Rng, Run, TestDb, http, run_ds_sync, wait_until};
 
 async fn cli(db: &TestDb, ds_url: &str, args: &[&str]) -> Run {
     run_ds_sync(
@@ -17,11 +18,32 @@ async fn cli(db: &TestDb, ds_url: &str, args: &[&str]) -> Run {
     .await
 }
 
+/// Waits until `/metrics` has (or no longer has) series of the stream `live1`.
+#[track_caller]
+fn wait_live1_series(metrics: &str, present: bool) -> impl Future<Output = ()> + '_ {
+    let what = if present {
+        "series of live1 in /metrics"
+    } else {
+        "live1's series to leave /metrics (its ingest stopped)"
+    };
+    wait_until(what, PATIENCE, move || async move {
+        let (status, body) = http(hyper::Method::GET, metrics, &[], b"").await;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        if status == hyper::StatusCode::OK && body.contains("stream=\"live1\"") == present {
+            Ok(())
+        } else {
+            Err(format!("{status}:\n{body}"))
+        }
+    })
+}
+
 #[tokio::test]
 async fn subscribe_and_unsubscribe_while_running() {
     let s = setup("ing_cli_subs", DsServerOptions::default()).await;
     let url = s.server.url();
-    let process = CaptureProcess::start(&s.db, &url, &["--no-capture"]).await;
+    let process =
+        CaptureProcess::start(&s.db, &url, &["--no-capture", "--listen", "127.0.0.1:0"]).await;
+    let metrics = format!("http://{}/metrics", process.listen_addr().await);
     for stream in ["live1", "live2"] {
         s.ds.ensure_stream(stream).await.unwrap();
     }
@@ -32,7 +54,7 @@ async fn subscribe_and_unsubscribe_while_running() {
     s.wait_caught_up("live1").await;
     s.wait_status("live1", "streaming").await;
     let sql = &s.sql;
-    wait_for("live1's last event time", PATIENCE, || async {
+    wait_until("live1's last event time", PATIENCE, || async {
         let row = sql
             .query_one(
                 "SELECT last_event_at IS NOT NULL FROM ds_sync.subscriptions WHERE stream_name = 'live1'",
@@ -44,7 +66,7 @@ async fn subscribe_and_unsubscribe_while_running() {
     })
     .await;
 
-    wait_for("live1's memory figures", PATIENCE, || async {
+    wait_until("live1's memory figures", PATIENCE, || async {
         (s.peak_buffered("live1").await > 0).then_some(())
     })
     .await;
@@ -73,10 +95,12 @@ async fn subscribe_and_unsubscribe_while_running() {
         table.stdout
     );
 
+    wait_live1_series(&metrics, true).await;
     let out = cli(&s.db, &url, &["unsubscribe", "live1"]).await.ok();
     assert!(out.stdout.contains("unsubscribed live1"), "{}", out.stdout);
-    // Picked up within a second: after that, live1's events wait in the stream.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Once its ingest stopped, its series are gone: after that, live1's events wait in the
+    // stream.
+    wait_live1_series(&metrics, false).await;
     s.post("live1", r#"[{"key":"while-unsubscribed"}]"#).await;
     cli(&s.db, &url, &["subscribe", "live2"]).await.ok();
     s.post("live2", r#"[{"key":"two"}]"#).await;
@@ -195,7 +219,7 @@ async fn sigkill_at_random_moments_stores_every_event_exactly_once() {
     // at once, and a SIGTERM before ds-sync installed its handlers would end it by signal.
     process.wait_log("ingest running").await;
     let sql = &s.sql;
-    wait_for(&format!("all {total} events"), PATIENCE * 4, || async {
+    wait_until(&format!("all {total} events"), PATIENCE * 4, || async {
         let c: i64 = sql
             .query_one("SELECT count(*) FROM session_events", &[])
             .await

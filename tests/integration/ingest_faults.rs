@@ -12,9 +12,10 @@ use ds_sync::embedded::{DsServer, DsServerOptions};
 use ds_sync::ingest::DEFAULT_MAX_EVENT_BYTES;
 use ds_sync::ingest::memory::READ_HEADROOM;
 
-use crate::fault_proxy::FaultProxy;
-use crate::ingest_kit::{Ingest, PATIENCE, Setup, http};
-use crate::kit::{CaptureProcess, own_cluster_db, test_db, wait_for};
+use crate::kit::fault_proxy::FaultProxy;
+use crate::kit::http::stream_request;
+use crate::kit::ingest::{Ingest, PATIENCE, Setup};
+use crate::kit::{CaptureProcess, own_cluster_db, test_db, wait_until};
 
 /// An echo server for the proxy's own test.
 async fn echo_server() -> std::net::SocketAddr {
@@ -143,7 +144,7 @@ async fn a_silent_connection_is_reopened_and_the_event_lands_once() {
 
 /// Waits until a backend of the test database waits for a lock (the writer, blocked).
 async fn wait_lock_waiter(s: &Setup) {
-    wait_for(
+    wait_until(
         "the ingest commit to wait for the lock",
         PATIENCE,
         || async {
@@ -189,7 +190,7 @@ async fn a_control_during_a_commit_keeps_its_flags() {
     .unwrap();
     s.post("flags", r#"[{"key":"last"}]"#).await;
     wait_lock_waiter(&s).await;
-    let status = http(
+    let status = stream_request(
         &s.server.url(),
         "POST",
         "flags",
@@ -203,7 +204,7 @@ async fn a_control_during_a_commit_keeps_its_flags() {
     assert!(status == 204 || status == 200, "closing: {status}");
     // The server sends the closing control (same offset, streamClosed) while the commit
     // waits; it is in ingest's socket once the proxy relayed it.
-    wait_for("the closing control to be relayed", PATIENCE, || async {
+    wait_until("the closing control to be relayed", PATIENCE, || async {
         (proxy.sent_by_target(br#""streamClosed":true"#) > 0).then_some(())
     })
     .await;
@@ -276,7 +277,7 @@ async fn postgres_outage(name: &str, posts: usize, per_post: usize) {
     .await
     .unwrap();
     let sql = s.db.client().await;
-    wait_for(
+    wait_until(
         &format!("{next} rows after the outage"),
         PATIENCE * 4,
         || async {
@@ -297,7 +298,7 @@ async fn postgres_outage(name: &str, posts: usize, per_post: usize) {
     s.wait_caught_up("outage").await;
     s.expect_exactly_once("outage", "i", next as i64).await;
     let limits = ds_sync::ingest::MemoryLimits::new(BOUND, MAX_EVENT).unwrap();
-    wait_for("the memory figures to be recorded", PATIENCE, || async {
+    wait_until("the memory figures to be recorded", PATIENCE, || async {
         (s.peak_buffered("outage").await > 0).then_some(())
     })
     .await;

@@ -5,8 +5,9 @@
 use ds_sync::embedded::DsServerOptions;
 use ds_sync::ingest::MemoryLimits;
 
-use crate::ingest_kit::{Ingest, PATIENCE, Setup, create_stream, post_raw, setup};
-use crate::kit::{TestDb, connect, test_db, wait_for};
+use crate::kit::http::{create_stream, post_raw};
+use crate::kit::ingest::{Ingest, PATIENCE, Setup, setup};
+use crate::kit::{TestDb, connect, test_db, wait_until};
 
 const MAX_EVENT: usize = 64 << 10;
 
@@ -123,7 +124,7 @@ async fn a_backlog_far_larger_than_the_bound_is_stored_as_it_arrives() {
     assert!(of("nul").contains("\\u0000"));
     assert!(of("huge").contains("over the limit of 65536 bytes"));
     let limits = MemoryLimits::new(BOUND, MAX_EVENT).unwrap();
-    wait_for("the memory figures to be recorded", PATIENCE, || async {
+    wait_until("the memory figures to be recorded", PATIENCE, || async {
         (s.peak_buffered("backlog").await > 0).then_some(())
     })
     .await;

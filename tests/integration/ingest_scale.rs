@@ -5,8 +5,8 @@ use ds_sync::embedded::DsServerOptions;
 use ds_sync::ingest::DEFAULT_MAX_EVENT_BYTES;
 use tokio::task::JoinSet;
 
-use crate::ingest_kit::{Ingest, PATIENCE, setup};
-use crate::kit::wait_for;
+use crate::kit::ingest::{Ingest, PATIENCE, setup};
+use crate::kit::wait_until;
 
 const STREAMS: usize = 1000;
 
@@ -42,7 +42,7 @@ async fn a_thousand_streams_land_exactly_once() {
     let ingest = Ingest::start(&s.db, &s.server.url(), &refs, DEFAULT_MAX_EVENT_BYTES).await;
     let sql = &s.sql;
     let expect = |n: usize| async move {
-        wait_for(&format!("{n} rows"), PATIENCE * 4, || async {
+        wait_until(&format!("{n} rows"), PATIENCE * 4, || async {
             let c: i64 = sql
                 .query_one("SELECT count(*) FROM session_events", &[])
                 .await
@@ -77,7 +77,7 @@ async fn a_thousand_streams_land_exactly_once() {
     for name in names.iter().step_by(97) {
         s.wait_caught_up(name).await;
     }
-    wait_for(
+    wait_until(
         "every subscription to report streaming",
         PATIENCE,
         || async {

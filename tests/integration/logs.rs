@@ -93,7 +93,7 @@ async fn ingest_log(db: &TestDb, ds_url: &str, stderr: Stderr, env: &[(&str, &st
         }
     });
     let text = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
-    crate::kit::wait_for(
+    crate::kit::wait_until(
         "the ingesting log line",
         Duration::from_secs(60),
         || async { text().contains("ingesting").then_some(()) },

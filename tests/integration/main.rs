@@ -1,10 +1,10 @@
 //! Integration tests: every test runs against a real PostgreSQL cluster (one per test
 //! binary, a fresh database per test) and, where it needs one, a real Durable Streams server
 //! started in-process. CLI tests run the `ds-sync` binary itself; end-to-end tests read the
-//! streams with the official TypeScript client (`official_client`, node).
+//! streams with the official TypeScript client (`kit::official_client`, node). Every helper
+//! the tests share is in `kit` (its header says what is where).
 
 mod kit;
-mod official_client;
 
 mod app_writes;
 mod bench;
@@ -20,12 +20,10 @@ mod docker;
 mod ds_auth;
 mod ds_client;
 mod ds_tls;
-mod fault_proxy;
 mod harness;
 mod ingest;
 mod ingest_cli;
 mod ingest_faults;
-mod ingest_kit;
 mod ingest_memory;
 mod ingest_scale;
 mod init;
@@ -33,7 +31,6 @@ mod keepalive;
 mod logs;
 mod observe;
 mod partitions;
-mod prom;
 mod publication;
 mod publication_rules;
 mod reconnect;
@@ -46,7 +43,6 @@ mod slot;
 mod slot_lost;
 mod snapshot;
 mod stream_names;
-mod tls_kit;
 mod tls_pg;
 mod waits;
 mod whole_rows;

@@ -1,28 +1,16 @@
 //! Metrics and health: `/metrics` parsed strictly and checked against the work done,
 //! `/readyz` following the DS server, and `ds-sync health`'s exit codes.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use ds_sync::embedded::DsServerOptions;
 
-use crate::kit::{self, CaptureProcess, run_ds_sync, scenario, wait_for, wait_streaming};
-use crate::prom::Scrape;
+use crate::kit::prom::Scrape;
+use crate::kit::{self, CaptureProcess, Wait, run_ds_sync, scenario, wait_streaming, wait_until};
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, title text);\
                      INSERT INTO items VALUES (1, 'a'), (2, 'b');";
-
-/// The address the process serves its endpoints on, from its log line.
-pub(crate) async fn listen_addr(p: &CaptureProcess) -> String {
-    const NEEDLE: &str = "metrics and health endpoints on http://";
-    p.wait_log(NEEDLE).await;
-    let log = p.log();
-    let at = log.find(NEEDLE).expect("logged") + NEEDLE.len();
-    log[at..]
-        .split(|c: char| c.is_whitespace())
-        .next()
-        .expect("an address")
-        .to_owned()
-}
 
 /// GET `url` with an `Accept` header: status, content type, body.
 async fn get(url: &str, accept: &str) -> (u16, String, String) {
@@ -53,29 +41,41 @@ async fn get(url: &str, accept: &str) -> (u16, String, String) {
 }
 
 async fn scrape(addr: &str) -> Scrape {
+    scrape_text(addr).await.0
+}
+
+/// One scrape, parsed, and its text.
+async fn scrape_text(addr: &str) -> (Scrape, String) {
     let (status, content_type, body) = get(&format!("http://{addr}/metrics"), "*/*").await;
     assert_eq!(status, 200, "{body}");
     assert!(
         content_type.starts_with("text/plain; version=0.0.4"),
         "{content_type}"
     );
-    Scrape::parse(&body)
-        .unwrap_or_else(|e| panic!("/metrics is not valid text format: {e}\n{body}"))
+    let scrape = Scrape::parse(&body)
+        .unwrap_or_else(|e| panic!("/metrics is not valid text format: {e}\n{body}"));
+    (scrape, body)
 }
 
 /// Scrapes until `check` holds, then returns that scrape (panics with the last body).
-async fn scrape_until(addr: &str, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = scrape(addr).await;
-        if check(&s) {
-            return s;
-        }
-        if Instant::now() > deadline {
-            let (_, _, body) = get(&format!("http://{addr}/metrics"), "*/*").await;
-            panic!("timed out waiting for {what} in /metrics:\n{body}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+#[track_caller]
+fn scrape_until<'a>(
+    addr: &'a str,
+    what: &str,
+    check: impl Fn(&Scrape) -> bool + 'a,
+) -> impl Future<Output = Scrape> + 'a {
+    let wait = Wait::new(format!("{what} in /metrics"), Duration::from_secs(60))
+        .every(Duration::from_millis(200));
+    async move {
+        wait.until(|| async {
+            let (scrape, body) = scrape_text(addr).await;
+            if check(&scrape) {
+                Ok(scrape)
+            } else {
+                Err(format!("/metrics:\n{body}"))
+            }
+        })
+        .await
     }
 }
 
@@ -102,7 +102,7 @@ async fn metrics_count_the_work_capture_and_ingest_did() {
     )
     .await;
     wait_streaming(&sc.db).await;
-    let addr = listen_addr(&p).await;
+    let addr = p.listen_addr().await;
     let slot = sc.db.slot("cap");
 
     let s = scrape_until(&addr, "the snapshot's two rows", |s| {
@@ -285,7 +285,7 @@ async fn readyz_follows_the_ds_server_and_health_exits_accordingly() {
         &["--tables", "items", "--listen", "127.0.0.1:0"],
     )
     .await;
-    let addr = listen_addr(&p).await;
+    let addr = p.listen_addr().await;
     let readyz = format!("http://{addr}/readyz");
     let base = format!("http://{addr}");
     let ready = |want: u16| {
@@ -295,7 +295,7 @@ async fn readyz_follows_the_ds_server_and_health_exits_accordingly() {
             (status == want).then_some(body)
         }
     };
-    wait_for("/readyz to answer 200", Duration::from_secs(60), || {
+    wait_until("/readyz to answer 200", Duration::from_secs(60), || {
         ready(200)
     })
     .await;
@@ -307,7 +307,7 @@ async fn readyz_follows_the_ds_server_and_health_exits_accordingly() {
 
     sc.server.stop().await;
     let stopped = Instant::now();
-    let body = wait_for("/readyz to answer 503", Duration::from_secs(20), || {
+    let body = wait_until("/readyz to answer 503", Duration::from_secs(20), || {
         ready(503)
     })
     .await;
@@ -333,7 +333,7 @@ async fn readyz_follows_the_ds_server_and_health_exits_accordingly() {
 
     sc.server.start_again().await.unwrap();
     let back = Instant::now();
-    wait_for(
+    wait_until(
         "/readyz to answer 200 again",
         Duration::from_secs(20),
         || ready(200),
@@ -414,8 +414,8 @@ async fn readyz_is_503_while_another_process_holds_the_slot() {
         &["--tables", "items", "--listen", "127.0.0.1:0"],
     )
     .await;
-    let readyz = format!("http://{}/readyz", listen_addr(&second).await);
-    let held = wait_for(
+    let readyz = format!("http://{}/readyz", second.listen_addr().await);
+    let held = wait_until(
         "/readyz to name the slot's holder",
         Duration::from_secs(60),
         || async {
@@ -428,7 +428,7 @@ async fn readyz_is_503_while_another_process_holds_the_slot() {
     assert_eq!(report["capture"]["state"], "reconnecting", "{held}");
     assert_eq!(report["ds_server"]["ready"], true, "{held}");
     first.stop_ok().await;
-    wait_for(
+    wait_until(
         "/readyz to answer 200 once the slot is free",
         Duration::from_secs(60),
         || async {
@@ -438,4 +438,24 @@ async fn readyz_is_503_while_another_process_holds_the_slot() {
     )
     .await;
     second.stop_ok().await;
+}
+
+#[test]
+fn the_strict_parser_refuses_malformed_scrapes() {
+    let good = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1\\\"q\"} 3\n\
+                # TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n";
+    let s = Scrape::parse(good).unwrap();
+    assert_eq!(s.value("a_total", &[("x", "1\"q")]), Some(3.0));
+    for bad in [
+        "a 1\n",                                 // no TYPE
+        "# TYPE a counter\na 1\n",               // counter without _total
+        "# TYPE a gauge\na{x=1} 1\n",            // unquoted label
+        "# TYPE a gauge\na 1 2 3\n",             // trailing text
+        "# TYPE a gauge\n# TYPE b gauge\na 1\n", // sample outside its family
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_count 1\n",
+        "# TYPE a gauge\na one\n",
+        "# random comment\n",
+    ] {
+        assert!(Scrape::parse(bad).is_err(), "accepted: {bad:?}");
+    }
 }

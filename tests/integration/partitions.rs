@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use ds_sync::embedded::DsServerOptions;
 
+use crate::kit::official_client::{table_rows, wait_for_rows};
 use crate::kit::{Scenario, scenario, start_streaming};
-use crate::official_client::{table_rows, wait_for_rows};
 
 const LONG: Duration = Duration::from_secs(90);
 

@@ -3,6 +3,7 @@
 //! session) makes it reconnect with backoff and go on, never exit. The walsender case is in
 //! `capture_faults`, ingest's connections in `ingest`.
 
+use std::future::Future;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -10,8 +11,10 @@ use serde_json::Value;
 use ds_sync::ds::DsClient;
 use ds_sync::embedded::DsServerOptions;
 
-use crate::kit::{CaptureProcess, Scenario, scenario, start_streaming, wait_for};
-use crate::snapshot::{control, materialize, read, wait_converged};
+use crate::kit::{
+    CaptureProcess, Scenario, Wait, control, materialize_by_key, read, scenario, start_streaming,
+    wait_converged, wait_until,
+};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -30,32 +33,26 @@ async fn terminate(sql: &tokio_postgres::Client, filter: &str) -> i64 {
     .get(0)
 }
 
-/// Waits until `check` holds for the stream's messages; panics with the log if capture exits.
-async fn wait_stream(
-    client: &DsClient,
-    stream: &str,
+/// Waits until `check` holds for the stream's messages; fails at once if capture exits.
+#[track_caller]
+fn wait_stream<'a>(
+    client: &'a DsClient,
+    stream: &'a str,
     what: &str,
-    capture: &mut CaptureProcess,
-    check: impl Fn(&[Value]) -> bool,
-) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + LONG;
-    loop {
-        let messages = read(client, stream).await;
-        if check(&messages) {
-            return messages;
-        }
-        if let Some(code) = capture.try_exit() {
-            panic!(
-                "capture exited ({code}) waiting for {what}:\n{}",
-                capture.log()
-            );
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}:\n{}",
-            capture.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    capture: &'a CaptureProcess,
+    check: impl Fn(&[Value]) -> bool + 'a,
+) -> impl Future<Output = Vec<Value>> + 'a {
+    let wait = Wait::new(what, LONG).while_running(capture);
+    async move {
+        wait.until(|| async {
+            let messages = read(client, stream).await;
+            if check(&messages) {
+                Ok(messages)
+            } else {
+                Err(format!("{} messages", messages.len()))
+            }
+        })
+        .await
     }
 }
 
@@ -75,7 +72,7 @@ async fn a_terminated_sql_connection_is_reconnected_and_capture_goes_on() {
         DsServerOptions::default(),
     )
     .await;
-    let mut capture = start_streaming(&db, &server.url(), &["--tables", "items"]).await;
+    let capture = start_streaming(&db, &server.url(), &["--tables", "items"]).await;
     for round in 0..2 {
         let killed = terminate(
             &sql,
@@ -96,9 +93,9 @@ async fn a_terminated_sql_connection_is_reconnected_and_capture_goes_on() {
             &client,
             "pg-items",
             "the row after the schema change",
-            &mut capture,
+            &capture,
             |m| {
-                materialize(m)
+                materialize_by_key(m)
                     .get(&key)
                     .is_some_and(|row| row[&column] == 7)
             },
@@ -131,7 +128,7 @@ async fn a_connection_lost_inside_a_snapshot_while_streaming_resumes_it() {
     )
     .await;
     let args = ["--tables", "items", "--snapshot-chunk-rows", "100"];
-    let mut capture = start_streaming(&db, &server.url(), &args).await;
+    let capture = start_streaming(&db, &server.url(), &args).await;
     let lock = db.client().await;
     lock.batch_execute("BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
         .await
@@ -147,7 +144,7 @@ async fn a_connection_lost_inside_a_snapshot_while_streaming_resumes_it() {
     ])
     .await
     .ok();
-    let blocked = wait_for(
+    let blocked = wait_until(
         "capture's chunk read to wait for the lock",
         LONG,
         || async {
@@ -177,7 +174,7 @@ async fn a_connection_lost_inside_a_snapshot_while_streaming_resumes_it() {
         .await;
     assert_eq!(terminate(&sql, &format!("a.pid = {blocked}")).await, 1);
     lock.batch_execute("COMMIT").await.unwrap();
-    wait_for("the snapshot to finish", LONG, || async {
+    wait_until("the snapshot to finish", LONG, || async {
         let done: i64 = sql
             .query_one(
                 "SELECT count(*) FROM ds_sync.signals WHERE kind = 'done'",
@@ -228,8 +225,8 @@ async fn lost_snapshot_connections_make_capture_take_the_snapshot_again() {
     .await;
     server.stop().await;
     let args = ["--tables", "items", "--max-buffer-bytes", "100000"];
-    let mut capture = CaptureProcess::start(&db, &server.url(), &args).await;
-    wait_for("a snapshot reader copying", LONG, || async {
+    let capture = CaptureProcess::start(&db, &server.url(), &args).await;
+    wait_until("a snapshot reader copying", LONG, || async {
         let n: i64 = sql
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
@@ -255,7 +252,7 @@ async fn lost_snapshot_connections_make_capture_take_the_snapshot_again() {
         &client,
         "pg-items",
         "a new snapshot after a reset",
-        &mut capture,
+        &capture,
         |m| {
             let Some(reset) = m.iter().position(|m| control(m) == Some("reset")) else {
                 return false;

@@ -14,8 +14,10 @@ use serde_json::Value;
 
 use ds_sync::embedded::DsServerOptions;
 
-use crate::kit::{CaptureProcess, Scenario, TestDb, scenario, start_streaming, wait_for};
-use crate::snapshot::{ITEMS, control, spawn_writer, wait_converged};
+use crate::kit::{
+    CaptureProcess, ITEMS, Scenario, TestDb, control, scenario, spawn_writer, start_streaming,
+    wait_converged, wait_snapshot_done, wait_until,
+};
 
 const LONG: Duration = Duration::from_secs(180);
 
@@ -86,29 +88,6 @@ async fn request(db: &TestDb, table: &str) {
     .ok();
 }
 
-async fn wait_done(sql: &tokio_postgres::Client, table: &str, capture: &CaptureProcess) {
-    let deadline = tokio::time::Instant::now() + LONG;
-    loop {
-        let n: i64 = sql
-            .query_one(
-                "SELECT count(*) FROM ds_sync.signals WHERE kind = 'done' AND table_name = $1",
-                &[&table],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n > 0 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the snapshot of {table} did not finish\n{}",
-            capture.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_table_is_sent_again_while_it_and_others_keep_changing() {
     let Scenario {
@@ -139,7 +118,7 @@ async fn a_table_is_sent_again_while_it_and_others_keep_changing() {
             .await
             .unwrap();
     }
-    wait_done(&sql, "public.items", &capture).await;
+    wait_snapshot_done(&sql, "public.items", &capture).await;
     stop.cancel();
     assert!(writer.await.unwrap() > 0);
     let messages = wait_converged(&client, "pg-items", &sql, "items", &capture).await;
@@ -183,7 +162,7 @@ async fn a_table_added_to_the_publication_later_is_snapshotted() {
     sql.batch_execute("UPDATE extra SET v = v + 1 WHERE id <= 10; INSERT INTO extra VALUES (5000, 0); INSERT INTO items VALUES (2, 0)")
         .await
         .unwrap();
-    wait_done(&sql, "public.extra", &capture).await;
+    wait_snapshot_done(&sql, "public.extra", &capture).await;
     sql.batch_execute(
         "UPDATE extra SET v = v + 1 WHERE id <= 5; DELETE FROM extra WHERE id = 2500",
     )
@@ -231,7 +210,7 @@ async fn a_crash_mid_resnapshot_resumes_at_the_unfinished_chunk() {
             .get::<_, i64>(0)
         }
     };
-    wait_for("a few chunks", LONG, || async {
+    wait_until("a few chunks", LONG, || async {
         (count("low").await >= 5).then_some(())
     })
     .await;
@@ -257,7 +236,7 @@ async fn a_crash_mid_resnapshot_resumes_at_the_unfinished_chunk() {
         &["--tables", "items", "--snapshot-chunk-rows", "200"],
     )
     .await;
-    wait_done(&sql, "public.items", &capture).await;
+    wait_snapshot_done(&sql, "public.items", &capture).await;
     let resumed: Option<Vec<String>> = sql
         .query_one(
             "SELECT chunk_start FROM ds_sync.signals WHERE kind = 'low' AND id > $1 ORDER BY id LIMIT 1",

@@ -15,8 +15,10 @@ use serde_json::Value;
 use ds_sync::ds::DsClient;
 use ds_sync::embedded::DsServerOptions;
 
-use crate::kit::{CaptureProcess, Scenario, TestDb, scenario, start_streaming, wait_for};
-use crate::snapshot::{control, materialize, read, wait_converged};
+use crate::kit::{
+    Scenario, TestDb, control, materialize_by_key, read, scenario, start_streaming, wait_converged,
+    wait_snapshot_done, wait_until,
+};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -48,7 +50,7 @@ async fn wait_blocked_by(
     what: &str,
 ) {
     let pid = backend_pid(holder).await;
-    wait_for(what, LONG, || async {
+    wait_until(what, LONG, || async {
         let n: i64 = sql
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
@@ -105,38 +107,8 @@ impl Gate {
     }
 }
 
-/// Waits until request(s) for `table` are done; panics early if capture exits.
-async fn wait_done(sql: &tokio_postgres::Client, table: &str, capture: &mut CaptureProcess) {
-    let deadline = tokio::time::Instant::now() + LONG;
-    loop {
-        let n: i64 = sql
-            .query_one(
-                "SELECT count(*) FROM ds_sync.signals WHERE kind = 'done' AND table_name = $1",
-                &[&table],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n > 0 {
-            return;
-        }
-        if let Some(code) = capture.try_exit() {
-            panic!(
-                "capture exited ({code}) before the snapshot of {table} was done:\n{}",
-                capture.log()
-            );
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the snapshot of {table} did not finish\n{}",
-            capture.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn wait_initial_snapshot(sql: &tokio_postgres::Client) {
-    wait_for("the initial snapshot to finish", LONG, || async {
+    wait_until("the initial snapshot to finish", LONG, || async {
         let state: Option<String> = sql
             .query_opt("SELECT state FROM ds_sync.snapshots", &[])
             .await
@@ -149,7 +121,7 @@ async fn wait_initial_snapshot(sql: &tokio_postgres::Client) {
 
 /// `v` of the row `key` as a client of `stream` holds it.
 async fn stream_v(client: &DsClient, stream: &str, key: &str) -> Option<i64> {
-    materialize(&read(client, stream).await)
+    materialize_by_key(&read(client, stream).await)
         .get(key)
         .and_then(|row| row["v"].as_i64())
 }
@@ -176,7 +148,7 @@ async fn a_chunk_sent_again_after_a_reconnect_still_leaves_out_rows_changed_in_i
     )
     .await;
     let args = ["--tables", "items", "--route", "items=items/{id}"];
-    let mut capture = start_streaming(&db, &server.url(), &args).await;
+    let capture = start_streaming(&db, &server.url(), &args).await;
     wait_initial_snapshot(&sql).await;
     let gate = Gate::hold(&db, &sql, "items").await;
     sql.batch_execute("UPDATE items SET v = v + 1 WHERE id = 1")
@@ -196,7 +168,7 @@ async fn a_chunk_sent_again_after_a_reconnect_still_leaves_out_rows_changed_in_i
     .await
     .unwrap();
     server.start_again().await.unwrap();
-    wait_done(&sql, "public.items", &mut capture).await;
+    wait_snapshot_done(&sql, "public.items", &capture).await;
     assert!(
         capture.log_count(PLACED) >= placed + 2,
         "the chunk was placed again after the reconnect:\n{}",
@@ -233,14 +205,14 @@ async fn a_truncate_between_a_chunks_watermarks_discards_the_chunk() {
         DsServerOptions::default(),
     )
     .await;
-    let mut capture = start_streaming(&db, &server.url(), &["--tables", "items"]).await;
+    let capture = start_streaming(&db, &server.url(), &["--tables", "items"]).await;
     wait_initial_snapshot(&sql).await;
     let gate = Gate::hold(&db, &sql, "items").await;
     sql.batch_execute("TRUNCATE items; INSERT INTO items VALUES (7, 5)")
         .await
         .unwrap();
     gate.release().await;
-    wait_done(&sql, "public.items", &mut capture).await;
+    wait_snapshot_done(&sql, "public.items", &capture).await;
     let messages = wait_converged(&client, "pg-items", &sql, "items", &capture).await;
     let reset = messages
         .iter()
@@ -287,8 +259,8 @@ async fn a_finished_request_does_not_run_again_when_replayed_after_a_restart() {
     .await
     .unwrap();
     request(&sql, &db, "public.items").await;
-    let mut capture = start_streaming(&db, &server.url(), &args).await;
-    wait_done(&sql, "public.items", &mut capture).await;
+    let capture = start_streaming(&db, &server.url(), &args).await;
+    wait_snapshot_done(&sql, "public.items", &capture).await;
     capture.stop_ok().await;
     let chunks = lows(&sql).await;
     assert!(chunks >= 3, "the request ran in chunks: {chunks}");
@@ -311,8 +283,8 @@ async fn a_finished_request_does_not_run_again_when_replayed_after_a_restart() {
     sql.batch_execute("INSERT INTO items VALUES (1000, 0)")
         .await
         .unwrap();
-    wait_for("the row after the replayed request", LONG, || async {
-        materialize(&read(&client, "pg-items").await)
+    wait_until("the row after the replayed request", LONG, || async {
+        materialize_by_key(&read(&client, "pg-items").await)
             .contains_key("1000")
             .then_some(())
     })
@@ -357,8 +329,8 @@ async fn expect_added_table_snapshotted(
     db.ds_sync(&["publication", "add", "cap_pub", "--tables", "extra"])
         .await
         .ok();
-    let mut capture = start_streaming(db, &server.url(), capture_args).await;
-    wait_done(sql, "public.extra", &mut capture).await;
+    let capture = start_streaming(db, &server.url(), capture_args).await;
+    wait_snapshot_done(sql, "public.extra", &capture).await;
     let messages = wait_converged(client, "pg-extra", sql, "extra", &capture).await;
     assert_eq!(messages.len(), 300, "each row once: {}", messages.len());
     capture.stop_ok().await;
@@ -452,13 +424,13 @@ async fn an_unchanged_toast_value_inside_a_window_is_not_lost() {
         "--toast",
         "partial",
     ];
-    let mut capture = start_streaming(&db, &server.url(), &args).await;
+    let capture = start_streaming(&db, &server.url(), &args).await;
     let gate = Gate::hold(&db, &sql, "docs").await;
     sql.batch_execute("UPDATE docs SET v = v + 1 WHERE id = 1")
         .await
         .unwrap();
     gate.release().await;
-    wait_done(&sql, "public.docs", &mut capture).await;
+    wait_snapshot_done(&sql, "public.docs", &capture).await;
     let table: BTreeMap<String, (i64, String)> = sql
         .query("SELECT id, v, body FROM docs", &[])
         .await

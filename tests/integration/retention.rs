@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use ds_sync::embedded::DsServerOptions;
 
-use crate::ingest_kit::{Ingest, PATIENCE, Setup, setup};
-use crate::kit::{CaptureProcess, TestDb, test_db, wait_for};
+use crate::kit::ingest::{Ingest, PATIENCE, Setup, setup};
+use crate::kit::{CaptureProcess, TestDb, test_db, wait_until};
 
 /// The sync-layer document's columns, in order, with their types and nullability
 /// (received_at is NOT NULL only when it is the partition key).
@@ -602,7 +602,7 @@ async fn run_prunes_periodically_and_creates_partitions_ahead() {
     )
     .await;
     let db = &s.db;
-    wait_for(
+    wait_until(
         "the partition ahead to be created again",
         PATIENCE,
         || async {
@@ -618,7 +618,7 @@ async fn run_prunes_periodically_and_creates_partitions_ahead() {
         let letters = count_where(db, "SELECT count(*) FROM ds_sync.dead_letters").await;
         (rows == 0 && letters == 0).then_some(())
     };
-    wait_for("old rows and dead letters pruned at start", PATIENCE, gone).await;
+    wait_until("old rows and dead letters pruned at start", PATIENCE, gone).await;
     // Later passes prune what aged since; recent rows stay.
     s.sql.batch_execute(insert_old).await.unwrap();
     s.sql
@@ -627,7 +627,7 @@ async fn run_prunes_periodically_and_creates_partitions_ahead() {
         )
         .await
         .unwrap();
-    wait_for("old rows pruned by a later pass", PATIENCE, || async {
+    wait_until("old rows pruned by a later pass", PATIENCE, || async {
         let old = count_where(
             db,
             "SELECT count(*) FROM session_events WHERE payload = '{}'",
@@ -662,7 +662,7 @@ async fn the_first_retention_pass_on_a_fresh_database_does_not_fail() {
         &["--no-capture", "--ingest", "fresh", "--retention", "1h"],
     )
     .await;
-    wait_for("the first retention pass to end", PATIENCE, || async {
+    wait_until("the first retention pass to end", PATIENCE, || async {
         let log = process.log();
         (log.contains("retention pass done") || log.contains("retention pass failed")).then_some(())
     })

@@ -30,7 +30,7 @@ async fn a_full_stream_stops_capture_with_the_servers_words_and_the_fitting_hint
         opts,
     )
     .await;
-    let mut capture = start_streaming(&db, &server.url(), &["--tables", "items"]).await;
+    let capture = start_streaming(&db, &server.url(), &["--tables", "items"]).await;
     // About 1 KiB per message: the stream is full after roughly 9,000 of these 12,000 rows.
     sql.batch_execute(
         "INSERT INTO items SELECT g, 'item ' || g, repeat('x', 1000) FROM generate_series(1, 12000) g",

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use ds_sync::embedded::DsServerOptions;
 
-use crate::kit::{CaptureProcess, Scenario, TestDb, scenario, start_streaming, test_db, wait_for};
+use crate::kit::{
+    CaptureProcess, Scenario, TestDb, Wait, scenario, start_streaming, test_db, wait_until,
+};
 
 /// How long the log is watched for retries while a server is down.
 const WATCH: Duration = Duration::from_secs(4);
@@ -17,7 +19,7 @@ const WATCH: Duration = Duration::from_secs(4);
 const MAX_RETRY_LINES: usize = 15;
 
 /// Sends SIGTERM and returns the exit code and how long the process took to exit.
-async fn sigterm(mut process: CaptureProcess, bound: Duration) -> (i32, Duration, String) {
+async fn sigterm(process: CaptureProcess, bound: Duration) -> (i32, Duration, String) {
     let started = Instant::now();
     if let Some(pid) = process.pid() {
         nix::sys::signal::kill(
@@ -26,22 +28,22 @@ async fn sigterm(mut process: CaptureProcess, bound: Duration) -> (i32, Duration
         )
         .unwrap();
     }
-    loop {
-        if let Some(code) = process.try_exit() {
-            return (code, started.elapsed(), process.log());
-        }
-        if started.elapsed() > bound {
-            let log = process.log();
-            let lines = log.lines().count();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            let _ = process.kill().await;
-            panic!(
-                "ds-sync did not exit within {bound:?} of SIGTERM ({lines} log lines); last lines:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let code = Wait::new(
+        format!("ds-sync to exit within {bound:?} of SIGTERM"),
+        bound,
+    )
+    .every(Duration::from_millis(20))
+    .context(|| {
+        let log = process.log();
+        format!(
+            "{} log lines; the last ones:\n{}",
+            log.lines().count(),
+            process.log_tail(20)
+        )
+    })
+    .until(|| async { process.try_exit() })
+    .await;
+    (code, started.elapsed(), process.log())
 }
 
 /// Counts `needle` in the log over [`WATCH`] and checks it stays a handful.
@@ -106,8 +108,8 @@ async fn capture_with_the_ds_server_down_gives_up_after_the_shutdown_timeout() {
     let capture = start_streaming(&db, &server.url(), &["--tables", "s"]).await;
     // A first row makes the stream known to this source, so what follows are POST retries.
     sql.batch_execute("INSERT INTO s VALUES (0)").await.unwrap();
-    crate::kit::wait_for("the first row", Duration::from_secs(60), || async {
-        (!crate::snapshot::read(&client, "pg-s").await.is_empty()).then_some(())
+    wait_until("the first row", Duration::from_secs(60), || async {
+        (!crate::kit::read(&client, "pg-s").await.is_empty()).then_some(())
     })
     .await;
     server.stop().await;
@@ -208,10 +210,31 @@ async fn capture_with_postgres_stalled_still_stops_within_a_bound() {
     eprintln!("capture, Postgres stalled: exited {code} {took:?} after SIGTERM");
 }
 
-/// `ds-sync run --no-capture` ingesting `stream` from `ds_url` into `db`.
+/// `ds-sync run --no-capture` ingesting `stream` from `ds_url` into `db`, once the
+/// subscription streams.
 async fn start_ingest(db: &TestDb, ds_url: &str, stream: &str) -> CaptureProcess {
     let process = CaptureProcess::start(db, ds_url, &["--no-capture", "--ingest", stream]).await;
-    process.wait_log("ingesting").await;
+    let sql = db.client().await;
+    Wait::new(
+        format!("the subscription to {stream} to stream"),
+        Duration::from_secs(30),
+    )
+    .while_running(&process)
+    .until(|| async {
+        let status = sql
+            .query_opt(
+                "SELECT status FROM ds_sync.subscriptions WHERE stream_name = $1",
+                &[&stream],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|row| row.get::<_, String>(0));
+        match status.as_deref() {
+            Some("streaming") => Ok(()),
+            other => Err(format!("status {other:?}")),
+        }
+    })
+    .await;
     process
 }
 
@@ -257,20 +280,6 @@ async fn ingest_with_the_ds_server_down_waits_its_backoff_and_stops_at_once() {
     client.ensure_stream("events").await.unwrap();
     let db = test_db("stop_ing_ds").await;
     let ingest = start_ingest(&db, &server.url(), "events").await;
-    let sql = db.client().await;
-    wait_for(
-        "the subscription to stream",
-        Duration::from_secs(30),
-        || async {
-            let status: String = sql
-                .query_opt("SELECT status FROM ds_sync.subscriptions", &[])
-                .await
-                .ok()??
-                .get(0);
-            (status == "streaming").then_some(())
-        },
-    )
-    .await;
     server.stop().await;
     ingest.wait_log("retrying").await;
     watch_retries(&ingest, "retrying").await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use ds_sync::embedded::PostgresOptions;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig};
 
-use crate::kit::{TestDb, start_cluster, test_db, test_db_in};
+use crate::kit::{TestDb, start_cluster, test_db, test_db_in, wait_until};
 
 fn find<'a>(list: &'a serde_json::Value, slot: &str) -> &'a serde_json::Value {
     list.as_array()
@@ -190,21 +190,22 @@ async fn hold_slot(db: &TestDb, slot: &str) -> ReplicationClient {
     let repl = ReplicationClient::connect(cfg)
         .await
         .expect("replication connection");
-    for _ in 0..200 {
-        let active: bool = client
-            .query_one(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if active {
-            return repl;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("slot {slot} never became active");
+    wait_until(
+        format!("slot {slot} to become active"),
+        Duration::from_secs(10),
+        || async {
+            client
+                .query_one(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+        },
+    )
+    .await;
+    repl
 }
 
 #[tokio::test]

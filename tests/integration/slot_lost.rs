@@ -12,11 +12,11 @@ use serde_json::Value;
 
 use ds_sync::embedded::{DsServer, DsServerOptions, PostgresOptions};
 
+use crate::kit::official_client::{self, table_rows, wait_for_rows};
 use crate::kit::{
-    self, CaptureProcess, TestDb, start_cluster, test_db_in, wait_confirmed, wait_for,
-    wait_streaming, wal_now,
+    self, CaptureProcess, TestDb, start_cluster, test_db_in, wait_confirmed, wait_streaming,
+    wait_until, wal_now,
 };
-use crate::official_client::{self, table_rows, wait_for_rows};
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -53,7 +53,7 @@ async fn small_wal_cluster(label: &str) -> (ds_sync::embedded::LocalPostgres, Te
 /// Writes WAL (into the unpublished `pad`) and checkpoints until the server marks the
 /// slot lost.
 async fn lose_slot(sql: &tokio_postgres::Client, slot: &str) {
-    wait_for(
+    wait_until(
         "the server to mark the slot lost (wal_status = 'lost')",
         LONG,
         || async {
@@ -110,7 +110,7 @@ async fn a_lost_slot_stops_run_with_the_slot_and_the_option_named() {
     let server = DsServer::start(DsServerOptions::default()).await.unwrap();
     let (_pg, db) = small_wal_cluster("slot_lost_err").await;
     let _sql = captured_then_lost(&db, &server.url()).await;
-    let mut capture = CaptureProcess::start(
+    let capture = CaptureProcess::start(
         &db,
         &server.url(),
         &["--tables", "items,notes", "--route", ROUTE],
@@ -219,7 +219,7 @@ async fn recreate_heals_a_lost_slot_and_the_official_client_holds_the_table() {
         .unwrap()
         .get(0);
     assert_ne!(status.as_deref(), Some("lost"), "the slot was recreated");
-    let addr = crate::observe::listen_addr(&capture).await;
+    let addr = capture.listen_addr().await;
     let (status, body) = kit::http(
         hyper::Method::GET,
         &format!("http://{addr}/metrics"),
@@ -233,7 +233,7 @@ async fn recreate_heals_a_lost_slot_and_the_official_client_holds_the_table() {
         metrics.contains("ds_sync_slot_lost_total 1"),
         "one lost slot counted:\n{metrics}"
     );
-    let readyz = wait_for("/readyz to answer 200", LONG, || async {
+    let readyz = wait_until("/readyz to answer 200", LONG, || async {
         let (status, body) = kit::http(
             hyper::Method::GET,
             &format!("http://{addr}/readyz"),

@@ -3,111 +3,22 @@
 //! Streams are checked the way a client uses them: materialized by key in stream order,
 //! applying `reset`, and compared with the table.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use ds_sync::ds::DsClient;
 use ds_sync::embedded::DsServerOptions;
 use ds_sync::lsn::Lsn;
 use ds_sync::pg::PgTarget;
 use ds_sync::pg::replication_session::ReplicationSession;
 
-use crate::kit::{CaptureProcess, Scenario, scenario, wait_for};
+use crate::kit::{
+    CaptureProcess, ITEMS, Scenario, control, materialize_by_key, read, scenario, spawn_writer,
+    wait_converged, wait_until,
+};
 
 const LONG: Duration = Duration::from_secs(120);
-
-/// All messages of a stream (empty when it does not exist yet).
-pub(crate) async fn read(client: &DsClient, stream: &str) -> Vec<Value> {
-    client.read_all(stream).await.unwrap_or_default()
-}
-
-pub(crate) fn control(m: &Value) -> Option<&str> {
-    m["headers"]["control"].as_str()
-}
-
-/// Applies the messages in order: key → value.
-pub(crate) fn materialize(messages: &[Value]) -> BTreeMap<String, Value> {
-    let mut rows = BTreeMap::new();
-    for m in messages {
-        if control(m) == Some("reset") {
-            rows.clear();
-            continue;
-        }
-        let Some(key) = m["key"].as_str() else {
-            continue;
-        };
-        match m["headers"]["operation"].as_str() {
-            Some("insert" | "update") => {
-                rows.insert(key.to_string(), m["value"].clone());
-            }
-            Some("delete") => {
-                rows.remove(key);
-            }
-            _ => {}
-        }
-    }
-    rows
-}
-
-/// The table as `key → {id, v}`.
-async fn table_rows(sql: &tokio_postgres::Client, table: &str) -> BTreeMap<String, Value> {
-    sql.query(&format!("SELECT id, v FROM {table}"), &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let (id, v): (i32, i32) = (r.get(0), r.get(1));
-            (id.to_string(), serde_json::json!({"id": id, "v": v}))
-        })
-        .collect()
-}
-
-/// Only `id` and `v` of each materialized row.
-fn id_v(rows: &BTreeMap<String, Value>) -> BTreeMap<String, Value> {
-    rows.iter()
-        .map(|(k, v)| (k.clone(), serde_json::json!({"id": v["id"], "v": v["v"]})))
-        .collect()
-}
-
-/// Waits until the stream, materialized, equals the table.
-pub(crate) async fn wait_converged(
-    client: &DsClient,
-    stream: &str,
-    sql: &tokio_postgres::Client,
-    table: &str,
-    capture: &CaptureProcess,
-) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + LONG;
-    loop {
-        let messages = read(client, stream).await;
-        let expected = table_rows(sql, table).await;
-        let got = id_v(&materialize(&messages));
-        if got == expected {
-            return messages;
-        }
-        if tokio::time::Instant::now() > deadline {
-            let missing: Vec<_> = expected
-                .keys()
-                .filter(|k| !got.contains_key(*k))
-                .take(5)
-                .collect();
-            let extra: Vec<_> = got
-                .keys()
-                .filter(|k| !expected.contains_key(*k))
-                .take(5)
-                .collect();
-            panic!(
-                "stream {stream} never matched table {table}: {} rows vs {}, missing {missing:?}, extra {extra:?}\n--- log ---\n{}",
-                got.len(),
-                expected.len(),
-                capture.log()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// The messages after the last `reset` (or all), checked: one framed snapshot section in
 /// which every key appears once, then changes in which every update of a key raises `v`
@@ -161,42 +72,6 @@ fn check_last_section(messages: &[Value]) -> usize {
     }
     end - 1
 }
-
-/// Updates, inserts and deletes rows of `items` until told to stop; returns how many
-/// statements ran.
-pub(crate) fn spawn_writer(
-    url: String,
-    stop: tokio_util::sync::CancellationToken,
-) -> tokio::task::JoinHandle<u64> {
-    tokio::spawn(async move {
-        let sql = crate::kit::connect(&url).await;
-        let mut n = 0u64;
-        let mut next_id = 1_000_000;
-        while !stop.is_cancelled() {
-            let id = (n * 7919 % 20_000) as i32 + 1;
-            sql.execute("UPDATE items SET v = v + 1 WHERE id = $1", &[&id])
-                .await
-                .unwrap();
-            if n.is_multiple_of(10) {
-                sql.execute("INSERT INTO items VALUES ($1, 0)", &[&next_id])
-                    .await
-                    .unwrap();
-                next_id += 1;
-            }
-            if n.is_multiple_of(25) {
-                let gone = (n * 104_729 % 20_000) as i32 + 1;
-                sql.execute("DELETE FROM items WHERE id = $1", &[&gone])
-                    .await
-                    .unwrap();
-            }
-            n += 1;
-        }
-        n
-    })
-}
-
-pub(crate) const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, pad text); \
-    INSERT INTO items SELECT g, 0, repeat('x', 50) FROM generate_series(1, 20000) g;";
 
 #[tokio::test]
 async fn existing_rows_then_concurrent_changes_arrive_once_each() {
@@ -254,7 +129,7 @@ async fn existing_rows_then_concurrent_changes_arrive_once_each() {
     let orders = read(&client, "pg-orders").await;
     assert_eq!(control(&orders[0]), Some("snapshot-start"));
     assert_eq!(control(orders.last().unwrap()), Some("snapshot-end"));
-    let rows = materialize(&orders);
+    let rows = materialize_by_key(&orders);
     assert_eq!(rows.len(), 50, "the row filter keeps the paid half");
     for value in rows.values() {
         assert_eq!(value["status"], "paid");
@@ -294,7 +169,7 @@ async fn a_crash_mid_snapshot_is_followed_by_reset_and_a_whole_snapshot() {
     .await;
     let slow = ["--tables", "items", "--batch-max-messages", "10"];
     let capture = CaptureProcess::start(&db, &server.url(), &slow).await;
-    let partial = wait_for("part of the snapshot", LONG, || async {
+    let partial = wait_until("part of the snapshot", LONG, || async {
         let m = read(&client, "pg-items").await;
         (m.len() > 2000).then_some(m)
     })
@@ -347,7 +222,7 @@ async fn never_streams_only_and_always_snapshots_again_with_a_reset() {
     sql.batch_execute("INSERT INTO items VALUES (3, 0)")
         .await
         .unwrap();
-    let m = wait_for("the insert", LONG, || async {
+    let m = wait_until("the insert", LONG, || async {
         let m = read(&client, "pg-items").await;
         (!m.is_empty()).then_some(m)
     })
@@ -366,7 +241,7 @@ async fn never_streams_only_and_always_snapshots_again_with_a_reset() {
     .await;
     wait_converged(&client, "pg-items", &sql, "items", &capture).await;
     // The rows can match the table before `snapshot-end` is written: wait for the frame.
-    let messages = wait_for("snapshot-end after the reset", LONG, || async {
+    let messages = wait_until("snapshot-end after the reset", LONG, || async {
         let m = read(&client, "pg-items").await;
         let reset = m.iter().position(|m| control(m) == Some("reset"))?;
         m[reset..]

@@ -8,8 +8,8 @@ use serde_json::json;
 
 use ds_sync::embedded::DsServerOptions;
 
-use crate::kit::{Scenario, scenario, start_streaming, wait_for};
-use crate::official_client::try_read;
+use crate::kit::official_client::try_read;
+use crate::kit::{Scenario, scenario, start_streaming, wait_until};
 
 #[tokio::test]
 async fn the_official_client_finds_every_per_key_stream() {
@@ -49,7 +49,7 @@ async fn the_official_client_finds_every_per_key_stream() {
     }
     for (i, (who, plain)) in values.iter().enumerate() {
         let id = (i + 1).to_string();
-        let state = wait_for(
+        let state = wait_until(
             &format!("the official client to read the stream of {who:?}"),
             Duration::from_secs(60),
             || async {

@@ -15,8 +15,8 @@ use ds_sync::lsn::Lsn;
 use ds_sync::pg::PgTarget;
 use ds_sync::pg::replication_session::{ReplicationSession, SessionError};
 
-use crate::kit::{CaptureProcess, TestDb, run_ds_sync, wait_for};
-use crate::tls_kit::{HBA_TLS_ONLY, Pki, create_db, tls_cluster, url};
+use crate::kit::tls::{HBA_TLS_ONLY, Pki, create_db, tls_cluster, url};
+use crate::kit::{CaptureProcess, TestDb, run_ds_sync, wait_slot_streaming, wait_until};
 
 fn test_db(pg: &LocalPostgres, name: &str, host: &str, params: &str) -> TestDb {
     TestDb {
@@ -28,31 +28,9 @@ fn test_db(pg: &LocalPostgres, name: &str, host: &str, params: &str) -> TestDb {
     }
 }
 
-/// Waits until capture holds its slot with its streaming connection.
-async fn wait_streaming(sql: &tokio_postgres::Client, slot: &str) {
-    wait_for(
-        "capture to hold its slot",
-        Duration::from_secs(90),
-        || async {
-            let row = sql
-                .query_opt(
-                    "SELECT s.active FROM pg_replication_slots s \
-                 JOIN pg_stat_activity a ON a.pid = s.active_pid \
-                 WHERE s.slot_name = $1 AND a.application_name = 'ds-sync'",
-                    &[&slot],
-                )
-                .await
-                .ok()
-                .flatten()?;
-            row.get::<_, bool>(0).then_some(())
-        },
-    )
-    .await;
-}
-
 /// Waits until `stream` holds inserts of the ids `1..=n`.
 async fn wait_rows(ds: &DsClient, stream: &str, n: i64) {
-    wait_for(
+    wait_until(
         &format!("{n} rows in {stream}"),
         Duration::from_secs(60),
         || async {
@@ -100,7 +78,7 @@ async fn capture_and_ingest(
     .await;
     wait_rows(&ds, "pg-items", 40).await;
     wait_rows(&ds, "pg-notes", 1).await;
-    wait_streaming(sql, &db.slot("cap")).await;
+    wait_slot_streaming(sql, &db.slot("cap")).await;
     sql.execute("INSERT INTO items VALUES (41, 'after')", &[])
         .await
         .unwrap();
@@ -113,7 +91,7 @@ async fn capture_and_ingest(
     )
     .await
     .unwrap();
-    wait_for(
+    wait_until(
         "the event in session_events",
         Duration::from_secs(60),
         || async {
@@ -156,7 +134,7 @@ async fn capture_and_ingest_run_with_verify_full() {
     create_db(&pg, "tls_full").await;
     let params = format!("sslmode=verify-full&sslrootcert={}", pki.path(&pki.ca_file));
     let db = test_db(&pg, "tls_full", "localhost", &params);
-    let sql = crate::tls_kit::client(&pg, "tls_full").await;
+    let sql = crate::kit::tls::client(&pg, "tls_full").await;
     capture_and_ingest(&pg, &sql, &db, &[]).await;
 }
 
@@ -365,7 +343,7 @@ async fn sslmode_behaves_as_in_libpq() {
             .await
             .unwrap_or_else(|e| panic!("{params}: replication stream: {e}"));
         stream.shutdown().await.ok();
-        wait_for(
+        wait_until(
             "the slot to be released",
             Duration::from_secs(30),
             || async {

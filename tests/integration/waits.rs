@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ds_sync::embedded::DsServerOptions;
 
-use crate::kit::{CaptureProcess, Scenario, scenario, start_streaming, wait_for};
+use crate::kit::{CaptureProcess, Scenario, scenario, start_streaming, wait_streaming, wait_until};
 
 const WAITS: &str = "waits for the transaction of pid";
 
@@ -59,12 +59,11 @@ async fn slot_creation_names_the_transaction_it_waits_for_and_a_signal_ends_the_
     sql.batch_execute("INSERT INTO items VALUES (2)")
         .await
         .unwrap();
-    wait_for(
+    wait_until(
         "both rows in the stream",
         Duration::from_secs(60),
         || async {
-            let rows =
-                crate::snapshot::materialize(&crate::snapshot::read(&client, "pg-items").await);
+            let rows = crate::kit::materialize_by_key(&crate::kit::read(&client, "pg-items").await);
             (rows.len() == 2).then_some(())
         },
     )
@@ -95,7 +94,7 @@ async fn slot_creation_over_sql_names_the_transaction_it_waits_for() {
     .await;
     capture.wait_log(&format!("{WAITS} {pid} ")).await;
     blocker.batch_execute("COMMIT").await.unwrap();
-    capture.wait_log("streaming changes").await;
+    wait_streaming(&db).await;
     capture.stop_ok().await;
 }
 

@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use ds_sync::embedded::DsServerOptions;
 
-use crate::kit::{CaptureProcess, Scenario, scenario, start_streaming, wait_for};
-use crate::official_client::{self, table_rows, wait_for_rows};
+use crate::kit::official_client::{self, table_rows, wait_for_rows};
+use crate::kit::{CaptureProcess, Scenario, scenario, start_streaming, wait_until};
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -65,7 +65,7 @@ async fn the_official_client_holds_whole_rows_after_updates_that_leave_toast_unc
         "every row keeps its body: {:?}",
         rows.values().filter(|r| r["body"].is_null()).count()
     );
-    let messages = crate::snapshot::read(
+    let messages = crate::kit::read(
         &ds_sync::ds::DsClient::new(&base, Default::default()).unwrap(),
         "pg-docs",
     )
@@ -153,7 +153,7 @@ async fn a_table_added_to_the_publication_while_streaming_gets_whole_rows_too() 
     )
     .await
     .unwrap();
-    wait_for("docs to get REPLICA IDENTITY FULL", LONG, || async {
+    wait_until("docs to get REPLICA IDENTITY FULL", LONG, || async {
         (identity().await == "f").then_some(())
     })
     .await;

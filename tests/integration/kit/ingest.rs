@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +16,7 @@ use ds_sync::embedded::{DsServer, DsServerOptions};
 use ds_sync::ingest::{self, IngestConfig, IngestError};
 use ds_sync::pg::PgTarget;
 
-use crate::kit::{TestDb, test_db, wait_for};
+use crate::kit::{TestDb, Wait, test_db, wait_until};
 
 /// Generous bound for things that take well under a second when all is well.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -141,30 +142,49 @@ impl Setup {
     }
 
     /// Waits until `stream` has exactly `n` rows (panics if it gets more).
-    pub async fn wait_rows(&self, stream: &str, n: i64) {
-        wait_for(&format!("{n} rows of {stream}"), PATIENCE, || async {
-            let got = self.count(stream).await;
-            assert!(got <= n, "{stream}: {got} rows, expected {n}");
-            (got == n).then_some(())
-        })
-        .await;
+    #[track_caller]
+    pub fn wait_rows<'a>(&'a self, stream: &'a str, n: i64) -> impl Future<Output = ()> + 'a {
+        wait_until(
+            format!("{n} rows of {stream}"),
+            PATIENCE,
+            move || async move {
+                let got = self.count(stream).await;
+                assert!(got <= n, "{stream}: {got} rows, expected {n}");
+                if got == n {
+                    Ok(())
+                } else {
+                    Err(format!("{got} rows"))
+                }
+            },
+        )
     }
 
     /// Waits until the subscription reports `status`.
-    pub async fn wait_status(&self, stream: &str, status: &str) {
-        wait_for(&format!("{stream} to be {status}"), PATIENCE, || async {
-            let row = self
-                .sql
-                .query_opt(
-                    "SELECT status FROM ds_sync.subscriptions WHERE stream_name = $1",
-                    &[&stream],
-                )
-                .await
-                .ok()
-                .flatten()?;
-            (row.get::<_, String>(0) == status).then_some(())
-        })
-        .await;
+    #[track_caller]
+    pub fn wait_status<'a>(
+        &'a self,
+        stream: &'a str,
+        status: &'a str,
+    ) -> impl Future<Output = ()> + 'a {
+        wait_until(
+            format!("{stream} to be {status}"),
+            PATIENCE,
+            move || async move {
+                let row = self
+                    .sql
+                    .query_opt(
+                        "SELECT status FROM ds_sync.subscriptions WHERE stream_name = $1",
+                        &[&stream],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match row.map(|r| r.get::<_, String>(0)) {
+                    Some(now) if now == status => Ok(()),
+                    Some(now) => Err(format!("status {now}")),
+                    None => Err("no subscription".into()),
+                }
+            },
+        )
     }
 
     /// `event_key` of the rows of one stream, in the order they were stored.
@@ -237,55 +257,23 @@ impl Setup {
     }
 
     /// Waits until the stored offset of `stream` is its tail.
-    pub async fn wait_caught_up(&self, stream: &str) {
-        let tail = self
-            .ds
-            .head(stream)
-            .await
-            .expect("HEAD")
-            .expect("stream exists");
-        wait_for(
-            &format!("{stream} committed up to {tail}"),
-            PATIENCE,
-            || async {
-                (self.stored_offset(stream).await.as_deref() == Some(tail.as_str())).then_some(())
-            },
-        )
-        .await;
+    #[track_caller]
+    pub fn wait_caught_up<'a>(&'a self, stream: &'a str) -> impl Future<Output = ()> + 'a {
+        let wait = Wait::new(format!("{stream} committed up to its tail"), PATIENCE);
+        async move {
+            let tail = self
+                .ds
+                .head(stream)
+                .await
+                .expect("HEAD")
+                .expect("stream exists");
+            wait.until(|| async {
+                match self.stored_offset(stream).await {
+                    Some(offset) if offset == tail => Ok(()),
+                    other => Err(format!("stored offset {other:?}, tail {tail}")),
+                }
+            })
+            .await;
+        }
     }
-}
-
-/// Sends one request to a stream of the DS server at `base` and returns the status code.
-pub async fn http(
-    base: &str,
-    method: &str,
-    stream: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> u16 {
-    let method = hyper::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
-    let url = format!("{base}/v1/stream/{stream}");
-    crate::kit::http(method, &url, headers, body)
-        .await
-        .0
-        .as_u16()
-}
-
-/// Creates a stream with a given content type.
-pub async fn create_stream(base: &str, stream: &str, content_type: &str) {
-    let status = http(base, "PUT", stream, &[("Content-Type", content_type)], b"").await;
-    assert!(status == 201 || status == 200, "PUT {stream}: {status}");
-}
-
-/// Appends raw bytes with a content type.
-pub async fn post_raw(base: &str, stream: &str, content_type: &str, body: &[u8]) {
-    let status = http(
-        base,
-        "POST",
-        stream,
-        &[("Content-Type", content_type)],
-        body,
-    )
-    .await;
-    assert!(status == 204 || status == 200, "POST {stream}: {status}");
 }

@@ -8,10 +8,13 @@
 //! nothing is skipped.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
+
+use super::wait::Wait;
 
 /// The pinned versions the tests were written against.
 const PACKAGES: [(&str, &str); 2] = [
@@ -97,36 +100,35 @@ pub async fn try_read(base: &str, template: &str, values: &[&str]) -> Result<Cli
 /// Reads the stream with the official client until `rows` of `type_name` equal `expected`
 /// (another reader sees the stream grow), or panics after `timeout` with both sides and
 /// `context` (e.g. the ds-sync log).
-pub async fn wait_for_rows(
-    base: &str,
-    stream: &str,
-    type_name: &str,
-    expected: &BTreeMap<String, Value>,
+#[track_caller]
+pub fn wait_for_rows<'a>(
+    base: &'a str,
+    stream: &'a str,
+    type_name: &'a str,
+    expected: &'a BTreeMap<String, Value>,
     timeout: Duration,
-    context: impl Fn() -> String,
-) -> ClientState {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let got = try_read(base, stream, &[]).await;
-        if let Ok(state) = &got
-            && state.rows(type_name) == *expected
-        {
-            return state.clone();
+    context: impl Fn() -> String + Send + Sync + 'a,
+) -> impl Future<Output = ClientState> + 'a {
+    Wait::new(
+        format!(
+            "the official client reading {stream} to hold the table's rows of type {type_name}"
+        ),
+        timeout,
+    )
+    .every(Duration::from_millis(200))
+    .context(move || {
+        format!(
+            "--- expected ---\n{expected:#?}\n--- context ---\n{}",
+            context()
+        )
+    })
+    .until(move || async move {
+        match try_read(base, stream, &[]).await {
+            Ok(state) if state.rows(type_name) == *expected => Ok(state),
+            Ok(state) => Err(format!("the client holds {:#?}", state.rows(type_name))),
+            Err(e) => Err(e),
         }
-        if tokio::time::Instant::now() > deadline {
-            let held = match &got {
-                Ok(state) => format!("{:#?}", state.rows(type_name)),
-                Err(e) => e.clone(),
-            };
-            panic!(
-                "the official client reading {stream} never held the table's rows of type \
-                 {type_name}.\n--- expected ---\n{expected:#?}\n--- client holds ---\n{held}\n\
-                 --- context ---\n{}",
-                context()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
 }
 
 /// A table as `key → row`, the way ds-sync keys it: the text of `key_sql` (one key column)

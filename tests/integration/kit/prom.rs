@@ -265,23 +265,3 @@ fn check_histogram(name: &str, f: &Family) -> Result<(), String> {
     }
     Ok(())
 }
-
-#[test]
-fn the_strict_parser_refuses_malformed_scrapes() {
-    let good = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1\\\"q\"} 3\n\
-                # TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n";
-    let s = Scrape::parse(good).unwrap();
-    assert_eq!(s.value("a_total", &[("x", "1\"q")]), Some(3.0));
-    for bad in [
-        "a 1\n",                                 // no TYPE
-        "# TYPE a counter\na 1\n",               // counter without _total
-        "# TYPE a gauge\na{x=1} 1\n",            // unquoted label
-        "# TYPE a gauge\na 1 2 3\n",             // trailing text
-        "# TYPE a gauge\n# TYPE b gauge\na 1\n", // sample outside its family
-        "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_count 1\n",
-        "# TYPE a gauge\na one\n",
-        "# random comment\n",
-    ] {
-        assert!(Scrape::parse(bad).is_err(), "accepted: {bad:?}");
-    }
-}

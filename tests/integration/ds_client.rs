@@ -11,7 +11,7 @@ use ds_sync::ds::{AppendOutcome, ClientOptions, DsClient, DsError, SseSubscripti
 use ds_sync::embedded::{DsServer, DsServerOptions};
 use ds_sync::sse::{ArrayItem, Control, DsItem};
 
-use crate::fault_proxy::FaultProxy;
+use crate::kit::fault_proxy::FaultProxy;
 
 async fn server(opts: DsServerOptions) -> DsServer {
     DsServer::start(opts)

@@ -11,6 +11,9 @@ scenarios=(capture-drain capture-latency memory snapshot ingest-drain ingest-lat
 declare -A args=([ingest-outage]="--rows 300000 --duration 15" [ingest-drain]="--table-forms plain,partitioned,unindexed" [memory]="--runs 5")
 for s in "${scenarios[@]}"; do
   echo "== $s" >&2
+  # The previous scenario's writes are flushed first, so that no scenario pays for another's
+  # disk writeback (a million-row drain leaves seconds of it).
+  sync
   # shellcheck disable=SC2086
   "${CARGO_TARGET_DIR:-target}/release/ds-sync" bench "$s" ${args[$s]:-} --out "$out" >&2
 done

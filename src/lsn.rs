@@ -2,7 +2,8 @@
 //!
 //! PostgreSQL prints an LSN as two hex numbers, the high and low 32 bits, `16/B374D848`
 //! (uppercase, no leading zeros). Every LSN ds-sync reads as text (a slot's
-//! `confirmed_flush_lsn`, a consistent point, `ds_sync.snapshots`) is parsed here, and a
+//! `confirmed_flush_lsn` and `restart_lsn`, a consistent point, the positions recorded in
+//! `ds_sync.sources`) is parsed here, and a
 //! malformed one is a [`LsnParseError`], never a silent 0: a zero start position would make
 //! the server stream from the slot's own position while ds-sync believed it was elsewhere,
 //! and a zero confirmation would hold WAL back for good. Every LSN ds-sync writes as text

@@ -192,7 +192,7 @@ pub(super) async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), Benc
     let stream = "bench-ingest";
     preload(ctx.stack, stream, rows, ctx.opts.progress).await?;
     let forms = &ctx.opts.table_forms;
-    let only_plain = forms.as_slice() == [TableForm::Plain] || forms.is_empty();
+    let only_plain = forms.as_slice() == [TableForm::Plain];
     for form in forms {
         let label = if only_plain {
             String::new()

@@ -31,9 +31,8 @@ impl TableForm {
 }
 
 const PLAIN: &str = include_str!("../../sql/001_session_events.sql");
-const INDEXES: &str = "\
-    CREATE INDEX IF NOT EXISTS session_events_stream_id_idx ON public.session_events (stream_name, id); \
-    CREATE INDEX IF NOT EXISTS session_events_received_at_idx ON public.session_events (received_at);";
+/// The readers' indexes (and the rest of that migration, all `IF NOT EXISTS`).
+const INDEXES: &str = include_str!("../../sql/011_session_events_indexes.sql");
 
 /// Makes `public.session_events` empty, in `form`, and forgets ingest's offset and
 /// subscription of `stream` so that the next drain reads the stream from its start.

@@ -45,7 +45,7 @@ mod identity;
 mod time;
 
 pub use identity::{KEY_ENCODING_DOC, TableInfo};
-pub use time::{PG_EPOCH_UNIX_SECS, format_commit_time, pg_now_micros};
+pub use time::{PG_EPOCH_UNIX_SECS, format_commit_time, pg_micros_at, pg_now_micros};
 
 use identity::encode_key;
 

@@ -10,7 +10,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use pgwire_replication::ReplicationEvent;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -19,7 +19,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::capture::message::PG_EPOCH_UNIX_SECS;
 use crate::ds::{AppendOutcome, DsError};
 use crate::lsn::Lsn;
 
@@ -34,8 +33,6 @@ pub const OTHER_STREAM: &str = "_other";
 /// Transactions remembered for the latency histogram; past this (a backlog of many small
 /// transactions) the oldest are dropped from the measurement, never from delivery.
 const MAX_PENDING_COMMITS: usize = 1 << 20;
-/// Microseconds from the Unix epoch to 2000-01-01, the PostgreSQL epoch.
-const PG_EPOCH_UNIX_MICROS: i64 = PG_EPOCH_UNIX_SECS * 1_000_000;
 
 /// What happened to a row: the State Protocol `operation`, or a TRUNCATE.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -120,10 +117,7 @@ pub fn event_position(event: &ReplicationEvent) -> Option<Lsn> {
 /// Seconds from a commit time (microseconds since 2000-01-01) to `now`; never negative
 /// (the database server's clock may run ahead of this host's). Pure.
 pub fn commit_age_seconds(commit_time_micros: i64, now: SystemTime) -> f64 {
-    let now_micros = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-    let age = now_micros - (commit_time_micros + PG_EPOCH_UNIX_MICROS);
+    let age = crate::capture::message::pg_micros_at(now) - commit_time_micros;
     (age.max(0) as f64) / 1e6
 }
 

@@ -3,7 +3,8 @@
 //! The URL is parsed once into a [`PgTarget`]; everything that shows a target to a person
 //! (logs, errors, `config show`) goes through its `Display`, which never includes the
 //! password. Errors from tokio-postgres are turned into [`PgError`] here, with the server's
-//! SQLSTATE kept so callers can decide on codes, never on message text.
+//! SQLSTATE kept so callers can decide on codes (see [`sqlstate`] for the two replication
+//! cases that also read the message).
 
 pub mod ident;
 pub mod replication_session;

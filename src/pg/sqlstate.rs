@@ -23,7 +23,11 @@
 //!
 //! Some errors exist only as text: the replication stream library hands the server's error
 //! over as `"<message> (SQLSTATE <code>)"`. [`sqlstate_in_message`] reads the code out of
-//! such text once, so that the decision is still made on the code.
+//! such text once, so that the decision is still made on the code. Two exceptions sit with
+//! the replication stream, because the code alone does not say enough there: 55006 (the slot
+//! is held by another session) is transient for it, a holder that goes away on its own, and a
+//! lost slot is 55000 plus PostgreSQL's wording, since 55000 also means "wal_level too low"
+//! (`capture::error` and `capture::slot_lost`).
 
 use tokio_postgres::error::SqlState;
 

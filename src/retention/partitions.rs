@@ -15,7 +15,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, GenericClient};
 
 use super::RetentionError;
-use super::interval::{self, DEFAULT_PARTITION, PartitionInterval, Range};
+use super::interval::{self, DEFAULT_PARTITION, PartitionInterval};
 use crate::pg::PgError;
 use crate::pg::ident::quote;
 
@@ -174,15 +174,26 @@ async fn db_now(client: &impl GenericClient) -> Result<DateTime<Utc>, PgError> {
 
 /// The partitions of the table, by name.
 async fn children(client: &impl GenericClient) -> Result<Vec<String>, PgError> {
+    Ok(children_sized(client)
+        .await?
+        .into_iter()
+        .map(|c| c.0)
+        .collect())
+}
+
+/// The partitions of `public.session_events` with their estimated row counts
+/// (`pg_class.reltuples`), in one catalog query.
+async fn children_sized(client: &impl GenericClient) -> Result<Vec<(String, f32)>, PgError> {
     let rows = client
         .query(
-            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+            "SELECT c.relname::text, greatest(c.reltuples, 0) FROM pg_inherits i \
+             JOIN pg_class c ON c.oid = i.inhrelid \
              WHERE i.inhparent = 'public.session_events'::regclass ORDER BY 1",
             &[],
         )
         .await
         .map_err(|e| PgError::query("listing the partitions of public.session_events", &e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// Creates the current partition and [`AHEAD`] after it where missing; returns their names.
@@ -234,20 +245,12 @@ pub async fn expired(
     cutoff_epoch: f64,
 ) -> Result<Vec<Expired>, PgError> {
     let mut out = Vec::new();
-    for name in children(client).await? {
+    for (name, estimated_rows) in children_sized(client).await? {
         let Some(range) = interval::parse_name(interval, &name) else {
             continue;
         };
         #[allow(clippy::cast_precision_loss)]
-        if (range_end(&range) as f64) <= cutoff_epoch {
-            let estimated_rows: f32 = client
-                .query_one(
-                    "SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass($1)",
-                    &[&format!("public.{}", quote(&name))],
-                )
-                .await
-                .map_err(|e| PgError::query("reading a partition's size", &e))?
-                .get(0);
+        if (range.end_epoch() as f64) <= cutoff_epoch {
             #[allow(clippy::cast_possible_truncation)]
             out.push(Expired {
                 name,
@@ -256,10 +259,6 @@ pub async fn expired(
         }
     }
     Ok(out)
-}
-
-fn range_end(range: &Range) -> i64 {
-    range.end_epoch()
 }
 
 /// Detaches and drops one partition (never the default one).

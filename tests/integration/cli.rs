@@ -224,12 +224,14 @@ async fn the_process_runs_without_transparent_huge_pages() {
     let server = ds_sync::embedded::DsServer::start(ds_sync::embedded::DsServerOptions::default())
         .await
         .expect("DS server");
+    let sql = db.client().await;
+    let mut walsender = None;
     for (env, expected) in [(&[][..], "0"), (&[("MIMALLOC_ALLOW_THP", "1")][..], "1")] {
         let run =
             crate::kit::CaptureProcess::start_with_env(&db, &server.url(), &["--tables", "t"], env)
                 .await;
         let pid = run.pid().expect("the process's id");
-        run.wait_log("streaming").await;
+        walsender = Some(crate::kit::wait_streaming_anew(&sql, &db.slot("cap"), walsender).await);
         assert_eq!(
             thp_enabled(pid),
             expected,

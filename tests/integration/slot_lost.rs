@@ -229,8 +229,11 @@ async fn recreate_heals_a_lost_slot_and_the_official_client_holds_the_table() {
     .await;
     assert_eq!(status, 200);
     let metrics = String::from_utf8_lossy(&body).into_owned();
-    assert!(
-        metrics.contains("ds_sync_slot_lost_total 1"),
+    let scrape = crate::kit::prom::Scrape::parse(&metrics)
+        .unwrap_or_else(|e| panic!("/metrics does not parse: {e}\n{metrics}"));
+    assert_eq!(
+        scrape.value("ds_sync_slot_lost_total", &[]),
+        Some(1.0),
         "one lost slot counted:\n{metrics}"
     );
     let readyz = wait_until("/readyz to answer 200", LONG, || async {

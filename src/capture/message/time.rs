@@ -43,7 +43,12 @@ pub fn format_commit_time(micros_since_2000: i64) -> String {
 /// Now, in microseconds since the PostgreSQL epoch (what a commit time counts); 0 for a
 /// clock set before 1970.
 pub fn pg_now_micros() -> i64 {
-    let unix = std::time::SystemTime::now()
+    pg_micros_at(std::time::SystemTime::now())
+}
+
+/// `at` in microseconds since 2000-01-01 (0 for a time before 1970). Pure.
+pub fn pg_micros_at(at: std::time::SystemTime) -> i64 {
+    let unix = at
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
     unix - PG_EPOCH_UNIX_SECS * MICROS_PER_SECOND

@@ -191,6 +191,8 @@ pub(super) async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), Benc
     let rows = ctx.opts.rows;
     let stream = "bench-ingest";
     preload(ctx.stack, stream, rows, ctx.opts.progress).await?;
+    let file = ctx.dir.join("ceiling.copy");
+    warm_up(ctx, stream, &file).await?;
     let forms = &ctx.opts.table_forms;
     let only_plain = forms.as_slice() == [TableForm::Plain];
     for form in forms {
@@ -199,18 +201,22 @@ pub(super) async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), Benc
         } else {
             format!(" ({})", form.name())
         };
-        if !only_plain {
-            let mut sql = ctx.stack.sql().await?;
-            table_form::reset(&mut sql, *form, stream).await?;
-        }
-        drain_one(ctx, report, stream, &label).await?;
+        drain_one(ctx, report, stream, *form, &label, &file).await?;
     }
+    let _ = std::fs::remove_file(&file);
     report.notes.push(
         "The backlog is POSTed before ds-sync starts. ds-sync's time runs from its start to \
          the poll (20 ms) that finds the stream's tail offset committed in \
-         ds_sync.stream_offsets. The ceiling then exports the very rows ds-sync stored \
-         (\\copy ... TO ... WITH (FORMAT binary)), empties session_events and times \
-         \\copy ... FROM of them into it: the same table, indexes, defaults and partitions."
+         ds_sync.stream_offsets. A drain that is not measured comes first: the ceiling's \
+         input is the very rows it stored (\\copy ... TO ... WITH (FORMAT binary)), and the \
+         WAL segments it creates are recycled by the measured phases (on a new cluster, \
+         whichever phase ran first also paid for creating and zero-filling them). The ceiling \
+         empties session_events and times \\copy ... FROM of those rows into it: the same \
+         table, indexes, defaults and partitions. Each measured phase starts on an empty \
+         table (made anew) right after a CHECKPOINT. \
+         With --runs N each table form is drained N times, odd runs ds-sync first, even runs \
+         the ceiling first; the median run's ratio is checked and the lowest and highest are \
+         given."
             .into(),
     );
     if !only_plain {
@@ -227,91 +233,207 @@ pub(super) async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), Benc
     Ok(())
 }
 
-/// One drain of the preloaded backlog into the table as it is, and its ceiling.
+/// What one run of a drain measured: ds-sync's drain and the ceiling's copy of its rows.
+struct DrainRun {
+    drain: IngestDrain,
+    copy: Duration,
+}
+
+impl DrainRun {
+    fn ratio(&self) -> f64 {
+        self.copy.as_secs_f64() / self.drain.elapsed.as_secs_f64()
+    }
+}
+
+/// The preloaded backlog drained into the table as it is, next to its ceiling, `--runs`
+/// times. Every measured phase starts on an empty table right after a CHECKPOINT, so that
+/// neither inherits the other's dirty pages; with several runs the order alternates (odd
+/// runs ds-sync first, even runs the ceiling first) and the median ratio is checked.
 async fn drain_one(
     ctx: &Ctx<'_>,
     report: &mut Report,
     stream: &str,
+    form: TableForm,
     label: &str,
+    file: &std::path::Path,
 ) -> Result<(), BenchError> {
-    let rows = ctx.opts.rows;
-    let IngestDrain {
-        elapsed,
-        mut series,
-        cpu,
-        rss,
-    } = ingest_until_tail(ctx, stream, rows).await?;
-    series.name.push_str(label);
-    let sql = ctx.stack.sql().await?;
-    let copy = binary_copy_ceiling(ctx, &sql, stream).await?;
-    let (c, d) = (copy.as_secs_f64(), elapsed.as_secs_f64());
+    let runs = ctx.opts.runs.max(1);
+    let mut sql = ctx.stack.sql().await?;
+    let mut done: Vec<DrainRun> = Vec::new();
+    for run in 1..=runs {
+        table_form::reset(&mut sql, form, stream).await?;
+        let ceiling_first = run % 2 == 0;
+        let mut copy = None;
+        if ceiling_first {
+            copy = Some(binary_copy_ceiling(ctx, &sql, file).await?);
+            table_form::reset(&mut sql, form, stream).await?;
+        }
+        checkpoint(&sql).await?;
+        let drain = ingest_until_tail(ctx, stream, ctx.opts.rows).await?;
+        let copy = match copy {
+            Some(copy) => copy,
+            None => binary_copy_ceiling(ctx, &sql, file).await?,
+        };
+        done.push(DrainRun { drain, copy });
+    }
+    report_drain(report, ctx.opts.rows, label, done);
+    Ok(())
+}
+
+/// The figures of one table form's runs: each run's ratio when there are several, the
+/// median run's rates and times, the worst peak RSS, and the median ratio checked.
+fn report_drain(report: &mut Report, rows: u64, label: &str, mut done: Vec<DrainRun>) {
+    let runs = done.len();
+    if runs > 1 {
+        for (i, run) in done.iter().enumerate() {
+            report.figure(
+                &format!("ds-sync / psql ratio{label} (run {}{})", i + 1, order(i)),
+                run.ratio(),
+                "x",
+            );
+        }
+    }
+    let worst_rss = done
+        .iter()
+        .filter_map(|r| r.drain.rss.map(|(_, peak)| peak))
+        .max();
+    done.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+    let (low, high) = (done[0].ratio(), done[runs - 1].ratio());
+    let median = done.swap_remove(runs / 2);
+    let (c, d) = (
+        median.copy.as_secs_f64(),
+        median.drain.elapsed.as_secs_f64(),
+    );
     if label.is_empty() || report.figures.iter().all(|f| f.name != "events") {
         report.figure("events", rows as f64, "events");
     }
+    let of = if runs > 1 { " (median run)" } else { "" };
     report.figure(
-        &format!("psql \\copy FROM (FORMAT binary){label}"),
+        &format!("psql \\copy FROM (FORMAT binary){label}{of}"),
         rows as f64 / c,
         "rows/s",
     );
-    report.figure(&format!("ds-sync ingest{label}"), rows as f64 / d, "rows/s");
-    report.figure(&format!("psql \\copy time{label}"), c, "s");
-    report.figure(&format!("ds-sync ingest time{label}"), d, "s");
-    if let Some(cpu) = cpu {
-        report.figure(&format!("ds-sync CPU{label}"), cpu, "s");
+    report.figure(
+        &format!("ds-sync ingest{label}{of}"),
+        rows as f64 / d,
+        "rows/s",
+    );
+    report.figure(&format!("psql \\copy time{label}{of}"), c, "s");
+    report.figure(&format!("ds-sync ingest time{label}{of}"), d, "s");
+    if let Some(cpu) = median.drain.cpu {
+        report.figure(&format!("ds-sync CPU{label}{of}"), cpu, "s");
     }
-    if let Some((_, peak)) = rss {
+    if let Some(peak) = worst_rss {
+        let worst = if runs > 1 {
+            format!(", worst of {runs} runs")
+        } else {
+            String::new()
+        };
         report.check(
-            &format!("ds-sync peak RSS (VmHWM){label}"),
+            &format!("ds-sync peak RSS (VmHWM){label}{worst}"),
             peak as f64 / 1024.0,
             "MB",
             Some(DRAIN_RSS_TARGET_MB),
             true,
         );
     }
+    if runs > 1 {
+        report.figure(
+            &format!("ds-sync / psql ratio{label}, lowest of {runs}"),
+            low,
+            "x",
+        );
+        report.figure(
+            &format!("ds-sync / psql ratio{label}, highest of {runs}"),
+            high,
+            "x",
+        );
+    }
+    let median_of = if runs > 1 {
+        format!(", median of {runs} runs")
+    } else {
+        String::new()
+    };
     report.check(
-        &format!("ds-sync ingest / psql binary COPY throughput{label}"),
-        c / d,
+        &format!("ds-sync ingest / psql binary COPY throughput{label}{median_of}"),
+        median.ratio(),
         "x",
         Some(DRAIN_TARGET),
         false,
     );
+    let mut series = median.drain.series;
+    series.name.push_str(label);
     report.series.push(series);
-    Ok(())
 }
 
-/// Exports the ingested rows in binary COPY format, empties `session_events`, then times
-/// `psql \copy FROM` of that file into it (the same form, indexes and partitions).
-async fn binary_copy_ceiling(
+/// Which side of run `i` (from 0) went first.
+fn order(i: usize) -> &'static str {
+    if i % 2 == 1 {
+        ", ceiling first"
+    } else {
+        ", ds-sync first"
+    }
+}
+
+/// A drain that is not measured, into `session_events` as `ds-sync init` makes it: its rows,
+/// exported to `file`, are the ceiling's input, and the WAL segments it creates are there to
+/// be recycled by the measured phases, so that no phase pays for creating them.
+async fn warm_up(ctx: &Ctx<'_>, stream: &str, file: &std::path::Path) -> Result<(), BenchError> {
+    let mut sql = ctx.stack.sql().await?;
+    table_form::reset(&mut sql, TableForm::Plain, stream).await?;
+    ingest_until_tail(ctx, stream, ctx.opts.rows).await?;
+    export_stored(ctx, stream, file).await
+}
+
+/// Writes dirty pages out, so that the next measured phase starts clean.
+async fn checkpoint(sql: &tokio_postgres::Client) -> Result<(), BenchError> {
+    sql.batch_execute("CHECKPOINT")
+        .await
+        .map_err(|e| BenchError::sql("checkpointing before a measured phase", &e))
+}
+
+/// The columns ds-sync fills, in its COPY's order.
+const COPY_COLUMNS: &str = "stream_name, event_key, event_type, operation, payload, ds_offset";
+
+/// Exports the rows ds-sync stored for `stream` in binary COPY format: the ceiling's input.
+async fn export_stored(
     ctx: &Ctx<'_>,
-    sql: &tokio_postgres::Client,
     stream: &str,
-) -> Result<Duration, BenchError> {
-    let file = ctx.dir.join("ceiling.copy");
-    let cols = "stream_name, event_key, event_type, operation, payload, ds_offset";
+    file: &std::path::Path,
+) -> Result<(), BenchError> {
     workload::psql(
         ctx.stack,
         &format!(
-            "\\copy (SELECT {cols} FROM public.session_events WHERE stream_name = '{stream}') \
-             TO '{}' WITH (FORMAT binary)",
+            "\\copy (SELECT {COPY_COLUMNS} FROM public.session_events WHERE stream_name = \
+             '{stream}') TO '{}' WITH (FORMAT binary)",
             file.display()
         ),
     )
     .await?;
+    Ok(())
+}
+
+/// Empties `session_events`, checkpoints, then times `psql \copy FROM` of the exported rows
+/// into it (the same form, indexes and partitions).
+async fn binary_copy_ceiling(
+    ctx: &Ctx<'_>,
+    sql: &tokio_postgres::Client,
+    file: &std::path::Path,
+) -> Result<Duration, BenchError> {
     sql.batch_execute("TRUNCATE public.session_events")
         .await
         .map_err(|e| BenchError::sql("emptying session_events for the ceiling", &e))?;
+    checkpoint(sql).await?;
     let started = Instant::now();
     workload::psql(
         ctx.stack,
         &format!(
-            "\\copy public.session_events ({cols}) FROM '{}' WITH (FORMAT binary)",
+            "\\copy public.session_events ({COPY_COLUMNS}) FROM '{}' WITH (FORMAT binary)",
             file.display()
         ),
     )
     .await?;
-    let took = started.elapsed();
-    let _ = std::fs::remove_file(&file);
-    Ok(took)
+    Ok(started.elapsed())
 }
 
 /// Waits until ds-sync committed the tail of `stream` (fails if it exits or 900 s pass).

@@ -17,10 +17,13 @@ use crate::ds::{ClientOptions, DsAccess, DsClient};
 use crate::embedded::{DsServer, DsServerOptions, LocalPostgres, PostgresOptions};
 use crate::pg::PgTarget;
 
-/// Server settings for throughput runs: no checkpoint in the middle of a backlog, room for
-/// the slots a scenario creates. Every consumer in a run reads the same cluster.
+/// Server settings for throughput runs: no checkpoint in the middle of a backlog, WAL
+/// segments kept for recycling across the checkpoints between measured phases (creating and
+/// zero-filling new ones would slow whichever phase wrote first), room for the slots a
+/// scenario creates. Every consumer in a run reads the same cluster.
 const PG_SETTINGS: &[(&str, &str)] = &[
     ("max_wal_size", "8GB"),
+    ("min_wal_size", "4GB"),
     ("shared_buffers", "512MB"),
     ("max_replication_slots", "16"),
     ("max_wal_senders", "16"),

@@ -357,8 +357,10 @@ pub struct BenchArgs {
     /// Writer connections of the latency scenarios
     #[arg(long, default_value_t = 4)]
     pub writers: usize,
-    /// Times the memory scenario drains its transaction (a fresh table each time); the
-    /// report gives each peak and holds the worst to the target
+    /// Times the memory scenario drains its transaction (a fresh table each time; the
+    /// report gives each peak and holds the worst to the target), or ingest-drain drains its
+    /// backlog per table form next to its ceiling (alternating which goes first; the median
+    /// ratio is checked)
     #[arg(long, default_value_t = 1)]
     pub runs: u32,
     /// Results go to DIR/<scenario>-<timestamp>/

@@ -229,3 +229,54 @@ async fn memory_with_several_runs_checks_the_worst_peak() {
     let worst = check_value(&result, "ds-sync peak RSS (VmHWM), worst of 2 runs");
     assert_eq!(worst, peaks[0].max(peaks[1]), "{result:#}");
 }
+
+#[tokio::test]
+async fn ingest_drain_with_several_runs_checks_the_median_ratio() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let run = run_ds_sync(
+        &[
+            "bench",
+            "ingest-drain",
+            "--rows",
+            "1500",
+            "--runs",
+            "3",
+            "--out",
+            dir,
+        ],
+        &[],
+    )
+    .await
+    .ok();
+    let report = only_report_dir(out.path());
+    let result: Value =
+        serde_json::from_slice(&std::fs::read(report.join("result.json")).unwrap()).unwrap();
+    let ratios = [
+        "run 1, ds-sync first",
+        "run 2, ceiling first",
+        "run 3, ds-sync first",
+    ]
+    .map(|run| figure(&result, &format!("ds-sync / psql ratio ({run})")));
+    assert!(
+        ratios.iter().all(|r| *r > 0.0),
+        "{ratios:?}\n{}",
+        run.stdout
+    );
+    let mut sorted = ratios;
+    sorted.sort_by(f64::total_cmp);
+    let median = check_value(
+        &result,
+        "ds-sync ingest / psql binary COPY throughput, median of 3 runs",
+    );
+    assert_eq!(median, sorted[1], "{result:#}");
+    assert_eq!(
+        figure(&result, "ds-sync / psql ratio, lowest of 3"),
+        sorted[0]
+    );
+    assert_eq!(
+        figure(&result, "ds-sync / psql ratio, highest of 3"),
+        sorted[2]
+    );
+    assert!(check_value(&result, "ds-sync peak RSS (VmHWM), worst of 3 runs") > 1.0);
+}

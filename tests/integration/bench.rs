@@ -280,3 +280,28 @@ async fn ingest_drain_with_several_runs_checks_the_median_ratio() {
     );
     assert!(check_value(&result, "ds-sync peak RSS (VmHWM), worst of 3 runs") > 1.0);
 }
+
+#[tokio::test]
+async fn snapshot_is_held_to_the_slower_of_copy_and_post() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let run = run_ds_sync(&["bench", "snapshot", "--rows", "3000", "--out", dir], &[])
+        .await
+        .ok();
+    let report = only_report_dir(out.path());
+    let result: Value =
+        serde_json::from_slice(&std::fs::read(report.join("result.json")).unwrap()).unwrap();
+    let copy = figure(&result, "psql \\copy to /dev/null");
+    let post = figure(&result, "POST of the same messages (1 MiB, one in flight)");
+    let ds_sync = figure(&result, "ds-sync snapshot into DS");
+    assert!(copy > 0.0 && post > 0.0 && ds_sync > 0.0, "{}", run.stdout);
+    let ratio = check_value(
+        &result,
+        "ds-sync snapshot / ceiling (the slower of \\copy and POST) throughput",
+    );
+    let expected = ds_sync / copy.min(post);
+    assert!(
+        (ratio - expected).abs() <= expected * 1e-6,
+        "ratio {ratio}, expected {expected}: {result:#}"
+    );
+}

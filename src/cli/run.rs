@@ -227,7 +227,11 @@ pub async fn dev(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError
         let cfg = capture_config(&args, settings, target.clone(), &ds_url, access.clone())?;
         // The slot exists before the banner invites inserts, so no row falls before it. A
         // lost slot is left to capture, which recreates it with --on-slot-lost recreate.
-        match crate::capture::source::prepare(&client, &cfg.source).await {
+        let slot = async {
+            crate::capture::source::ensure_publication(&client, &cfg.source).await?;
+            crate::capture::source::ensure_slot(&client, &cfg.source).await
+        };
+        match slot.await {
             Err(crate::capture::CaptureError::SlotLost(_))
                 if cfg.on_slot_lost == crate::capture::slot_lost::OnSlotLost::Recreate => {}
             other => {

@@ -36,6 +36,7 @@ use super::super::error::CaptureError;
 use super::super::message::{self, RowMessage};
 use super::super::source;
 use super::catalog::{self, SnapshotTable};
+use super::error::SnapshotError;
 use super::signals::{self, Mark, SignalKind, Unfinished};
 use super::window::Window;
 
@@ -255,10 +256,7 @@ impl Incremental {
         time_micros: i64,
     ) -> Result<(u32, std::sync::Arc<message::TableInfo>, Vec<RowMessage>), CaptureError> {
         let Some(a) = &mut self.active else {
-            return Err(CaptureError::Snapshot {
-                table: String::new(),
-                reason: "a high watermark without a chunk".into(),
-            });
+            return Err(SnapshotError::HighWatermarkWithoutChunk.into());
         };
         let info = std::sync::Arc::clone(&a.table.info);
         let mut out = Vec::new();

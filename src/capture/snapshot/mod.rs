@@ -31,6 +31,7 @@
 
 mod catalog;
 mod copy_text;
+mod error;
 pub mod incremental;
 mod progress;
 mod reader;
@@ -62,6 +63,7 @@ use super::startup::Ready;
 
 pub use catalog::{SIGNAL_SCHEMA, SnapshotTable, published_tables};
 pub use copy_text::{CopyTextError, parse_line};
+pub use error::SnapshotError;
 pub use reader::ReadContext;
 pub use state::{Reason, Recorded, decide};
 pub use writer::SnapshotSeqs;
@@ -396,10 +398,7 @@ async fn copy(
                     // Every reader dropped its sender: collect their results before the
                     // frames close, so a failed table never looks finished.
                     while let Some(joined) = readers.join_next().await {
-                        joined.map_err(|e| CaptureError::Snapshot {
-                            table: String::new(),
-                            reason: format!("a reader task failed: {e}"),
-                        })??;
+                        joined.map_err(SnapshotError::ReaderTask)??;
                     }
                     reading = false;
                     writer.end()?;

@@ -71,6 +71,10 @@ impl CaptureConfig {
     pub const DEFAULT_MAX_BUFFER_BYTES: usize = 16 << 20;
     /// Default of `--max-in-flight`.
     pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+    /// Default of `--on-slot-lost`: stop, and let the operator decide.
+    pub const DEFAULT_ON_SLOT_LOST: OnSlotLost = OnSlotLost::Error;
+    /// Default of `--metrics-stream-labels`: no per-stream series.
+    pub const DEFAULT_METRICS_STREAM_LABELS: bool = false;
 }
 
 /// Runs capture until `shutdown` (graceful) or `hard_stop` (second signal, or the shutdown

@@ -31,6 +31,11 @@ pub struct SourceConfig {
     pub takeover: bool,
 }
 
+impl SourceConfig {
+    /// Default of `--takeover`: a held slot is waited for, never taken.
+    pub const DEFAULT_TAKEOVER: bool = false;
+}
+
 /// Creates the slot when it is missing, or checks that the existing one is a pgoutput slot
 /// of this database; returns its confirmed position. Called after [`ensure_publication`]:
 /// pgoutput on PostgreSQL 15 stops with "publication does not exist" when it decodes a

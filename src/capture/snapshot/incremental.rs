@@ -40,9 +40,6 @@ use super::error::SnapshotError;
 use super::signals::{self, Mark, SignalKind, Unfinished};
 use super::window::Window;
 
-/// Rows per chunk when not configured.
-pub const DEFAULT_CHUNK_ROWS: usize = 1000;
-
 /// See the module documentation.
 pub struct Incremental {
     slot: String,

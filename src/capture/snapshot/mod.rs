@@ -72,7 +72,17 @@ use reader::Item;
 use writer::{StreamRecord, Writer};
 
 /// When `run` snapshots the published tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SnapshotMode {
     #[default]
@@ -92,16 +102,20 @@ pub struct SnapshotOptions {
 }
 
 impl SnapshotOptions {
+    /// Default of `--snapshot`.
+    pub const DEFAULT_MODE: SnapshotMode = SnapshotMode::Initial;
     /// Default of `--snapshot-workers`.
     pub const DEFAULT_WORKERS: usize = 4;
+    /// Default of `--snapshot-chunk-rows`.
+    pub const DEFAULT_CHUNK_ROWS: usize = 1000;
 }
 
 impl Default for SnapshotOptions {
     fn default() -> Self {
         SnapshotOptions {
-            mode: SnapshotMode::Initial,
+            mode: Self::DEFAULT_MODE,
             workers: Self::DEFAULT_WORKERS,
-            chunk_rows: incremental::DEFAULT_CHUNK_ROWS,
+            chunk_rows: Self::DEFAULT_CHUNK_ROWS,
         }
     }
 }

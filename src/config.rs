@@ -557,7 +557,7 @@ mod tests {
     fn a_switch_left_off_falls_through_to_the_file() {
         let mut sources = ArgSources::default();
         let off = sources.value("takeover", Some(false));
-        assert_eq!(merge_or(off, Some(true), false).value, true);
+        assert!(merge_or(off, Some(true), false).value);
         sources.insert("takeover", Source::Env);
         let env_off = sources.value("takeover", Some(false));
         let merged = merge_or(env_off, Some(true), false);

@@ -1,4 +1,6 @@
 //! The capture loop: replication events in, batches out, acknowledgements back to the slot.
+//! What happens before it (connect, schema, publication, slot, snapshot) is `startup`'s;
+//! [`run`] reconnects, going through `startup::attempt` each time.
 //!
 //! ```text
 //!  walsender ─▶ pgwire-replication ─▶ decode ─▶ message ─▶ route ─▶ Queues ─▶ deliver (POST)

@@ -485,4 +485,34 @@ mod tests {
             .sum();
         assert_eq!(shown, options.len(), "an effective option without a flag");
     }
+
+    /// The README's option tables name each of `run`'s options with the env var `--help`
+    /// gives it and its file key.
+    #[test]
+    fn the_readme_tables_name_each_option_with_its_env_var_and_file_key() {
+        const README: &str = include_str!("../../README.md");
+        let cmd = Cli::command();
+        let run = cmd.find_subcommand("run").expect("run");
+        for (id, flag, section, key) in options() {
+            let row = README
+                .lines()
+                .find(|l| {
+                    l.strip_prefix(&format!("| `{flag}"))
+                        .is_some_and(|rest| rest.starts_with([' ', '`']))
+                })
+                .unwrap_or_else(|| panic!("README has no table row for {flag}"));
+            let arg = run.get_arguments().find(|a| a.get_id() == id.as_str());
+            if let Some(env) = arg.and_then(clap::Arg::get_env) {
+                let env = format!("`{}`", env.to_string_lossy());
+                assert!(
+                    row.contains(&env),
+                    "README's row for {flag} lacks {env}: {row}"
+                );
+            }
+            assert!(
+                row.contains(&format!("`{key}")) || row.contains(&format!("[{section}.{key}]")),
+                "README's row for {flag} lacks its [{section}] key {key}: {row}"
+            );
+        }
+    }
 }

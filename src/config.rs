@@ -1,8 +1,9 @@
 //! Effective settings: command-line flags, environment variables, a TOML file, defaults.
 //!
 //! Precedence is flag > environment > file > default. clap already merges a flag with its
-//! environment variable; this module adds the file and the defaults, and remembers where each
-//! value came from so `ds-sync config show` can tell. `POSTGRES_URL` and `DS_SERVER_URL` are
+//! environment variable; [`merge`] adds the file and the default, for every option, and
+//! keeps where each value came from so `ds-sync config show` can tell. The shared options
+//! are merged here ([`Settings`]); those of `run` in `cli::options`, with the same merge. `POSTGRES_URL` and `DS_SERVER_URL` are
 //! the names the sync-layer document uses; `DATABASE_URL` is accepted after `POSTGRES_URL`.
 
 use std::fmt;
@@ -18,6 +19,10 @@ pub const DEFAULT_DS_SERVER_URL: &str = "http://127.0.0.1:4437";
 pub const DEFAULT_SLOT: &str = "ds_sync";
 /// Default publication name.
 pub const DEFAULT_PUBLICATION: &str = "ds_sync";
+/// Default log line format.
+pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
+/// Default format of command output.
+pub const DEFAULT_OUTPUT: OutputFormat = OutputFormat::Table;
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -126,6 +131,7 @@ pub struct CaptureFile {
     pub request_timeout_ms: Option<u64>,
     pub snapshot: Option<crate::capture::snapshot::SnapshotMode>,
     pub snapshot_workers: Option<usize>,
+    pub snapshot_chunk_rows: Option<usize>,
     pub on_slot_lost: Option<crate::capture::slot_lost::OnSlotLost>,
     pub metrics_stream_labels: Option<bool>,
     pub shutdown_timeout_ms: Option<u64>,
@@ -295,6 +301,10 @@ pub struct Settings {
     /// The file's `[ingest]` section.
     #[serde(skip)]
     pub ingest_file: IngestFile,
+    /// Where the command's own options got their values on the command line (its flags and
+    /// their env vars), for merging them with the file's sections (see `cli::options`).
+    #[serde(skip)]
+    pub arg_sources: ArgSources,
 }
 
 impl fmt::Debug for Settings {
@@ -317,7 +327,7 @@ impl Settings {
     /// Merges the command line, the environment (`DATABASE_URL`, `PGPASSWORD`), the file and
     /// the defaults.
     pub fn resolve(cli: CliValues, file: FileConfig, env: EnvLookup<'_>) -> Settings {
-        let postgres_url = match pick(cli.postgres_url, None) {
+        let postgres_url = match merge(cli.postgres_url, None) {
             Some(v) => Some(v),
             None => match env("DATABASE_URL").filter(|s| !s.is_empty()) {
                 Some(url) => Some(Sourced {
@@ -332,20 +342,20 @@ impl Settings {
         };
         Settings {
             postgres_url,
-            ds_server_url: pick_or(
+            ds_server_url: merge_or(
                 cli.ds_server_url,
                 file.ds_server_url,
                 DEFAULT_DS_SERVER_URL.into(),
             ),
-            ds_token: pick(
+            ds_token: merge(
                 CliValue {
                     value: cli.ds_token.value.map(Secret),
                     source: cli.ds_token.source,
                 },
                 file.ds_token.map(Secret),
             ),
-            ds_token_file: pick(cli.ds_token_file, file.ds_token_file),
-            ds_headers: pick_or(
+            ds_token_file: merge(cli.ds_token_file, file.ds_token_file),
+            ds_headers: merge_or(
                 CliValue {
                     value: cli
                         .ds_headers
@@ -357,20 +367,21 @@ impl Settings {
                 file.ds_headers.map(HeaderLines),
                 HeaderLines::default(),
             ),
-            ds_ca_file: pick(cli.ds_ca_file, file.ds_ca_file),
-            ds_client_cert: pick(cli.ds_client_cert, file.ds_client_cert),
-            ds_client_key: pick(cli.ds_client_key, file.ds_client_key),
-            slot: pick_or(cli.slot, file.slot, DEFAULT_SLOT.into()),
-            publication: pick_or(
+            ds_ca_file: merge(cli.ds_ca_file, file.ds_ca_file),
+            ds_client_cert: merge(cli.ds_client_cert, file.ds_client_cert),
+            ds_client_key: merge(cli.ds_client_key, file.ds_client_key),
+            slot: merge_or(cli.slot, file.slot, DEFAULT_SLOT.into()),
+            publication: merge_or(
                 cli.publication,
                 file.publication,
                 DEFAULT_PUBLICATION.into(),
             ),
-            log_format: pick_or(cli.log_format, file.log_format, LogFormat::Text),
-            output: pick_or(cli.output, file.output, OutputFormat::Table),
-            listen: pick(cli.listen, file.listen),
+            log_format: merge_or(cli.log_format, file.log_format, DEFAULT_LOG_FORMAT),
+            output: merge_or(cli.output, file.output, DEFAULT_OUTPUT),
+            listen: merge(cli.listen, file.listen),
             capture_file: file.capture,
             ingest_file: file.ingest,
+            arg_sources: ArgSources::default(),
         }
     }
 
@@ -428,14 +439,10 @@ fn read_token_file(path: &Path) -> Result<String, ConfigError> {
     Ok(token.to_owned())
 }
 
-/// The value of a command's option that also has a key in the config file's `[capture]` or
-/// `[ingest]` section: the flag (or its environment variable, which clap has already put in
-/// its place) over the file's key over the default. Every such option is merged here.
-pub fn layered<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
-    flag.or(file).unwrap_or(default)
-}
-
-fn pick<T>(cli: CliValue<T>, file: Option<T>) -> Option<Sourced<T>> {
+/// The one merge every option goes through: the flag (or its environment variable, which
+/// clap has already put in its place, `cli.source` saying which) over the file's key;
+/// `None` when neither gives a value.
+pub fn merge<T>(cli: CliValue<T>, file: Option<T>) -> Option<Sourced<T>> {
     match (cli.value, file) {
         (Some(value), _) => Some(Sourced {
             value,
@@ -449,11 +456,37 @@ fn pick<T>(cli: CliValue<T>, file: Option<T>) -> Option<Sourced<T>> {
     }
 }
 
-fn pick_or<T>(cli: CliValue<T>, file: Option<T>, default: T) -> Sourced<T> {
-    pick(cli, file).unwrap_or(Sourced {
+/// [`merge`] over the default: flag > env > file > default.
+pub fn merge_or<T>(cli: CliValue<T>, file: Option<T>, default: T) -> Sourced<T> {
+    merge(cli, file).unwrap_or(Sourced {
         value: default,
         source: Source::Default,
     })
+}
+
+/// Where each option of the command being run got a value on the command line, by clap
+/// id: its flag or its environment variable. An option that is absent has no entry, so a
+/// switch left off (`false`) falls through to the file and the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArgSources(std::collections::BTreeMap<String, Source>);
+
+impl ArgSources {
+    /// Records that option `id` got its value from `source` (the flag or its env var).
+    pub fn insert(&mut self, id: &str, source: Source) {
+        self.0.insert(id.to_owned(), source);
+    }
+
+    /// Option `id`'s value as the command line gave it, for [`merge`]: `None` unless the
+    /// flag or its environment variable set it.
+    pub fn value<T>(&self, id: &str, value: Option<T>) -> CliValue<T> {
+        match self.0.get(id) {
+            Some(&source) => CliValue {
+                value,
+                source: Some(source),
+            },
+            None => CliValue::default(),
+        }
+    }
 }
 
 /// Reads and parses the `--config` file.
@@ -502,10 +535,33 @@ mod tests {
     }
 
     #[test]
-    fn layered_takes_the_flag_then_the_file_then_the_default() {
-        assert_eq!(layered(Some(1), Some(2), 3), 1);
-        assert_eq!(layered(None, Some(2), 3), 2);
-        assert_eq!(layered(None, None, 3), 3);
+    fn merge_takes_the_flag_or_env_then_the_file_then_the_default() {
+        let env = |v| CliValue {
+            value: Some(v),
+            source: Some(Source::Env),
+        };
+        let shown = |s: Sourced<i32>| (s.value, s.source);
+        assert_eq!(shown(merge_or(flag(1), Some(2), 3)), (1, Source::Flag));
+        assert_eq!(shown(merge_or(env(1), Some(2), 3)), (1, Source::Env));
+        assert_eq!(
+            shown(merge_or(CliValue::default(), Some(2), 3)),
+            (2, Source::File)
+        );
+        assert_eq!(
+            shown(merge_or(CliValue::default(), None, 3)),
+            (3, Source::Default)
+        );
+    }
+
+    #[test]
+    fn a_switch_left_off_falls_through_to_the_file() {
+        let mut sources = ArgSources::default();
+        let off = sources.value("takeover", Some(false));
+        assert!(merge_or(off, Some(true), false).value);
+        sources.insert("takeover", Source::Env);
+        let env_off = sources.value("takeover", Some(false));
+        let merged = merge_or(env_off, Some(true), false);
+        assert_eq!((merged.value, merged.source), (false, Source::Env));
     }
 
     #[test]

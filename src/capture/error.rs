@@ -13,6 +13,7 @@ use crate::slot::SlotError;
 
 use super::message::MessageError;
 use super::route::RouteError;
+use super::snapshot::SnapshotError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -105,12 +106,9 @@ pub enum CaptureError {
     /// Boxed: the server's error fields would make every capture result large.
     #[error(transparent)]
     Session(Box<crate::pg::replication_session::SessionError>),
-    #[error("snapshot {table}: {reason}")]
-    Snapshot { table: String, reason: String },
-    /// The exported snapshot a reader needs is gone: the replication session that held it
-    /// was lost. The snapshot is taken again.
-    #[error("snapshot {table}: the exported snapshot is gone ({reason})")]
-    SnapshotGone { table: String, reason: String },
+    /// A snapshot failed (see [`SnapshotError`], which decides whether to try again).
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     #[error(
         "slot '{slot}' was taken over by {successor} (epoch {successor_epoch}; this process had epoch {epoch}): stopped without sending anything more"
     )]
@@ -226,7 +224,7 @@ impl CaptureError {
             CaptureError::Publication(e) => publication_transient(e),
             CaptureError::Session(e) => e.is_transient(),
             CaptureError::SlotBusy { .. } => true,
-            CaptureError::SnapshotGone { .. } => true,
+            CaptureError::Snapshot(e) => e.is_transient(),
             _ => false,
         }
     }

@@ -6,6 +6,8 @@
 //!    └──────────────── ledger: confirm only what the DS server acknowledged ◀───────┘
 //! ```
 //!
+//! * [`startup`]: the order capture starts in (connect, schema, publication, slot decision,
+//!   snapshot, stream), one function that reads top to bottom.
 //! * [`source`]: publication and slot setup, the replication connection, catalog lookups.
 //! * [`message`]: decoded rows to State Protocol change messages (pure).
 //! * [`route`]: table (and column values) to stream name (pure).
@@ -21,6 +23,8 @@
 //! * [`fence`]: one process per slot; a process that was taken over stops.
 //! * [`slot_lost`]: `--on-slot-lost`: stop, or recreate the slot, reset and snapshot again.
 //! * [`pipeline`]: the loop that ties them together, and reconnection.
+//! * [`keepalive`]: when a keepalive's WAL position may be confirmed, and the probe row that
+//!   guards it.
 //! * [`whole_rows`]: REPLICA IDENTITY FULL for tables seen while streaming; reports updates
 //!   that arrive without unchanged TOASTed values.
 //!
@@ -34,6 +38,7 @@ pub mod batch;
 mod error;
 pub mod fence;
 pub mod identity;
+mod keepalive;
 pub mod ledger;
 pub mod message;
 mod pipeline;
@@ -43,6 +48,7 @@ pub mod seq;
 pub mod slot_lost;
 pub mod snapshot;
 pub mod source;
+pub mod startup;
 pub mod streams;
 pub mod whole_rows;
 

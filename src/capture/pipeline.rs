@@ -1,4 +1,6 @@
 //! The capture loop: replication events in, batches out, acknowledgements back to the slot.
+//! What happens before it (connect, schema, publication, slot, snapshot) is `startup`'s;
+//! [`run`] reconnects, going through `startup::attempt` each time.
 //!
 //! ```text
 //!  walsender ─▶ pgwire-replication ─▶ decode ─▶ message ─▶ route ─▶ Queues ─▶ deliver (POST)
@@ -36,14 +38,15 @@ use crate::pgoutput::{PgOutputMessage, Truncate, decode};
 use super::batch::{Limits, OutMessage, Queues, Seq};
 use super::error::CaptureError;
 use super::fence::Fence;
-use super::identity::SourceIdentity;
+use super::keepalive::KeepaliveProbe;
 use super::ledger::{Ledger, TxId};
 use super::message::{self, ChangeRef, RowMessage, TableInfo, TxMeta};
 use super::route::Router;
 use super::sender::{Deliveries, Landed};
 use super::slot_lost::{self, OnSlotLost};
-use super::snapshot::incremental::Incremental;
+use super::snapshot::incremental::{Decoded, Incremental};
 use super::source::{self, SourceConfig};
+use super::startup::{self, Ready, Resume};
 use super::streams::StreamBook;
 
 /// Everything capture needs.
@@ -70,15 +73,17 @@ impl CaptureConfig {
     pub const DEFAULT_MAX_BUFFER_BYTES: usize = 16 << 20;
     /// Default of `--max-in-flight`.
     pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+    /// Default of `--on-slot-lost`: stop, and let the operator decide.
+    pub const DEFAULT_ON_SLOT_LOST: OnSlotLost = OnSlotLost::Error;
+    /// Default of `--metrics-stream-labels`: no per-stream series.
+    pub const DEFAULT_METRICS_STREAM_LABELS: bool = false;
 }
-
-/// `application_name` of capture's SQL connection.
-pub const APPLICATION_NAME: &str = "ds-sync/capture";
 
 /// Runs capture until `shutdown` (graceful) or `hard_stop` (second signal, or the shutdown
 /// timeout), reconnecting on transient failures: every connection capture holds (SQL,
 /// replication, snapshot readers) is opened again after a backoff that is waited, and
-/// streaming resumes from the slot's confirmed position.
+/// streaming resumes from the slot's confirmed position. Each connection goes through
+/// [`startup::attempt`].
 pub async fn run(
     cfg: &CaptureConfig,
     shutdown: &CancellationToken,
@@ -92,8 +97,8 @@ pub async fn run(
     );
     let mut resume = Resume::default();
     loop {
-        let error = match attempt(cfg, &fence, &mut resume, &mut backoff, shutdown, hard_stop).await
-        {
+        let stops = (shutdown, hard_stop);
+        let error = match startup::attempt(cfg, &fence, &mut resume, &mut backoff, stops).await {
             Ok(SessionEnd::Stopped) => return Ok(()),
             Ok(SessionEnd::ServerEnded) => {
                 crate::observe::capture().server_ended();
@@ -104,11 +109,8 @@ pub async fn run(
                     slot_lost::announce(&slot, OnSlotLost::Error);
                     return Err(CaptureError::SlotLost(slot));
                 }
-                // The next attempt prepares from scratch: it drops and recreates the slot.
-                resume = Resume {
-                    slot_lost: true,
-                    ..Resume::default()
-                };
+                // The next attempt starts from the top: it drops and recreates the slot.
+                resume = Resume::after_slot_lost();
                 continue;
             }
             Err(e) if e.is_transient() => Some(e),
@@ -123,98 +125,40 @@ pub async fn run(
     }
 }
 
-/// What outlives a connection: where streaming resumes, and snapshots taken while
-/// streaming (so a reconnect re-sends a chunk the DS server has not acknowledged with the
-/// same sequences).
-#[derive(Default)]
-struct Resume {
-    /// Set once the slot (and its initial snapshot) is ready.
-    start: Option<Lsn>,
-    /// Which incarnation of the slot this process streams from (see `identity`).
-    identity: Option<Arc<SourceIdentity>>,
-    incremental: Option<Incremental>,
-    /// The slot was found lost after streaming began (`--on-slot-lost recreate`): the next
-    /// preparation recreates it, whatever the server says of it by then.
-    slot_lost: bool,
+/// What streaming works with, as startup left it.
+pub(super) struct Streaming<'a> {
+    pub sql: &'a Client,
+    pub fence: &'a Fence,
+    pub ready: &'a Ready,
+    pub incremental: &'a mut Incremental,
+    pub keepalive: KeepaliveProbe,
 }
 
-/// One connection's worth of capture: connect, prepare what is not prepared yet, stream.
-async fn attempt(
+/// Streams changes until the session ends, then waits for deliveries still running; after a
+/// graceful stop the slot's position is written over SQL and the fence released. Returns
+/// how the session ended and the position confirmed by then.
+pub(super) async fn stream(
     cfg: &CaptureConfig,
-    fence: &Fence,
-    resume: &mut Resume,
-    backoff: &mut Backoff,
-    shutdown: &CancellationToken,
-    hard_stop: &CancellationToken,
-) -> Result<SessionEnd, CaptureError> {
-    let target = cfg.source.target.with_application_name(APPLICATION_NAME);
-    let Some(sql) = unless_stopped(shutdown, target.connect()).await else {
-        return Ok(SessionEnd::Stopped);
-    };
-    let mut sql = sql?;
-    let (start, identity) = match (resume.start, &resume.identity) {
-        (Some(start), Some(identity)) => (
-            start.max(source::confirmed_position(&sql, &cfg.source.slot).await?),
-            Arc::clone(identity),
-        ),
-        _ => {
-            // Snapshot bookkeeping, the signal table and the probe all live in ds_sync.
-            crate::schema::apply(&mut sql).await?;
-            let stops = (shutdown, hard_stop);
-            match super::snapshot::prepare(&sql, cfg, fence, resume.slot_lost, stops).await? {
-                super::snapshot::Prepared::Start(start, identity) => (start, identity),
-                super::snapshot::Prepared::Stopped => return Ok(SessionEnd::Stopped),
-            }
-        }
-    };
-    resume.slot_lost = false;
-    resume.start = Some(start);
-    resume.identity = Some(Arc::clone(&identity));
-    let incremental = match resume.incremental.take() {
-        Some(i) => i,
-        None => {
-            let incremental = Incremental::start(
-                &sql,
-                &cfg.source.target,
-                &cfg.source.slot,
-                &cfg.source.publication,
-                cfg.snapshot.chunk_rows,
-                cfg.snapshot.mode != super::snapshot::SnapshotMode::Never,
-            )
-            .await?;
-            super::adopt::resnapshot_adopted(&sql, cfg).await?;
-            incremental
-        }
-    };
-    let incremental = resume.incremental.insert(incremental);
-    // Takes the slot, or checks it is still ours: a process taken over never reconnects
-    // (and so never takes the slot back with --takeover).
-    fence.take(&sql, cfg.source.takeover).await?;
-    let Some(repl) = unless_stopped(shutdown, source::connect(&sql, &cfg.source, start)).await
-    else {
-        return Ok(SessionEnd::Stopped);
-    };
-    let repl = repl?;
-    incremental.send_probe(&sql).await?;
+    streaming: Streaming<'_>,
+    repl: ReplicationClient,
+    (shutdown, hard_stop): (&CancellationToken, &CancellationToken),
+) -> (Result<SessionEnd, CaptureError>, Lsn) {
+    let (sql, fence, start) = (streaming.sql, streaming.fence, streaming.ready.start);
     crate::observe::capture().session_started();
     tracing::info!(slot = %cfg.source.slot, %start, "streaming changes");
-    let mut session = Session::new(cfg, &sql, start, hard_stop, incremental, (fence, &identity));
+    let mut session = Session::new(cfg, streaming, hard_stop);
     let result = session.run(repl, shutdown).await;
     let confirmed = session.ledger.confirmed().max(start);
     session.drain().await;
     crate::observe::capture().session_ended();
-    resume.start = Some(confirmed);
-    if confirmed > start {
-        backoff.reset();
-    }
     if let Ok(SessionEnd::Stopped) = result {
         tokio::select! {
-            () = confirm_at_exit(&sql, &cfg.source.slot, confirmed) => {}
-            () = hard_stop.cancelled() => return Err(CaptureError::Interrupted),
+            () = confirm_at_exit(sql, &cfg.source.slot, confirmed) => {}
+            () = hard_stop.cancelled() => return (Err(CaptureError::Interrupted), confirmed),
         }
-        fence.release(&sql).await;
+        fence.release(sql).await;
     }
-    result
+    (result, confirmed)
 }
 
 /// The slot's position after a graceful stop. Failing to write it loses nothing: the
@@ -227,18 +171,6 @@ async fn confirm_at_exit(sql: &Client, slot: &str, confirmed: Lsn) {
             delivered = %confirmed,
             "stopped; the slot's position could not be updated, so changes delivered after it are read again on the next start and skipped by the DS server"
         ),
-    }
-}
-
-/// `fut`'s output, or `None` when `shutdown` comes first.
-async fn unless_stopped<F: std::future::Future>(
-    shutdown: &CancellationToken,
-    fut: F,
-) -> Option<F::Output> {
-    tokio::select! {
-        biased;
-        () = shutdown.cancelled() => None,
-        out = fut => Some(out),
     }
 }
 
@@ -278,7 +210,7 @@ async fn wait_or_stop(
 }
 
 /// Why a session ended without error.
-enum SessionEnd {
+pub(super) enum SessionEnd {
     Stopped,
     ServerEnded,
 }
@@ -323,21 +255,28 @@ struct Session<'a> {
     /// Snapshots taken while streaming; outlives sessions, so a reconnect re-sends a chunk
     /// the DS server has not acknowledged with the same sequences.
     snap: &'a mut Incremental,
+    /// When a keepalive's position may be confirmed.
+    keepalive: KeepaliveProbe,
 }
 
 impl<'a> Session<'a> {
     fn new(
         cfg: &'a CaptureConfig,
-        sql: &'a Client,
-        start: Lsn,
+        streaming: Streaming<'a>,
         hard_stop: &CancellationToken,
-        snap: &'a mut Incremental,
-        (fence, identity): (&Fence, &Arc<SourceIdentity>),
     ) -> Session<'a> {
+        let Streaming {
+            sql,
+            fence,
+            ready,
+            incremental,
+            keepalive,
+        } = streaming;
+        let identity = &ready.identity;
         Session {
             cfg,
             sql,
-            ledger: Ledger::new(start),
+            ledger: Ledger::new(ready.start),
             queues: Queues::new(cfg.limits),
             tables: HashMap::new(),
             book: StreamBook::new(
@@ -351,7 +290,8 @@ impl<'a> Session<'a> {
             deliveries: Deliveries::new(cfg.ds.clone(), cfg.max_in_flight, hard_stop)
                 .guarded(Some(fence.clone()), Some(Arc::clone(identity))),
             hard_stop: hard_stop.clone(),
-            snap,
+            snap: incremental,
+            keepalive,
         }
     }
 
@@ -395,7 +335,7 @@ impl<'a> Session<'a> {
             crate::observe::capture().buffered(self.queues.buffered_bytes());
             let reading = !stopping && self.queues.buffered_bytes() < self.cfg.max_buffer_bytes;
             let linger = self.queues.next_linger_deadline();
-            let probe_warning = self.snap.probe_warning_at();
+            let probe_warning = self.keepalive.warning_at();
             tokio::select! {
                 biased;
                 done = self.deliveries.next(&mut self.queues), if !self.deliveries.is_empty() => {
@@ -414,7 +354,7 @@ impl<'a> Session<'a> {
                 }
                 _ = sleep_until(linger), if linger.is_some() => {}
                 _ = sleep_until(probe_warning), if probe_warning.is_some() => {
-                    self.snap.warn_probe_missing();
+                    self.keepalive.warn_missing();
                 }
                 event = repl.recv(), if reading => {
                     if let Some(end) = self.received(event, &mut repl).await? {
@@ -502,10 +442,10 @@ impl<'a> Session<'a> {
                 data, wal_start, ..
             } => self.xlog(&data, wal_start.into()).await?,
             ReplicationEvent::KeepAlive { wal_end, .. } => {
-                // Not before this session's probe came back: see `Incremental::send_probe`.
-                if self.tx.is_none()
-                    && !self.snap.probe_pending()
-                    && let Some(lsn) = self.ledger.keepalive(wal_end.into())
+                let tx_open = self.tx.is_some();
+                if let Some(lsn) =
+                    self.keepalive
+                        .confirmable(tx_open, &mut self.ledger, wal_end.into())
                 {
                     crate::observe::capture().acknowledged(lsn);
                     repl.update_applied_lsn(lsn.into());
@@ -592,8 +532,13 @@ impl<'a> Session<'a> {
     /// A signal row: never sent anywhere; our high watermark places its chunk's rows here.
     fn signal(&mut self, insert: &crate::pgoutput::Insert) -> Result<(), CaptureError> {
         let relation = Arc::clone(&self.table(insert.relation_oid)?.relation);
-        if !self.snap.signal(&relation, &insert.new_tuple) {
-            return Ok(());
+        match self.snap.signal(&relation, &insert.new_tuple) {
+            Decoded::HighWatermark => {}
+            Decoded::Probe(id) => {
+                self.keepalive.decoded(id);
+                return Ok(());
+            }
+            Decoded::Other => return Ok(()),
         }
         let tx = self.open_tx()?.meta;
         let (_oid, table, rows) = self

@@ -218,6 +218,10 @@ pub struct Router {
 }
 
 impl Router {
+    /// Default of `--stream-template`: the sync-layer document's `pg-items` for table
+    /// `items`.
+    pub const DEFAULT_TEMPLATE: &'static str = "pg-{table}";
+
     /// `per_table` names tables as `name` (schema `public`) or `schema.name`. Naming a table
     /// twice, also as both `items` and `public.items`, is refused: which route wins would
     /// otherwise depend on option order.

@@ -29,7 +29,17 @@ use tokio_postgres::error::SqlState;
 use super::error::ReplicationFailure;
 
 /// What `run` does when the server invalidated its slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum OnSlotLost {
     /// Stop with an error; the operator decides.

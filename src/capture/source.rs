@@ -1,5 +1,6 @@
-//! The Postgres side of capture: making sure the publication and slot exist, opening the
-//! replication connection, and the catalog lookups decoding needs.
+//! The Postgres side of capture: the publication and slot made to exist, the replication
+//! connection opened, and the catalog lookups decoding needs. The order they are used in is
+//! `startup`'s.
 
 use std::time::Duration;
 
@@ -30,11 +31,16 @@ pub struct SourceConfig {
     pub takeover: bool,
 }
 
-/// Creates the publication (from `tables`) and the slot when missing; returns the slot's
-/// confirmed position. The publication comes first: pgoutput on PostgreSQL 15 stops with
-/// "publication does not exist" when it decodes a change from before the publication.
-pub async fn prepare(sql: &Client, cfg: &SourceConfig) -> Result<Lsn, CaptureError> {
-    ensure_publication(sql, cfg).await?;
+impl SourceConfig {
+    /// Default of `--takeover`: a held slot is waited for, never taken.
+    pub const DEFAULT_TAKEOVER: bool = false;
+}
+
+/// Creates the slot when it is missing, or checks that the existing one is a pgoutput slot
+/// of this database; returns its confirmed position. Called after [`ensure_publication`]:
+/// pgoutput on PostgreSQL 15 stops with "publication does not exist" when it decodes a
+/// change from before the publication.
+pub async fn ensure_slot(sql: &Client, cfg: &SourceConfig) -> Result<Lsn, CaptureError> {
     let created = slot::create_reporting(sql, &cfg.target, &cfg.slot, false, true).await?;
     if created.created {
         tracing::info!(slot = %cfg.slot, "created replication slot");
@@ -46,10 +52,7 @@ pub async fn prepare(sql: &Client, cfg: &SourceConfig) -> Result<Lsn, CaptureErr
 /// or adds the tables it lacks, after checking that publishing them breaks none of the
 /// application's writes; sets REPLICA IDENTITY FULL where whole rows need it (see
 /// [`publication::ensure`]). Every change is logged.
-pub(crate) async fn ensure_publication(
-    sql: &Client,
-    cfg: &SourceConfig,
-) -> Result<(), CaptureError> {
+pub async fn ensure_publication(sql: &Client, cfg: &SourceConfig) -> Result<(), CaptureError> {
     let specs = |tables: &[String]| tables.iter().map(|t| TableSpec::named(t)).collect();
     let req = Request {
         tables: specs(&cfg.tables),

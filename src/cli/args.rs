@@ -565,18 +565,31 @@ pub struct PruneArgs {
     /// Delete dead letters (ds_sync.dead_letters) created longer ago than this, e.g. 90d
     #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub dead_letters_older_than: Option<std::time::Duration>,
-    /// Rows per DELETE statement (each its own short transaction) [default: 10000]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
-    pub batch_rows: Option<i64>,
+    /// Rows per DELETE statement (each its own short transaction)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = crate::retention::prune::DEFAULT_BATCH_ROWS,
+        value_parser = clap::value_parser!(i64).range(1..)
+    )]
+    pub batch_rows: i64,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Print every setting with its source (flag, env, file, default); passwords are hidden
-    #[command(
-        after_help = "Example:\n  POSTGRES_URL=postgres://app@db/app ds-sync config show --output json"
-    )]
-    Show,
+    /// Print every setting, and every option `run` would use, with its source (flag, env,
+    /// file, default); passwords are hidden
+    #[command(after_help = "\
+Takes run's options too, so that flags can be checked before a start: the capture and ingest
+sections show what `ds-sync run` would use given the same flags, environment and --config file.
+
+Examples:
+  POSTGRES_URL=postgres://app@db/app ds-sync config show --output json
+  ds-sync config show --config ds-sync.toml --batch-max-messages 500")]
+    Show {
+        #[command(flatten)]
+        run: CaptureArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -732,14 +745,13 @@ mod tests {
         Cli::command().debug_assert();
     }
 
-    /// `--help` states each default `run` merges with (`config::layered`); the constants
-    /// are the only place the values are written.
+    /// `--help` states each default `run` merges with (`cli::options`); the constants are
+    /// the only place the values are written.
     #[test]
     fn run_help_states_the_defaults_the_merge_uses() {
         use crate::capture::CaptureConfig;
         use crate::capture::batch::Limits;
         use crate::capture::snapshot::SnapshotOptions;
-        use crate::capture::snapshot::incremental::DEFAULT_CHUNK_ROWS;
         use crate::ds::ClientOptions;
         let cmd = Cli::command();
         let run = cmd.find_subcommand("run").expect("run");
@@ -768,7 +780,10 @@ mod tests {
                 "snapshot_workers",
                 SnapshotOptions::DEFAULT_WORKERS.to_string(),
             ),
-            ("snapshot_chunk_rows", DEFAULT_CHUNK_ROWS.to_string()),
+            (
+                "snapshot_chunk_rows",
+                SnapshotOptions::DEFAULT_CHUNK_ROWS.to_string(),
+            ),
         ] {
             let arg = run
                 .get_arguments()

@@ -1,6 +1,6 @@
 //! What each subcommand does: connect, call the layer that owns the work, print the result.
 
-use crate::config::Settings;
+use crate::config::{Settings, merge_or};
 use crate::pg::PgTarget;
 use crate::{publication, schema, slot};
 
@@ -8,6 +8,7 @@ use super::CliError;
 use super::args::{
     Command, ConfigCommand, PublicationCommand, SlotCommand, StreamCommand, TableArgs,
 };
+use super::options::RunOptions;
 use super::output::{Printer, TableReport};
 
 /// Runs one subcommand.
@@ -18,7 +19,7 @@ pub async fn run(command: Command, settings: &Settings) -> Result<(), CliError> 
         Command::Publication(cmd) => publication_command(cmd, settings, &out).await,
         Command::Init(args) => init(&args, settings, &out).await,
         Command::Prune(args) => prune(&args, settings, &out).await,
-        Command::Config(ConfigCommand::Show) => config_show(settings, &out),
+        Command::Config(ConfigCommand::Show { run }) => config_show(&run, settings, &out),
         Command::Run { capture } => super::run::run(&capture, settings).await,
         Command::Dev { capture } => super::run::dev(&capture, settings).await,
         #[cfg(feature = "bench")]
@@ -130,11 +131,20 @@ async fn publication_command(
     let client = target(settings)?.connect().await?;
     let pick = |name: Option<String>| name.unwrap_or_else(|| settings.publication.value.clone());
     let request = |t: &TableArgs| {
-        let file = &settings.capture_file;
+        let (file, cli) = (&settings.capture_file, &settings.arg_sources);
         let policy = publication::IdentityPolicy {
-            toast: t.toast.or(file.toast).unwrap_or_default(),
-            keep_replica_identity: t.keep_replica_identity
-                || file.keep_replica_identity.unwrap_or(false),
+            toast: merge_or(
+                cli.value("toast", t.toast),
+                file.toast,
+                publication::IdentityPolicy::DEFAULT_TOAST,
+            )
+            .value,
+            keep_replica_identity: merge_or(
+                cli.value("keep_replica_identity", Some(t.keep_replica_identity)),
+                file.keep_replica_identity,
+                publication::IdentityPolicy::DEFAULT_KEEP_REPLICA_IDENTITY,
+            )
+            .value,
         };
         publication::build_request(
             &t.tables,
@@ -238,21 +248,27 @@ async fn prune(
     settings: &Settings,
     out: &Printer,
 ) -> Result<(), CliError> {
-    use crate::retention::prune::{DEFAULT_BATCH_ROWS, PruneRequest, prune};
+    use crate::retention::prune::{PruneRequest, prune};
     let mut client = target(settings)?.connect().await?;
     schema::apply(&mut client).await?;
     let req = PruneRequest {
         older_than: args.older_than,
         streams: args.streams.clone(),
         dead_letters_older_than: args.dead_letters_older_than,
-        batch_rows: args.batch_rows.unwrap_or(DEFAULT_BATCH_ROWS),
+        batch_rows: args.batch_rows,
         progress: true,
     };
     let summary = prune(&mut client, &req).await?;
     out.prune(&summary)
 }
 
-fn config_show(settings: &Settings, out: &Printer) -> Result<(), CliError> {
+/// `ds-sync config show`: the shared settings and the options `run` would use (given the
+/// same flags, env and file), each with its source.
+fn config_show(
+    run: &super::args::CaptureArgs,
+    settings: &Settings,
+    out: &Printer,
+) -> Result<(), CliError> {
     let env = |k: &str| std::env::var(k).ok();
     // Settings that cannot work (a malformed --ds-header, an unreadable token file) are
     // reported here rather than at the first request.
@@ -262,7 +278,13 @@ fn config_show(settings: &Settings, out: &Printer) -> Result<(), CliError> {
         Err(crate::config::ConfigError::MissingPostgresUrl) => None,
         Err(e) => return Err(e.into()),
     };
-    out.config(settings, postgres.as_deref())
+    let options = RunOptions::resolve(
+        run,
+        &settings.arg_sources,
+        &settings.capture_file,
+        &settings.ingest_file,
+    )?;
+    out.config(settings, postgres.as_deref(), &options)
 }
 
 /// `ds-sync snapshot --table T`: checks T can be snapshotted while streaming and writes the

@@ -10,15 +10,16 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, CaptureConfig};
-use crate::config::{IngestFile, OutputFormat, Settings, layered, parse_duration};
+use crate::config::{OutputFormat, Settings};
 use crate::ds::{ClientOptions, DsClient};
 use crate::ingest::store::{self, SubscriptionInfo};
-use crate::ingest::{self, DEFAULT_MAX_EVENT_BYTES, IngestConfig, WriterOptions};
+use crate::ingest::{self, IngestConfig, WriterOptions};
 use crate::pg::PgTarget;
 use crate::retention::maintain::{self, Maintenance};
 
 use super::CliError;
 use super::args::IngestArgs;
+use super::options::IngestOptions;
 use super::output::Printer;
 
 /// HEAD requests `subscriptions` sends at once.
@@ -29,6 +30,7 @@ const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// The ingest configuration of `run`, or `None` when ingest should not run: `--no-ingest`,
 /// or capture runs and no stream is named or stored.
 pub(super) async fn config(
+    opts: &IngestOptions,
     args: &IngestArgs,
     settings: &Settings,
     target: &PgTarget,
@@ -36,75 +38,42 @@ pub(super) async fn config(
     if args.no_ingest {
         return Ok(None);
     }
-    let file = &settings.ingest_file;
-    let mut streams = file.streams.clone().unwrap_or_default();
-    for s in &args.streams {
-        if !streams.contains(s) {
-            streams.push(s.clone());
-        }
-    }
+    let streams = opts.streams.value.clone();
     if streams.is_empty() && !args.no_capture {
         let client = target.connect().await?;
         if !store::has_subscriptions(&client).await? {
             return Ok(None);
         }
     }
-    let max_event_bytes = layered(
-        args.ingest_max_event_bytes,
-        file.max_event_bytes,
-        DEFAULT_MAX_EVENT_BYTES,
-    );
-    let mut cfg = IngestConfig::new(
+    let cfg = IngestConfig::new(
         target.clone(),
         &settings.ds_server_url.value,
         streams,
-        max_event_bytes,
+        opts.max_event_bytes.value,
     )?
     .with_access(settings.ds_access()?)?;
+    Ok(Some(with_limits(cfg, opts)?))
+}
+
+/// The rows per transaction, the memory bound and the idle timeout, checked.
+fn with_limits(mut cfg: IngestConfig, opts: &IngestOptions) -> Result<IngestConfig, CliError> {
     cfg.writer = WriterOptions {
-        max_rows: layered(
-            args.ingest_batch_max_rows,
-            file.batch_max_rows,
-            cfg.writer.max_rows,
-        )
-        .max(1),
+        max_rows: opts.batch_max_rows.value.max(1),
         ..cfg.writer
     };
-    apply_limits(&mut cfg, args, Some(file))?;
-    Ok(Some(cfg))
-}
-
-/// The memory bound and the idle timeout (flag > env > file > default), checked.
-fn apply_limits(
-    cfg: &mut IngestConfig,
-    args: &IngestArgs,
-    file: Option<&IngestFile>,
-) -> Result<(), CliError> {
-    if let Some(bytes) = args
-        .ingest_max_buffer_bytes
-        .or(file.and_then(|f| f.max_buffer_bytes))
-    {
-        cfg.max_buffer_bytes = bytes;
-    }
-    let from_file = file
-        .and_then(|f| f.idle_timeout.as_deref())
-        .map(|t| {
-            parse_duration(t).map_err(|e| CliError::Invalid(format!("[ingest] idle_timeout: {e}")))
-        })
-        .transpose()?;
-    if let Some(timeout) = args.ingest_idle_timeout.or(from_file) {
-        cfg.idle_timeout = timeout;
-    }
+    cfg.max_buffer_bytes = opts.max_buffer_bytes.value;
+    cfg.idle_timeout = opts.idle_timeout.value.0;
     cfg.limits()?;
-    Ok(())
+    Ok(cfg)
 }
 
-/// Stream `dev` ingests unless `--ingest` names others.
+/// Stream `dev` ingests unless streams are named.
 const DEV_STREAM: &str = "sessions";
 
 /// The ingest side of `ds-sync dev`: the demo stream (created so that clients can POST to it
-/// at once) or the `--ingest` streams; prints how to try it.
+/// at once) or the named streams; prints how to try it.
 pub(super) async fn dev_config(
+    opts: &IngestOptions,
     args: &IngestArgs,
     target: &PgTarget,
     ds_url: &str,
@@ -113,16 +82,14 @@ pub(super) async fn dev_config(
     if args.no_ingest {
         return Ok(None);
     }
-    let streams = if args.streams.is_empty() {
+    let streams = if opts.streams.value.is_empty() {
         vec![DEV_STREAM.to_owned()]
     } else {
-        args.streams.clone()
+        opts.streams.value.clone()
     };
-    let max = args
-        .ingest_max_event_bytes
-        .unwrap_or(DEFAULT_MAX_EVENT_BYTES);
-    let mut cfg = IngestConfig::new(target.clone(), ds_url, streams, max)?.with_access(access)?;
-    apply_limits(&mut cfg, args, None)?;
+    let max = opts.max_event_bytes.value;
+    let cfg = IngestConfig::new(target.clone(), ds_url, streams, max)?.with_access(access)?;
+    let cfg = with_limits(cfg, opts)?;
     for s in &cfg.streams {
         cfg.ds.ensure_stream(s).await?;
     }
@@ -138,44 +105,24 @@ pub(super) async fn dev_config(
 }
 
 /// What `run` keeps up beside the directions: partitions ahead of time (whenever ingest
-/// runs) and pruning with `--retention` / `--dead-letter-retention` (flag > env >
-/// `[ingest]` key). `None` when there is nothing to do.
+/// runs) and pruning with `--retention` / `--dead-letter-retention`. `None` when there is
+/// nothing to do.
 pub(super) fn maintenance(
-    args: &IngestArgs,
-    settings: &Settings,
+    opts: &IngestOptions,
     target: &PgTarget,
     ingest_runs: bool,
-) -> Result<Option<Maintenance>, CliError> {
-    let file = &settings.ingest_file;
-    let from_file = |key: &str, value: Option<&String>| {
-        value
-            .map(|t| {
-                parse_duration(t).map_err(|e| CliError::Invalid(format!("[ingest] {key}: {e}")))
-            })
-            .transpose()
-    };
-    let events = match args.retention {
-        Some(d) => Some(d),
-        None => from_file("retention", file.retention.as_ref())?,
-    };
-    let dead_letters = match args.dead_letter_retention {
-        Some(d) => Some(d),
-        None => from_file("dead_letter_retention", file.dead_letter_retention.as_ref())?,
-    };
-    let every = match args.retention_interval {
-        Some(d) => d,
-        None => from_file("retention_interval", file.retention_interval.as_ref())?
-            .unwrap_or(maintain::DEFAULT_EVERY),
-    };
+) -> Option<Maintenance> {
+    let events = opts.retention.value.map(|d| d.0);
+    let dead_letters = opts.dead_letter_retention.value.map(|d| d.0);
     if !ingest_runs && events.is_none() && dead_letters.is_none() {
-        return Ok(None);
+        return None;
     }
-    Ok(Some(Maintenance {
+    Some(Maintenance {
         target: target.clone(),
         events,
         dead_letters,
-        every,
-    }))
+        every: opts.retention_interval.value.0,
+    })
 }
 
 /// Runs capture, ingest, or both side by side, with the metrics and health endpoints when

@@ -8,6 +8,7 @@ pub mod args;
 mod bench;
 mod commands;
 mod ingest;
+mod options;
 mod output;
 mod run;
 mod stop;
@@ -17,7 +18,9 @@ use std::process::ExitCode;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
-use crate::config::{CliValue, CliValues, ConfigError, FileConfig, LogFormat, Settings, Source};
+use crate::config::{
+    ArgSources, CliValue, CliValues, ConfigError, FileConfig, LogFormat, Settings, Source,
+};
 use crate::publication::PublicationError;
 use crate::slot::SlotError;
 use args::{Cli, GlobalArgs};
@@ -192,7 +195,27 @@ fn settings(
         output: cli_value(matches, "output", global.output),
         listen: cli_value(matches, "listen", global.listen.clone()),
     };
-    Ok(Settings::resolve(cli, file, env))
+    let mut settings = Settings::resolve(cli, file, env);
+    settings.arg_sources = arg_sources(matches);
+    Ok(settings)
+}
+
+/// Where the command's own options (those of the deepest subcommand) got their values:
+/// given as a flag, or taken from the environment by clap. Absent options are left out.
+pub(crate) fn arg_sources(matches: &ArgMatches) -> ArgSources {
+    let mut m = matches;
+    while let Some((_, sub)) = m.subcommand() {
+        m = sub;
+    }
+    let mut sources = ArgSources::default();
+    for id in m.ids() {
+        match m.value_source(id.as_str()) {
+            Some(ValueSource::CommandLine) => sources.insert(id.as_str(), Source::Flag),
+            Some(ValueSource::EnvVariable) => sources.insert(id.as_str(), Source::Env),
+            _ => {}
+        }
+    }
+    sources
 }
 
 /// Global options may be given after the subcommand; clap records their source on the

@@ -12,6 +12,7 @@ use crate::schema::{Check, MigrationStatus};
 use crate::slot::{Created, Dropped, SlotInfo};
 
 use super::CliError;
+use super::options::RunOptions;
 
 /// Writes results to stdout in the chosen format.
 pub(super) struct Printer {
@@ -220,14 +221,23 @@ impl Printer {
         self.emit(&summary.line())
     }
 
-    pub(super) fn config(&self, s: &Settings, postgres: Option<&str>) -> Result<(), CliError> {
+    /// `config show`: the shared settings, then `run`'s options by section
+    /// (`capture.batch_max_messages`), each with its source.
+    pub(super) fn config(
+        &self,
+        s: &Settings,
+        postgres: Option<&str>,
+        run: &RunOptions,
+    ) -> Result<(), CliError> {
         let pg = json!({"value": postgres, "source": s.postgres_url_source()});
+        let mut v = to_json(s)?;
+        v["postgres_url"] = pg;
+        if s.listen.is_none() {
+            v["listen"] = json!({"value": null, "source": Source::Unset});
+        }
+        v["capture"] = to_json(&run.capture)?;
+        v["ingest"] = to_json(&run.ingest)?;
         if self.format == OutputFormat::Json {
-            let mut v = serde_json::to_value(s).map_err(|e| CliError::Output(e.to_string()))?;
-            v["postgres_url"] = pg;
-            if s.listen.is_none() {
-                v["listen"] = json!({"value": null, "source": Source::Unset});
-            }
             return self.json(&v);
         }
         let mut table = new_table(&["setting", "value", "source"]);
@@ -257,6 +267,9 @@ impl Printer {
                 ]);
             }
         }
+        for section in ["capture", "ingest"] {
+            add_section(&mut table, section, &v[section]);
+        }
         self.emit(&table.to_string())
     }
 }
@@ -269,6 +282,32 @@ fn add_sourced<T: Serialize>(table: &mut Table, name: &str, v: &Sourced<T>) {
         Err(_) => "?".into(),
     };
     table.add_row(vec![name.to_string(), value, source_name(v.source)]);
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<serde_json::Value, CliError> {
+    serde_json::to_value(value).map_err(|e| CliError::Output(e.to_string()))
+}
+
+/// One row per option of a section: `section.key`, its value, its source.
+fn add_section(table: &mut Table, section: &str, options: &serde_json::Value) {
+    let Some(options) = options.as_object() else {
+        return;
+    };
+    for (key, option) in options {
+        let value = match &option["value"] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "(not set)".to_owned(),
+            serde_json::Value::Array(items) if items.is_empty() => "(none)".to_owned(),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join(", "),
+            other => other.to_string(),
+        };
+        let source = option["source"].as_str().unwrap_or("?").to_owned();
+        table.add_row(vec![format!("{section}.{key}"), value, source]);
+    }
 }
 
 fn add_optional<T: Serialize>(table: &mut Table, name: &str, v: Option<&Sourced<T>>) {

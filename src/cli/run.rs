@@ -6,42 +6,53 @@ use std::time::Duration;
 use crate::capture::CaptureConfig;
 use crate::capture::batch::Limits;
 use crate::capture::route::{Router, Template, parse_route_option};
-use crate::capture::snapshot::{SnapshotMode, SnapshotOptions};
+use crate::capture::snapshot::SnapshotOptions;
 use crate::capture::source::SourceConfig;
-use crate::config::{Settings, Source, layered};
+use crate::config::{Settings, Source};
 use crate::ds::{ClientOptions, DsAccess, DsClient};
 use crate::embedded::{DsServer, DsServerOptions, LocalPostgres, PostgresOptions};
 use crate::pg::PgTarget;
 use crate::pg::ident::{validate_publication_name, validate_slot_name};
 
+use crate::publication::IdentityPolicy;
+
 use super::CliError;
 use super::args::CaptureArgs;
-use super::stop::{DEFAULT_SHUTDOWN_TIMEOUT, Stop};
-
-/// Default stream name template: the sync-layer document's `pg-items` for table `items`.
-pub const DEFAULT_STREAM_TEMPLATE: &str = "pg-{table}";
+use super::options::{CaptureOptions, RunOptions};
+use super::stop::Stop;
 
 /// Runs capture until a signal.
 pub async fn run(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError> {
-    let stop = Stop::install(shutdown_timeout(args, settings));
-    let result = run_until_stopped(args, settings, &stop).await;
+    let opts = options(args, settings)?;
+    let stop = Stop::install(opts.capture.shutdown_timeout());
+    let result = run_until_stopped(&opts, args, settings, &stop).await;
     stop.outcome(result)
 }
 
+/// The options of `run` and `dev`, merged once (see `options`).
+fn options(args: &CaptureArgs, settings: &Settings) -> Result<RunOptions, CliError> {
+    RunOptions::resolve(
+        args,
+        &settings.arg_sources,
+        &settings.capture_file,
+        &settings.ingest_file,
+    )
+}
+
 async fn run_until_stopped(
+    opts: &RunOptions,
     args: &CaptureArgs,
     settings: &Settings,
     stop: &Stop,
 ) -> Result<(), CliError> {
     let target = super::commands::target(settings)?;
-    let ingest = super::ingest::config(&args.ingest, settings, &target).await?;
-    let maintenance =
-        super::ingest::maintenance(&args.ingest, settings, &target, ingest.is_some())?;
+    let ingest = super::ingest::config(&opts.ingest, &args.ingest, settings, &target).await?;
+    let maintenance = super::ingest::maintenance(&opts.ingest, &target, ingest.is_some());
     let cfg = if args.ingest.no_capture {
         None
     } else {
         Some(capture_config(
-            args,
+            &opts.capture,
             settings,
             target,
             &settings.ds_server_url.value,
@@ -59,69 +70,28 @@ async fn run_until_stopped(
     .await
 }
 
-/// `--shutdown-timeout-ms` over the `[capture]` key over the default.
-fn shutdown_timeout(args: &CaptureArgs, settings: &Settings) -> Duration {
-    args.shutdown_timeout_ms
-        .or(settings.capture_file.shutdown_timeout_ms)
-        .map_or(DEFAULT_SHUTDOWN_TIMEOUT, Duration::from_millis)
-}
-
-/// Flags (and their env vars) over the config file's `[capture]` over defaults.
+/// The capture configuration from the merged options: checked names, parsed routes, and
+/// the lower bounds the limits need.
 fn capture_config(
-    args: &CaptureArgs,
+    opts: &CaptureOptions,
     settings: &Settings,
     target: PgTarget,
     ds_url: &str,
     access: DsAccess,
 ) -> Result<CaptureConfig, CliError> {
-    let file = &settings.capture_file;
     let slot = settings.slot.value.clone();
     let publication = settings.publication.value.clone();
     validate_slot_name(&slot).map_err(|e| CliError::Invalid(e.to_string()))?;
     validate_publication_name(&publication).map_err(|e| CliError::Invalid(e.to_string()))?;
-    let template = layered(
-        args.stream_template.clone(),
-        file.stream_template.clone(),
-        DEFAULT_STREAM_TEMPLATE.into(),
-    );
-    let invalid = |e: crate::capture::route::RouteError| CliError::Invalid(e.to_string());
-    let mut routes = Vec::new();
-    for (table, tpl) in file.routes.clone().unwrap_or_default() {
-        routes.push((table, Template::parse(&tpl).map_err(invalid)?));
-    }
-    for raw in &args.routes {
-        let (table, tpl) = parse_route_option(raw).map_err(invalid)?;
-        routes.retain(|(t, _)| *t != table);
-        routes.push((table, tpl));
-    }
-    let router =
-        Router::new(Template::parse(&template).map_err(invalid)?, routes).map_err(invalid)?;
     let limits = Limits {
-        max_messages: layered(
-            args.batch_max_messages,
-            file.batch_max_messages,
-            Limits::DEFAULT_MAX_MESSAGES,
-        )
-        .max(1),
-        max_bytes: layered(
-            args.batch_max_bytes,
-            file.batch_max_bytes,
-            Limits::DEFAULT_MAX_BYTES,
-        )
-        .max(1),
-        linger: args
-            .linger_ms
-            .or(file.linger_ms)
-            .map_or(Limits::DEFAULT_LINGER, Duration::from_millis),
+        max_messages: opts.batch_max_messages.value.max(1),
+        max_bytes: opts.batch_max_bytes.value.max(1),
+        linger: Duration::from_millis(opts.linger_ms.value),
     };
-    let timeout = args.request_timeout_ms.or(file.request_timeout_ms).map_or(
-        ClientOptions::DEFAULT_REQUEST_TIMEOUT,
-        Duration::from_millis,
-    );
     let ds = DsClient::new(
         ds_url,
         ClientOptions {
-            request_timeout: timeout,
+            request_timeout: Duration::from_millis(opts.request_timeout_ms.value),
             access,
             ..ClientOptions::default()
         },
@@ -131,59 +101,60 @@ fn capture_config(
             target,
             slot,
             publication,
-            tables: layered(args.tables.clone(), file.tables.clone(), Vec::new()),
-            insert_only: layered(
-                args.insert_only.clone(),
-                file.insert_only.clone(),
-                Vec::new(),
-            ),
-            policy: crate::publication::IdentityPolicy {
-                toast: args.toast.or(file.toast).unwrap_or_default(),
-                keep_replica_identity: args.keep_replica_identity
-                    || file.keep_replica_identity.unwrap_or(false),
+            tables: opts.tables.value.clone(),
+            insert_only: opts.insert_only.value.clone(),
+            policy: IdentityPolicy {
+                toast: opts.toast.value,
+                keep_replica_identity: opts.keep_replica_identity.value,
             },
-            takeover: args.takeover || file.takeover.unwrap_or(false),
+            takeover: opts.takeover.value,
         },
         ds,
-        router,
+        router: router(opts)?,
         limits,
-        max_buffer_bytes: layered(
-            args.max_buffer_bytes,
-            file.max_buffer_bytes,
-            CaptureConfig::DEFAULT_MAX_BUFFER_BYTES,
-        ),
-        max_in_flight: layered(
-            args.max_in_flight,
-            file.max_in_flight,
-            CaptureConfig::DEFAULT_MAX_IN_FLIGHT,
-        ),
+        max_buffer_bytes: opts.max_buffer_bytes.value,
+        max_in_flight: opts.max_in_flight.value,
         snapshot: SnapshotOptions {
-            mode: layered(args.snapshot, file.snapshot, SnapshotMode::default()),
-            workers: layered(
-                args.snapshot_workers,
-                file.snapshot_workers,
-                SnapshotOptions::DEFAULT_WORKERS,
-            )
-            .max(1),
-            chunk_rows: args
-                .snapshot_chunk_rows
-                .unwrap_or(crate::capture::snapshot::incremental::DEFAULT_CHUNK_ROWS)
-                .max(1),
+            mode: opts.snapshot.value,
+            workers: opts.snapshot_workers.value.max(1),
+            chunk_rows: opts.snapshot_chunk_rows.value.max(1),
         },
         whole_rows: crate::capture::whole_rows::WholeRows::default(),
-        on_slot_lost: args.on_slot_lost.or(file.on_slot_lost).unwrap_or_default(),
+        on_slot_lost: opts.on_slot_lost.value,
     };
-    let stream_labels = args.metrics_stream_labels || file.metrics_stream_labels.unwrap_or(false);
+    let stream_labels = opts.metrics_stream_labels.value;
     crate::observe::capture().configured(cfg.max_buffer_bytes, stream_labels);
     Ok(cfg)
 }
+
+/// The stream template and the per-table routes, parsed.
+fn router(opts: &CaptureOptions) -> Result<Router, CliError> {
+    let invalid = |e: crate::capture::route::RouteError| CliError::Invalid(e.to_string());
+    let mut routes = Vec::new();
+    for raw in &opts.routes.value {
+        routes.push(parse_route_option(raw).map_err(invalid)?);
+    }
+    Router::new(
+        Template::parse(&opts.stream_template.value).map_err(invalid)?,
+        routes,
+    )
+    .map_err(invalid)
+}
+
+/// The table `dev` creates and captures unless `--tables` (or its env var or file key)
+/// names others.
+const DEMO_TABLE_NAME: &str = "items";
 
 const DEMO_TABLE: &str = "CREATE TABLE IF NOT EXISTS items (\
     id SERIAL PRIMARY KEY, title TEXT NOT NULL, body TEXT, created_at TIMESTAMPTZ DEFAULT NOW())";
 
 /// `ds-sync dev`: capture against throwaway servers unless real ones are given.
 pub async fn dev(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError> {
-    let stop = Stop::install(shutdown_timeout(args, settings));
+    let mut opts = options(args, settings)?;
+    if opts.capture.tables.source == Source::Default {
+        opts.capture.tables.value = vec![DEMO_TABLE_NAME.into()];
+    }
+    let stop = Stop::install(opts.capture.shutdown_timeout());
     let (shutdown, hard_stop) = (stop.shutdown.clone(), stop.hard_stop.clone());
     let local_pg = if settings.postgres_url_source() == Source::Unset {
         eprintln!("starting a throwaway PostgreSQL cluster...");
@@ -219,27 +190,24 @@ pub async fn dev(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError
         .batch_execute(DEMO_TABLE)
         .await
         .map_err(|e| crate::pg::PgError::query("creating the demo table items", &e))?;
-    let mut args = args.clone();
-    args.tables.get_or_insert_with(|| vec!["items".into()]);
     let cfg = if args.ingest.no_capture {
         None
     } else {
-        let cfg = capture_config(&args, settings, target.clone(), &ds_url, access.clone())?;
-        // The slot exists before the banner invites inserts, so no row falls before it. A
-        // lost slot is left to capture, which recreates it with --on-slot-lost recreate.
-        match crate::capture::source::prepare(&client, &cfg.source).await {
-            Err(crate::capture::CaptureError::SlotLost(_))
-                if cfg.on_slot_lost == crate::capture::slot_lost::OnSlotLost::Recreate => {}
-            other => {
-                other?;
-            }
-        }
+        let cfg = capture_config(
+            &opts.capture,
+            settings,
+            target.clone(),
+            &ds_url,
+            access.clone(),
+        )?;
+        dev_slot(&client, &cfg).await?;
         Some(cfg)
     };
-    print_dev_banner(local_pg.as_ref(), &target, &ds_url, &args, cfg.is_some());
-    let ingest = super::ingest::dev_config(&args.ingest, &target, &ds_url, access).await?;
-    let maintenance =
-        super::ingest::maintenance(&args.ingest, settings, &target, ingest.is_some())?;
+    let tables = &opts.capture.tables.value;
+    print_dev_banner(local_pg.as_ref(), &target, &ds_url, tables, cfg.is_some());
+    let ingest =
+        super::ingest::dev_config(&opts.ingest, &args.ingest, &target, &ds_url, access).await?;
+    let maintenance = super::ingest::maintenance(&opts.ingest, &target, ingest.is_some());
     let result =
         super::ingest::run_directions(cfg, ingest, maintenance, settings, &shutdown, &hard_stop)
             .await;
@@ -247,6 +215,24 @@ pub async fn dev(args: &CaptureArgs, settings: &Settings) -> Result<(), CliError
     drop(local_pg);
     eprintln!("stopped; throwaway servers removed");
     stop.outcome(result)
+}
+
+/// The publication and slot of `dev`, made before the banner invites inserts so that no row
+/// falls before the slot. A lost slot is left to capture, which recreates it with
+/// `--on-slot-lost recreate`.
+async fn dev_slot(client: &tokio_postgres::Client, cfg: &CaptureConfig) -> Result<(), CliError> {
+    let slot = async {
+        crate::capture::source::ensure_publication(client, &cfg.source).await?;
+        crate::capture::source::ensure_slot(client, &cfg.source).await
+    };
+    match slot.await {
+        Err(crate::capture::CaptureError::SlotLost(_))
+            if cfg.on_slot_lost == crate::capture::slot_lost::OnSlotLost::Recreate =>
+        {
+            Ok(())
+        }
+        other => other.map(|_| ()).map_err(CliError::from),
+    }
 }
 
 /// Port 4437 (the DS default) when free, so printed URLs are predictable; any port otherwise.
@@ -265,7 +251,7 @@ fn print_dev_banner(
     local_pg: Option<&LocalPostgres>,
     target: &PgTarget,
     ds_url: &str,
-    args: &CaptureArgs,
+    tables: &[String],
     capture: bool,
 ) {
     let psql_url = local_pg.map_or_else(|| target.to_string(), |pg| pg.url("postgres"));
@@ -280,8 +266,10 @@ fn print_dev_banner(
         );
         return;
     }
-    let tables = args.tables.clone().unwrap_or_default();
-    let first = tables.first().cloned().unwrap_or_else(|| "items".into());
+    let first = tables
+        .first()
+        .cloned()
+        .unwrap_or_else(|| DEMO_TABLE_NAME.into());
     let stream = format!("{}/v1/stream/pg-{first}", ds_url.trim_end_matches('/'));
     eprintln!(
         "\nds-sync dev is running: changes to {tables} flow into DS streams.\n\n\

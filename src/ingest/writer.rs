@@ -102,10 +102,15 @@ pub struct WriterOptions {
     pub queue: usize,
 }
 
+impl WriterOptions {
+    /// Default of `--ingest-batch-max-rows`.
+    pub const DEFAULT_MAX_ROWS: usize = 10_000;
+}
+
 impl Default for WriterOptions {
     fn default() -> Self {
         WriterOptions {
-            max_rows: 10_000,
+            max_rows: Self::DEFAULT_MAX_ROWS,
             queue: 1024,
         }
     }

@@ -64,6 +64,13 @@ pub struct IdentityPolicy {
     pub keep_replica_identity: bool,
 }
 
+impl IdentityPolicy {
+    /// Default of `--toast`: whole rows.
+    pub const DEFAULT_TOAST: ToastMode = ToastMode::Complete;
+    /// Default of `--keep-replica-identity`: ds-sync may set REPLICA IDENTITY FULL.
+    pub const DEFAULT_KEEP_REPLICA_IDENTITY: bool = false;
+}
+
 /// A table's `pg_class.relreplident`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Identity {

@@ -12,9 +12,6 @@ use super::partitions::{self, Form};
 use super::prune::{self, DEFAULT_BATCH_ROWS, PruneRequest};
 use crate::pg::PgTarget;
 
-/// Time between passes unless `--retention-interval` says otherwise.
-pub const DEFAULT_EVERY: Duration = Duration::from_secs(600);
-
 /// What `run` keeps up.
 #[derive(Debug, Clone)]
 pub struct Maintenance {
@@ -25,6 +22,11 @@ pub struct Maintenance {
     pub dead_letters: Option<Duration>,
     /// Time between passes.
     pub every: Duration,
+}
+
+impl Maintenance {
+    /// Default of `--retention-interval`.
+    pub const DEFAULT_EVERY: Duration = Duration::from_secs(600);
 }
 
 /// Runs a pass now and then every `every`, until `shutdown`.

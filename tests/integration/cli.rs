@@ -240,3 +240,110 @@ async fn the_process_runs_without_transparent_huge_pages() {
         run.stop_ok().await;
     }
 }
+
+/// An environment value other than the default for each of `run`'s options with an env var.
+fn env_sample(id: &str) -> Option<&'static str> {
+    Some(match id {
+        "tables" => "a,b",
+        "insert_only" => "c",
+        "toast" => "partial",
+        "stream_template" => "s/{table}",
+        "batch_max_messages" => "7",
+        "batch_max_bytes" => "7000",
+        "linger_ms" => "5",
+        "max_buffer_bytes" => "9000",
+        "max_in_flight" => "3",
+        "request_timeout_ms" => "1234",
+        "snapshot" => "never",
+        "snapshot_workers" => "2",
+        "snapshot_chunk_rows" => "50",
+        "on_slot_lost" => "recreate",
+        "shutdown_timeout_ms" => "2500",
+        "keep_replica_identity" | "takeover" | "metrics_stream_labels" => "true",
+        "streams" => "s1",
+        "ingest_max_event_bytes" => "1024",
+        "ingest_batch_max_rows" => "77",
+        "ingest_max_buffer_bytes" => "65536",
+        "ingest_idle_timeout" => "90s",
+        "retention" => "30d",
+        "dead_letter_retention" => "90d",
+        "retention_interval" => "5m",
+        _ => return None,
+    })
+}
+
+/// `config show` lists each of `run`'s options that has an environment variable, with the
+/// source `env` when only the environment sets it, and still `env` over a config file that
+/// sets it too (a switch set to false in the environment included).
+#[tokio::test]
+async fn config_show_lists_every_run_option_set_by_env_with_its_source() {
+    use clap::CommandFactory;
+    let cmd = ds_sync::cli::args::Cli::command();
+    let run = cmd.find_subcommand("run").unwrap();
+    let ingest_prefix = |id: &str| id.strip_prefix("ingest_").map(str::to_owned);
+    let mut env: Vec<(String, String, String)> = Vec::new();
+    for arg in run.get_arguments().filter(|a| !a.is_global_set()) {
+        let Some(var) = arg.get_env() else { continue };
+        let id = arg.get_id().as_str();
+        let value = env_sample(id).unwrap_or_else(|| panic!("no sample for --{id} here"));
+        let path = match ingest_prefix(id) {
+            Some(key) => format!("ingest.{key}"),
+            None if [
+                "streams",
+                "retention",
+                "dead_letter_retention",
+                "retention_interval",
+            ]
+            .contains(&id) =>
+            {
+                format!("ingest.{id}")
+            }
+            None => format!("capture.{id}"),
+        };
+        env.push((var.to_string_lossy().into_owned(), value.to_owned(), path));
+    }
+    assert!(
+        env.len() >= 20,
+        "run's options with an env var: {}",
+        env.len()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ds-sync.toml");
+    std::fs::write(
+        &file,
+        "[capture]\nbatch_max_messages = 99\ntakeover = true\n[ingest]\nidle_timeout = \"3m\"\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let vars: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(k, v, _)| (k.as_str(), v.as_str()))
+        .collect();
+    for extra in [&[][..], &["--config", file][..]] {
+        let args = [&["config", "show", "--output", "json"][..], extra].concat();
+        let show = run_ds_sync(&args, &vars).await.ok().json();
+        for (var, value, path) in &env {
+            let (section, key) = path.split_once('.').unwrap();
+            let option = &show[section][key];
+            assert_eq!(
+                option["source"], "env",
+                "{var} ({path}) with {args:?}: {show:#}"
+            );
+            assert_ne!(option["value"], serde_json::Value::Null, "{var}: {value}");
+        }
+    }
+    let off = [("DS_SYNC_TAKEOVER", "false")];
+    let show = run_ds_sync(
+        &["config", "show", "--output", "json", "--config", file],
+        &off,
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(show["capture"]["takeover"]["value"], false, "{show:#}");
+    assert_eq!(show["capture"]["takeover"]["source"], "env");
+    assert_eq!(show["capture"]["batch_max_messages"]["value"], 99);
+    assert_eq!(show["capture"]["batch_max_messages"]["source"], "file");
+    assert_eq!(show["ingest"]["idle_timeout"]["value"], "3m");
+    assert_eq!(show["capture"]["linger_ms"]["source"], "default");
+}

@@ -24,7 +24,6 @@
 //! everything already sent. Watermarks of an earlier process are ignored when replayed.
 
 use std::collections::{HashSet, VecDeque};
-use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -37,11 +36,9 @@ use super::super::error::CaptureError;
 use super::super::message::{self, RowMessage};
 use super::super::source;
 use super::catalog::{self, SnapshotTable};
+use super::error::SnapshotError;
 use super::signals::{self, Mark, SignalKind, Unfinished};
 use super::window::Window;
-
-/// Rows per chunk when not configured.
-pub const DEFAULT_CHUNK_ROWS: usize = 1000;
 
 /// See the module documentation.
 pub struct Incremental {
@@ -55,23 +52,23 @@ pub struct Incremental {
     queued: HashSet<i64>,
     known_tables: HashSet<String>,
     active: Option<Active>,
-    /// The probe of the current session, until it comes back decoded.
-    probe: Option<Probe>,
     /// The backend of the current session's SQL connection, whose chunk reads can wait
     /// for locks (0: unknown), and the connection that looks up what they wait for.
     backend_pid: i32,
     monitor: Monitor,
 }
 
-/// A probe row in flight: see [`Incremental::send_probe`].
-struct Probe {
-    id: i64,
-    sent: Instant,
-    warn_at: Instant,
+/// What a decoded signal row is to the session that decoded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoded {
+    /// The high watermark of the chunk in progress: take it with
+    /// [`Incremental::chunk_messages`].
+    HighWatermark,
+    /// A keepalive probe (see `capture::keepalive`), with its id.
+    Probe(i64),
+    /// Anything else: a request, a low watermark, a row of another slot or process.
+    Other,
 }
-
-/// How long a probe may stay unseen before each warning.
-const PROBE_WARN_AFTER: Duration = Duration::from_secs(10);
 
 struct Active {
     request: i64,
@@ -124,62 +121,20 @@ impl Incremental {
             queue,
             known_tables: known,
             active: None,
-            probe: None,
             backend_pid: 0,
             monitor: Monitor::new(target),
         })
     }
 
-    /// Inserts this session's probe row. Until it comes back decoded, capture confirms no
-    /// keepalive position: a slot that skips the publication's changes (seen once on
-    /// PostgreSQL 15, see the README) then holds its WAL instead of moving past them.
-    /// A lost connection is an error (capture reconnects); an insert the server refuses is
-    /// logged and capture goes on without the check.
-    pub async fn send_probe(&mut self, sql: &Client) -> Result<(), CaptureError> {
-        match signals::probe(sql, &self.slot).await {
-            Ok((id, backend_pid)) => {
-                self.backend_pid = backend_pid;
-                let now = Instant::now();
-                self.probe = Some(Probe {
-                    id,
-                    sent: now,
-                    warn_at: now + PROBE_WARN_AFTER,
-                });
-            }
-            Err(e) if e.is_transient() => return Err(e.into()),
-            Err(e) => {
-                self.probe = None;
-                tracing::warn!(error = %e, "cannot insert the probe row; keepalive positions are confirmed without it");
-            }
-        }
+    /// A new session's SQL connection: its backend is the one whose chunk reads can wait
+    /// for locks, named in reports of such waits.
+    pub async fn attach(&mut self, sql: &Client) -> Result<(), CaptureError> {
+        let row = sql
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .map_err(|e| PgError::query("reading the backend pid", &e))?;
+        self.backend_pid = row.get(0);
         Ok(())
-    }
-
-    /// True while this session's probe has not come back.
-    pub fn probe_pending(&self) -> bool {
-        self.probe.is_some()
-    }
-
-    /// When the next warning about a missing probe is due.
-    pub fn probe_warning_at(&self) -> Option<Instant> {
-        self.probe.as_ref().map(|p| p.warn_at)
-    }
-
-    /// Logs that the probe has not come back, and when to say so again.
-    pub fn warn_probe_missing(&mut self) {
-        if let Some(p) = &mut self.probe {
-            tracing::warn!(
-                probe = p.id,
-                waited_s = p.sent.elapsed().as_secs(),
-                slot = %self.slot,
-                publication = %self.publication,
-                "the probe row has not come back from the slot: either a large transaction is \
-                 still being decoded, or the slot skips this publication's changes. Keepalive \
-                 positions are not confirmed meanwhile, so nothing is skipped for good; if this \
-                 goes on while the server is idle, restart ds-sync"
-            );
-            p.warn_at = Instant::now() + PROBE_WARN_AFTER;
-        }
     }
 
     /// True (and remembered) when `rel` is the signal table.
@@ -211,9 +166,9 @@ impl Incremental {
         Ok(())
     }
 
-    /// A decoded signal row. Returns true when it is our high watermark: the caller then
-    /// takes the chunk with [`Incremental::chunk_messages`].
-    pub fn signal(&mut self, relation: &Relation, tuple: &TupleData) -> bool {
+    /// A decoded signal row: a request is queued, a low watermark opens the chunk's
+    /// window; what it is to the session is returned.
+    pub fn signal(&mut self, relation: &Relation, tuple: &TupleData) -> Decoded {
         let texts: Vec<(&str, Option<&str>)> = relation
             .columns
             .iter()
@@ -227,10 +182,10 @@ impl Incremental {
             })
             .collect();
         let Some(sig) = signals::parse_signal(&texts) else {
-            return false;
+            return Decoded::Other;
         };
         if sig.slot != self.slot {
-            return false;
+            return Decoded::Other;
         }
         match sig.kind {
             SignalKind::Request => {
@@ -242,7 +197,7 @@ impl Incremental {
                         resume_after: None,
                     });
                 }
-                false
+                Decoded::Other
             }
             SignalKind::Low => {
                 if let Some(a) = &mut self.active
@@ -250,24 +205,19 @@ impl Incremental {
                 {
                     a.window.get_or_insert_with(Window::default).open();
                 }
-                false
+                Decoded::Other
             }
-            SignalKind::High => self
-                .active
-                .as_ref()
-                .and_then(|a| a.chunk.as_ref())
-                .is_some_and(|c| c.high == sig.id),
-            SignalKind::Done => false,
-            SignalKind::Probe => {
-                if self.probe.as_ref().is_some_and(|p| p.id == sig.id) {
-                    tracing::debug!(
-                        probe = sig.id,
-                        "probe decoded: the slot decodes the publication"
-                    );
-                    self.probe = None;
-                }
-                false
+            SignalKind::High
+                if self
+                    .active
+                    .as_ref()
+                    .and_then(|a| a.chunk.as_ref())
+                    .is_some_and(|c| c.high == sig.id) =>
+            {
+                Decoded::HighWatermark
             }
+            SignalKind::High | SignalKind::Done => Decoded::Other,
+            SignalKind::Probe => Decoded::Probe(sig.id),
         }
     }
 
@@ -303,10 +253,7 @@ impl Incremental {
         time_micros: i64,
     ) -> Result<(u32, std::sync::Arc<message::TableInfo>, Vec<RowMessage>), CaptureError> {
         let Some(a) = &mut self.active else {
-            return Err(CaptureError::Snapshot {
-                table: String::new(),
-                reason: "a high watermark without a chunk".into(),
-            });
+            return Err(SnapshotError::HighWatermarkWithoutChunk.into());
         };
         let info = std::sync::Arc::clone(&a.table.info);
         let mut out = Vec::new();

@@ -31,6 +31,7 @@
 
 mod catalog;
 mod copy_text;
+mod error;
 pub mod incremental;
 mod progress;
 mod reader;
@@ -54,14 +55,15 @@ use crate::slot;
 use super::batch::Limits;
 use super::error::CaptureError;
 use super::fence::Fence;
-use super::identity::{self, SourceIdentity};
+use super::identity;
 use super::message::pg_now_micros;
 use super::pipeline::CaptureConfig;
-use super::slot_lost::OnSlotLost;
 use super::source;
+use super::startup::Ready;
 
 pub use catalog::{SIGNAL_SCHEMA, SnapshotTable, published_tables};
 pub use copy_text::{CopyTextError, parse_line};
+pub use error::SnapshotError;
 pub use reader::ReadContext;
 pub use state::{Reason, Recorded, decide};
 pub use writer::SnapshotSeqs;
@@ -70,7 +72,17 @@ use reader::Item;
 use writer::{StreamRecord, Writer};
 
 /// When `run` snapshots the published tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SnapshotMode {
     #[default]
@@ -90,77 +102,77 @@ pub struct SnapshotOptions {
 }
 
 impl SnapshotOptions {
+    /// Default of `--snapshot`.
+    pub const DEFAULT_MODE: SnapshotMode = SnapshotMode::Initial;
     /// Default of `--snapshot-workers`.
     pub const DEFAULT_WORKERS: usize = 4;
+    /// Default of `--snapshot-chunk-rows`.
+    pub const DEFAULT_CHUNK_ROWS: usize = 1000;
 }
 
 impl Default for SnapshotOptions {
     fn default() -> Self {
         SnapshotOptions {
-            mode: SnapshotMode::Initial,
+            mode: Self::DEFAULT_MODE,
             workers: Self::DEFAULT_WORKERS,
-            chunk_rows: incremental::DEFAULT_CHUNK_ROWS,
+            chunk_rows: Self::DEFAULT_CHUNK_ROWS,
         }
     }
 }
 
-/// How preparing capture ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Prepared {
-    /// Stream from this position, as this source incarnation.
-    Start(Lsn, Arc<SourceIdentity>),
-    /// A shutdown came during the snapshot: the next start snapshots again.
-    Stopped,
+/// Why and how a start snapshots, as `startup` decided it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub reason: Reason,
+    /// The slot exists: it is dropped before it is created again.
+    pub exists: bool,
+    /// Streams may hold older rows (the slot existed, or a snapshot was recorded): each gets
+    /// a `reset` first, those earlier snapshots and changes wrote to included.
+    pub reset: bool,
 }
 
-/// Creates the publication and slot as `source::prepare` does, snapshotting when the mode
-/// says so; returns where streaming starts and the source incarnation (new whenever the
-/// slot is created). A lost slot (`known_lost`: found so while streaming) is an error under
-/// `--on-slot-lost error`; under `recreate` it is dropped, created again and snapshotted,
-/// whatever the mode, with a reset of every stream its tables wrote to (see `slot_lost`).
-pub async fn prepare(
-    sql: &Client,
-    cfg: &CaptureConfig,
-    fence: &Fence,
-    known_lost: bool,
-    stops: (&CancellationToken, &CancellationToken),
-) -> Result<Prepared, CaptureError> {
-    let plan = plan(sql, cfg, known_lost).await?;
-    let Some(reason) = plan.reason else {
-        return stream_only(sql, cfg, plan.exists).await;
-    };
-    tracing::info!(
-        slot = %cfg.source.slot,
-        reason = reason.as_str(),
-        "taking a snapshot of the published tables"
-    );
-    snapshot(sql, cfg, fence, &plan, stops).await
+impl Plan {
+    /// The plan for `reason`, from whether the slot `exists` and what `ds_sync.snapshots`
+    /// says of it. Pure.
+    pub fn new(reason: Reason, exists: bool, recorded: Recorded) -> Plan {
+        Plan {
+            reason,
+            exists,
+            reset: exists || recorded != Recorded::Never,
+        }
+    }
 }
 
-/// The snapshotting start: the slot (re)created with an exported snapshot, the published
+/// The snapshotting start: the slot (re)created with an exported snapshot (it must be
+/// created this way: the exported snapshot is what the tables are read in), the published
 /// tables copied as of its consistent point, the snapshot recorded as done. Streaming
-/// starts at the consistent point (or the slot's position, if it moved on since).
-async fn snapshot(
+/// starts at the consistent point (or the slot's position, if it moved on since). `None`
+/// when a shutdown came first: the next start snapshots again.
+pub async fn take(
     sql: &Client,
     cfg: &CaptureConfig,
     fence: &Fence,
     plan: &Plan,
     (shutdown, hard_stop): (&CancellationToken, &CancellationToken),
-) -> Result<Prepared, CaptureError> {
+) -> Result<Option<Ready>, CaptureError> {
     let slot_name = cfg.source.slot.as_str();
+    tracing::info!(
+        slot = slot_name,
+        reason = plan.reason.as_str(),
+        "taking a snapshot of the published tables"
+    );
     let Some((session, exported)) = recreate_slot(sql, cfg, fence, plan.exists, shutdown).await?
     else {
         tracing::info!(
             "stopped while the slot was being created; the next start takes the snapshot"
         );
-        return Ok(Prepared::Stopped);
+        return Ok(None);
     };
     let point = exported.consistent_point;
     tracing::info!(slot = slot_name, consistent_point = %point, "created replication slot with an exported snapshot");
     state::set_point(sql, slot_name, point).await?;
     let identity = identity::created(sql, slot_name, point).await?;
-    let reset = plan.exists || plan.recorded != Recorded::Never;
-    let job = copy_job(sql, cfg, &exported, reset).await?;
+    let job = copy_job(sql, cfg, &exported, plan.reset).await?;
     let names: Vec<String> = job.tables.iter().map(|t| t.info.qualified_name()).collect();
     let record = StreamRecord {
         sql,
@@ -173,13 +185,21 @@ async fn snapshot(
     match end? {
         CopyEnd::Done { rows } => {
             let start = record_done(sql, slot_name, rows, &names).await?;
-            Ok(Prepared::Start(start.max(point), identity))
+            Ok(Some(Ready {
+                start: start.max(point),
+                identity,
+            }))
         }
         CopyEnd::Stopped => {
             tracing::info!("stopped during the snapshot; the next start takes it again");
-            Ok(Prepared::Stopped)
+            Ok(None)
         }
     }
+}
+
+/// What `ds_sync.snapshots` says about the slot.
+pub async fn recorded(sql: &Client, slot: &str) -> Result<Recorded, CaptureError> {
+    Ok(state::load(sql, slot).await?)
 }
 
 /// Marks the snapshot running, drops the slot when it `exists`, takes the fence and
@@ -259,46 +279,6 @@ async fn record_done(
     source::confirmed_position(sql, slot_name).await
 }
 
-/// What a start does: snapshot (and why) or only stream.
-struct Plan {
-    reason: Option<Reason>,
-    exists: bool,
-    recorded: Recorded,
-}
-
-/// Decides whether this start snapshots. A lost slot is an error under `--on-slot-lost
-/// error` and a reason to snapshot under `recreate` (announced here), in every mode; the
-/// publication is ensured unless the start only streams with `--snapshot never`.
-async fn plan(sql: &Client, cfg: &CaptureConfig, known_lost: bool) -> Result<Plan, CaptureError> {
-    let slot_name = cfg.source.slot.as_str();
-    let found = slot::find(sql, slot_name).await?;
-    let exists = found.is_some();
-    let lost = known_lost || found.as_ref().is_some_and(slot::SlotInfo::is_lost);
-    if lost && cfg.on_slot_lost == OnSlotLost::Error {
-        return Err(CaptureError::SlotLost(slot_name.to_owned()));
-    }
-    if cfg.snapshot.mode == SnapshotMode::Never && !lost {
-        return Ok(Plan {
-            reason: None,
-            exists,
-            recorded: Recorded::Never,
-        });
-    }
-    source::ensure_publication(sql, &cfg.source).await?;
-    let recorded = state::load(sql, slot_name).await?;
-    let reason = if lost {
-        super::slot_lost::announce(slot_name, OnSlotLost::Recreate);
-        Some(Reason::SlotLost)
-    } else {
-        decide(cfg.snapshot.mode, exists, recorded)
-    };
-    Ok(Plan {
-        reason,
-        exists,
-        recorded,
-    })
-}
-
 /// Creates the slot with an exported snapshot, logging every few seconds which transactions
 /// the creation waits for (read on `sql`, idle meanwhile). `None` when `shutdown` came first:
 /// the session's walsender, which would go on waiting and could still create the slot, is
@@ -338,22 +318,6 @@ async fn create_slot(
             Ok(None)
         }
     }
-}
-
-/// No snapshot: the slot as `source::prepare` leaves it, and its incarnation (a new one
-/// when the slot is created now).
-async fn stream_only(
-    sql: &Client,
-    cfg: &CaptureConfig,
-    existed: bool,
-) -> Result<Prepared, CaptureError> {
-    let start = source::prepare(sql, &cfg.source).await?;
-    let identity = if existed {
-        identity::establish(sql, &cfg.source.slot, start).await?
-    } else {
-        identity::created(sql, &cfg.source.slot, start).await?
-    };
-    Ok(Prepared::Start(start, identity))
 }
 
 /// One snapshot copy: what to read and where to deliver it.
@@ -448,10 +412,7 @@ async fn copy(
                     // Every reader dropped its sender: collect their results before the
                     // frames close, so a failed table never looks finished.
                     while let Some(joined) = readers.join_next().await {
-                        joined.map_err(|e| CaptureError::Snapshot {
-                            table: String::new(),
-                            reason: format!("a reader task failed: {e}"),
-                        })??;
+                        joined.map_err(SnapshotError::ReaderTask)??;
                     }
                     reading = false;
                     writer.end()?;

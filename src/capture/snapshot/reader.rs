@@ -18,6 +18,7 @@ use super::super::message::{self, RowMessage};
 use super::super::route::Router;
 use super::catalog::SnapshotTable;
 use super::copy_text::parse_line;
+use super::error::SnapshotError;
 
 /// `application_name` of reader connections.
 pub const APPLICATION_NAME: &str = "ds-sync/snapshot-reader";
@@ -76,10 +77,10 @@ pub async fn read_table(
         sql.batch_execute(&set).await.map_err(|e| {
             // The exporting session ended (lost connection): the snapshot is taken again.
             if e.code() == Some(&SqlState::INVALID_PARAMETER_VALUE) {
-                CaptureError::SnapshotGone {
+                CaptureError::from(SnapshotError::ExportGone {
                     table: name.clone(),
-                    reason: crate::pg::describe(&e),
-                }
+                    server: crate::pg::describe(&e),
+                })
             } else {
                 PgError::query(format!("opening the snapshot to read {name}"), &e).into()
             }
@@ -123,11 +124,10 @@ fn row(
     table_name: &Arc<str>,
     line: &[u8],
 ) -> Result<SnapRow, CaptureError> {
-    let bad = |reason: String| CaptureError::Snapshot {
+    let texts = parse_line(line).map_err(|source| SnapshotError::BadCopyLine {
         table: table.info.qualified_name(),
-        reason,
-    };
-    let texts = parse_line(line).map_err(|e| bad(e.to_string()))?;
+        source,
+    })?;
     let values: Vec<Option<&str>> = texts.iter().map(|t| t.as_deref()).collect();
     let values = if table.info.relation.columns.is_empty() {
         Vec::new()
@@ -136,7 +136,10 @@ fn row(
     };
     let msg = message::snapshot_insert(&table.info, &values, ctx.lsn, ctx.time_micros)?;
     let stream = ctx.router.stream_for(&table.info, &msg)?;
-    let json = serde_json::to_vec(&msg.message).map_err(|e| bad(e.to_string()))?;
+    let json = serde_json::to_vec(&msg.message).map_err(|source| SnapshotError::Serialize {
+        table: table.info.qualified_name(),
+        source,
+    })?;
     Ok(SnapRow {
         table: Arc::clone(table_name),
         stream,
@@ -160,11 +163,10 @@ async fn send(tx: &mpsc::Sender<Item>, item: Item) -> Result<(), CaptureError> {
 
 /// Snapshot names are server-made (`00000003-0000001B-1`); anything else is refused rather
 /// than quoted into SQL.
-pub fn snapshot_literal(name: &str) -> Result<String, CaptureError> {
+pub fn snapshot_literal(name: &str) -> Result<String, SnapshotError> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-        return Err(CaptureError::Snapshot {
-            table: String::new(),
-            reason: format!("the server gave an unexpected snapshot name {name:?}"),
+        return Err(SnapshotError::BadSnapshotName {
+            name: name.to_owned(),
         });
     }
     Ok(format!("'{name}'"))

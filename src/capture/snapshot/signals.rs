@@ -57,17 +57,17 @@ impl SignalKind {
     }
 }
 
-/// Inserts a probe row for `slot`; its id, and the pid of the backend serving `sql`.
-pub async fn probe(sql: &Client, slot: &str) -> Result<(i64, i32), PgError> {
+/// Inserts a probe row for `slot` (see `capture::keepalive`); its id.
+pub async fn probe(sql: &Client, slot: &str) -> Result<i64, PgError> {
     let row = sql
         .query_one(
             "INSERT INTO ds_sync.signals (slot_name, kind, table_name) \
-             VALUES ($1, 'probe', '') RETURNING id, pg_backend_pid()",
+             VALUES ($1, 'probe', '') RETURNING id",
             &[&slot],
         )
         .await
         .map_err(|e| PgError::query("inserting a probe signal", &e))?;
-    Ok((row.get(0), row.get(1)))
+    Ok(row.get(0))
 }
 
 /// Reads a signal from an inserted row's text values, by column name (so a column added

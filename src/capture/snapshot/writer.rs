@@ -27,6 +27,7 @@ use super::super::identity::SourceIdentity;
 use super::super::message::{self, SnapshotControl};
 use super::super::sender::{Deliveries, Landed};
 use super::super::streams::StreamBook;
+use super::error::SnapshotError;
 use super::state;
 
 /// Where streams a snapshot writes to are recorded before their first message, and the
@@ -60,9 +61,8 @@ impl SnapshotSeqs {
         let index = *counter;
         *counter = counter
             .checked_add(1)
-            .ok_or_else(|| CaptureError::Snapshot {
-                table: String::new(),
-                reason: format!("more than {} messages for stream {stream}", u32::MAX),
+            .ok_or_else(|| SnapshotError::TooManyMessages {
+                stream: stream.to_string(),
             })?;
         Ok(Seq {
             commit_lsn: self.base,

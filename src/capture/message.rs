@@ -42,9 +42,11 @@ use crate::pgoutput::{
 use crate::values::text_to_json;
 
 mod identity;
+mod snapshot;
 mod time;
 
 pub use identity::{KEY_ENCODING_DOC, TableInfo};
+pub use snapshot::SnapshotEncoder;
 pub use time::{PG_EPOCH_UNIX_SECS, format_commit_time, pg_micros_at, pg_now_micros};
 
 use identity::encode_key;

@@ -14,7 +14,7 @@ use crate::lsn::Lsn;
 use crate::pg::{PgError, PgTarget};
 
 use super::super::error::CaptureError;
-use super::super::message::{self, RowMessage};
+use super::super::message::{self, RowMessage, SnapshotEncoder};
 use super::super::route::Router;
 use super::catalog::SnapshotTable;
 use super::copy_text::parse_line;
@@ -25,6 +25,9 @@ pub const APPLICATION_NAME: &str = "ds-sync/snapshot-reader";
 
 /// Rows per chunk sent to the writer.
 const CHUNK_ROWS: usize = 500;
+/// Room a row's message takes beyond its COPY text (headers, names, quotes), reserved up
+/// front so that most rows are written without growing their buffer.
+const JSON_OVERHEAD: usize = 256;
 
 /// One row, ready to queue.
 #[derive(Debug)]
@@ -87,9 +90,16 @@ pub async fn read_table(
         })?;
     }
     let table_name: Arc<str> = Arc::from(name.as_str());
-    if let Some(stream) = fixed_stream(&ctx.router, table) {
-        send(tx, Item::Touch(Arc::clone(&table_name), stream)).await?;
+    let fixed = fixed_stream(&ctx.router, table);
+    if let Some(stream) = &fixed {
+        send(tx, Item::Touch(Arc::clone(&table_name), stream.clone())).await?;
     }
+    // Rows of a table whose stream does not depend on their values are written straight to
+    // JSON; the others are built as messages for the router to read.
+    let encoder = fixed
+        .as_ref()
+        .map(|_| SnapshotEncoder::new(&table.info, ctx.lsn, ctx.time_micros));
+    let fast = fixed.as_deref().zip(encoder.as_ref());
     let copy = format!("COPY ({}) TO STDOUT", table.select);
     let stream = sql
         .copy_out(copy.as_str())
@@ -104,7 +114,7 @@ pub async fn read_table(
         pending.extend_from_slice(&data);
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line = pending.split_to(end + 1);
-            chunk.push(row(ctx, table, &table_name, &line[..end])?);
+            chunk.push(row(ctx, table, &table_name, &line[..end], fast)?);
             rows += 1;
             if chunk.len() >= CHUNK_ROWS {
                 send(tx, Item::Rows(std::mem::take(&mut chunk))).await?;
@@ -118,11 +128,14 @@ pub async fn read_table(
     Ok(rows)
 }
 
+/// One COPY line as a row ready to queue: through `fast` (the table's fixed stream and its
+/// encoder) when there is one, else built as a message and routed.
 fn row(
     ctx: &ReadContext,
     table: &SnapshotTable,
     table_name: &Arc<str>,
     line: &[u8],
+    fast: Option<(&str, &SnapshotEncoder)>,
 ) -> Result<SnapRow, CaptureError> {
     let texts = parse_line(line).map_err(|source| SnapshotError::BadCopyLine {
         table: table.info.qualified_name(),
@@ -134,6 +147,15 @@ fn row(
     } else {
         values
     };
+    if let Some((stream, encoder)) = fast {
+        let mut json = Vec::with_capacity(line.len() + JSON_OVERHEAD);
+        encoder.encode(&values, &mut json)?;
+        return Ok(SnapRow {
+            table: Arc::clone(table_name),
+            stream: stream.to_owned(),
+            json: Bytes::from(json),
+        });
+    }
     let msg = message::snapshot_insert(&table.info, &values, ctx.lsn, ctx.time_micros)?;
     let stream = ctx.router.stream_for(&table.info, &msg)?;
     let json = serde_json::to_vec(&msg.message).map_err(|source| SnapshotError::Serialize {

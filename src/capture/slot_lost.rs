@@ -30,20 +30,11 @@ use super::error::ReplicationFailure;
 
 /// What `run` does when the server invalidated its slot.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    clap::ValueEnum,
-    serde::Deserialize,
-    serde::Serialize,
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum OnSlotLost {
     /// Stop with an error; the operator decides.
-    #[default]
     Error,
     /// Drop and recreate the slot, reset the streams, snapshot again.
     Recreate,
@@ -125,7 +116,10 @@ mod tests {
 
     #[test]
     fn the_default_is_to_stop_and_the_config_file_names_the_action() {
-        assert_eq!(OnSlotLost::default(), OnSlotLost::Error);
+        assert_eq!(
+            super::super::pipeline::CaptureConfig::DEFAULT_ON_SLOT_LOST,
+            OnSlotLost::Error
+        );
         let file: crate::config::FileConfig =
             toml::from_str("[capture]\non_slot_lost = \"recreate\"\n").unwrap();
         assert_eq!(file.capture.on_slot_lost, Some(OnSlotLost::Recreate));

@@ -37,27 +37,18 @@ headers.unchanged_toast (clients must keep their previous value), and no table i
 
 /// Whether updates must carry whole rows.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    clap::ValueEnum,
-    serde::Deserialize,
-    serde::Serialize,
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum ToastMode {
     /// Every insert and update carries the whole row (REPLICA IDENTITY FULL where needed).
-    #[default]
     Complete,
     /// Unchanged TOASTed values are left out and named in `headers.unchanged_toast`.
     Partial,
 }
 
 /// What ds-sync may do to the tables it publishes, and what it must guarantee.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdentityPolicy {
     pub toast: ToastMode,
     /// Never change an application table (refuse the table instead, with the fix).
@@ -69,6 +60,16 @@ impl IdentityPolicy {
     pub const DEFAULT_TOAST: ToastMode = ToastMode::Complete;
     /// Default of `--keep-replica-identity`: ds-sync may set REPLICA IDENTITY FULL.
     pub const DEFAULT_KEEP_REPLICA_IDENTITY: bool = false;
+}
+
+impl Default for IdentityPolicy {
+    /// The flags' defaults, from the constants above.
+    fn default() -> IdentityPolicy {
+        IdentityPolicy {
+            toast: IdentityPolicy::DEFAULT_TOAST,
+            keep_replica_identity: IdentityPolicy::DEFAULT_KEEP_REPLICA_IDENTITY,
+        }
+    }
 }
 
 /// A table's `pg_class.relreplident`.

@@ -23,6 +23,12 @@ fn only_report_dir(out: &std::path::Path) -> std::path::PathBuf {
     dirs[0].clone()
 }
 
+/// The `result.json` of the one report written under `out`.
+fn only_result(out: &std::path::Path) -> Value {
+    let report = only_report_dir(out);
+    serde_json::from_slice(&std::fs::read(report.join("result.json")).unwrap()).unwrap()
+}
+
 #[tokio::test]
 async fn capture_drain_smoke_run_writes_a_complete_report() {
     let out = tempfile::tempdir().unwrap();
@@ -135,9 +141,7 @@ async fn ingest_drain_and_outage_smoke_runs_report_peak_rss() {
     .await
     .ok();
     assert!(run.stdout.contains("ds-sync peak RSS"), "{}", run.stdout);
-    let report = only_report_dir(&dir);
-    let result: Value =
-        serde_json::from_slice(&std::fs::read(report.join("result.json")).unwrap()).unwrap();
+    let result = only_result(&dir);
     assert!(check_value(&result, "ds-sync peak RSS (VmHWM)") > 1.0);
     assert!(figure(&result, "ds-sync ingest") > 0.0);
 
@@ -162,9 +166,7 @@ async fn ingest_drain_and_outage_smoke_runs_report_peak_rss() {
         "{}",
         run.stdout
     );
-    let report = only_report_dir(&dir);
-    let result: Value =
-        serde_json::from_slice(&std::fs::read(report.join("result.json")).unwrap()).unwrap();
+    let result = only_result(&dir);
     assert_eq!(figure(&result, "events during the outage"), 3000.0);
     assert!(figure(&result, "outage") >= 2.0);
     assert!(check_value(&result, "ds-sync peak RSS (VmHWM)") > 1.0);
@@ -189,9 +191,7 @@ async fn ingest_drain_measures_every_table_form_in_one_run() {
     )
     .await
     .ok();
-    let report = only_report_dir(&dir);
-    let result: Value =
-        serde_json::from_slice(&std::fs::read(report.join("result.json")).unwrap()).unwrap();
+    let result = only_result(&dir);
     for form in ["plain", "partitioned", "unindexed"] {
         assert!(
             figure(&result, &format!("ds-sync ingest ({form})")) > 0.0,
@@ -220,9 +220,7 @@ async fn memory_with_several_runs_checks_the_worst_peak() {
     )
     .await
     .ok();
-    let report = only_report_dir(out.path());
-    let result: Value =
-        serde_json::from_slice(&std::fs::read(report.join("result.json")).unwrap()).unwrap();
+    let result = only_result(out.path());
     let peaks = [1, 2].map(|run| figure(&result, &format!("ds-sync peak RSS (run {run})")));
     assert!(peaks.iter().all(|p| *p > 1.0), "{peaks:?}");
     assert!(figure(&result, "drain (run 2)") > 0.0);
@@ -249,9 +247,7 @@ async fn ingest_drain_with_several_runs_checks_the_median_ratio() {
     )
     .await
     .ok();
-    let report = only_report_dir(out.path());
-    let result: Value =
-        serde_json::from_slice(&std::fs::read(report.join("result.json")).unwrap()).unwrap();
+    let result = only_result(out.path());
     let ratios = [
         "run 1, ds-sync first",
         "run 2, ceiling first",
@@ -288,9 +284,7 @@ async fn snapshot_is_held_to_the_slower_of_copy_and_post() {
     let run = run_ds_sync(&["bench", "snapshot", "--rows", "3000", "--out", dir], &[])
         .await
         .ok();
-    let report = only_report_dir(out.path());
-    let result: Value =
-        serde_json::from_slice(&std::fs::read(report.join("result.json")).unwrap()).unwrap();
+    let result = only_result(out.path());
     let copy = figure(&result, "psql \\copy to /dev/null");
     let post = figure(&result, "POST of the same messages (1 MiB, one in flight)");
     let ds_sync = figure(&result, "ds-sync snapshot into DS");

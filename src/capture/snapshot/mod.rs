@@ -73,19 +73,10 @@ use writer::{StreamRecord, Writer};
 
 /// When `run` snapshots the published tables.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    clap::ValueEnum,
-    serde::Deserialize,
-    serde::Serialize,
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum SnapshotMode {
-    #[default]
     Initial,
     Always,
     Never,

@@ -34,7 +34,7 @@ const JSON_OVERHEAD: usize = 256;
 pub struct SnapRow {
     /// The table's qualified name (for the table → stream registry).
     pub table: Arc<str>,
-    pub stream: String,
+    pub stream: Arc<str>,
     pub json: Bytes,
 }
 
@@ -90,16 +90,16 @@ pub async fn read_table(
         })?;
     }
     let table_name: Arc<str> = Arc::from(name.as_str());
-    let fixed = fixed_stream(&ctx.router, table);
+    let fixed: Option<Arc<str>> = fixed_stream(&ctx.router, table).map(Arc::from);
     if let Some(stream) = &fixed {
-        send(tx, Item::Touch(Arc::clone(&table_name), stream.clone())).await?;
+        send(tx, Item::Touch(Arc::clone(&table_name), stream.to_string())).await?;
     }
     // Rows of a table whose stream does not depend on their values are written straight to
     // JSON; the others are built as messages for the router to read.
     let encoder = fixed
         .as_ref()
         .map(|_| SnapshotEncoder::new(&table.info, ctx.lsn, ctx.time_micros));
-    let fast = fixed.as_deref().zip(encoder.as_ref());
+    let fast = fixed.as_ref().zip(encoder.as_ref());
     let copy = format!("COPY ({}) TO STDOUT", table.select);
     let stream = sql
         .copy_out(copy.as_str())
@@ -135,7 +135,7 @@ fn row(
     table: &SnapshotTable,
     table_name: &Arc<str>,
     line: &[u8],
-    fast: Option<(&str, &SnapshotEncoder)>,
+    fast: Option<(&Arc<str>, &SnapshotEncoder)>,
 ) -> Result<SnapRow, CaptureError> {
     let texts = parse_line(line).map_err(|source| SnapshotError::BadCopyLine {
         table: table.info.qualified_name(),
@@ -152,7 +152,7 @@ fn row(
         encoder.encode(&values, &mut json)?;
         return Ok(SnapRow {
             table: Arc::clone(table_name),
-            stream: stream.to_owned(),
+            stream: Arc::clone(stream),
             json: Bytes::from(json),
         });
     }
@@ -164,7 +164,7 @@ fn row(
     })?;
     Ok(SnapRow {
         table: Arc::clone(table_name),
-        stream,
+        stream: Arc::from(stream),
         json: Bytes::from(json),
     })
 }

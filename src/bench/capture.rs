@@ -1,18 +1,13 @@
 //! Capture scenarios: `capture-drain` and `memory` (a backlog drained from the slot, next to
-//! `pg_recvlogical` on an identical slot over the same WAL) and `capture-latency` (commit to
-//! visible to an SSE reader under a steady write rate).
+//! `pg_recvlogical` on an identical slot over the same WAL); `capture-latency` is in
+//! [`super::capture_latency`].
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
-use super::latency::{self, Stamps};
 use super::report::Report;
 use super::stack::{DsSyncProcess, Stack};
 use super::workload::{self, Drain, Phase};
 use super::{BenchError, BenchOptions};
-use crate::ds::DsClient;
-use crate::sse::{ArrayItem, DsItem};
 
 /// What every scenario gets.
 pub(super) struct Ctx<'a> {
@@ -72,6 +67,18 @@ pub(super) fn spawn_run(
     log: &str,
     extra: &[&str],
 ) -> Result<DsSyncProcess, BenchError> {
+    spawn_run_with_env(ctx, phase, slot, log, extra, &[])
+}
+
+/// As [`spawn_run`], with `env` set in the child too.
+pub(super) fn spawn_run_with_env(
+    ctx: &Ctx<'_>,
+    phase: &Phase,
+    slot: &str,
+    log: &str,
+    extra: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Result<DsSyncProcess, BenchError> {
     let mut args = vec![
         "run",
         "--slot",
@@ -83,7 +90,7 @@ pub(super) fn spawn_run(
     ];
     args.extend_from_slice(extra);
     args.extend(ctx.opts.ds_sync_args.iter().map(String::as_str));
-    DsSyncProcess::spawn(&ctx.opts.exe, ctx.stack, &args, &ctx.dir.join(log))
+    DsSyncProcess::spawn_with_env(&ctx.opts.exe, ctx.stack, &args, &ctx.dir.join(log), env)
 }
 
 /// A backlog written while both slots wait, then drained by `pg_recvlogical` and by ds-sync.
@@ -223,110 +230,4 @@ pub(super) async fn memory(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), Ben
             .into(),
     );
     Ok(())
-}
-
-/// `capture-latency`: `rate` one-row transactions per second for `duration`; each row's
-/// latency runs from its commit returning to the writer to an SSE reader receiving it.
-pub(super) async fn latency(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
-    let sql = ctx.stack.sql().await?;
-    let phase = Phase::create(&sql, "bench_live").await?;
-    let slot = phase.slot(&sql, "dssync").await?;
-    let total = (f64::from(ctx.opts.rate) * ctx.opts.duration.as_secs_f64()) as usize;
-    let stamps = Stamps::new(total);
-    ctx.stack.ds.ensure_stream(&phase.stream()).await?;
-    let mut process = spawn_run(ctx, &phase, &slot, "ds-sync.log", &[])?;
-    let reader = tokio::spawn(read_stream(
-        ctx.stack.ds.clone(),
-        phase.stream(),
-        Arc::clone(&stamps),
-    ));
-    // Row 0 is the warm-up: ds-sync is streaming once it arrives.
-    insert_row(&sql, &phase.table, 0).await?;
-    stamps
-        .wait_arrived(
-            0..1,
-            Duration::from_secs(60),
-            &mut process,
-            "the warm-up row",
-        )
-        .await?;
-    let writers = ctx.opts.writers.max(1);
-    let mut senders = Vec::with_capacity(writers);
-    for _ in 0..writers {
-        senders.push((ctx.stack.sql().await?, phase.table.clone()));
-    }
-    let bar = workload::Bar::new("writing", total as u64, ctx.opts.progress);
-    let wrote = latency::paced(
-        senders,
-        ctx.opts.rate,
-        total,
-        &stamps,
-        &mut process,
-        &bar,
-        |s, id| async move { insert_row(&s.0, &s.1, id).await },
-    )
-    .await?;
-    stamps
-        .wait_arrived(1..total + 1, Duration::from_secs(120), &mut process, "rows")
-        .await?;
-    reader.abort();
-    process.stop().await?;
-    let l = stamps.latency("commit to SSE", 1..total + 1)?;
-    report.figure("target rate", f64::from(ctx.opts.rate), "txn/s");
-    report.figure("achieved rate", total as f64 / wrote.as_secs_f64(), "txn/s");
-    report.figure("transactions", total as f64, "txn");
-    report.check(
-        "p99 commit to SSE",
-        l.p99,
-        "ms",
-        Some(latency::P99_TARGET_MS),
-        true,
-    );
-    report.latencies.push(l);
-    report.notes.push(format!(
-        "{writers} writer connections pace one-row INSERTs (autocommit) to the target rate; \
-         latency runs from the INSERT returning to the writer to the row arriving at an SSE \
-         reader of the stream (same process, same clock)."
-    ));
-    Ok(())
-}
-
-async fn insert_row(
-    sql: &tokio_postgres::Client,
-    table: &str,
-    id: usize,
-) -> Result<(), BenchError> {
-    sql.execute(
-        &format!("INSERT INTO {table} (id, title) VALUES ($1, 'live')"),
-        &[&(id as i64)],
-    )
-    .await
-    .map_err(|e| BenchError::sql("writing a row", &e))?;
-    Ok(())
-}
-
-/// Follows the stream over SSE and stamps each row id on arrival; reconnects from the last
-/// control offset when the server ends the response.
-async fn read_stream(ds: DsClient, stream: String, stamps: Arc<Stamps>) -> Result<(), BenchError> {
-    let mut offset = crate::ds::OFFSET_START.to_owned();
-    loop {
-        let mut sub = ds.subscribe(&stream, &offset).await?;
-        while let Some(event) = sub.next().await {
-            match event? {
-                DsItem::Array(ArrayItem::Element { text, .. }) => {
-                    let Ok(m) = serde_json::from_slice::<serde_json::Value>(&text) else {
-                        continue;
-                    };
-                    let id = m["value"]["id"]
-                        .as_u64()
-                        .or_else(|| m["value"]["id"].as_str().and_then(|s| s.parse().ok()));
-                    if let Some(id) = id {
-                        stamps.arrived(id);
-                    }
-                }
-                DsItem::Control(c) => offset = c.stream_next_offset,
-                _ => {}
-            }
-        }
-    }
 }

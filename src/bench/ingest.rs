@@ -583,7 +583,7 @@ pub(super) async fn latency(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), Be
         .wait_arrived(
             0..1,
             Duration::from_secs(60),
-            &mut process,
+            Some(&mut process),
             "the warm-up event",
         )
         .await?;
@@ -592,9 +592,9 @@ pub(super) async fn latency(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), Be
     let posted = latency::paced(
         vec![ctx.stack.ds.clone(); writers],
         ctx.opts.rate,
-        total,
+        1..=total,
         &stamps,
-        &mut process,
+        Some(&mut process),
         &bar,
         move |ds, n| async move { post(&ds, stream, n).await },
     )
@@ -603,7 +603,7 @@ pub(super) async fn latency(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), Be
         .wait_arrived(
             1..total + 1,
             Duration::from_secs(120),
-            &mut process,
+            Some(&mut process),
             "events",
         )
         .await?;

@@ -12,14 +12,14 @@ use super::report::Latency;
 use super::stack::DsSyncProcess;
 use super::workload::Bar;
 
-/// Target: p99 latency at 2,000 items/s, in ms (`capture-latency`: commit to client).
-pub(super) const P99_TARGET_MS: f64 = 25.0;
 /// Target p99 for `ingest-latency`, POST to committed row at 2,000 events/s.
 pub(super) const INGEST_P99_TARGET_MS: f64 = 10.0;
 
 /// Per-item times in µs since `base`, indexed by item number (0: not yet).
 pub(super) struct Stamps {
     base: Instant,
+    /// `base` on the Unix clock, in µs: to line stamps up with another process's times.
+    base_unix_us: u64,
     sent: Vec<AtomicU64>,
     arrived: Vec<AtomicU64>,
 }
@@ -28,8 +28,12 @@ impl Stamps {
     /// Room for items `0..=last`.
     pub(super) fn new(last: usize) -> Arc<Stamps> {
         let slots = || (0..=last).map(|_| AtomicU64::new(0)).collect();
+        let base_unix_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
         Arc::new(Stamps {
             base: Instant::now(),
+            base_unix_us,
             sent: slots(),
             arrived: slots(),
         })
@@ -39,8 +43,20 @@ impl Stamps {
         self.base.elapsed().as_micros() as u64 + 1
     }
 
-    fn sent(&self, item: usize) {
-        self.sent[item].store(self.now(), Ordering::Relaxed);
+    /// Records the first send of `item`: a sender that stamps before its request keeps that
+    /// stamp when `paced` stamps again after it.
+    pub(super) fn sent(&self, item: usize) {
+        let _ =
+            self.sent[item].compare_exchange(0, self.now(), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// When `item` was sent and when it arrived, on the Unix clock in µs (`None`: not yet).
+    pub(super) fn unix_us(&self, item: usize) -> (Option<u64>, Option<u64>) {
+        let at = |v: &AtomicU64| match v.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(self.base_unix_us + t - 1),
+        };
+        (at(&self.sent[item]), at(&self.arrived[item]))
     }
 
     /// Records the first arrival of `item`; items out of range are someone else's.
@@ -63,7 +79,7 @@ impl Stamps {
         &self,
         items: Range<usize>,
         timeout: Duration,
-        process: &mut DsSyncProcess,
+        mut process: Option<&mut DsSyncProcess>,
         what: &str,
     ) -> Result<(), BenchError> {
         let deadline = Instant::now() + timeout;
@@ -75,7 +91,9 @@ impl Stamps {
             if missing == 0 {
                 return Ok(());
             }
-            process.check_alive()?;
+            if let Some(p) = process.as_deref_mut() {
+                p.check_alive()?;
+            }
             if Instant::now() > deadline {
                 return Err(BenchError::Timeout {
                     what: format!("{what} arriving"),
@@ -100,15 +118,15 @@ impl Stamps {
     }
 }
 
-/// Sends items `1..=total` at `rate` per second over all `senders` together (one task each,
-/// every one paced to its share), stamping each item when its send returns. Returns the
-/// time the sending took.
+/// Sends `items` at `rate` per second over all `senders` together (one task each, every one
+/// paced to its share), stamping each item when its send returns (unless the sender stamped
+/// it first). Returns the time the sending took.
 pub(super) async fn paced<S, F, Fut>(
     senders: Vec<S>,
     rate: u32,
-    total: usize,
+    items: std::ops::RangeInclusive<usize>,
     stamps: &Arc<Stamps>,
-    process: &mut DsSyncProcess,
+    mut process: Option<&mut DsSyncProcess>,
     bar: &Bar,
     send: F,
 ) -> Result<Duration, BenchError>
@@ -122,10 +140,10 @@ where
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for (w, sender) in senders.into_iter().enumerate() {
-        let (sender, stamps) = (Arc::new(sender), Arc::clone(stamps));
+        let (sender, stamps, items) = (Arc::new(sender), Arc::clone(stamps), items.clone());
         tasks.spawn(async move {
             let mut next = Instant::now();
-            for item in ((w + 1)..=total).step_by(count) {
+            for item in ((items.start() + w)..=*items.end()).step_by(count) {
                 tokio::time::sleep_until(next.into()).await;
                 send(Arc::clone(&sender), item).await?;
                 stamps.sent(item);
@@ -140,7 +158,9 @@ where
                 r.map_err(|e| BenchError::Setup(format!("sender task: {e}")))??;
             },
             () = tokio::time::sleep(Duration::from_millis(250)) => {
-                process.check_alive()?;
+                if let Some(p) = process.as_deref_mut() {
+                    p.check_alive()?;
+                }
                 bar.set(stamps.sent_count());
             }
         }

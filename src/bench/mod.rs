@@ -17,6 +17,7 @@
 #![warn(unreachable_pub)]
 
 mod capture;
+mod capture_latency;
 mod ingest;
 mod latency;
 mod naive;
@@ -25,6 +26,7 @@ mod snapshot;
 mod stack;
 pub mod table_form;
 mod tail;
+mod timeline;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -83,6 +85,8 @@ pub struct BenchOptions {
     pub txns: u64,
     /// Transactions per second (latency scenarios).
     pub rate: u32,
+    /// `capture-latency`'s second, higher rate (0: none).
+    pub peak_rate: u32,
     /// How long the steady load runs (latency scenarios).
     pub duration: Duration,
     /// Results go to `<out>/<scenario>-<timestamp>/`.
@@ -181,7 +185,7 @@ pub async fn run(opts: &BenchOptions) -> Result<(Report, PathBuf), BenchError> {
     };
     match opts.scenario {
         Scenario::CaptureDrain => capture::drain(&ctx, &mut report).await?,
-        Scenario::CaptureLatency => capture::latency(&ctx, &mut report).await?,
+        Scenario::CaptureLatency => capture_latency::latency(&ctx, &mut report).await?,
         Scenario::IngestDrain => ingest::drain(&ctx, &mut report).await?,
         Scenario::IngestLatency => ingest::latency(&ctx, &mut report).await?,
         Scenario::IngestOutage => ingest::outage(&ctx, &mut report).await?,

@@ -195,6 +195,17 @@ impl DsSyncProcess {
         args: &[&str],
         log: &Path,
     ) -> Result<DsSyncProcess, BenchError> {
+        DsSyncProcess::spawn_with_env(exe, stack, args, log, &[])
+    }
+
+    /// As [`spawn`](Self::spawn), with `env` set in the child too.
+    pub(super) fn spawn_with_env(
+        exe: &Path,
+        stack: &Stack,
+        args: &[&str],
+        log: &Path,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<DsSyncProcess, BenchError> {
         let file = std::fs::File::create(log)
             .map_err(|e| BenchError::Setup(format!("creating {}: {e}", log.display())))?;
         let mut cmd = Command::new(exe);
@@ -206,6 +217,7 @@ impl DsSyncProcess {
             .envs(stack.target.ssl_env())
             .envs(stack.ds_access.child_env())
             .env_remove("DATABASE_URL")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)

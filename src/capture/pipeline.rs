@@ -427,6 +427,7 @@ impl<'a> Session<'a> {
             ReplicationEvent::Commit { end_lsn, .. } => {
                 if let Some(tx) = self.tx.take() {
                     tracing::debug!(commit_lsn = %tx.id, messages = tx.next_index, "transaction read");
+                    crate::observe::timeline::received(tx.id, tx.meta.xid);
                     let end_lsn = Lsn::from(end_lsn);
                     crate::observe::capture().committed(
                         end_lsn,

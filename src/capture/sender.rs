@@ -146,6 +146,14 @@ impl Deliveries {
         }
     }
 
+    /// Books one POST that has already finished, without waiting; `None` when none has.
+    pub fn try_next(&mut self, queues: &mut Queues) -> Option<Result<Landed, CaptureError>> {
+        Some(match self.in_flight.try_join_next()? {
+            Ok((batch, delivery)) => self.delivered(queues, batch, delivery),
+            Err(e) => Err(CaptureError::DeliveryTask(e)),
+        })
+    }
+
     /// Stops retrying and waits for every POST still running (at most one request each),
     /// booking none of them: the session is over, the next one replays from the slot.
     pub async fn drain(&mut self) {
@@ -248,12 +256,17 @@ async fn deliver(client: &DsClient, batch: &Batch, ensure_first: bool, guard: &G
                 Err(e) => return Delivery::Failed(e),
             }
         }
+        let commits = || batch.messages.iter().map(|m| m.seq.commit_lsn);
+        crate::observe::timeline::posted(commits());
         let result = client
             .append(&batch.stream, body.clone(), seq.as_deref())
             .await;
         crate::observe::capture().post(&batch.stream, &result, batch.messages.len(), body.len());
         let error = match result {
-            Ok(AppendOutcome::Written { .. }) => return Delivery::Written,
+            Ok(AppendOutcome::Written { .. }) => {
+                crate::observe::timeline::acknowledged(commits());
+                return Delivery::Written;
+            }
             Ok(AppendOutcome::AlreadyWritten) => match refused(client, batch, guard).await {
                 Ok(true) => return Delivery::AlreadyWritten,
                 Ok(false) => {

@@ -351,6 +351,10 @@ pub struct BenchArgs {
     /// Transactions (or events) per second of the latency scenarios
     #[arg(long, default_value_t = 2000)]
     pub rate: u32,
+    /// capture-latency's second phase: this many transactions per second after the first
+    /// (figures only, no target; 0 skips it)
+    #[arg(long, default_value_t = 10_000)]
+    pub peak_rate: u32,
     /// Seconds the latency scenarios run; seconds PostgreSQL is down (ingest-outage)
     #[arg(long, default_value_t = 20)]
     pub duration: u64,

@@ -24,6 +24,7 @@ pub(super) async fn bench(args: &BenchArgs, settings: &Settings) -> Result<(), C
         rows: args.rows.max(1),
         txns: args.txns.max(1),
         rate: args.rate.max(1),
+        peak_rate: args.peak_rate,
         duration: Duration::from_secs(args.duration.max(1)),
         out: args.out.clone(),
         postgres,

@@ -29,6 +29,7 @@
 //! * [`readiness`]: what `/readyz` answers, as a pure function of recorded state.
 //! * [`pollers`]: the slot, DS server and ingest tail timers.
 //! * [`server`]: the HTTP endpoints; [`health`]: the `ds-sync health` client.
+//! * [`timeline`]: per-transaction stage times for the latency bench (bench builds only).
 
 pub mod capture;
 pub mod health;
@@ -37,6 +38,7 @@ pub mod pollers;
 pub mod readiness;
 pub mod registry;
 pub mod server;
+pub mod timeline;
 
 use std::sync::OnceLock;
 

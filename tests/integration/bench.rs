@@ -94,6 +94,8 @@ async fn capture_latency_smoke_run_measures_every_row() {
             "2",
             "--writers",
             "2",
+            "--peak-rate",
+            "100",
             "--out",
             dir,
         ],
@@ -113,6 +115,35 @@ async fn capture_latency_smoke_run_measures_every_row() {
     );
     assert!(p50 > 0.0 && max >= p50, "{latency:#}");
     assert!(report.join("latency.svg").is_file());
+    // Every row's way split into the child's stages, the DS server's floor beside it, and
+    // the second phase at --peak-rate.
+    let named = |name: &str| {
+        result["latencies"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["name"] == name))
+            .unwrap_or_else(|| panic!("no latency {name:?} in {result:#}"))
+            .clone()
+    };
+    for stage in [
+        "commit to received by ds-sync",
+        "received to POST started",
+        "POST started to acknowledged",
+        "acknowledged to SSE",
+        "commit to acknowledged (ds-sync's share)",
+        "POST to SSE (DS server floor)",
+    ] {
+        assert_eq!(named(stage)["count"], 100, "{stage}");
+    }
+    assert_eq!(named("commit to SSE at 100 txn/s")["count"], 200);
+    assert_eq!(named("acknowledged to SSE at 100 txn/s")["count"], 200);
+    let share = check_value(&result, "p99 commit to acknowledged (ds-sync's share)");
+    let e2e = check_value(&result, "p99 commit to SSE");
+    // The reader may see a row a moment before ds-sync reads the POST's answer, so the share
+    // can pass the end to end by that moment; a wrong clock or join would be far off.
+    assert!(
+        share > 0.0 && share <= e2e + 5.0,
+        "share {share}, end to end {e2e}"
+    );
 }
 
 fn check_value(result: &Value, name: &str) -> f64 {

@@ -329,6 +329,9 @@ pub struct CopyJob {
     pub reset_streams: Vec<String>,
 }
 
+/// Rows queued between two looks for finished POSTs (see `Writer::land_finished`).
+const LAND_EVERY_ROWS: usize = 50;
+
 /// How a copy ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CopyEnd {
@@ -392,8 +395,11 @@ async fn copy(
                 }
                 Some(Item::Rows(rows)) => {
                     let n = rows.len() as u64;
-                    for row in rows {
+                    for (i, row) in rows.into_iter().enumerate() {
                         writer.row(&row.table, &row.stream, row.json).await?;
+                        if i % LAND_EVERY_ROWS == LAND_EVERY_ROWS - 1 {
+                            writer.land_finished().await?;
+                        }
                     }
                     writer.commit();
                     progress.add(n);

@@ -83,6 +83,15 @@ pub enum PublicationError {
          decoding when a publication it is asked for did not exist at the decoded position"
     )]
     CompanionAfterSlot { companion: String, slot: String },
+    #[error(
+        "a {feature} for table {table} needs PostgreSQL 15 or later; this server runs \
+         PostgreSQL {version}"
+    )]
+    NeedsNewerServer {
+        feature: &'static str,
+        table: String,
+        version: String,
+    },
     #[error("{}", refused_message(.0))]
     Refused(Vec<Refusal>),
     #[error(transparent)]
@@ -135,6 +144,11 @@ impl PublicationError {
                  with --insert-only: ds-sync then creates the publication before the slot and \
                  takes a new snapshot."
             )),
+            PublicationError::NeedsNewerServer { .. } => Some(
+                "Publish the whole table (drop --row-filter and --columns for it), or upgrade \
+                 the server to PostgreSQL 15 or later."
+                    .into(),
+            ),
             PublicationError::Refused(refusals) => {
                 let hints: Vec<String> = refusals.iter().map(Refusal::hint).collect();
                 Some(hints.join("\n"))

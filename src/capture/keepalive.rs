@@ -11,7 +11,10 @@
 //! its WAL. That is only safe once the slot is known to decode the publication's changes: a
 //! slot that skips them (seen once on PostgreSQL 15, see the README) would move past
 //! changes it never sent. The probe row is one of those changes; until it comes back the
-//! slot holds its WAL instead, and a warning every [`WARN_AFTER`] says so.
+//! slot holds its WAL instead, and a warning every [`WARN_AFTER`] says so. The same holds for
+//! transactions that arrive without a message: PostgreSQL before 15 sends a Begin and Commit
+//! for every transaction, published or not, so their commit positions are confirmed only
+//! once the probe came back too (the pipeline forgets them until then).
 
 use std::time::{Duration, Instant};
 
@@ -79,6 +82,11 @@ impl KeepaliveProbe {
             return None;
         }
         ledger.keepalive(wal_end)
+    }
+
+    /// True until this session's probe came back decoded.
+    pub fn awaiting_probe(&self) -> bool {
+        self.pending.is_some()
     }
 
     /// A probe row was decoded: when it is this session's, the slot decodes the publication.

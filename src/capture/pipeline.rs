@@ -434,7 +434,14 @@ impl<'a> Session<'a> {
                         tx.meta.commit_time_micros,
                         tx.next_index,
                     );
-                    self.ledger.commit(tx.id, end_lsn);
+                    if tx.next_index == 0 && self.keepalive.awaiting_probe() {
+                        // A transaction without messages (PostgreSQL before 15 sends one for
+                        // every commit, published or not) is a position like a keepalive's:
+                        // confirmed only once this session's probe came back.
+                        self.ledger.abandon_open();
+                    } else {
+                        self.ledger.commit(tx.id, end_lsn);
+                    }
                     self.snap.committed(tx.id, end_lsn);
                     self.queues.commit();
                 }

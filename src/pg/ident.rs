@@ -150,6 +150,26 @@ pub enum LookupError {
     Pg(#[from] PgError),
 }
 
+/// Why `to_regclass` found nothing: a name that does not parse (PostgreSQL 16 and 18 answer
+/// NULL where 14 and 15 raised an error, so the text is parsed separately to say the same on
+/// every version), or a table that does not exist.
+async fn missing_or_invalid(client: &Client, name: &str) -> LookupError {
+    match client.query_one("SELECT parse_ident($1)", &[&name]).await {
+        Err(e)
+            if matches!(
+                e.code(),
+                Some(
+                    &tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE
+                        | &tokio_postgres::error::SqlState::INVALID_NAME
+                )
+            ) =>
+        {
+            LookupError::InvalidName(name.to_string(), super::describe(&e))
+        }
+        _ => LookupError::NoSuchTable(name.to_string()),
+    }
+}
+
 /// Resolves a table name the way SQL would (`items`, `public.items`, `"Mixed Case"`).
 pub async fn resolve_table(client: &Client, name: &str) -> Result<TableRef, LookupError> {
     let row = client
@@ -165,8 +185,10 @@ pub async fn resolve_table(client: &Client, name: &str) -> Result<TableRef, Look
                 LookupError::InvalidName(name.to_string(), super::describe(&e))
             }
             _ => PgError::query(format!("looking up table '{name}'"), &e).into(),
-        })?
-        .ok_or_else(|| LookupError::NoSuchTable(name.to_string()))?;
+        })?;
+    let Some(row) = row else {
+        return Err(missing_or_invalid(client, name).await);
+    };
     let kind: String = row.get(3);
     let kind = match kind.as_str() {
         "r" | "p" => None,

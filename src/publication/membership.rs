@@ -277,6 +277,7 @@ async fn hold_published(
 
 /// Resolves the tables of a request and reads their facts.
 async fn resolve(client: &Client, req: &Request) -> Result<Vec<Resolved>, PublicationError> {
+    check_server_supports(client, req).await?;
     let mut out: Vec<Resolved> = Vec::new();
     for (specs, insert_only) in [(&req.tables, false), (&req.insert_only, true)] {
         for spec in specs {
@@ -298,6 +299,43 @@ async fn resolve(client: &Client, req: &Request) -> Result<Vec<Resolved>, Public
     }
     Ok(out)
 }
+
+/// Row filters and column lists exist from PostgreSQL 15 on; an older server would answer
+/// the statement with a bare syntax error, so they are refused first, naming the version.
+async fn check_server_supports(client: &Client, req: &Request) -> Result<(), PublicationError> {
+    let specs = || req.tables.iter().chain(&req.insert_only);
+    let wanted = specs()
+        .find_map(|s| {
+            s.row_filter
+                .as_ref()
+                .map(|_| ("row filter (--row-filter)", s))
+        })
+        .or_else(|| {
+            specs().find_map(|s| s.columns.as_ref().map(|_| ("column list (--columns)", s)))
+        });
+    let Some((feature, spec)) = wanted else {
+        return Ok(());
+    };
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version')",
+            &[],
+        )
+        .await
+        .map_err(|e| PgError::query("reading the server version", &e))?;
+    let (num, version): (i32, String) = (row.get(0), row.get(1));
+    if num >= ROW_FILTER_VERSION_NUM {
+        return Ok(());
+    }
+    Err(PublicationError::NeedsNewerServer {
+        feature,
+        table: spec.table.clone(),
+        version,
+    })
+}
+
+/// The first `server_version_num` with row filters and column lists in publications.
+const ROW_FILTER_VERSION_NUM: i32 = 150_000;
 
 /// Plans every table of `resolved`; all refusals are reported together.
 fn plan_all<'r>(

@@ -121,6 +121,24 @@ async fn a_replayed_truncate_numbers_its_rows_identically() {
     capture_until_now(&s).await;
     let before = s.client.read_all("orders/7").await.unwrap();
     // Back to before the update: the replay sees orders/0..2 written before the TRUNCATE.
+    // The walsender of the process that stopped may hold the slot a moment longer.
+    crate::kit::wait_until(
+        "the slot released by its walsender",
+        std::time::Duration::from_secs(60),
+        || async {
+            let active: bool = s
+                .sql
+                .query_one(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (!active).then_some(())
+        },
+    )
+    .await;
     s.sql
         .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
         .await

@@ -96,6 +96,58 @@ async fn the_cluster_decodes_logical_replication() {
     assert_eq!(user, "postgres");
 }
 
+/// The cluster runs the PostgreSQL the run asked for: `DS_SYNC_PG_MAJOR` (set by `.ci/run`'s
+/// version matrix next to `DS_SYNC_PG_BIN`) names the major version, so a matrix run that
+/// silently fell back to the system's server fails here. Without it, the server must be one
+/// ds-sync supports (14 or later).
+#[tokio::test]
+async fn the_cluster_runs_the_requested_postgresql_version() {
+    let db = test_db("harness_version").await;
+    let client = db.client().await;
+    let major = crate::kit::server_major(&client).await;
+    match std::env::var("DS_SYNC_PG_MAJOR") {
+        Ok(want) => assert_eq!(
+            major.to_string(),
+            want,
+            "DS_SYNC_PG_BIN={:?} runs PostgreSQL {major}",
+            std::env::var("DS_SYNC_PG_BIN").unwrap_or_default()
+        ),
+        Err(_) => assert!(
+            major >= 14,
+            "PostgreSQL {major} is older than ds-sync supports"
+        ),
+    }
+}
+
+/// The scenarios' DS server is the one `DS_SYNC_TEST_DS_SERVER` names (the DS server matrix
+/// in `.ci/run`), and it keeps a stream across a restart.
+#[tokio::test]
+async fn the_scenarios_run_on_the_requested_ds_server() {
+    use crate::kit::ds_server::{Kind, TestServer};
+    let mut server = TestServer::start(DsServerOptions::default()).await;
+    let kind = Kind::from_env();
+    assert_eq!(
+        matches!(server, TestServer::Embedded(_)),
+        kind == Kind::Embedded,
+        "asked for {kind:?}"
+    );
+    let url = server.stream_url("harness-kind");
+    let (status, _) = call(Method::PUT, &url, "").await;
+    assert!(status.is_success(), "PUT {url}: {status}");
+    let (status, _) = call(Method::POST, &url, r#"[{"a":1}]"#).await;
+    assert!(status.is_success(), "POST {url}: {status}");
+    server.stop().await;
+    server.start_again().await.unwrap();
+    let (status, body) = call(Method::GET, &format!("{url}?offset=-1"), "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let messages: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        messages[0]["a"], 1,
+        "the stream survived the restart: {body}"
+    );
+    assert_eq!(messages.as_array().map(Vec::len), Some(1), "{body}");
+}
+
 /// The message a wait panicked with.
 async fn failure_of(wait: impl std::future::Future<Output = ()> + Send + 'static) -> String {
     let err = tokio::spawn(wait).await.expect_err("the wait fails");

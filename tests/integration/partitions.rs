@@ -64,18 +64,28 @@ async fn a_partitioned_table_streams_as_itself_through_snapshot_changes_and_atta
     })
     .await;
     // A partition attached later: its existing rows are not changes (a snapshot sends them),
-    // later changes are ev's, whole.
-    sql.batch_execute(
+    // later changes are ev's, whole. PostgreSQL 14's pgoutput keeps a table that had a change
+    // decoded before it was attached unpublished for the rest of the session (README,
+    // "Compatibility"), so there the row is written to it only once it is attached.
+    let written_before_attach = crate::kit::server_major(&sql).await >= 15;
+    let before = "INSERT INTO ev_2027 VALUES (7, '2027-02-02', repeat('g', 5000));";
+    let (early, late) = if written_before_attach {
+        (before, "")
+    } else {
+        ("", before)
+    };
+    sql.batch_execute(&format!(
         "CREATE TABLE ev_2027 (LIKE ev INCLUDING ALL); \
-         ALTER TABLE ev_2027 ALTER COLUMN body SET STORAGE EXTERNAL; \
-         INSERT INTO ev_2027 VALUES (7, '2027-02-02', repeat('g', 5000)); \
+         ALTER TABLE ev_2027 ALTER COLUMN body SET STORAGE EXTERNAL; {early} \
          ALTER TABLE ev ATTACH PARTITION ev_2027 FOR VALUES FROM ('2027-01-01') TO ('2028-01-01'); \
-         INSERT INTO ev VALUES (8, '2027-08-08', repeat('h', 5000));",
-    )
+         INSERT INTO ev VALUES (8, '2027-08-08', repeat('h', 5000)); {late}",
+    ))
     .await
     .unwrap();
     let mut expected = ev_rows(&sql).await;
-    expected.remove(r#"["7","2027-02-02"]"#);
+    if written_before_attach {
+        expected.remove(r#"["7","2027-02-02"]"#);
+    }
     wait_for_rows(&base, "pg-ev", "ev", &expected, LONG, || capture.log()).await;
     sql.batch_execute("UPDATE ev SET id = id WHERE id = 8")
         .await

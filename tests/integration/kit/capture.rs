@@ -138,7 +138,7 @@ pub fn wait_streaming_anew<'a>(
 /// What a capture test starts from: a cluster of its own, a database with the test's
 /// tables, an in-process DS server and a client for it.
 pub struct Scenario {
-    pub server: ds_sync::embedded::DsServer,
+    pub server: super::TestServer,
     pub client: ds_sync::ds::DsClient,
     pub db: TestDb,
     pub sql: tokio_postgres::Client,
@@ -147,9 +147,7 @@ pub struct Scenario {
 
 /// Sets a [`Scenario`] up, running `ddl` in the new database.
 pub async fn scenario(label: &str, ddl: &str, ds: ds_sync::embedded::DsServerOptions) -> Scenario {
-    let server = ds_sync::embedded::DsServer::start(ds)
-        .await
-        .expect("DS server");
+    let server = super::TestServer::start(ds).await;
     let client =
         ds_sync::ds::DsClient::new(&server.url(), ds_sync::ds::ClientOptions::default()).unwrap();
     let (pg, db) = own_cluster_db(label).await;

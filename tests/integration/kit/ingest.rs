@@ -91,12 +91,12 @@ impl Ingest {
 pub struct Setup {
     pub db: TestDb,
     pub sql: tokio_postgres::Client,
-    pub server: DsServer,
+    pub server: super::TestServer,
     pub ds: DsClient,
 }
 
 pub async fn setup(label: &str, opts: DsServerOptions) -> Setup {
-    let server = DsServer::start(opts).await.expect("DS server");
+    let server = super::TestServer::start(opts).await;
     let ds = DsClient::new(&server.url(), ClientOptions::default()).expect("ds client");
     let db = test_db(label).await;
     let sql = db.client().await;
@@ -112,6 +112,7 @@ impl Setup {
     /// A setup around a database and a DS server made by the test (e.g. a database in a
     /// cluster of its own).
     pub async fn from_parts(db: TestDb, server: DsServer) -> Setup {
+        let server = super::TestServer::from(server);
         let ds = DsClient::new(&server.url(), ClientOptions::default()).expect("ds client");
         let sql = db.client().await;
         Setup {

@@ -34,6 +34,7 @@
 
 pub mod capture;
 pub mod cluster;
+pub mod ds_server;
 pub mod fault_proxy;
 pub mod http;
 pub mod ingest;
@@ -48,7 +49,11 @@ pub use capture::{
     Scenario, scenario, slot_passed, start_streaming, streaming_pid, wait_confirmed,
     wait_slot_streaming, wait_snapshot_done, wait_streaming, wait_streaming_anew, wal_now,
 };
-pub use cluster::{TestDb, connect, own_cluster_db, start_cluster, test_db, test_db_in};
+pub use cluster::{
+    NEEDS_PG15, TestDb, connect, has_row_filters, own_cluster_db, server_major, start_cluster,
+    test_db, test_db_in,
+};
+pub use ds_server::TestServer;
 pub use http::http;
 pub use process::{CaptureProcess, Run, run_ds_sync};
 pub use stream::{

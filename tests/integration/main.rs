@@ -12,6 +12,7 @@ mod capture;
 mod capture_fanout;
 mod capture_faults;
 mod capture_fence;
+mod capture_standby;
 mod capture_source;
 mod capture_truncate;
 mod cli;

@@ -41,7 +41,7 @@ pub(super) async fn run(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchE
     let mut walsender = wait_walsender(&sql, &slot, None, &mut active).await?;
     let stop = CancellationToken::new();
     let last = Arc::new(AtomicI64::new(0));
-    let writer = tokio::spawn(write_rows(
+    let mut writer = tokio::spawn(write_rows(
         ctx.stack.sql().await?,
         phase.table.clone(),
         ctx.opts.rate,
@@ -54,6 +54,9 @@ pub(super) async fn run(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchE
     for n in 1..=ctx.opts.runs {
         let mut standby = spawn(n)?;
         wait_standby(&mut standby).await?;
+        if writer.is_finished() {
+            return Err(writer_ended(writer.await));
+        }
         let inserted = last.load(Ordering::Acquire);
         active.kill().await;
         let killed = Instant::now();
@@ -65,16 +68,29 @@ pub(super) async fn run(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchE
         active = standby;
     }
     stop.cancel();
-    let written = writer
-        .await
-        .map_err(|e| BenchError::Setup(format!("the writer task failed: {e}")))??;
+    let written = match (&mut writer).await {
+        Ok(Ok(written)) => written,
+        other => return Err(writer_ended(other)),
+    };
     wait_count(&mut counter, written as u64, &mut active).await?;
     active.stop().await?;
     let (lost, duplicated, disordered) = audit(ctx, &phase.stream(), written).await?;
     describe(ctx, report, written, [&streaming, &delivering]);
     report.check("keys lost", lost as f64, "keys", Some(0.0), true);
-    report.check("keys duplicated", duplicated as f64, "keys", Some(0.0), true);
-    report.check("keys out of order", disordered as f64, "keys", Some(0.0), true);
+    report.check(
+        "keys duplicated",
+        duplicated as f64,
+        "keys",
+        Some(0.0),
+        true,
+    );
+    report.check(
+        "keys out of order",
+        disordered as f64,
+        "keys",
+        Some(0.0),
+        true,
+    );
     Ok(())
 }
 
@@ -108,6 +124,15 @@ fn describe(
     );
 }
 
+/// The error of a writer that ended before it was stopped (or failed when stopped).
+fn writer_ended(result: Result<Result<i64, BenchError>, tokio::task::JoinError>) -> BenchError {
+    match result {
+        Ok(Err(e)) => e,
+        Ok(Ok(_)) => BenchError::Setup("the writer stopped early".into()),
+        Err(e) => BenchError::Setup(format!("the writer task failed: {e}")),
+    }
+}
+
 fn new_histogram() -> Result<hdrhistogram::Histogram<u64>, BenchError> {
     hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)
         .map_err(|e| BenchError::Setup(format!("histogram: {e}")))
@@ -125,7 +150,7 @@ async fn write_rows(
     last: Arc<AtomicI64>,
     stop: CancellationToken,
 ) -> Result<i64, BenchError> {
-    let insert = format!("INSERT INTO {table} (id, title) VALUES ($1, 'row ' || $1)");
+    let insert = format!("INSERT INTO {table} (id, title) VALUES ($1::int8, 'row')");
     let every = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let started = Instant::now();
     let mut key: i64 = 0;
@@ -165,7 +190,10 @@ async fn wait_walsender(
         }
         process.check_alive()?;
         if Instant::now() > deadline {
-            return Err(timeout("a ds-sync walsender on the slot", format!("{pid:?}")));
+            return Err(timeout(
+                "a ds-sync walsender on the slot",
+                format!("{pid:?}"),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -177,7 +205,10 @@ async fn wait_standby(process: &mut DsSyncProcess) -> Result<(), BenchError> {
     while !process.log_contains("standby: another ds-sync holds the slot lock") {
         process.check_alive()?;
         if Instant::now() > deadline {
-            return Err(timeout("the new process to wait as a standby", String::new()));
+            return Err(timeout(
+                "the new process to wait as a standby",
+                String::new(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

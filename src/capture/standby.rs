@@ -237,8 +237,7 @@ impl SlotLock {
         } else {
             self.takeover_after
         };
-        let Some(silent_for) = hung.look(holder.pid, holder.silent(), Instant::now(), after)
-        else {
+        let Some(silent_for) = hung.look(holder.pid, holder.silent(), Instant::now(), after) else {
             return Ok(());
         };
         let (holder_text, silent_s) = (holder.describe(), silent_for.as_secs());
@@ -271,7 +270,15 @@ impl SlotLock {
     /// The session holding the lock, what it is, and whether it answers.
     async fn holder(&self, client: &Client) -> Result<Option<Holder>, CaptureError> {
         let row = client
-            .query_opt(HOLDER_SQL, &[&LOCK_CLASS, &self.key, &self.slot, &(ANSWER_WITHIN.as_millis() as f64)])
+            .query_opt(
+                HOLDER_SQL,
+                &[
+                    &LOCK_CLASS,
+                    &self.key,
+                    &self.slot,
+                    &(ANSWER_WITHIN.as_millis() as f64),
+                ],
+            )
             .await
             .map_err(|e| PgError::query("reading the slot lock's holder (pg_locks)", &e))?;
         Ok(row.map(|r| Holder {
@@ -348,7 +355,13 @@ pub struct HungClock {
 impl HungClock {
     /// Records one look at holder `pid`; returns how long it has been silent once that
     /// reaches `after`. A holder that answers, or a different holder, starts over.
-    pub fn look(&mut self, pid: i32, silent: bool, now: Instant, after: Duration) -> Option<Duration> {
+    pub fn look(
+        &mut self,
+        pid: i32,
+        silent: bool,
+        now: Instant,
+        after: Duration,
+    ) -> Option<Duration> {
         if !silent {
             self.since = None;
             return None;
@@ -397,17 +410,32 @@ mod tests {
         let after = Duration::from_secs(10);
         let mut clock = HungClock::default();
         assert_eq!(clock.look(7, true, t0, after), None);
-        assert_eq!(clock.look(7, true, t0 + Duration::from_secs(9), after), None);
+        assert_eq!(
+            clock.look(7, true, t0 + Duration::from_secs(9), after),
+            None
+        );
         // It answered once: the count starts over.
-        assert_eq!(clock.look(7, false, t0 + Duration::from_secs(10), after), None);
-        assert_eq!(clock.look(7, true, t0 + Duration::from_secs(11), after), None);
-        assert_eq!(clock.look(7, true, t0 + Duration::from_secs(20), after), None);
+        assert_eq!(
+            clock.look(7, false, t0 + Duration::from_secs(10), after),
+            None
+        );
+        assert_eq!(
+            clock.look(7, true, t0 + Duration::from_secs(11), after),
+            None
+        );
+        assert_eq!(
+            clock.look(7, true, t0 + Duration::from_secs(20), after),
+            None
+        );
         assert_eq!(
             clock.look(7, true, t0 + Duration::from_secs(21), after),
             Some(Duration::from_secs(10))
         );
         // A new holder is given its own time.
-        assert_eq!(clock.look(8, true, t0 + Duration::from_secs(22), after), None);
+        assert_eq!(
+            clock.look(8, true, t0 + Duration::from_secs(22), after),
+            None
+        );
         assert_eq!(
             clock.look(8, true, t0 + Duration::from_secs(22), Duration::ZERO),
             Some(Duration::ZERO)

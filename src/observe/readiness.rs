@@ -390,14 +390,20 @@ mod tests {
     fn a_standby_is_ready_and_says_so() {
         let now = Instant::now();
         let r = ready_state(now);
-        r.capture(CapturePhase::Standby, Some("another ds-sync holds it".into()));
+        r.capture(
+            CapturePhase::Standby,
+            Some("another ds-sync holds it".into()),
+        );
         let rep = report(&r.state(), now);
         assert!(rep.ready, "{rep:?}");
         let capture = rep.capture.expect("capture is reported");
         assert_eq!(capture.state, "standby");
         assert_eq!(capture.reason.as_deref(), Some("another ds-sync holds it"));
         r.ds_failed("refused".into());
-        assert!(!report(&r.state(), now).ready, "a standby needs the DS server too");
+        assert!(
+            !report(&r.state(), now).ready,
+            "a standby needs the DS server too"
+        );
     }
 
     #[test]

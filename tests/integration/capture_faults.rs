@@ -205,9 +205,7 @@ async fn takeover_terminates_a_stale_walsender() {
         .wait_log("standby: another ds-sync holds the slot lock")
         .await;
     assert!(
-        waiting
-            .log()
-            .contains(&format!("walsender pid {holder}")),
+        waiting.log().contains(&format!("walsender pid {holder}")),
         "the standby names the holder's walsender:\n{}",
         waiting.log()
     );

@@ -65,7 +65,8 @@ async fn readyz(p: &CaptureProcess) -> (u16, serde_json::Value) {
 /// Waits until `p` says it is a standby in its log and in `/readyz` (200, capture state
 /// `standby`: see README, "Standby").
 async fn wait_standby(p: &CaptureProcess) {
-    p.wait_log("standby: another ds-sync holds the slot lock").await;
+    p.wait_log("standby: another ds-sync holds the slot lock")
+        .await;
     let (status, body) = wait_until(
         "/readyz of the standby to say standby",
         Duration::from_secs(30),

@@ -190,3 +190,45 @@ async fn a_hung_active_is_broken_after_the_timeout_and_fenced_when_it_resumes() 
     );
     standby.stop_ok().await;
 }
+
+#[tokio::test]
+async fn a_lost_lock_stops_streaming_until_the_lock_is_held_again() {
+    let Scenario {
+        server,
+        client,
+        db,
+        sql,
+        pg: _pg,
+    } = scenario(
+        "standby_lost_lock",
+        "CREATE TABLE s (id int PRIMARY KEY)",
+        DsServerOptions::default(),
+    )
+    .await;
+    let slot = db.slot("cap");
+    let capture = start_streaming(&db, &server.url(), &["--tables", "s"]).await;
+    let walsender = streaming_pid(&sql, &slot).await.unwrap();
+    sql.execute("INSERT INTO s SELECT generate_series(1, 20)", &[])
+        .await
+        .unwrap();
+    wait_exactly(&client, 20).await;
+    let ended: i64 = sql
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'ds-sync/slot-lock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ended, 1, "one lock session");
+    // Streaming stopped (its walsender went) and resumed once the lock was held again.
+    wait_streaming_anew(&sql, &slot, walsender).await;
+    let log = capture.log();
+    assert!(log.contains("lost the lock of slot"), "{log}");
+    sql.execute("INSERT INTO s SELECT generate_series(21, 40)", &[])
+        .await
+        .unwrap();
+    wait_exactly(&client, 40).await;
+    capture.stop_ok().await;
+}

@@ -154,7 +154,9 @@ max_slot_wal_keep_size) stops it with exit code 5, or with --on-slot-lost recrea
 and created again, every stream its tables wrote to reset and the tables snapshotted again.
 SIGTERM/SIGINT: stop reading, deliver what was read, confirm, exit 0; a second signal, or
 --shutdown-timeout-ms passing while a server is down, stops at once with exit code 6 (nothing
-is lost: the slot did not move past it).
+is lost: the slot did not move past it). Several `run` on one --slot: one captures, the others
+wait as standbys (a session advisory lock on the slot) and take over when it ends, or when it
+has looked hung for --standby-takeover-after-ms; the one taken over exits with code 7.
 
 Examples:
   ds-sync run --tables items,orders

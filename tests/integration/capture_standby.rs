@@ -169,6 +169,36 @@ async fn a_hung_active_is_broken_after_the_timeout_and_fenced_when_it_resumes() 
     standby
         .wait_log("standby: another ds-sync holds the slot lock")
         .await;
+    // A live active is left alone well past the timeout: it keeps renewing its lease.
+    let since: f64 = sql
+        .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
+        .await
+        .unwrap()
+        .get(0);
+    wait_until(
+        "the active to renew its lease 3 s after the standby started",
+        Duration::from_secs(30),
+        || async {
+            let until: Option<f64> = sql
+                .query_one(
+                    "SELECT extract(epoch FROM lease_until)::float8 FROM ds_sync.slot_owners \
+                     WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .ok()?
+                .get(0);
+            until.filter(|u| *u > since + 6.0)
+        },
+    )
+    .await;
+    assert_eq!(
+        streaming_pid(&sql, &slot).await.unwrap(),
+        walsender,
+        "the live active kept the slot:\n{}",
+        standby.log()
+    );
+    assert!(!standby.log().contains("looks hung"), "{}", standby.log());
 
     old.freeze();
     insert(51, 100).await;

@@ -10,6 +10,7 @@
 //! * [`ingest`]: `ingest-drain` (ceiling: `psql \copy ... FROM` in binary format),
 //!   `ingest-latency` and `ingest-outage` (PostgreSQL stopped while events arrive).
 //! * [`snapshot`]: the initial snapshot (baseline: `psql \copy` of the same table).
+//! * [`failover`]: a standby taking over from a killed `run` under writes.
 //! * [`naive`]: the sync-layer document's example design on the same load.
 //! * [`report`]: table, JSON, Markdown and SVG charts.
 
@@ -18,6 +19,7 @@
 
 mod capture;
 mod capture_latency;
+mod failover;
 mod ingest;
 mod latency;
 mod naive;
@@ -58,6 +60,10 @@ pub enum Scenario {
     /// Existing rows of one table through the initial snapshot into DS; baseline: psql
     /// \copy of the same table to /dev/null
     Snapshot,
+    /// Two `run` on one slot under --rate one-row transactions per second; the active one
+    /// SIGKILLed --runs times: time until the standby streams and until a new row arrives,
+    /// every key exactly once and in order
+    Failover,
 }
 
 impl Scenario {
@@ -71,6 +77,7 @@ impl Scenario {
             Scenario::Memory => "memory",
             Scenario::Naive => "naive",
             Scenario::Snapshot => "snapshot",
+            Scenario::Failover => "failover",
         }
     }
 }
@@ -192,6 +199,7 @@ pub async fn run(opts: &BenchOptions) -> Result<(Report, PathBuf), BenchError> {
         Scenario::Memory => capture::memory(&ctx, &mut report).await?,
         Scenario::Naive => naive::run(&ctx, &mut report).await?,
         Scenario::Snapshot => snapshot::run(&ctx, &mut report).await?,
+        Scenario::Failover => failover::run(&ctx, &mut report).await?,
     }
     report.duration_secs = started.elapsed().as_secs_f64();
     report.write(&dir)?;

@@ -264,6 +264,16 @@ impl DsSyncProcess {
         }
     }
 
+    /// SIGKILL, then wait: no chance to flush or confirm anything (a crash).
+    pub(super) async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Whether the log says `needle` so far.
+    pub(super) fn log_contains(&self, needle: &str) -> bool {
+        std::fs::read_to_string(&self.log).is_ok_and(|text| text.contains(needle))
+    }
+
     /// SIGTERM, then wait (graceful shutdown confirms the slot).
     pub(super) async fn stop(mut self) -> Result<(), BenchError> {
         let _ = nix::sys::signal::kill(

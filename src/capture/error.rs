@@ -103,6 +103,10 @@ pub enum CaptureError {
     },
     #[error("stopped before every change in flight was delivered (hard stop)")]
     Interrupted,
+    /// The connection holding the slot lock ended or stopped answering: streaming stops
+    /// (only the lock's holder may stream) and the next attempt waits for the lock again.
+    #[error("lost the lock of slot '{slot}' (its connection ended or stopped answering)")]
+    LockLost { slot: String },
     /// Boxed: the server's error fields would make every capture result large.
     #[error(transparent)]
     Session(Box<crate::pg::replication_session::SessionError>),
@@ -223,7 +227,7 @@ impl CaptureError {
             CaptureError::Slot(SlotError::Pg(e)) => e.is_transient(),
             CaptureError::Publication(e) => publication_transient(e),
             CaptureError::Session(e) => e.is_transient(),
-            CaptureError::SlotBusy { .. } => true,
+            CaptureError::SlotBusy { .. } | CaptureError::LockLost { .. } => true,
             CaptureError::Snapshot(e) => e.is_transient(),
             _ => false,
         }

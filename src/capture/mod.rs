@@ -20,7 +20,9 @@
 //! * [`identity`]: the source incarnation, so a 409 counts as "already written" only when
 //!   it is provably this source's own write.
 //! * [`adopt`]: handing a stream written by another source to this one.
-//! * [`fence`]: one process per slot; a process that was taken over stops.
+//! * [`standby`]: one active process per slot through a session advisory lock; the others
+//!   wait as standbys and take over when its session ends (or hangs).
+//! * [`fence`]: a process that was taken over sends nothing more and stops.
 //! * [`slot_lost`]: `--on-slot-lost`: stop, or recreate the slot, reset and snapshot again.
 //! * [`pipeline`]: the loop that ties them together, and reconnection.
 //! * [`keepalive`]: when a keepalive's WAL position may be confirmed, and the probe row that
@@ -48,6 +50,7 @@ pub mod seq;
 pub mod slot_lost;
 pub mod snapshot;
 pub mod source;
+pub mod standby;
 pub mod startup;
 pub mod streams;
 pub mod whole_rows;

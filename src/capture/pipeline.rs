@@ -46,6 +46,7 @@ use super::sender::{Deliveries, Landed};
 use super::slot_lost::{self, OnSlotLost};
 use super::snapshot::incremental::{Decoded, Incremental};
 use super::source::{self, SourceConfig};
+use super::standby::SlotLock;
 use super::startup::{self, Ready, Resume};
 use super::streams::StreamBook;
 
@@ -65,6 +66,9 @@ pub struct CaptureConfig {
     pub whole_rows: super::whole_rows::WholeRows,
     /// What to do when the server invalidated the slot (see `slot_lost`).
     pub on_slot_lost: OnSlotLost,
+    /// How long the slot lock's holder may look hung before a standby ends its session
+    /// (see `standby`).
+    pub standby_takeover_after: std::time::Duration,
 }
 
 impl CaptureConfig {
@@ -75,6 +79,9 @@ impl CaptureConfig {
     pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
     /// Default of `--on-slot-lost`: stop, and let the operator decide.
     pub const DEFAULT_ON_SLOT_LOST: OnSlotLost = OnSlotLost::Error;
+    /// Default of `--standby-takeover-after-ms`.
+    pub const DEFAULT_STANDBY_TAKEOVER_AFTER: std::time::Duration =
+        super::standby::DEFAULT_TAKEOVER_AFTER;
     /// Default of `--metrics-stream-labels`: no per-stream series.
     pub const DEFAULT_METRICS_STREAM_LABELS: bool = false;
 }
@@ -95,10 +102,18 @@ pub async fn run(
         std::time::Duration::from_millis(200),
         std::time::Duration::from_secs(10),
     );
+    // One active process per slot; held across reconnects (see `standby`).
+    let mut lock = SlotLock::new(
+        &cfg.source.target,
+        &cfg.source.slot,
+        cfg.standby_takeover_after,
+        cfg.source.takeover,
+    );
     let mut resume = Resume::default();
     loop {
         let stops = (shutdown, hard_stop);
-        let error = match startup::attempt(cfg, &fence, &mut resume, &mut backoff, stops).await {
+        let attempt = startup::attempt(cfg, &fence, &mut lock, &mut resume, &mut backoff, stops);
+        let error = match attempt.await {
             Ok(SessionEnd::Stopped) => return Ok(()),
             Ok(SessionEnd::ServerEnded) => {
                 crate::observe::capture().server_ended();
@@ -132,6 +147,8 @@ pub(super) struct Streaming<'a> {
     pub ready: &'a Ready,
     pub incremental: &'a mut Incremental,
     pub keepalive: KeepaliveProbe,
+    /// Cancelled when the slot lock is lost: streaming stops.
+    pub lock_lost: CancellationToken,
 }
 
 /// Streams changes until the session ends, then waits for deliveries still running; after a
@@ -257,6 +274,8 @@ struct Session<'a> {
     snap: &'a mut Incremental,
     /// When a keepalive's position may be confirmed.
     keepalive: KeepaliveProbe,
+    /// Cancelled when the slot lock is lost.
+    lock_lost: CancellationToken,
 }
 
 impl<'a> Session<'a> {
@@ -271,6 +290,7 @@ impl<'a> Session<'a> {
             ready,
             incremental,
             keepalive,
+            lock_lost,
         } = streaming;
         let identity = &ready.identity;
         Session {
@@ -292,6 +312,7 @@ impl<'a> Session<'a> {
             hard_stop: hard_stop.clone(),
             snap: incremental,
             keepalive,
+            lock_lost,
         }
     }
 
@@ -347,6 +368,9 @@ impl<'a> Session<'a> {
                 }
                 _ = self.hard_stop.cancelled() => return Err(CaptureError::Interrupted),
                 _ = self.fence.fenced().cancelled() => return Err(self.fence.error()),
+                _ = self.lock_lost.cancelled() => {
+                    return Err(CaptureError::LockLost { slot: self.cfg.source.slot.clone() });
+                }
                 _ = shutdown.cancelled(), if !stopping => {
                     tracing::info!("stopping: delivering the changes already read");
                     stopping = true;

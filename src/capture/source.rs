@@ -110,9 +110,20 @@ pub(crate) async fn drop_slot(sql: &Client, cfg: &SourceConfig) -> Result<(), Ca
     Ok(())
 }
 
-/// Waits for the slot to be free, terminating its holder with `takeover`.
+/// How long a slot held by a walsender is waited for before it counts as busy: the
+/// walsender of a process that just died (its lock released, a standby taking over) ends a
+/// moment after its client's socket closed.
+const SLOT_RELEASE_GRACE: Duration = Duration::from_secs(2);
+
+/// Waits for the slot to be free (briefly: see [`SLOT_RELEASE_GRACE`]), terminating its
+/// holder with `takeover`.
 async fn claim_slot(sql: &Client, cfg: &SourceConfig) -> Result<(), CaptureError> {
-    let info = slot::status(sql, &cfg.slot).await?;
+    let mut info = slot::status(sql, &cfg.slot).await?;
+    let released_by = std::time::Instant::now() + SLOT_RELEASE_GRACE;
+    while info.active && std::time::Instant::now() < released_by {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        info = slot::status(sql, &cfg.slot).await?;
+    }
     let (true, Some(pid)) = (info.active, info.active_pid) else {
         return Ok(());
     };

@@ -1,15 +1,18 @@
 //! Capture's startup, in the order it happens: [`attempt`] reads top to bottom.
 //!
 //! ```text
-//!  connect ─▶ schema ─▶ publication ─▶ slot decision ──────────────────▶ snapshot ─▶ stream
-//!                                      create (missing)                 (per --snapshot,
-//!                                      adopt (exists)                    and after a lost
-//!                                      lost: error, or recreate          or unfinished one)
+//!  connect ─▶ schema ─▶ slot lock ─▶ publication ─▶ slot decision ─────────▶ snapshot ─▶ stream
+//!                      (standby:                   create (missing)        (per --snapshot,
+//!                       waits here;                adopt (exists)           and after a lost
+//!                       then the fence)            lost: error, or recreate or unfinished one)
 //! ```
 //!
-//! A reconnect after a lost connection (the slot, and its snapshot, already settled by this
-//! process) goes from connect straight to stream, from the slot's confirmed position; only
-//! a slot found lost while streaming (`--on-slot-lost recreate`) starts over from the top.
+//! The slot lock (see `standby`) comes before anything that changes the publication or the
+//! slot, so only one process of a slot does. A reconnect after a lost connection (the slot,
+//! and its snapshot, already settled by this process) goes from connect through the lock
+//! (still held, unless its connection was lost too) straight to stream, from the slot's
+//! confirmed position; only a slot found lost while streaming (`--on-slot-lost recreate`)
+//! starts over from the top.
 
 use std::sync::Arc;
 
@@ -30,6 +33,7 @@ use super::slot_lost::{self, OnSlotLost};
 use super::snapshot::incremental::Incremental;
 use super::snapshot::{self, Reason, SnapshotMode};
 use super::source;
+use super::standby::SlotLock;
 
 /// `application_name` of capture's SQL connection.
 pub const APPLICATION_NAME: &str = "ds-sync/capture";
@@ -80,6 +84,7 @@ enum SlotDecision {
 pub(super) async fn attempt(
     cfg: &CaptureConfig,
     fence: &Fence,
+    lock: &mut SlotLock,
     resume: &mut Resume,
     backoff: &mut Backoff,
     stops: (&CancellationToken, &CancellationToken),
@@ -87,10 +92,15 @@ pub(super) async fn attempt(
     let Some(mut sql) = connect(cfg, stops.0).await? else {
         return Ok(SessionEnd::Stopped);
     };
+    if resume.ready.is_none() {
+        apply_schema(&mut sql).await?;
+    }
+    let Some(lock_lost) = lock.hold(fence, stops.0).await? else {
+        return Ok(SessionEnd::Stopped);
+    };
     let ready = match resume.ready.clone() {
         Some(ready) => resume_from_slot(&sql, cfg, ready).await?,
         None => {
-            apply_schema(&mut sql).await?;
             ensure_publication(&sql, cfg).await?;
             let ready = match decide_slot(&sql, cfg, resume.slot_lost).await? {
                 SlotDecision::Create => create_slot(&sql, cfg).await?,
@@ -118,6 +128,7 @@ pub(super) async fn attempt(
         ready: &ready,
         incremental,
         keepalive,
+        lock_lost,
     };
     let (end, confirmed) = pipeline::stream(cfg, session, repl, stops).await;
     resume.ready = Some(Ready {

@@ -18,7 +18,7 @@ Exit codes:
      run / dev: the slot is lost and --on-slot-lost is error (the default)
   6  run / dev: a second signal or --shutdown-timeout-ms stopped it before the work in
      flight was finished (nothing is lost: the next start resumes)
-  7  run: another ds-sync took the slot over (--takeover); this one stopped sending";
+  7  run: another ds-sync took the slot over (a standby, or --takeover); this one stopped sending";
 
 /// ds-sync keeps PostgreSQL and a Durable Streams server in sync: row changes flow from a
 /// logical replication slot into DS streams, and events from DS streams flow into Postgres.
@@ -154,7 +154,9 @@ max_slot_wal_keep_size) stops it with exit code 5, or with --on-slot-lost recrea
 and created again, every stream its tables wrote to reset and the tables snapshotted again.
 SIGTERM/SIGINT: stop reading, deliver what was read, confirm, exit 0; a second signal, or
 --shutdown-timeout-ms passing while a server is down, stops at once with exit code 6 (nothing
-is lost: the slot did not move past it).
+is lost: the slot did not move past it). Several `run` on one --slot: one captures, the others
+wait as standbys (a session advisory lock on the slot) and take over when it ends, or when it
+has looked hung for --standby-takeover-after-ms; the one taken over exits with code 7.
 
 Examples:
   ds-sync run --tables items,orders
@@ -420,9 +422,14 @@ pub struct CaptureArgs {
     #[arg(long = "route", value_name = "TABLE=TEMPLATE")]
     pub routes: Vec<String>,
     /// Terminate a walsender that still holds the slot (e.g. left by a crashed or hung
-    /// instance); the instance it belonged to stops at its next lease check (exit code 6)
+    /// instance); the instance it belonged to stops at its next lease check (exit code 7)
     #[arg(long, env = "DS_SYNC_TAKEOVER")]
     pub takeover: bool,
+    /// A standby (an instance waiting for the slot lock another instance holds) ends the
+    /// holder's session and takes over once the holder looks hung this long: its lease not
+    /// renewed and no walsender of the slot answering, in ms [default: 10000]
+    #[arg(long, env = "DS_SYNC_STANDBY_TAKEOVER_AFTER_MS", value_name = "MS")]
+    pub standby_takeover_after_ms: Option<u64>,
     /// Most messages in one POST [default: 1000]
     #[arg(long, env = "DS_SYNC_BATCH_MAX_MESSAGES", value_name = "N")]
     pub batch_max_messages: Option<usize>,

@@ -35,7 +35,7 @@ pub mod exit {
     /// `run` / `dev` stopped by a second signal or the shutdown timeout before the work in
     /// flight was finished (nothing is lost).
     pub const ABANDONED: u8 = 6;
-    /// `run`: another ds-sync took the slot over (`--takeover`); this one stopped sending.
+    /// `run`: another ds-sync took the slot over (a standby, or `--takeover`); this one stopped sending.
     pub const FENCED: u8 = 7;
 }
 

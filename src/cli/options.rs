@@ -67,6 +67,7 @@ pub struct CaptureOptions {
     /// file's route for it); the source is the highest layer that gave one.
     pub routes: Sourced<Vec<String>>,
     pub takeover: Sourced<bool>,
+    pub standby_takeover_after_ms: Sourced<u64>,
     pub batch_max_messages: Sourced<usize>,
     pub batch_max_bytes: Sourced<usize>,
     pub linger_ms: Sourced<u64>,
@@ -115,6 +116,11 @@ impl CaptureOptions {
                 cli.value("takeover", Some(a.takeover)),
                 f.takeover,
                 SourceConfig::DEFAULT_TAKEOVER,
+            ),
+            standby_takeover_after_ms: merge_or(
+                cli.value("standby_takeover_after_ms", a.standby_takeover_after_ms),
+                f.standby_takeover_after_ms,
+                millis(CaptureConfig::DEFAULT_STANDBY_TAKEOVER_AFTER),
             ),
             batch_max_messages: merge_or(
                 cli.value("batch_max_messages", a.batch_max_messages),
@@ -357,6 +363,7 @@ mod tests {
             "snapshot_chunk_rows" => ("50", "50"),
             "on_slot_lost" => ("recreate", r#""recreate""#),
             "shutdown_timeout_ms" => ("2500", "2500"),
+            "standby_takeover_after_ms" => ("4000", "4000"),
             "keep_replica_identity" | "takeover" | "metrics_stream_labels" => ("", "true"),
             "streams" => ("s1", r#"["s1"]"#),
             "ingest_max_event_bytes" => ("1024", "1024"),

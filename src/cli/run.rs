@@ -121,6 +121,7 @@ fn capture_config(
         },
         whole_rows: crate::capture::whole_rows::WholeRows::default(),
         on_slot_lost: opts.on_slot_lost.value,
+        standby_takeover_after: Duration::from_millis(opts.standby_takeover_after_ms.value),
     };
     let stream_labels = opts.metrics_stream_labels.value;
     crate::observe::capture().configured(cfg.max_buffer_bytes, stream_labels);

@@ -172,6 +172,8 @@ pub struct CaptureMetrics {
     pub(super) stream_messages: Family<StreamLabels, Counter>,
     pub(super) reconnects: Family<ReconnectLabels, Counter>,
     pub(super) slot_lost: Counter,
+    /// 1 while this process waits for the slot lock as a standby.
+    pub(super) standby: Gauge,
     stream_labels: AtomicBool,
     labelled_streams: Mutex<HashSet<String>>,
     pending: Mutex<PendingCommits>,
@@ -193,6 +195,7 @@ impl CaptureMetrics {
             stream_messages: Family::default(),
             reconnects,
             slot_lost: Counter::default(),
+            standby: Gauge::default(),
             stream_labels: AtomicBool::new(false),
             labelled_streams: Mutex::new(HashSet::new()),
             pending: Mutex::new(PendingCommits::default()),
@@ -326,6 +329,22 @@ impl CaptureMetrics {
         super::readiness().slot_lost(slot, policy.as_str());
     }
 
+    /// Capture waits as a standby: another process holds the slot lock (`holder` says who).
+    /// Ready: a standby does its job (see `readiness`).
+    pub fn standby(&self, slot: &str, holder: &str) {
+        self.standby.set(1);
+        let reason = format!(
+            "another ds-sync holds the lock of slot '{slot}' ({holder}); this one takes over when that session ends"
+        );
+        super::readiness().capture(CapturePhase::Standby, Some(reason));
+    }
+
+    /// This process took the slot lock after waiting as a standby; it starts capturing.
+    pub fn took_over(&self) {
+        self.standby.set(0);
+        super::readiness().capture(CapturePhase::Starting, None);
+    }
+
     fn count_reconnect(&self, cause: &'static str) {
         self.reconnects
             .get_or_create(&ReconnectLabels {
@@ -344,6 +363,7 @@ pub fn reconnect_cause(error: &crate::capture::CaptureError) -> &'static str {
         E::Pg(crate::pg::PgError::Connect { .. }) => "postgres_unreachable",
         E::Pg(_) => "postgres_error",
         E::SlotBusy { .. } => "slot_busy",
+        E::LockLost { .. } => "slot_lock_lost",
         E::Ds { .. } => "ds_server",
         _ => "other",
     }

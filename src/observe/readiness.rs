@@ -4,7 +4,9 @@
 //! Ready means every enabled direction runs and the DS server answered recently:
 //! * capture: taking its snapshot or streaming, which both mean this process holds the slot
 //!   (a replication session that started streaming has acquired it; the snapshot's session
-//!   created it); not while starting, reconnecting or stopping, nor while it recreates a lost
+//!   created it), or waiting as a standby for the slot lock (`standby`: a standby is
+//!   working as intended, and an orchestrator must neither restart it nor stall a rollout
+//!   on it); not while starting, reconnecting or stopping, nor while it recreates a lost
 //!   slot (`recreating_slot`, snapshot included: the streams were reset and are incomplete
 //!   until it streams again);
 //! * ingest: running, and its writer's last transaction did not fail;
@@ -34,6 +36,10 @@ pub const ANSWER_MAX_AGE: Duration = Duration::from_secs(12);
 #[serde(rename_all = "snake_case")]
 pub enum CapturePhase {
     Starting,
+    /// Another process holds the slot lock; this one takes over when it ends. Ready: a
+    /// standby does its job, and an orchestrator that restarts or holds back unready
+    /// instances must leave it be (README, "Standby").
+    Standby,
     Snapshot,
     Streaming,
     Reconnecting,
@@ -233,7 +239,10 @@ pub struct SlotLostReport {
 /// Evaluates the state at `now`. Pure.
 pub fn report(state: &State, now: Instant) -> Report {
     let capture = state.capture.as_ref().map(|(phase, reason)| {
-        let ready = matches!(phase, CapturePhase::Snapshot | CapturePhase::Streaming);
+        let ready = matches!(
+            phase,
+            CapturePhase::Snapshot | CapturePhase::Streaming | CapturePhase::Standby
+        );
         check(ready, phase, reason.clone())
     });
     let ingest = state
@@ -375,6 +384,26 @@ mod tests {
         assert_eq!(rep.not_ready.len(), 2, "{rep:?}");
         r.stopping();
         assert!(!report(&r.state(), now).ready);
+    }
+
+    #[test]
+    fn a_standby_is_ready_and_says_so() {
+        let now = Instant::now();
+        let r = ready_state(now);
+        r.capture(
+            CapturePhase::Standby,
+            Some("another ds-sync holds it".into()),
+        );
+        let rep = report(&r.state(), now);
+        assert!(rep.ready, "{rep:?}");
+        let capture = rep.capture.expect("capture is reported");
+        assert_eq!(capture.state, "standby");
+        assert_eq!(capture.reason.as_deref(), Some("another ds-sync holds it"));
+        r.ds_failed("refused".into());
+        assert!(
+            !report(&r.state(), now).ready,
+            "a standby needs the DS server too"
+        );
     }
 
     #[test]

@@ -212,6 +212,11 @@ fn register_capture(r: &mut Registry, c: &CaptureMetrics) {
         c.slot_lost.clone(),
     );
     r.register(
+        "capture_standby",
+        "1 while this process waits as a standby: another ds-sync holds the slot lock",
+        c.standby.clone(),
+    );
+    r.register(
         "capture_stream_messages",
         "Messages the DS server holds, per capture stream (only with --metrics-stream-labels; streams past 10000 share stream=\"_other\")",
         c.stream_messages.clone(),

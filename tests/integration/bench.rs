@@ -330,3 +330,32 @@ async fn snapshot_is_held_to_the_slower_of_copy_and_post() {
         "ratio {ratio}, expected {expected}: {result:#}"
     );
 }
+
+#[tokio::test]
+async fn failover_smoke_run_counts_every_key_once() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let run = run_ds_sync(
+        &[
+            "bench", "failover", "--runs", "2", "--rate", "100", "--out", dir,
+        ],
+        &[],
+    )
+    .await
+    .ok();
+    let result = only_result(out.path());
+    assert_eq!(result["scenario"], "failover", "{}", run.stdout);
+    assert_eq!(figure(&result, "failovers"), 2.0);
+    assert!(figure(&result, "rows written (one per transaction)") > 0.0);
+    let checks = result["checks"].as_array().unwrap();
+    for name in ["keys lost", "keys duplicated", "keys out of order"] {
+        let check = checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name:?}: {checks:#?}"));
+        assert_eq!(check["value"].as_f64(), Some(0.0), "{name}: {result:#}");
+    }
+    let latencies = result["latencies"].as_array().unwrap();
+    assert_eq!(latencies.len(), 2, "{latencies:#?}");
+    assert!(latencies.iter().all(|l| l["count"] == 2), "{latencies:#?}");
+}

@@ -199,11 +199,16 @@ async fn takeover_terminates_a_stale_walsender() {
         .await
         .unwrap()
         .get(0);
-    // A second instance without --takeover waits and says why.
+    // A second instance without --takeover waits as a standby and says for whom.
     let waiting = CaptureProcess::start(&db, &server.url(), &["--tables", "s"]).await;
     waiting
-        .wait_log(&format!("held by walsender pid {holder}"))
+        .wait_log("standby: another ds-sync holds the slot lock")
         .await;
+    assert!(
+        waiting.log().contains(&format!("walsender pid {holder}")),
+        "the standby names the holder's walsender:\n{}",
+        waiting.log()
+    );
     assert_eq!(
         waiting.try_exit(),
         None,

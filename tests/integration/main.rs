@@ -13,6 +13,7 @@ mod capture_fanout;
 mod capture_faults;
 mod capture_fence;
 mod capture_source;
+mod capture_standby;
 mod capture_truncate;
 mod cli;
 mod dev;

@@ -404,7 +404,7 @@ async fn config_show_names_the_listen_address_and_its_source() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn readyz_is_503_while_another_process_holds_the_slot() {
+async fn readyz_says_standby_while_another_process_holds_the_slot() {
     let sc = scenario("obs_slot", ITEMS, DsServerOptions::default()).await;
     let first = CaptureProcess::start(&sc.db, &sc.server.url(), &["--tables", "items"]).await;
     wait_streaming(&sc.db).await;
@@ -415,25 +415,32 @@ async fn readyz_is_503_while_another_process_holds_the_slot() {
     )
     .await;
     let readyz = format!("http://{}/readyz", second.listen_addr().await);
-    let held = wait_until(
-        "/readyz to name the slot's holder",
+    let standby = wait_until(
+        "/readyz to say standby and name the lock's holder",
         Duration::from_secs(60),
         || async {
             let (status, _, body) = get(&readyz, "*/*").await;
-            (status == 503 && body.contains("is held by walsender pid")).then_some(body)
+            (body.contains("\"standby\"") && body.contains("\"ds_server\":{\"ready\":true"))
+                .then_some((status, body))
         },
     )
     .await;
-    let report: serde_json::Value = serde_json::from_str(&held).unwrap();
-    assert_eq!(report["capture"]["state"], "reconnecting", "{held}");
-    assert_eq!(report["ds_server"]["ready"], true, "{held}");
+    let (status, body) = standby;
+    assert_eq!(status, 200, "a standby is ready: {body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["capture"]["state"], "standby", "{body}");
+    let reason = report["capture"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("holds the lock of slot"), "{body}");
+    let metrics = format!("http://{}/metrics", second.listen_addr().await);
+    let (_, _, text) = get(&metrics, "*/*").await;
+    assert!(text.contains("ds_sync_capture_standby 1"), "{text}");
     first.stop_ok().await;
     wait_until(
-        "/readyz to answer 200 once the slot is free",
+        "/readyz to say streaming once the first process stopped",
         Duration::from_secs(60),
         || async {
-            let (status, _, _) = get(&readyz, "*/*").await;
-            (status == 200).then_some(())
+            let (status, _, body) = get(&readyz, "*/*").await;
+            (status == 200 && body.contains("\"streaming\"")).then_some(())
         },
     )
     .await;

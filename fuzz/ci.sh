@@ -5,28 +5,38 @@
 # once fixed, where `cargo test` replays it). New corpus entries go to a scratch directory,
 # so CI never changes the committed corpus.
 #
-# Needs the nightly toolchain and cargo-fuzz; installs cargo-fuzz when missing. The sanitizer
-# is off: the parsers are safe Rust (`unsafe_code = "deny"`), so AddressSanitizer would only
-# slow the build and the run; libFuzzer still finds panics, overflows (debug assertions are
-# on) and timeouts.
+# Uses the nightly toolchain when there is one (FUZZ_TOOLCHAIN overrides), else the
+# machine's stable one with RUSTC_BOOTSTRAP=1: the instrumentation flags cargo-fuzz passes to
+# rustc are unstable ones, and a CI machine may have no other toolchain (none can be fetched).
+# Installs cargo-fuzz when missing. The sanitizer is off: the parsers are safe Rust
+# (`unsafe_code = "deny"`), so AddressSanitizer would only slow the build and the run;
+# libFuzzer still finds panics, overflows (debug assertions are on) and timeouts.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 seconds="${FUZZ_SECONDS:-20}"
 targets=(pgoutput sse ingest_decode stream_template config_file)
 
-if ! rustup toolchain list | grep -q '^nightly'; then
-  echo "fuzz: installing the nightly toolchain"
-  rustup toolchain install nightly --profile minimal
+toolchain="${FUZZ_TOOLCHAIN:-}"
+if [ -z "$toolchain" ] && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  toolchain=nightly
 fi
-if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+if [ "$toolchain" = nightly ]; then
+  fuzz=(cargo +nightly fuzz)
+else
+  # The default toolchain (or FUZZ_TOOLCHAIN), accepting cargo-fuzz's unstable flags.
+  export RUSTC_BOOTSTRAP=1
+  fuzz=(cargo ${toolchain:+"+$toolchain"} fuzz)
+fi
+if ! "${fuzz[@]}" --version >/dev/null 2>&1; then
   echo "fuzz: installing cargo-fuzz"
   cargo install cargo-fuzz --version 0.13.2 --locked
 fi
+echo "fuzz: toolchain ${toolchain:-default} ($(rustc ${toolchain:+"+$toolchain"} --version))"
 
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$PWD/target}"
 start=$(date +%s)
-cargo +nightly fuzz build --sanitizer none
+"${fuzz[@]}" build --sanitizer none
 echo "fuzz: built in $(( $(date +%s) - start ))s"
 
 scratch=$(mktemp -d)
@@ -35,7 +45,7 @@ for target in "${targets[@]}"; do
   mkdir -p "$scratch/$target"
   echo "fuzz: $target for ${seconds}s"
   log="$scratch/$target.log"
-  if ! cargo +nightly fuzz run --sanitizer none "$target" "$scratch/$target" "corpus/$target" -- \
+  if ! "${fuzz[@]}" run --sanitizer none "$target" "$scratch/$target" "corpus/$target" -- \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
     tail -n 60 "$log"
     echo "fuzz: $target failed (its input is in fuzz/artifacts/$target/)"

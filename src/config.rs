@@ -496,7 +496,13 @@ pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+    parse_file_text(&text, path)
+}
+
+/// Parses the text of a `--config` file; `path` only names it in errors. Pure, so the
+/// fuzzer and tests can feed it text.
+pub fn parse_file_text(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
         path: path.to_path_buf(),
         reason: e.message().to_string(),
     })

@@ -29,6 +29,8 @@
 //!   feature `bench`, off by default: not part of the sidecar binary).
 //! * [`observe`]: Prometheus metrics, `/livez` and `/readyz` on `--listen`, `ds-sync health`.
 //! * [`waits`]: long waits log which sessions they wait for and what to do.
+//! * `fuzzing`: one fuzz entry point per parser (cargo feature `fuzzing`, used by the
+//!   cargo-fuzz crate in `fuzz/`; its unit test replays the corpora and found crashes).
 //! * [`embedded`]: a throwaway local PostgreSQL cluster and an in-process DS server, used by
 //!   the test suite and by `ds-sync dev`.
 
@@ -39,6 +41,8 @@ pub mod cli;
 pub mod config;
 pub mod ds;
 pub mod embedded;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod ingest;
 pub mod keepalive;
 pub mod lsn;

@@ -42,8 +42,12 @@ pub mod fence;
 pub mod identity;
 mod keepalive;
 pub mod ledger;
+#[cfg(test)]
+mod ledger_props;
 pub mod message;
 mod pipeline;
+#[cfg(test)]
+mod pipeline_props;
 pub mod route;
 mod sender;
 pub mod seq;

@@ -47,6 +47,8 @@ mod error;
 pub mod guard;
 mod lane;
 pub mod ledger;
+#[cfg(test)]
+mod ledger_props;
 pub mod memory;
 pub mod state;
 pub mod store;

@@ -83,6 +83,9 @@ pub struct ArraySplitter {
     element: Vec<u8>,
     /// Full size of the current element, counted also once storing stopped.
     size: usize,
+    /// Whitespace at the end of `size`: it may trail the element's value (before its `,` or
+    /// `]`), and then it is not the message's, so it does not count against the limit.
+    trailing_ws: usize,
     /// Kept bytes of data that is not an array, or of what follows the array.
     rest: Vec<u8>,
     rest_size: usize,
@@ -107,6 +110,7 @@ impl ArraySplitter {
             escaped: false,
             element: Vec::new(),
             size: 0,
+            trailing_ws: 0,
             rest: Vec::new(),
             rest_size: 0,
         }
@@ -304,10 +308,17 @@ impl ArraySplitter {
     }
 
     /// Adds element bytes, keeping only a prefix once the element is over the limit.
+    /// Whitespace that may trail the value is kept only up to the limit or [`PREFIX_BYTES`],
+    /// whichever is larger: when more follows it, the element is over the limit anyway, and
+    /// its prefix is whole.
     fn append(&mut self, bytes: &[u8]) {
-        let was_over = self.size > self.max_element_bytes;
+        let was_over = self.over();
         self.size = self.size.saturating_add(bytes.len());
-        if self.size > self.max_element_bytes {
+        self.trailing_ws = match bytes.iter().rposition(|&b| !is_ws(b)) {
+            Some(last) => bytes.len() - 1 - last,
+            None => self.trailing_ws.saturating_add(bytes.len()),
+        };
+        if self.over() {
             let room = PREFIX_BYTES.saturating_sub(self.element.len());
             self.element
                 .extend_from_slice(&bytes[..room.min(bytes.len())]);
@@ -317,6 +328,11 @@ impl ArraySplitter {
             }
             return;
         }
+        let fits = self
+            .max_element_bytes
+            .max(PREFIX_BYTES)
+            .saturating_sub(self.element.len());
+        let bytes = &bytes[..bytes.len().min(fits)];
         let needed = self.element.len() + bytes.len();
         if needed > self.element.capacity() {
             let cap = self.element.capacity();
@@ -326,17 +342,23 @@ impl ArraySplitter {
         self.element.extend_from_slice(bytes);
     }
 
+    /// Whether the element, without the whitespace that may trail it, is over the limit.
+    fn over(&self) -> bool {
+        self.size - self.trailing_ws > self.max_element_bytes
+    }
+
     /// The element just ended (its closer consumed).
     fn emit(&mut self) -> ArrayItem {
         let index = self.index;
         self.index += 1;
-        let size = std::mem::take(&mut self.size);
+        let over = self.over();
+        let size = std::mem::take(&mut self.size) - std::mem::take(&mut self.trailing_ws);
         self.depth = 0;
         self.in_string = false;
         self.escaped = false;
-        if size > self.max_element_bytes {
+        if over {
             let mut prefix = std::mem::take(&mut self.element);
-            prefix.truncate(PREFIX_BYTES);
+            prefix.truncate(PREFIX_BYTES.min(size));
             return ArrayItem::TooLarge {
                 index,
                 size,

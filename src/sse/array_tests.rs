@@ -246,6 +246,31 @@ fn an_element_at_the_limit_is_kept() {
     assert!(matches!(items[1], ArrayItem::TooLarge { size: 6, .. }));
 }
 
+/// Found by the fuzzer: whitespace after a message (before its `,` or `]`) is not the
+/// message's, and a message within the limit is kept however much whitespace follows it, in
+/// one chunk or byte by byte.
+#[test]
+fn whitespace_after_an_element_does_not_count_against_the_limit() {
+    let data = format!(
+        "[1, \"two\"{}, \"three\"{}]",
+        "\n".repeat(40),
+        " ".repeat(9)
+    );
+    for chunk in [data.len(), 1, 3] {
+        let items = split_chunks(7, data.as_bytes().chunks(chunk));
+        assert_eq!(
+            texts(&items),
+            ["1", "\"two\"", "\"three\""],
+            "chunks of {chunk}"
+        );
+    }
+    let items = split_chunks(4, [format!("[\"two\"{}]", " ".repeat(9)).as_bytes()]);
+    assert!(
+        matches!(items[..], [ArrayItem::TooLarge { size: 5, .. }]),
+        "an element over the limit is counted without its whitespace: {items:?}"
+    );
+}
+
 #[test]
 fn finish_resets_for_the_next_data() {
     let mut s = ArraySplitter::new(BIG);

@@ -406,12 +406,14 @@ async fn messages_postgres_refuses_become_dead_letters_alone() {
     let base = s.server.url();
     create_stream(&base, "odd", "text/plain").await;
     let ingest = Ingest::start(&s.db, &base, &["odd"], DEFAULT_MAX_EVENT_BYTES).await;
-    // A lone surrogate escape is valid JSON text, but jsonb refuses it.
+    // Lone surrogate escapes are valid JSON text to serde_json, but jsonb refuses them: a
+    // high one, a low one (in a value and as a whole message), and one in the key, which
+    // ingest reads itself and refuses before PostgreSQL sees it.
     post_raw(
         &base,
         "odd",
         "text/plain",
-        br#"[{"key":"before"},{"key":"lone","v":"\ud800"},{"key":"after"}]"#,
+        br#"[{"key":"before"},{"key":"lone","v":"\ud800"},{"key":"low","v":"\udc00"},"\udc00",{"key":"\udc00"},{"key":"after"}]"#,
     )
     .await;
     post_raw(&base, "odd", "text/plain", br#"[{"key":"next"}]"#).await;
@@ -433,19 +435,36 @@ async fn messages_postgres_refuses_become_dead_letters_alone() {
             Some("next".into())
         ]
     );
-    let dead = s
+    let mut dead: Vec<(Vec<u8>, String)> = s
         .sql
-        .query("SELECT error, raw FROM ds_sync.dead_letters", &[])
+        .query("SELECT raw, error FROM ds_sync.dead_letters", &[])
         .await
-        .unwrap();
-    assert_eq!(dead.len(), 1);
-    let error: String = dead[0].get(0);
-    let raw: Vec<u8> = dead[0].get(1);
-    assert!(
-        error.starts_with("PostgreSQL refused the message as jsonb"),
-        "{error}"
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    dead.sort();
+    let raws: Vec<&[u8]> = dead.iter().map(|(raw, _)| raw.as_slice()).collect();
+    assert_eq!(
+        raws,
+        [
+            &br#""\udc00""#[..],
+            br#"{"key":"\udc00"}"#,
+            br#"{"key":"lone","v":"\ud800"}"#,
+            br#"{"key":"low","v":"\udc00"}"#,
+        ]
     );
-    assert_eq!(raw, br#"{"key":"lone","v":"\ud800"}"#);
+    for (raw, error) in &dead {
+        let by_postgres = raw.as_slice() != br#"{"key":"\udc00"}"#;
+        if by_postgres {
+            assert!(
+                error.starts_with("PostgreSQL refused the message as jsonb"),
+                "{error}"
+            );
+        } else {
+            assert!(error.contains("of the data event"), "{error}");
+        }
+    }
     ingest.stop().await;
 }
 

@@ -38,26 +38,6 @@ pub const TARGETS: [(&str, Entry); 5] = [
     ("config_file", config_file),
 ];
 
-/// Longest chunk the chunked parses feed.
-const MAX_CHUNK: usize = 29;
-
-/// Splits `data` into chunks of 1 to [`MAX_CHUNK`] bytes whose lengths derive from `knob`
-/// and the data itself, so the fuzzer steers the cuts.
-fn chunks(knob: u8, data: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let mut rest = data;
-    let mut step = 0;
-    while !rest.is_empty() {
-        let salt = data.get(step).copied().unwrap_or(0) ^ knob;
-        let len = (1 + usize::from(salt) % MAX_CHUNK).min(rest.len());
-        let (chunk, tail) = rest.split_at(len);
-        out.push(chunk);
-        rest = tail;
-        step += 1;
-    }
-    out
-}
-
 /// Replication messages, framed as `u16` big-endian length + bytes (a short tail is the
 /// last frame), decoded one by one as capture does: Relations kept by oid, row changes of a
 /// known relation turned into State Protocol messages and routed with the default
@@ -161,7 +141,7 @@ pub fn ingest_decode(data: &[u8]) {
         1 + usize::from(knob & 0x3f) * 8
     };
     let whole = split_decode(&[body], max);
-    let chunked = split_decode(&chunks(knob, body), max);
+    let chunked = split_decode(&crate::sse::fuzz_chunks(knob, body), max);
     assert_eq!(chunked, whole, "chunked split differs from whole split");
     for decoded in &whole {
         check_decoded(decoded);

@@ -48,8 +48,8 @@ pub(super) async fn run(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchE
         Arc::clone(&last),
         stop.clone(),
     ));
-    let mut streaming = new_histogram()?;
-    let mut delivering = new_histogram()?;
+    let mut streaming = super::latency::histogram()?;
+    let mut delivering = super::latency::histogram()?;
     let mut counter = TailCounter::new(&ctx.stack.ds, &phase.stream());
     for n in 1..=ctx.opts.runs {
         let mut standby = spawn(n)?;
@@ -131,11 +131,6 @@ fn writer_ended(result: Result<Result<i64, BenchError>, tokio::task::JoinError>)
         Ok(Ok(_)) => BenchError::Setup("the writer stopped early".into()),
         Err(e) => BenchError::Setup(format!("the writer task failed: {e}")),
     }
-}
-
-fn new_histogram() -> Result<hdrhistogram::Histogram<u64>, BenchError> {
-    hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)
-        .map_err(|e| BenchError::Setup(format!("histogram: {e}")))
 }
 
 fn record(h: &mut hdrhistogram::Histogram<u64>, d: Duration) {

@@ -15,6 +15,13 @@ use super::workload::Bar;
 /// Target p99 for `ingest-latency`, POST to committed row at 2,000 events/s.
 pub(super) const INGEST_P99_TARGET_MS: f64 = 10.0;
 
+/// A histogram of latencies in µs, 1 µs to 10 minutes, 3 significant digits: what every
+/// latency of the reports is recorded in (see `Latency::from_histogram`).
+pub(super) fn histogram() -> Result<hdrhistogram::Histogram<u64>, BenchError> {
+    hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)
+        .map_err(|e| BenchError::Report(e.to_string()))
+}
+
 /// Per-item times in µs since `base`, indexed by item number (0: not yet).
 pub(super) struct Stamps {
     base: Instant,
@@ -107,8 +114,7 @@ impl Stamps {
 
     /// The distribution of arrival minus send time over `items`.
     pub(super) fn latency(&self, name: &str, items: Range<usize>) -> Result<Latency, BenchError> {
-        let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
-            .map_err(|e| BenchError::Report(e.to_string()))?;
+        let mut h = histogram()?;
         for i in items {
             let sent = self.sent[i].load(Ordering::Relaxed);
             let arrived = self.arrived[i].load(Ordering::Relaxed);

@@ -127,13 +127,10 @@ pub(super) fn stages(
     items: Range<usize>,
     label: &str,
 ) -> Result<(Vec<Latency>, usize), BenchError> {
-    let mut hists = Vec::new();
-    for _ in STAGES {
-        hists.push(
-            hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
-                .map_err(|e| BenchError::Report(e.to_string()))?,
-        );
-    }
+    let mut hists = STAGES
+        .iter()
+        .map(|_| super::latency::histogram())
+        .collect::<Result<Vec<_>, _>>()?;
     let mut complete = 0;
     for item in items {
         let Some(t) = child.times(stamps, xids, item) else {

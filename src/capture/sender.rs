@@ -146,14 +146,6 @@ impl Deliveries {
         }
     }
 
-    /// Books one POST that has already finished, without waiting; `None` when none has.
-    pub fn try_next(&mut self, queues: &mut Queues) -> Option<Result<Landed, CaptureError>> {
-        Some(match self.in_flight.try_join_next()? {
-            Ok((batch, delivery)) => self.delivered(queues, batch, delivery),
-            Err(e) => Err(CaptureError::DeliveryTask(e)),
-        })
-    }
-
     /// Stops retrying and waits for every POST still running (at most one request each),
     /// booking none of them: the session is over, the next one replays from the slot.
     pub async fn drain(&mut self) {

@@ -11,6 +11,7 @@ pub mod replication_session;
 pub mod sqlstate;
 pub mod ssl;
 pub mod tls_connect;
+pub mod version;
 
 use std::fmt;
 use std::str::FromStr;
@@ -109,6 +110,7 @@ impl PgError {
 }
 
 pub use sqlstate::{ErrorClass, classify, classify_code, sqlstate_in_message};
+pub use version::{ServerVersion, server_version};
 
 /// Whether a SQLSTATE says trying again can succeed (see [`sqlstate`] for each class).
 pub fn is_transient_code(code: &SqlState) -> bool {

@@ -316,26 +316,16 @@ async fn check_server_supports(client: &Client, req: &Request) -> Result<(), Pub
     let Some((feature, spec)) = wanted else {
         return Ok(());
     };
-    let row = client
-        .query_one(
-            "SELECT current_setting('server_version_num')::int, current_setting('server_version')",
-            &[],
-        )
-        .await
-        .map_err(|e| PgError::query("reading the server version", &e))?;
-    let (num, version): (i32, String) = (row.get(0), row.get(1));
-    if num >= ROW_FILTER_VERSION_NUM {
+    let version = crate::pg::server_version(client).await?;
+    if version.has_row_filters() {
         return Ok(());
     }
     Err(PublicationError::NeedsNewerServer {
         feature,
         table: spec.table.clone(),
-        version,
+        version: version.text,
     })
 }
-
-/// The first `server_version_num` with row filters and column lists in publications.
-const ROW_FILTER_VERSION_NUM: i32 = 150_000;
 
 /// Plans every table of `resolved`; all refusals are reported together.
 fn plan_all<'r>(

@@ -144,12 +144,8 @@ async fn published_tables(
     name: &str,
     insert_only: bool,
 ) -> Result<Vec<PublishedTable>, PublicationError> {
-    let version: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .map_err(|e| PgError::query("reading the server version", &e))?
-        .get(0);
-    let (filter, columns, filter_columns) = if version >= 150000 {
+    let version = crate::pg::server_version(client).await?;
+    let (filter, columns, filter_columns) = if version.has_row_filters() {
         (
             "pt.rowfilter",
             "CASE WHEN pr.prattrs IS NULL THEN NULL ELSE pt.attnames::text[] END",

@@ -8,8 +8,9 @@ use super::parser::{MAX_EVENT_TYPE_BYTES, MAX_ID_BYTES, PREVIEW_BYTES, SseItem, 
 /// Longest chunk the fuzz entries feed.
 const MAX_CHUNK: usize = 23;
 
-/// Splits `stream` into data-derived chunks of 1 to [`MAX_CHUNK`] bytes.
-fn chunks(knob: u8, stream: &[u8]) -> Vec<&[u8]> {
+/// Splits `stream` into data-derived chunks of 1 to [`MAX_CHUNK`] bytes, so the fuzzer
+/// steers the cuts (also the cuts of `crate::fuzzing`'s chunked parses).
+pub(crate) fn chunks(knob: u8, stream: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let mut rest = stream;
     let mut step = 0;

@@ -42,5 +42,7 @@ mod parser_tests;
 pub use array::{ArrayItem, ArraySplitter};
 pub use decoder::{DsDecoder, DsItem};
 pub use ds::{Control, DsEventError, parse_control};
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use fuzz::chunks as fuzz_chunks;
 pub use fuzz::{fuzz_decode, fuzz_parse};
 pub use parser::{SseEvent, SseItem, SseParser};

@@ -2,14 +2,11 @@
 //! that resumes after its successor started sends nothing more and stops, and the two do
 //! not fight over the slot.
 
-use std::time::Duration;
-
-use ds_sync::ds::DsClient;
 use ds_sync::embedded::DsServerOptions;
 
 use crate::kit::{
-    CaptureProcess, Scenario, scenario, start_streaming, streaming_pid, wait_streaming_anew,
-    wait_until,
+    CaptureProcess, Scenario, scenario, start_streaming, streaming_pid, wait_keys_exactly,
+    wait_streaming_anew,
 };
 
 async fn insert(sql: &tokio_postgres::Client, from: i32, to: i32) {
@@ -19,23 +16,6 @@ async fn insert(sql: &tokio_postgres::Client, from: i32, to: i32) {
     )
     .await
     .unwrap();
-}
-
-async fn wait_exactly(client: &DsClient, n: i64) {
-    let expected: Vec<i64> = (1..=n).collect();
-    wait_until(
-        &format!("keys 1..={n} in pg-s, once each and in order"),
-        Duration::from_secs(120),
-        || async {
-            let got = crate::kit::stream_keys(client, "pg-s").await;
-            assert!(
-                got.len() as i64 <= n && got[..] == expected[..got.len()],
-                "pg-s differs from 1..={n}: {got:?}"
-            );
-            (got == expected).then_some(())
-        },
-    )
-    .await;
 }
 
 #[tokio::test]
@@ -55,7 +35,7 @@ async fn a_paused_process_resumed_after_a_takeover_sends_nothing_and_stops() {
     let args = ["--tables", "s", "--takeover"];
     let old = start_streaming(&db, &server.url(), &args).await;
     insert(&sql, 1, 50).await;
-    wait_exactly(&client, 50).await;
+    wait_keys_exactly(&client, "pg-s", 50).await;
     // The old process holds undelivered rows, retrying, when it is paused.
     server.stop().await;
     let retries = old.log_count("delivery failed, retrying");
@@ -73,7 +53,7 @@ async fn a_paused_process_resumed_after_a_takeover_sends_nothing_and_stops() {
     let new = CaptureProcess::start(&db, &server.url(), &args).await;
     wait_streaming_anew(&sql, &db.slot("cap"), walsender).await;
     insert(&sql, 101, 150).await;
-    wait_exactly(&client, 150).await;
+    wait_keys_exactly(&client, "pg-s", 150).await;
 
     old.resume();
     let code = old.wait_exit("after it was taken over").await;
@@ -81,7 +61,7 @@ async fn a_paused_process_resumed_after_a_takeover_sends_nothing_and_stops() {
     assert_eq!(code, 7, "exit code 7 (taken over):\n{log}");
     assert!(log.contains("was taken over"), "{log}");
     insert(&sql, 151, 200).await;
-    wait_exactly(&client, 200).await;
+    wait_keys_exactly(&client, "pg-s", 200).await;
     assert_eq!(
         new.log_count("streaming changes"),
         1,

@@ -6,30 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
-use ds_sync::ds::DsClient;
 use ds_sync::embedded::DsServerOptions;
 
 use crate::kit::{
-    CaptureProcess, Scenario, scenario, start_streaming, streaming_pid, wait_streaming_anew,
-    wait_until,
+    CaptureProcess, Scenario, scenario, start_streaming, streaming_pid, wait_keys_exactly,
+    wait_streaming_anew, wait_until,
 };
-
-async fn wait_exactly(client: &DsClient, n: i32) {
-    let expected: Vec<i64> = (1..=i64::from(n)).collect();
-    wait_until(
-        &format!("keys 1..={n} in pg-s, once each and in order"),
-        Duration::from_secs(120),
-        || async {
-            let got = crate::kit::stream_keys(client, "pg-s").await;
-            assert!(
-                got.len() <= expected.len() && got[..] == expected[..got.len()],
-                "pg-s differs from 1..={n}: {got:?}"
-            );
-            (got == expected).then_some(())
-        },
-    )
-    .await;
-}
 
 /// Inserts 1, 2, 3, ... one row per transaction until stopped; returns the last key.
 fn spawn_inserts(
@@ -130,7 +112,7 @@ async fn standbys_take_over_killed_processes_under_writes_with_every_row_once() 
     }
     stop.cancel();
     let n = writer.await.unwrap();
-    wait_exactly(&client, n).await;
+    wait_keys_exactly(&client, "pg-s", i64::from(n)).await;
     active.stop_ok().await;
 }
 
@@ -164,7 +146,7 @@ async fn a_hung_active_is_broken_after_the_timeout_and_fenced_when_it_resumes() 
     let old = start_streaming(&db, &server.url(), &args).await;
     let walsender = streaming_pid(&sql, &slot).await.unwrap();
     insert(1, 50).await;
-    wait_exactly(&client, 50).await;
+    wait_keys_exactly(&client, "pg-s", i64::from(50)).await;
     let standby = CaptureProcess::start(&db, &server.url(), &args).await;
     standby
         .wait_log("standby: another ds-sync holds the slot lock")
@@ -203,7 +185,7 @@ async fn a_hung_active_is_broken_after_the_timeout_and_fenced_when_it_resumes() 
     old.freeze();
     insert(51, 100).await;
     wait_streaming_anew(&sql, &slot, walsender).await;
-    wait_exactly(&client, 100).await;
+    wait_keys_exactly(&client, "pg-s", i64::from(100)).await;
     let log = standby.log();
     assert!(log.contains("looks hung"), "{log}");
 
@@ -211,7 +193,7 @@ async fn a_hung_active_is_broken_after_the_timeout_and_fenced_when_it_resumes() 
     let code = old.wait_exit("after it was taken over").await;
     assert_eq!(code, 7, "exit code 7 (taken over):\n{}", old.log());
     insert(101, 150).await;
-    wait_exactly(&client, 150).await;
+    wait_keys_exactly(&client, "pg-s", i64::from(150)).await;
     assert_eq!(
         standby.log_count("streaming changes"),
         1,
@@ -241,7 +223,7 @@ async fn a_lost_lock_stops_streaming_until_the_lock_is_held_again() {
     sql.execute("INSERT INTO s SELECT generate_series(1, 20)", &[])
         .await
         .unwrap();
-    wait_exactly(&client, 20).await;
+    wait_keys_exactly(&client, "pg-s", i64::from(20)).await;
     let ended: i64 = sql
         .query_one(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
@@ -259,6 +241,6 @@ async fn a_lost_lock_stops_streaming_until_the_lock_is_held_again() {
     sql.execute("INSERT INTO s SELECT generate_series(21, 40)", &[])
         .await
         .unwrap();
-    wait_exactly(&client, 40).await;
+    wait_keys_exactly(&client, "pg-s", i64::from(40)).await;
     capture.stop_ok().await;
 }

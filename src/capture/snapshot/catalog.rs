@@ -76,12 +76,8 @@ pub async fn published_tables(
     sql: &Client,
     publication: &str,
 ) -> Result<Vec<SnapshotTable>, CaptureError> {
-    let version: i32 = sql
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .map_err(|e| PgError::query("reading server_version_num", &e))?
-        .get(0);
-    let query = if version >= 150_000 {
+    let version = crate::pg::server_version(sql).await?;
+    let query = if version.has_row_filters() {
         TABLES_SQL_15
     } else {
         TABLES_SQL_14

@@ -329,9 +329,6 @@ pub struct CopyJob {
     pub reset_streams: Vec<String>,
 }
 
-/// Rows queued between two looks for finished POSTs (see `Writer::land_finished`).
-const LAND_EVERY_ROWS: usize = 50;
-
 /// How a copy ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CopyEnd {
@@ -395,11 +392,8 @@ async fn copy(
                 }
                 Some(Item::Rows(rows)) => {
                     let n = rows.len() as u64;
-                    for (i, row) in rows.into_iter().enumerate() {
+                    for row in rows {
                         writer.row(&row.table, &row.stream, row.json).await?;
-                        if i % LAND_EVERY_ROWS == LAND_EVERY_ROWS - 1 {
-                            writer.land_finished().await?;
-                        }
                     }
                     writer.commit();
                     progress.add(n);

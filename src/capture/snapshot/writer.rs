@@ -216,23 +216,6 @@ impl<'a> Writer<'a> {
         self.deliveries.next(&mut self.queues).await
     }
 
-    /// Books the POSTs that have already finished and starts what may go after them,
-    /// without waiting. Called between the rows of a chunk: a stream has one POST in
-    /// flight, so its next batch should leave the moment the server answers, not once the
-    /// loop has queued the rest of a chunk.
-    pub async fn land_finished(&mut self) -> Result<(), CaptureError> {
-        let mut landed = false;
-        while let Some(done) = self.deliveries.try_next(&mut self.queues) {
-            done?;
-            landed = true;
-        }
-        if landed {
-            self.queues.commit();
-            self.dispatch().await?;
-        }
-        Ok(())
-    }
-
     pub fn has_in_flight(&self) -> bool {
         !self.deliveries.is_empty()
     }

@@ -143,17 +143,18 @@ impl TestDb {
 /// The major version of the server `client` is connected to (the matrix in `.ci/run` runs the
 /// end-to-end tests on several).
 pub async fn server_major(client: &tokio_postgres::Client) -> i32 {
-    let num: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
+    ds_sync::pg::server_version(client)
         .await
-        .expect("reading server_version_num")
-        .get(0);
-    num / 10000
+        .expect("reading the server version")
+        .major()
 }
 
 /// Whether the server has row filters and column lists in publications (PostgreSQL 15+).
 pub async fn has_row_filters(client: &tokio_postgres::Client) -> bool {
-    server_major(client).await >= 15
+    ds_sync::pg::server_version(client)
+        .await
+        .expect("reading the server version")
+        .has_row_filters()
 }
 
 /// What `ds-sync` says when a row filter or column list meets an older server.

@@ -58,7 +58,7 @@ pub use http::http;
 pub use process::{CaptureProcess, Run, run_ds_sync};
 pub use stream::{
     ITEMS, control, materialize, materialize_by_key, read, spawn_writer, stream_keys,
-    wait_converged,
+    wait_converged, wait_keys_exactly,
 };
 pub use wait::{Wait, wait_until};
 

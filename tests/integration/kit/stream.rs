@@ -32,6 +32,33 @@ pub async fn stream_keys(client: &DsClient, stream: &str) -> Vec<i64> {
         .collect()
 }
 
+/// Waits until the keys of `stream` are exactly `1..=n`, once each and in order; fails at
+/// once when what arrived so far is not a prefix of that (a key doubled, lost or out of
+/// order), and after 120 s.
+#[track_caller]
+pub fn wait_keys_exactly<'a>(
+    client: &'a DsClient,
+    stream: &'a str,
+    n: i64,
+) -> impl Future<Output = ()> + 'a {
+    let expected: Vec<i64> = (1..=n).collect();
+    let wait = Wait::new(
+        format!("keys 1..={n} in {stream}, once each and in order"),
+        Duration::from_secs(120),
+    );
+    async move {
+        wait.until(|| async {
+            let got = stream_keys(client, stream).await;
+            assert!(
+                got.len() <= expected.len() && got[..] == expected[..got.len()],
+                "{stream} differs from 1..={n}: {got:?}"
+            );
+            (got == expected).then_some(())
+        })
+        .await;
+    }
+}
+
 /// A client's view of a stream, as the State Protocol defines it: `reset` drops everything,
 /// inserts and updates set `(type, key)` to `value`, deletes remove it; snapshot frames
 /// change nothing.

@@ -123,6 +123,7 @@ pub struct CaptureFile {
     /// Table → stream template.
     pub routes: Option<std::collections::BTreeMap<String, String>>,
     pub takeover: Option<bool>,
+    pub failover_slot: Option<bool>,
     pub standby_takeover_after_ms: Option<u64>,
     pub batch_max_messages: Option<usize>,
     pub batch_max_bytes: Option<usize>,

@@ -56,6 +56,14 @@ pub enum SlotError {
         #[source]
         source: LsnParseError,
     },
+    /// `failover` asked of a server before PostgreSQL 17.
+    #[error(
+        "replication slot '{name}': failover slots need PostgreSQL 17 or later; this server is {version}"
+    )]
+    FailoverNeedsNewerServer { name: String, version: String },
+    /// The replication command that turns `failover` on for an existing slot failed.
+    #[error("replication slot '{name}': turning failover on failed: {reason}")]
+    FailoverAlter { name: String, reason: String },
     #[error(transparent)]
     Pg(#[from] PgError),
 }
@@ -81,6 +89,12 @@ impl SlotError {
             SlotError::WalLevel { .. } => Some(
                 "Set wal_level = logical and restart the server; `ds-sync init` checks all prerequisites."
                     .into(),
+            ),
+            SlotError::FailoverNeedsNewerServer { .. } => Some(
+                "Run without --failover-slot (the slot then does not survive a promotion of a physical standby), or upgrade the server.".into(),
+            ),
+            SlotError::FailoverAlter { .. } => Some(
+                "The slot must be idle to be altered: stop the consumer that holds it, or drop and recreate the slot with --failover.".into(),
             ),
             SlotError::BadLsn { .. } => Some(
                 "PostgreSQL prints positions as X/Y (two hex numbers); a server or proxy that changes that form is not supported. Report the text above.".into(),
@@ -110,6 +124,11 @@ pub struct SlotInfo {
     /// Bytes that can still be written before the slot is in danger of being lost; NULL when
     /// `max_slot_wal_keep_size` is unlimited.
     pub safe_wal_size: Option<i64>,
+    /// Synchronized to physical standbys, so that a promoted standby keeps it (PostgreSQL
+    /// 17+; NULL before).
+    pub failover: Option<bool>,
+    /// A copy kept in sync from the primary (on a standby, PostgreSQL 17+; NULL before).
+    pub synced: Option<bool>,
 }
 
 impl SlotInfo {
@@ -135,6 +154,8 @@ impl SlotInfo {
             lag_bytes: row.get("lag_bytes"),
             wal_status: row.get("wal_status"),
             safe_wal_size: row.get("safe_wal_size"),
+            failover: row.get("failover"),
+            synced: row.get("synced"),
         })
     }
 }
@@ -164,7 +185,9 @@ const SLOTS_SQL: &str = "\
            s.confirmed_flush_lsn::text AS confirmed_flush_lsn, \
            pg_wal_lsn_diff(cur.lsn, COALESCE(s.confirmed_flush_lsn, s.restart_lsn))::int8 \
              AS lag_bytes, \
-           s.wal_status, s.safe_wal_size \
+           s.wal_status, s.safe_wal_size, \
+           (to_jsonb(s) ->> 'failover')::bool AS failover, \
+           (to_jsonb(s) ->> 'synced')::bool AS synced \
     FROM pg_replication_slots s, \
          (SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
                       ELSE pg_current_wal_lsn() END AS lsn) cur \
@@ -205,26 +228,62 @@ pub struct Created {
     pub slot: SlotInfo,
 }
 
+/// How [`create`] makes a slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CreateSlot {
+    /// The server drops it when the creating session ends.
+    pub temporary: bool,
+    /// An existing compatible slot of that name is accepted.
+    pub if_not_exists: bool,
+    /// Synchronized to physical standbys (`failover = true`, PostgreSQL 17+), so that a
+    /// promoted standby keeps it and capture resumes there.
+    pub failover: bool,
+}
+
+/// Refuses `failover` on a server that has no failover slots, naming its version.
+///
+/// # Errors
+///
+/// The server is older than PostgreSQL 17, or its version could not be read.
+pub async fn check_failover_supported(client: &Client, name: &str) -> Result<(), SlotError> {
+    let version = crate::pg::server_version(client).await?;
+    if version.has_failover_slots() {
+        return Ok(());
+    }
+    Err(SlotError::FailoverNeedsNewerServer {
+        name: name.to_owned(),
+        version: version.text,
+    })
+}
+
 /// Creates a logical pgoutput slot in the connected database.
 ///
 /// A temporary slot lives only as long as `client`'s session.
-pub async fn create(
-    client: &Client,
-    name: &str,
-    temporary: bool,
-    if_not_exists: bool,
-) -> Result<Created, SlotError> {
+pub async fn create(client: &Client, name: &str, how: CreateSlot) -> Result<Created, SlotError> {
     validate_slot_name(name)?;
-    let result = client
-        .execute(
-            "SELECT pg_create_logical_replication_slot($1::text::name, $2::text::name, $3)",
-            &[&name, &PLUGIN, &temporary],
-        )
-        .await;
+    if how.failover {
+        check_failover_supported(client, name).await?;
+    }
+    let result = if how.failover {
+        client
+            .execute(
+                "SELECT pg_create_logical_replication_slot($1::text::name, $2::text::name, $3, \
+                 false, true)",
+                &[&name, &PLUGIN, &how.temporary],
+            )
+            .await
+    } else {
+        client
+            .execute(
+                "SELECT pg_create_logical_replication_slot($1::text::name, $2::text::name, $3)",
+                &[&name, &PLUGIN, &how.temporary],
+            )
+            .await
+    };
     let created = match result {
         Ok(_) => true,
         Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => {
-            if !if_not_exists {
+            if !how.if_not_exists {
                 return Err(SlotError::AlreadyExists(name.to_string()));
             }
             false
@@ -246,13 +305,47 @@ pub async fn create(
 }
 
 /// [`create`], logging every few seconds which transactions the creation waits for (read on
-/// a second connection to `target`, opened once the wait is long).
+/// a second connection to `target`, opened once the wait is long). An existing slot
+/// without failover gets it turned on when `how` asks for it.
 pub async fn create_reporting(
     client: &Client,
     target: &PgTarget,
     name: &str,
-    temporary: bool,
-    if_not_exists: bool,
+    how: CreateSlot,
+) -> Result<Created, SlotError> {
+    let mut created = create_waiting(client, target, name, how).await?;
+    if how.failover && created.slot.failover == Some(false) {
+        enable_failover(target, name).await?;
+        tracing::info!(slot = %name, "turned failover on for the existing slot");
+        created.slot = status(client, name).await?;
+    }
+    Ok(created)
+}
+
+/// `ALTER_REPLICATION_SLOT name (FAILOVER true)`: a replication command (there is no SQL
+/// function for it), refused by the server while a consumer holds the slot.
+async fn enable_failover(target: &PgTarget, name: &str) -> Result<(), SlotError> {
+    let alter = |reason: String| SlotError::FailoverAlter {
+        name: name.to_owned(),
+        reason,
+    };
+    let command = crate::pg::replication_session::alter_failover_command(name)?;
+    let mut session = crate::pg::replication_session::ReplicationSession::connect(target)
+        .await
+        .map_err(|e| alter(e.to_string()))?;
+    let result = session
+        .simple_query(&command, "turning failover on")
+        .await
+        .map_err(|e| alter(e.to_string()));
+    session.terminate().await;
+    result.map(|_| ())
+}
+
+async fn create_waiting(
+    client: &Client,
+    target: &PgTarget,
+    name: &str,
+    how: CreateSlot,
 ) -> Result<Created, SlotError> {
     let pid: i32 = client
         .query_one("SELECT pg_backend_pid()", &[])
@@ -262,7 +355,7 @@ pub async fn create_reporting(
     let mut monitor = waits::Monitor::new(target);
     let what = creating(name);
     waits::reporting(
-        create(client, name, temporary, if_not_exists),
+        create(client, name, how),
         waits::REPORT_EVERY,
         async |waited| {
             let advice = waits::SLOT_CREATION_ADVICE;

@@ -25,6 +25,15 @@
 //! A new incarnation in the same database is safe: its positions are above everything an
 //! earlier slot wrote, so it never needs an earlier incarnation's writes to explain a 409.
 //!
+//! **Promotion.** A physical standby promoted with a failover slot (`--failover-slot`) has
+//! the slot, the same system identifier and a new timeline. Its history up to the switch
+//! point (the timeline's history file, read with `TIMELINE_HISTORY`) is the old primary's,
+//! so the writes the old timeline's incarnation made for changes committed before it are
+//! this source's own, replayed from a synced slot that may lag the old primary's: the new
+//! incarnation accepts 409s for changes committed before the switch point (as for an
+//! upgrade, below), and nothing after it. A new timeline that does not descend from the
+//! recorded one (a restore) starts an ordinary new incarnation.
+//!
 //! **Upgrade.** Streams written by a ds-sync from before this bookkeeping have no records.
 //! The migration marks every slot that existed then as `legacy`, with the WAL position of
 //! the upgrade: its first run adopts it, and a 409 for a change committed before that
@@ -35,7 +44,8 @@ use std::sync::Arc;
 use tokio_postgres::Client;
 
 use crate::lsn::Lsn;
-use crate::pg::PgError;
+use crate::pg::replication_session::ReplicationSession;
+use crate::pg::{PgError, PgTarget};
 
 use super::error::CaptureError;
 
@@ -97,12 +107,28 @@ async fn system(sql: &Client) -> (Option<String>, Option<i64>) {
         .await
         .ok()
         .map(|r| r.get::<_, String>(0));
-    let timeline = sql
-        .query_one("SELECT timeline_id::int8 FROM pg_control_checkpoint()", &[])
-        .await
-        .ok()
-        .map(|r| r.get::<_, i64>(0));
-    (id, timeline)
+    (id, timeline(sql).await)
+}
+
+/// The timeline WAL is written on: read from the current WAL file's name, which changes the
+/// moment a standby is promoted (the last checkpoint's timeline changes only once the
+/// checkpoint the promotion requested has finished); the last checkpoint's on a server in
+/// recovery, where there is no current WAL file.
+async fn timeline(sql: &Client) -> Option<i64> {
+    let from_wal_file = sql
+        .query_one(
+            "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8",
+            &[],
+        )
+        .await;
+    match from_wal_file {
+        Ok(row) => Some(row.get(0)),
+        Err(_) => sql
+            .query_one("SELECT timeline_id::int8 FROM pg_control_checkpoint()", &[])
+            .await
+            .ok()
+            .map(|r| r.get::<_, i64>(0)),
+    }
 }
 
 /// Records a new incarnation for `slot`, which ds-sync has just created at `start_lsn`.
@@ -120,6 +146,7 @@ pub async fn created(
 /// recorded one when it matches this server, a new (adopted) one otherwise.
 pub async fn establish(
     sql: &Client,
+    target: &PgTarget,
     slot: &str,
     position: Lsn,
 ) -> Result<Arc<SourceIdentity>, CaptureError> {
@@ -160,12 +187,78 @@ pub async fn establish(
                 lenient_below: lenient,
             }))
         }
+        Some(old) if row.get::<_, Option<String>>(1) == system_identifier && position >= start => {
+            let recorded = row.get::<_, Option<i64>>(2);
+            let switch = match (recorded, timeline) {
+                (Some(from), Some(now)) => switch_point(target, from, now).await,
+                _ => None,
+            };
+            match switch.filter(|switch| position <= *switch) {
+                Some(switch) => {
+                    let lenient = Some(lenient.map_or(switch, |l| l.max(switch)));
+                    let identity = begin(sql, slot, Origin::Adopted, position, lenient).await?;
+                    tracing::warn!(source = %identity.describe(), previous = %old, switch_point = %switch, "new source incarnation: the server was promoted from the recorded timeline; changes committed before the switch point count as written by the previous one");
+                    Ok(identity)
+                }
+                None => {
+                    let identity = begin(sql, slot, Origin::Adopted, position, None).await?;
+                    tracing::warn!(source = %identity.describe(), previous = %old, "new source incarnation: the server's timeline does not descend from the recorded one (a restore or point-in-time recovery)");
+                    Ok(identity)
+                }
+            }
+        }
         Some(old) => {
             let identity = begin(sql, slot, Origin::Adopted, position, None).await?;
             tracing::warn!(source = %identity.describe(), previous = %old, "new source incarnation: the slot does not match the recorded one (another server, timeline or an older slot)");
             Ok(identity)
         }
     }
+}
+
+/// Where timeline `now` left timeline `from`, when `now` descends from it: read from the
+/// history file (`TIMELINE_HISTORY`) on a replication session. `None` when it does not
+/// descend, or the history cannot be read (said as a warning: the caller then starts an
+/// ordinary new incarnation, which stops at the first replayed write rather than skip one).
+async fn switch_point(target: &PgTarget, from: i64, now: i64) -> Option<Lsn> {
+    if now <= from {
+        return None;
+    }
+    let history = async {
+        let mut session = ReplicationSession::connect(target)
+            .await
+            .map_err(|e| e.to_string())?;
+        let rows = session
+            .simple_query(
+                &format!("TIMELINE_HISTORY {now}"),
+                "reading the timeline history",
+            )
+            .await
+            .map_err(|e| e.to_string());
+        session.terminate().await;
+        let rows = rows?;
+        rows.first()
+            .and_then(|row| row.get(1).cloned().flatten())
+            .ok_or_else(|| "TIMELINE_HISTORY returned no content".to_owned())
+    };
+    match history.await {
+        Ok(text) => left_timeline_at(&text, from),
+        Err(reason) => {
+            tracing::warn!(timeline = now, %reason, "cannot read the timeline history");
+            None
+        }
+    }
+}
+
+/// In a timeline history file (`parentTLI<TAB>switchpoint<TAB>reason` per line), the
+/// position where the history left timeline `from`; `None` when `from` is not an ancestor
+/// or its line does not parse. Pure.
+fn left_timeline_at(history: &str, from: i64) -> Option<Lsn> {
+    history.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let parent: i64 = fields.next()?.parse().ok()?;
+        let switch: Lsn = fields.next()?.parse().ok()?;
+        (parent == from).then_some(switch)
+    })
 }
 
 /// A position column of `ds_sync.sources` (NULL: not recorded); text that is not an LSN is
@@ -241,6 +334,22 @@ mod tests {
             text.contains("incarnation i") && text.contains("system 7"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_switch_point_is_read_for_an_ancestor_timeline_only() {
+        let history = "1\t0/3000198\tno recovery target specified\n\
+                       \n2\t0/5000000\tno recovery target specified\n";
+        assert_eq!(
+            left_timeline_at(history, 1),
+            Some(Lsn::from_u64(0x300_0198))
+        );
+        assert_eq!(
+            left_timeline_at(history, 2),
+            Some(Lsn::from_u64(0x500_0000))
+        );
+        assert_eq!(left_timeline_at(history, 3), None);
+        assert_eq!(left_timeline_at("# comment\n1\tnot-an-lsn\tx\n", 1), None);
     }
 
     #[test]

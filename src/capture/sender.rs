@@ -317,7 +317,7 @@ async fn refused(client: &DsClient, batch: &Batch, guard: &Guard) -> Result<bool
         .seq()
         .is_some_and(|s| identity.lenient_for(s.commit_lsn));
     if !moved && lenient {
-        tracing::info!(stream = %batch.stream, "already in the stream, written before this source was recorded (upgrade)");
+        tracing::info!(stream = %batch.stream, "already in the stream, written before this incarnation was recorded (an upgrade or a promotion)");
     }
     Ok(moved || lenient)
 }

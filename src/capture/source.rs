@@ -29,11 +29,25 @@ pub struct SourceConfig {
     pub policy: IdentityPolicy,
     /// Terminate a stale walsender that holds the slot.
     pub takeover: bool,
+    /// Create the slot as a failover slot, or turn failover on for the existing one
+    /// (PostgreSQL 17+).
+    pub failover: bool,
 }
 
 impl SourceConfig {
     /// Default of `--takeover`: a held slot is waited for, never taken.
     pub const DEFAULT_TAKEOVER: bool = false;
+    /// Default of `--failover-slot`: an ordinary slot, which works on every version.
+    pub const DEFAULT_FAILOVER: bool = false;
+
+    /// How the slot is created.
+    pub fn create_slot(&self) -> slot::CreateSlot {
+        slot::CreateSlot {
+            temporary: false,
+            if_not_exists: true,
+            failover: self.failover,
+        }
+    }
 }
 
 /// Creates the slot when it is missing, or checks that the existing one is a pgoutput slot
@@ -41,7 +55,7 @@ impl SourceConfig {
 /// pgoutput on PostgreSQL 15 stops with "publication does not exist" when it decodes a
 /// change from before the publication.
 pub async fn ensure_slot(sql: &Client, cfg: &SourceConfig) -> Result<Lsn, CaptureError> {
-    let created = slot::create_reporting(sql, &cfg.target, &cfg.slot, false, true).await?;
+    let created = slot::create_reporting(sql, &cfg.target, &cfg.slot, cfg.create_slot()).await?;
     if created.created {
         tracing::info!(slot = %cfg.slot, "created replication slot");
     }

@@ -193,6 +193,9 @@ async fn decide_slot(
     known_lost: bool,
 ) -> Result<SlotDecision, CaptureError> {
     let slot_name = cfg.source.slot.as_str();
+    if cfg.source.failover {
+        check_failover(sql, slot_name).await?;
+    }
     let found = slot::find(sql, slot_name).await?;
     let exists = found.is_some();
     let lost = known_lost || found.as_ref().is_some_and(SlotInfo::is_lost);
@@ -220,6 +223,23 @@ async fn decide_slot(
     })
 }
 
+/// `--failover-slot` on a server without failover slots is refused before the slot is
+/// touched. On one with them, a primary that does not wait for its standbys
+/// (`synchronized_standby_slots` empty) may stream changes a promoted standby never
+/// received: said once, as a warning.
+async fn check_failover(sql: &Client, slot_name: &str) -> Result<(), CaptureError> {
+    slot::check_failover_supported(sql, slot_name).await?;
+    let waits_for: String = sql
+        .query_one("SELECT current_setting('synchronized_standby_slots')", &[])
+        .await
+        .map_err(|e| crate::pg::PgError::query("reading synchronized_standby_slots", &e))?
+        .get(0);
+    if waits_for.trim().is_empty() {
+        tracing::warn!(slot = %slot_name, "synchronized_standby_slots is empty: changes may be streamed before a physical standby has them, and a standby promoted then would lack changes the streams hold; set it to the standbys' physical slots");
+    }
+    Ok(())
+}
+
 /// The slot is missing and no snapshot is wanted: created now, as a new source incarnation.
 /// (Created by someone else meanwhile, it is checked and used as it is.)
 async fn create_slot(sql: &Client, cfg: &CaptureConfig) -> Result<Ready, CaptureError> {
@@ -233,7 +253,7 @@ async fn create_slot(sql: &Client, cfg: &CaptureConfig) -> Result<Ready, Capture
 /// not match the record).
 async fn adopt_slot(sql: &Client, cfg: &CaptureConfig) -> Result<Ready, CaptureError> {
     let start = source::ensure_slot(sql, &cfg.source).await?;
-    let identity = identity::establish(sql, &cfg.source.slot, start).await?;
+    let identity = identity::establish(sql, &cfg.source.target, &cfg.source.slot, start).await?;
     Ok(Ready { start, identity })
 }
 

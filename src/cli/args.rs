@@ -425,6 +425,11 @@ pub struct CaptureArgs {
     /// instance); the instance it belonged to stops at its next lease check (exit code 7)
     #[arg(long, env = "DS_SYNC_TAKEOVER")]
     pub takeover: bool,
+    /// Create the slot as a failover slot (PostgreSQL 17+), synchronized to physical
+    /// standbys that have sync_replication_slots on, so that capture resumes on a promoted
+    /// standby; an existing slot gets failover turned on. Refused on older servers
+    #[arg(long, env = "DS_SYNC_FAILOVER_SLOT")]
+    pub failover_slot: bool,
     /// A standby (an instance waiting for the slot lock another instance holds) ends the
     /// holder's session and takes over once the holder looks hung this long: its lease not
     /// renewed and no walsender of the slot answering, in ms [default: 10000]
@@ -610,7 +615,8 @@ pub enum SlotCommand {
 Examples:
   ds-sync slot create                      # the configured slot (--slot, default ds_sync)
   ds-sync slot create items_slot --if-not-exists
-  ds-sync slot create probe --temporary    # dropped again when the command exits: checks that slots can be created")]
+  ds-sync slot create probe --temporary    # dropped again when the command exits: checks that slots can be created
+  ds-sync slot create items_slot --failover  # PostgreSQL 17+: kept by a promoted physical standby")]
     Create {
         /// Slot name ([a-z0-9_]{1,63}); defaults to --slot
         name: Option<String>,
@@ -620,6 +626,11 @@ Examples:
         /// Succeed when a compatible slot of that name already exists
         #[arg(long)]
         if_not_exists: bool,
+        /// Make it a failover slot, synchronized to physical standbys so that a promoted
+        /// standby keeps it (PostgreSQL 17+; with --if-not-exists, turns failover on for an
+        /// existing slot)
+        #[arg(long)]
+        failover: bool,
     },
     /// Drop a slot (refused while a consumer holds it, unless --force)
     #[command(after_help = "\

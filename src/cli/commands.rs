@@ -97,10 +97,15 @@ async fn slot_command(
             name,
             temporary,
             if_not_exists,
+            failover,
         } => {
             let name = name.unwrap_or_else(default_slot);
-            let created =
-                slot::create_reporting(&client, &target, &name, temporary, if_not_exists).await?;
+            let how = slot::CreateSlot {
+                temporary,
+                if_not_exists,
+                failover,
+            };
+            let created = slot::create_reporting(&client, &target, &name, how).await?;
             out.created_slot(&created)
         }
         SlotCommand::Drop { name, force } => {

@@ -67,6 +67,7 @@ pub struct CaptureOptions {
     /// file's route for it); the source is the highest layer that gave one.
     pub routes: Sourced<Vec<String>>,
     pub takeover: Sourced<bool>,
+    pub failover_slot: Sourced<bool>,
     pub standby_takeover_after_ms: Sourced<u64>,
     pub batch_max_messages: Sourced<usize>,
     pub batch_max_bytes: Sourced<usize>,
@@ -116,6 +117,11 @@ impl CaptureOptions {
                 cli.value("takeover", Some(a.takeover)),
                 f.takeover,
                 SourceConfig::DEFAULT_TAKEOVER,
+            ),
+            failover_slot: merge_or(
+                cli.value("failover_slot", Some(a.failover_slot)),
+                f.failover_slot,
+                SourceConfig::DEFAULT_FAILOVER,
             ),
             standby_takeover_after_ms: merge_or(
                 cli.value("standby_takeover_after_ms", a.standby_takeover_after_ms),
@@ -364,7 +370,9 @@ mod tests {
             "on_slot_lost" => ("recreate", r#""recreate""#),
             "shutdown_timeout_ms" => ("2500", "2500"),
             "standby_takeover_after_ms" => ("4000", "4000"),
-            "keep_replica_identity" | "takeover" | "metrics_stream_labels" => ("", "true"),
+            "keep_replica_identity" | "takeover" | "failover_slot" | "metrics_stream_labels" => {
+                ("", "true")
+            }
             "streams" => ("s1", r#"["s1"]"#),
             "ingest_max_event_bytes" => ("1024", "1024"),
             "ingest_batch_max_rows" => ("77", "77"),

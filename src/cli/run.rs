@@ -108,6 +108,7 @@ fn capture_config(
                 keep_replica_identity: opts.keep_replica_identity.value,
             },
             takeover: opts.takeover.value,
+            failover: opts.failover_slot.value,
         },
         ds,
         router: router(opts)?,

@@ -37,6 +37,9 @@ pub struct PostgresOptions {
     pub ssl: Option<PostgresSsl>,
     /// `pg_hba.conf` lines replacing initdb's (e.g. `hostssl` only).
     pub hba: Option<Vec<String>>,
+    /// The directory of `initdb` and `postgres` to use instead of the one
+    /// [`find_postgres_bin_dir`] finds (a test that needs one major version).
+    pub bin_dir: Option<PathBuf>,
 }
 
 /// TLS files of the cluster; they are copied into the cluster directory, owned by the
@@ -60,6 +63,7 @@ impl Default for PostgresOptions {
             superuser: "postgres".into(),
             ssl: None,
             hba: None,
+            bin_dir: None,
         }
     }
 }
@@ -108,6 +112,33 @@ pub fn find_postgres_bin_dir() -> Result<PathBuf, EmbeddedError> {
         .ok_or(EmbeddedError::NoPostgresBinaries)
 }
 
+/// The binaries `opts` names, else those [`find_postgres_bin_dir`] finds.
+fn bin_dir(opts: &PostgresOptions) -> Result<PathBuf, EmbeddedError> {
+    match &opts.bin_dir {
+        Some(dir) if dir.join("postgres").is_file() => Ok(dir.clone()),
+        Some(_) => Err(EmbeddedError::NoPostgresBinaries),
+        None => find_postgres_bin_dir(),
+    }
+}
+
+/// Removes what a file copy of a running cluster must not keep: the postmaster's pid and
+/// options files, and the WAL (a standby streams it from the primary from the backup's
+/// start).
+fn clear_copied_runtime_files(data: &Path) -> Result<(), EmbeddedError> {
+    for name in ["postmaster.pid", "postmaster.opts"] {
+        let _ = fs::remove_file(data.join(name));
+    }
+    let wal = data.join("pg_wal");
+    let entries = fs::read_dir(&wal).map_err(EmbeddedError::io("reading the copied pg_wal"))?;
+    for entry in entries.flatten() {
+        if entry.path().is_file() {
+            fs::remove_file(entry.path())
+                .map_err(EmbeddedError::io("clearing the copied pg_wal"))?;
+        }
+    }
+    Ok(())
+}
+
 /// The uid/gid to run the server as: ourselves normally, `postgres` when we are root.
 fn run_as() -> Result<Option<(u32, u32)>, EmbeddedError> {
     if !nix::unistd::geteuid().is_root() {
@@ -143,7 +174,7 @@ fn free_port() -> Result<u16, EmbeddedError> {
 impl LocalPostgres {
     /// Creates and starts a cluster. Blocks until it accepts connections.
     pub fn start(opts: &PostgresOptions) -> Result<LocalPostgres, EmbeddedError> {
-        let bin = find_postgres_bin_dir()?;
+        let bin = bin_dir(opts)?;
         let owner = run_as()?;
         let dir = tempfile::Builder::new()
             .prefix("ds-sync-pg-")
@@ -188,10 +219,83 @@ impl LocalPostgres {
         if self.child.is_some() {
             return Ok(());
         }
-        let bin = find_postgres_bin_dir()?;
+        let bin = bin_dir(&self.opts)?;
         let owner = run_as()?;
         let opts = self.opts.clone();
         self.launch(&bin, owner, &opts, self.port)
+    }
+
+    /// A new cluster directory holding a file copy of `primary`'s data, not started: the
+    /// file-copy step of a base backup by the low-level API (the caller brackets it with
+    /// `pg_backup_start` / `pg_backup_stop` on the primary, writes the returned label with
+    /// [`write_data_file`](Self::write_data_file), and starts it with
+    /// [`start_on_free_port`](Self::start_on_free_port)). The copy leaves out the
+    /// postmaster's files and the WAL, which a standby streams from the primary.
+    ///
+    /// # Errors
+    ///
+    /// The directory could not be made or copied.
+    pub fn copy_of(
+        primary: &LocalPostgres,
+        opts: &PostgresOptions,
+    ) -> Result<LocalPostgres, EmbeddedError> {
+        let owner = run_as()?;
+        let dir = tempfile::Builder::new()
+            .prefix("ds-sync-pg-copy-")
+            .tempdir()
+            .map_err(EmbeddedError::io("creating the cluster directory"))?;
+        prepare_dir(dir.path(), owner, &primary.password)?;
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(primary.dir().join("data"))
+            .arg(dir.path().join("data"))
+            .output()
+            .map_err(EmbeddedError::io("copying the primary's data directory"))?;
+        if !out.status.success() {
+            return Err(EmbeddedError::PostgresStart {
+                reason: "copying the primary's data directory failed".into(),
+                log: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        clear_copied_runtime_files(&dir.path().join("data"))?;
+        Ok(LocalPostgres {
+            dir: Some(dir),
+            child: None,
+            port: 0,
+            superuser: primary.superuser.clone(),
+            password: primary.password.clone(),
+            opts: opts.clone(),
+        })
+    }
+
+    /// Writes `name` (e.g. `backup_label`, `standby.signal`) into the data directory,
+    /// owned by the server's user.
+    ///
+    /// # Errors
+    ///
+    /// The file could not be written or given to that user.
+    pub fn write_data_file(&self, name: &str, contents: &str) -> Result<(), EmbeddedError> {
+        let path = self.dir().join("data").join(name);
+        let what = format!("writing {}", path.display());
+        fs::write(&path, contents).map_err(EmbeddedError::io(what.clone()))?;
+        if let Some((uid, gid)) = run_as()? {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .map_err(EmbeddedError::io(what.clone()))?;
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .map_err(EmbeddedError::io(what))
+    }
+
+    /// Starts a cluster made by [`copy_of`](Self::copy_of) on a free port.
+    ///
+    /// # Errors
+    ///
+    /// The server did not start.
+    pub fn start_on_free_port(&mut self) -> Result<(), EmbeddedError> {
+        let bin = bin_dir(&self.opts)?;
+        let owner = run_as()?;
+        let opts = self.opts.clone();
+        self.launch(&bin, owner, &opts, free_port()?)
     }
 
     fn launch(
@@ -267,8 +371,12 @@ impl LocalPostgres {
             {
                 return Err(self.start_error(format!("postgres exited with {status}")));
             }
+            // A hot standby says "standby" once it accepts connections.
             if let Ok(text) = fs::read_to_string(&pid_file)
-                && text.lines().nth(7).map(str::trim) == Some("ready")
+                && matches!(
+                    text.lines().nth(7).map(str::trim),
+                    Some("ready" | "standby")
+                )
             {
                 return Ok(());
             }

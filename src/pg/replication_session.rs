@@ -200,15 +200,33 @@ impl ExportedSlot {
 }
 
 /// The command that creates a logical pgoutput slot exporting its snapshot. PostgreSQL 15
-/// takes the option list; 14 only the older keyword.
-pub fn create_slot_command(slot: &str, server_version_num: i32) -> Result<String, NameError> {
+/// takes the option list; 14 only the older keyword. `failover` (PostgreSQL 17+, checked
+/// by the caller) makes it a failover slot.
+pub fn create_slot_command(
+    slot: &str,
+    server_version_num: i32,
+    failover: bool,
+) -> Result<String, NameError> {
     validate_slot_name(slot)?;
     let name = quote(slot);
-    Ok(if server_version_num >= 150_000 {
+    Ok(if failover {
+        format!(
+            "CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput (SNAPSHOT 'export', FAILOVER true)"
+        )
+    } else if server_version_num >= 150_000 {
         format!("CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput (SNAPSHOT 'export')")
     } else {
         format!("CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput EXPORT_SNAPSHOT")
     })
+}
+
+/// The command that turns failover on for an existing slot (PostgreSQL 17+).
+pub fn alter_failover_command(slot: &str) -> Result<String, NameError> {
+    validate_slot_name(slot)?;
+    Ok(format!(
+        "ALTER_REPLICATION_SLOT {} (FAILOVER true)",
+        quote(slot)
+    ))
 }
 
 /// What the login exchange needs to send next.
@@ -465,8 +483,9 @@ impl ReplicationSession {
     pub async fn create_slot_exporting_snapshot(
         &mut self,
         slot: &str,
+        failover: bool,
     ) -> Result<ExportedSlot, SessionError> {
-        let command = create_slot_command(slot, self.server_version_num)?;
+        let command = create_slot_command(slot, self.server_version_num, failover)?;
         let context = format!("creating replication slot '{slot}' with an exported snapshot");
         let rows = self.simple_query(&command, &context).await?;
         let row = rows

@@ -9,6 +9,9 @@ use super::PgError;
 /// the `pg_publication_tables` columns that show them).
 pub const ROW_FILTERS_FROM: i32 = 150_000;
 
+/// The first `server_version_num` with failover slots (synchronized to physical standbys).
+pub const FAILOVER_SLOTS_FROM: i32 = 170_000;
+
 /// `server_version_num` (e.g. `150018`) and `server_version` (e.g. `15.18 (Debian ...)`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerVersion {
@@ -20,6 +23,12 @@ impl ServerVersion {
     /// Row filters and column lists in publications (PostgreSQL 15+).
     pub fn has_row_filters(&self) -> bool {
         self.num >= ROW_FILTERS_FROM
+    }
+
+    /// Failover slots: `pg_create_logical_replication_slot(..., failover)` and the
+    /// `FAILOVER` option of the replication commands (PostgreSQL 17+).
+    pub fn has_failover_slots(&self) -> bool {
+        self.num >= FAILOVER_SLOTS_FROM
     }
 
     /// The major version (`15` for `150018`).

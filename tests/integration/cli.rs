@@ -260,7 +260,7 @@ fn env_sample(id: &str) -> Option<&'static str> {
         "on_slot_lost" => "recreate",
         "shutdown_timeout_ms" => "2500",
         "standby_takeover_after_ms" => "4000",
-        "keep_replica_identity" | "takeover" | "metrics_stream_labels" => "true",
+        "keep_replica_identity" | "takeover" | "failover_slot" | "metrics_stream_labels" => "true",
         "streams" => "s1",
         "ingest_max_event_bytes" => "1024",
         "ingest_batch_max_rows" => "77",

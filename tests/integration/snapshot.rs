@@ -283,7 +283,10 @@ async fn the_replication_session_exports_a_snapshot_other_connections_can_use() 
         .expect("scram login");
     assert!(session.server_version_num() >= 140_000);
     let slot = db.slot("sess");
-    let exported = session.create_slot_exporting_snapshot(&slot).await.unwrap();
+    let exported = session
+        .create_slot_exporting_snapshot(&slot, false)
+        .await
+        .unwrap();
     assert_eq!(exported.slot_name, slot);
     assert_eq!(exported.output_plugin, "pgoutput");
     assert!(exported.consistent_point > Lsn::ZERO);
@@ -303,7 +306,7 @@ async fn the_replication_session_exports_a_snapshot_other_connections_can_use() 
         .get(0);
     assert_eq!(n, 1, "the snapshot predates the second insert");
     let again = session
-        .create_slot_exporting_snapshot(&slot)
+        .create_slot_exporting_snapshot(&slot, false)
         .await
         .unwrap_err();
     assert_eq!(again.code(), Some("42710"), "{again}");

@@ -230,6 +230,7 @@ async fn a_certificate_of_another_ca_is_refused_on_every_connection_kind() {
             insert_only: Vec::new(),
             policy: Default::default(),
             takeover: false,
+            failover: false,
         };
         let e = match replication_connect(&good, &cfg, Lsn::ZERO).await {
             Ok(_) => panic!("{params}: the replication stream must refuse the certificate"),
@@ -338,6 +339,7 @@ async fn sslmode_behaves_as_in_libpq() {
             insert_only: Vec::new(),
             policy: Default::default(),
             takeover: false,
+            failover: false,
         };
         let mut stream = replication_connect(&sql, &cfg, Lsn::ZERO)
             .await

@@ -211,7 +211,7 @@ async fn recreate_slot(
     // The slot is gone now: taking it raises the epoch, fencing any process that had it.
     fence.take(sql, cfg.source.takeover).await?;
     let mut session = ReplicationSession::connect(&cfg.source.target).await?;
-    let exported = create_slot(sql, &mut session, slot_name, shutdown).await?;
+    let exported = create_slot(sql, &mut session, &cfg.source, shutdown).await?;
     Ok(exported.map(|exported| (session, exported)))
 }
 
@@ -277,13 +277,14 @@ async fn record_done(
 async fn create_slot(
     sql: &Client,
     session: &mut ReplicationSession,
-    slot_name: &str,
+    source: &source::SourceConfig,
     shutdown: &CancellationToken,
 ) -> Result<Option<ExportedSlot>, CaptureError> {
+    let slot_name = source.slot.as_str();
     let pid = session.backend_pid();
     let what = slot::creating(slot_name);
     let creating = crate::waits::reporting(
-        session.create_slot_exporting_snapshot(slot_name),
+        session.create_slot_exporting_snapshot(slot_name, source.failover),
         crate::waits::REPORT_EVERY,
         async |waited| match crate::waits::blockers(sql, pid, Some(waited)).await {
             Ok(found) => crate::waits::log_blockers(

@@ -87,14 +87,23 @@ fn a_row_without_a_snapshot_or_with_a_bad_lsn_is_refused() {
 #[test]
 fn the_create_command_follows_the_server_version_and_quotes_the_name() {
     assert_eq!(
-        create_slot_command("ds_sync", 150_004).unwrap(),
+        create_slot_command("ds_sync", 150_004, false).unwrap(),
         "CREATE_REPLICATION_SLOT \"ds_sync\" LOGICAL pgoutput (SNAPSHOT 'export')"
     );
     assert_eq!(
-        create_slot_command("ds_sync", 140_010).unwrap(),
+        create_slot_command("ds_sync", 140_010, false).unwrap(),
         "CREATE_REPLICATION_SLOT \"ds_sync\" LOGICAL pgoutput EXPORT_SNAPSHOT"
     );
-    assert!(create_slot_command("bad name\"; DROP", 150_000).is_err());
+    assert_eq!(
+        create_slot_command("ds_sync", 170_002, true).unwrap(),
+        "CREATE_REPLICATION_SLOT \"ds_sync\" LOGICAL pgoutput (SNAPSHOT 'export', FAILOVER true)"
+    );
+    assert!(create_slot_command("bad name\"; DROP", 150_000, false).is_err());
+    assert_eq!(
+        alter_failover_command("ds_sync").unwrap(),
+        "ALTER_REPLICATION_SLOT \"ds_sync\" (FAILOVER true)"
+    );
+    assert!(alter_failover_command("bad name").is_err());
 }
 
 #[test]

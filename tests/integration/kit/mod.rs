@@ -17,6 +17,7 @@
 //! * [`tls`]: certificates made by the test, a TLS-only cluster.
 //! * [`fault_proxy`]: a TCP proxy that freezes, partitions, delays and cuts connections.
 //! * [`official_client`]: the official TypeScript client as an oracle (node).
+//! * [`physical`]: a primary with a physical standby made by a base backup (failover slots).
 //! * [`prom`]: a strict parser of what `/metrics` serves.
 //!
 //! * [`Rng`] (here): a seeded generator for tests that act at random moments.
@@ -39,6 +40,7 @@ pub mod fault_proxy;
 pub mod http;
 pub mod ingest;
 pub mod official_client;
+pub mod physical;
 pub mod process;
 pub mod prom;
 pub mod stream;

@@ -85,10 +85,22 @@ impl CaptureProcess {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> CaptureProcess {
+        Self::start_on(db, ds_url, (&db.slot("cap"), "cap_pub"), args, env).await
+    }
+
+    /// [`Self::start_with_env`] with a slot and publication of the caller's choosing (several
+    /// table groups in one database, each with its own).
+    pub async fn start_on(
+        db: &TestDb,
+        ds_url: &str,
+        (slot, publication): (&str, &str),
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> CaptureProcess {
         let log = tempfile::NamedTempFile::new().expect("capture log file");
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ds-sync"));
         cmd.arg("run")
-            .args(["--slot", &db.slot("cap"), "--publication", "cap_pub"])
+            .args(["--slot", slot, "--publication", publication])
             .args(args)
             .env_remove("DATABASE_URL")
             .env("POSTGRES_URL", &db.url)

@@ -8,7 +8,7 @@ cargo build --release --locked --features bench
 out=$(mktemp -d)
 scenarios=(capture-drain capture-latency memory snapshot ingest-drain ingest-latency ingest-outage naive failover)
 # Sizes other than the defaults, per scenario (the figures).
-declare -A args=([ingest-outage]="--rows 300000 --duration 15" [ingest-drain]="--table-forms plain,partitioned,unindexed --runs 5" [memory]="--runs 5" [failover]="--runs 10 --rate 500")
+declare -A args=([ingest-outage]="--rows 300000 --duration 15" [ingest-drain]="--table-forms plain,partitioned,unindexed --runs 5" [memory]="--runs 5" [snapshot]="--runs 5" [failover]="--runs 10 --rate 500")
 for s in "${scenarios[@]}"; do
   echo "== $s" >&2
   # The previous scenario's writes are flushed first, so that no scenario pays for another's

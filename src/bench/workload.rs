@@ -201,6 +201,8 @@ fn postgres_tool(name: &str) -> Result<std::path::PathBuf, BenchError> {
 pub(super) struct Drain {
     /// From starting the consumer to the last message landing in the stream.
     pub elapsed: Duration,
+    /// From starting the consumer to the poll that first saw a message.
+    pub first_seen: Option<Duration>,
     /// Messages per second over time.
     pub series: Series,
     /// Peak RSS in kB (ds-sync only).
@@ -238,9 +240,13 @@ pub(super) async fn wait_drained(
     };
     let (mut last_sample, mut last_count) = (Instant::now(), 0u64);
     let mut last_change = Instant::now();
+    let mut first_seen = None;
     loop {
         let count = counter.count().await?;
         let now = Instant::now();
+        if count > 0 && first_seen.is_none() {
+            first_seen = Some(now.duration_since(started));
+        }
         if count != last_count || count == 0 {
             bar.set(count);
         }
@@ -270,6 +276,7 @@ pub(super) async fn wait_drained(
             };
             return Ok(Drain {
                 elapsed: now.duration_since(started),
+                first_seen,
                 series,
                 peak_rss_kb,
                 rss,

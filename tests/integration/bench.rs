@@ -331,6 +331,46 @@ async fn snapshot_is_held_to_the_slower_of_copy_and_post() {
     );
 }
 
+/// With `--runs 3`: every run's ratio is listed, and the median one is reported and checked,
+/// with that run's rates.
+#[tokio::test]
+async fn snapshot_runs_check_the_median_run() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    run_ds_sync(
+        &[
+            "bench", "snapshot", "--rows", "2000", "--runs", "3", "--out", dir,
+        ],
+        &[],
+    )
+    .await
+    .ok();
+    let result = only_result(out.path());
+    let mut ratios: Vec<f64> = (1..=3)
+        .map(|n| figure(&result, &format!("run {n}: ds-sync / ceiling throughput")))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let checked = check_value(
+        &result,
+        "ds-sync snapshot / ceiling (the slower of \\copy and POST) throughput (median run)",
+    );
+    assert!(
+        (checked - ratios[1]).abs() <= ratios[1] * 1e-9,
+        "checked {checked}, runs {ratios:?}: {result:#}"
+    );
+    let copy = figure(&result, "psql \\copy to /dev/null (median run)");
+    let post = figure(
+        &result,
+        "POST of the same messages (1 MiB, one in flight) (median run)",
+    );
+    let ds_sync = figure(&result, "ds-sync snapshot into DS (median run)");
+    let expected = ds_sync / copy.min(post);
+    assert!(
+        (checked - expected).abs() <= expected * 1e-6,
+        "ratio {checked}, from the median run's rates {expected}: {result:#}"
+    );
+}
+
 #[tokio::test]
 async fn failover_smoke_run_counts_every_key_once() {
     let out = tempfile::tempdir().unwrap();

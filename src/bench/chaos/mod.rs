@@ -421,6 +421,7 @@ fn describe_load(report: &mut Report, f: &Facts<'_>, v: &Verdict) {
     let sum = |g: fn(&writer::Ledger) -> u64| f.ledgers.iter().map(g).sum::<u64>() as f64;
     report.figure("transactions committed", sum(|l| l.txns), "txns");
     report.figure("row changes committed (capture)", v.capture.expected as f64, "changes");
+    report.figure("capture messages read back", v.capture.found as f64, "messages");
     report.figure(
         "commits that failed yet had committed (found afterwards)",
         sum(|l| l.in_doubt_committed),
@@ -437,6 +438,7 @@ fn describe_load(report: &mut Report, f: &Facts<'_>, v: &Verdict) {
         "events",
     );
     report.figure("events in the ingested streams (checked)", v.ingest.expected as f64, "events");
+    report.figure("session_events rows of those streams", v.ingest.found as f64, "rows");
 }
 
 fn describe_verdict(report: &mut Report, v: &Verdict) {

@@ -154,11 +154,14 @@ mod tests {
 
     #[test]
     fn every_kind_of_difference_is_counted() {
-        assert_eq!(compare(&[1, 2, 3], &[1, 2, 3]), Tally {
-            expected: 3,
-            found: 3,
-            ..Tally::default()
-        });
+        assert_eq!(
+            compare(&[1, 2, 3], &[1, 2, 3]),
+            Tally {
+                expected: 3,
+                found: 3,
+                ..Tally::default()
+            }
+        );
         let t = compare(&[1, 2, 3, 4], &[1, 3, 3, 2, 9]);
         assert_eq!(
             (t.lost, t.duplicated, t.reordered, t.unexpected),
@@ -184,10 +187,30 @@ mod tests {
     #[test]
     fn capture_messages_are_held_to_the_ledger() {
         let changes = [
-            Change { table: 0, id: 1, op: Op::Insert, rev: 10 },
-            Change { table: 0, id: 1, op: Op::Update, rev: 11 },
-            Change { table: 0, id: 1, op: Op::Delete, rev: 11 },
-            Change { table: 2, id: 5, op: Op::Insert, rev: 12 },
+            Change {
+                table: 0,
+                id: 1,
+                op: Op::Insert,
+                rev: 10,
+            },
+            Change {
+                table: 0,
+                id: 1,
+                op: Op::Update,
+                rev: 11,
+            },
+            Change {
+                table: 0,
+                id: 1,
+                op: Op::Delete,
+                rev: 11,
+            },
+            Change {
+                table: 2,
+                id: 5,
+                op: Op::Insert,
+                rev: 12,
+            },
         ];
         let a = vec![
             message("chaos_a", 1, "insert", 10, "0/10"),
@@ -198,20 +221,35 @@ mod tests {
         let mut streams =
             HashMap::from([("chaos-chaos_a".to_owned(), a), ("chaos-c/1".to_owned(), c)]);
         let (t, breaks) = capture(&changes, &streams);
-        assert_eq!((t.expected, t.found, t.lost, t.duplicated, t.unexpected), (4, 4, 0, 0, 0));
+        assert_eq!(
+            (t.expected, t.found, t.lost, t.duplicated, t.unexpected),
+            (4, 4, 0, 0, 0)
+        );
         assert_eq!((t.reordered, breaks), (0, 0));
         let a = streams.get_mut("chaos-chaos_a").unwrap();
         a.swap(0, 1);
         a.push(message("chaos_a", 1, "delete", 11, "0/30"));
-        streams.insert("chaos-c/2".into(), vec![message("chaos_c", 6, "insert", 13, "0/40")]);
+        streams.insert(
+            "chaos-c/2".into(),
+            vec![message("chaos_c", 6, "insert", 13, "0/40")],
+        );
         let (t, breaks) = capture(&changes, &streams);
-        assert_eq!((t.reordered, t.duplicated, t.unexpected), (1, 1, 1), "{t:?}");
+        assert_eq!(
+            (t.reordered, t.duplicated, t.unexpected),
+            (1, 1, 1),
+            "{t:?}"
+        );
         assert_eq!(breaks, 1);
     }
 
     #[test]
     fn a_message_in_the_wrong_stream_is_unexpected_and_its_change_lost() {
-        let changes = [Change { table: 2, id: 5, op: Op::Insert, rev: 12 }];
+        let changes = [Change {
+            table: 2,
+            id: 5,
+            op: Op::Insert,
+            rev: 12,
+        }];
         let streams = HashMap::from([(
             "chaos-c/2".to_owned(),
             vec![message("chaos_c", 5, "insert", 12, "0/30")],

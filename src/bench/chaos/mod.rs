@@ -97,9 +97,15 @@ pub(super) async fn run(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchE
     let ledgers = ledgers.into_iter().collect::<Result<Vec<_>, _>>()?;
     let mut sent = Vec::new();
     for p in producers {
-        sent.push(p.await.map_err(|e| BenchError::Setup(format!("a producer failed: {e}")))?);
+        sent.push(
+            p.await
+                .map_err(|e| BenchError::Setup(format!("a producer failed: {e}")))?,
+        );
     }
-    let changes: Vec<_> = ledgers.iter().flat_map(|l| l.changes.iter().copied()).collect();
+    let changes: Vec<_> = ledgers
+        .iter()
+        .flat_map(|l| l.changes.iter().copied())
+        .collect();
     let caught_up = catch_up(ctx, &changes, &mut supervisor).await?;
     if let Err(e) = supervisor.stop().await {
         report.notes.push(format!("ds-sync's final SIGTERM: {e}"));
@@ -272,7 +278,11 @@ async fn catch_up(
 
 async fn caught_up(ctx: &Ctx<'_>, want: &HashMap<String, u64>) -> Result<bool, BenchError> {
     for (stream, n) in want {
-        if super::tail::TailCounter::new(&ctx.stack.ds, stream).count().await? < *n {
+        if super::tail::TailCounter::new(&ctx.stack.ds, stream)
+            .count()
+            .await?
+            < *n
+        {
             return Ok(false);
         }
     }
@@ -311,7 +321,9 @@ impl Verdict {
         sent: &[producer::Sent],
     ) -> Result<Verdict, BenchError> {
         let mut streams = HashMap::new();
-        let mut names: Vec<String> = (0..writer::GROUPS).map(|g| format!("chaos-c/{g}")).collect();
+        let mut names: Vec<String> = (0..writer::GROUPS)
+            .map(|g| format!("chaos-c/{g}"))
+            .collect();
         names.extend(["chaos-chaos_a".into(), "chaos-chaos_b".into()]);
         for name in names {
             let messages = match ctx.stack.ds.head(&name).await? {
@@ -325,9 +337,14 @@ impl Verdict {
         let mut ingest = audit::Tally::default();
         let (mut acked_missing, mut unacked_in_stream) = (0, 0);
         for s in sent {
-            let in_stream = numbers(ctx.stack.ds.read_all(&s.stream).await?.iter().map(|m| {
-                m["key"].as_str().map(str::to_owned)
-            }));
+            let in_stream = numbers(
+                ctx.stack
+                    .ds
+                    .read_all(&s.stream)
+                    .await?
+                    .iter()
+                    .map(|m| m["key"].as_str().map(str::to_owned)),
+            );
             let stored = numbers(
                 sql.query(
                     "SELECT event_key FROM public.session_events WHERE stream_name = $1 \
@@ -384,7 +401,13 @@ fn describe(ctx: &Ctx<'_>, report: &mut Report, f: &Facts<'_>, v: &Verdict) {
         )),
     }
     let d = f.done;
-    report.check("SIGKILLs of ds-sync", f64::from(d.kills), "", Some(f64::from(f.plan.kills)), false);
+    report.check(
+        "SIGKILLs of ds-sync",
+        f64::from(d.kills),
+        "",
+        Some(f64::from(f.plan.kills)),
+        false,
+    );
     report.check(
         "PostgreSQL restarts (-m immediate)",
         f64::from(d.pg_restarts),
@@ -401,9 +424,17 @@ fn describe(ctx: &Ctx<'_>, report: &mut Report, f: &Facts<'_>, v: &Verdict) {
     );
     report.figure("connection cuts, PostgreSQL", f64::from(d.pg_cuts), "");
     report.figure("connection cuts, DS server", f64::from(d.ds_cuts), "");
-    report.figure("connection freezes, PostgreSQL", f64::from(d.pg_freezes), "");
+    report.figure(
+        "connection freezes, PostgreSQL",
+        f64::from(d.pg_freezes),
+        "",
+    );
     report.figure("connection freezes, DS server", f64::from(d.ds_freezes), "");
-    report.figure("ds-sync processes started", f64::from(f.supervisor.started), "");
+    report.figure(
+        "ds-sync processes started",
+        f64::from(f.supervisor.started),
+        "",
+    );
     report.figure(
         "ds-sync exits of its own (restarted)",
         f.supervisor.own_exits.len() as f64,
@@ -420,25 +451,57 @@ fn describe(ctx: &Ctx<'_>, report: &mut Report, f: &Facts<'_>, v: &Verdict) {
 fn describe_load(report: &mut Report, f: &Facts<'_>, v: &Verdict) {
     let sum = |g: fn(&writer::Ledger) -> u64| f.ledgers.iter().map(g).sum::<u64>() as f64;
     report.figure("transactions committed", sum(|l| l.txns), "txns");
-    report.figure("row changes committed (capture)", v.capture.expected as f64, "changes");
-    report.figure("capture messages read back", v.capture.found as f64, "messages");
+    report.figure(
+        "row changes committed (capture)",
+        v.capture.expected as f64,
+        "changes",
+    );
+    report.figure(
+        "capture messages read back",
+        v.capture.found as f64,
+        "messages",
+    );
     report.figure(
         "commits that failed yet had committed (found afterwards)",
         sum(|l| l.in_doubt_committed),
         "txns",
     );
-    report.figure("transactions that failed (not committed)", sum(|l| l.failed), "txns");
+    report.figure(
+        "transactions that failed (not committed)",
+        sum(|l| l.failed),
+        "txns",
+    );
     let sent = |g: fn(&producer::Sent) -> u64| f.sent.iter().map(g).sum::<u64>() as f64;
-    report.figure("POSTs acknowledged (ingest load)", sent(|s| s.posts - s.failed_posts), "");
-    report.figure("POSTs failed (DS server down)", sent(|s| s.failed_posts), "");
-    report.figure("events acknowledged", sent(|s| s.acked.len() as u64), "events");
+    report.figure(
+        "POSTs acknowledged (ingest load)",
+        sent(|s| s.posts - s.failed_posts),
+        "",
+    );
+    report.figure(
+        "POSTs failed (DS server down)",
+        sent(|s| s.failed_posts),
+        "",
+    );
+    report.figure(
+        "events acknowledged",
+        sent(|s| s.acked.len() as u64),
+        "events",
+    );
     report.figure(
         "events of failed POSTs found in the stream anyway",
         v.unacked_in_stream as f64,
         "events",
     );
-    report.figure("events in the ingested streams (checked)", v.ingest.expected as f64, "events");
-    report.figure("session_events rows of those streams", v.ingest.found as f64, "rows");
+    report.figure(
+        "events in the ingested streams (checked)",
+        v.ingest.expected as f64,
+        "events",
+    );
+    report.figure(
+        "session_events rows of those streams",
+        v.ingest.found as f64,
+        "rows",
+    );
 }
 
 fn describe_verdict(report: &mut Report, v: &Verdict) {
@@ -446,14 +509,49 @@ fn describe_verdict(report: &mut Report, v: &Verdict) {
         report.check(name, value as f64, unit, Some(0.0), true);
     };
     zero(report, "capture: changes lost", v.capture.lost, "changes");
-    zero(report, "capture: changes duplicated", v.capture.duplicated, "changes");
-    zero(report, "capture: changes out of order (per row)", v.capture.reordered, "changes");
-    zero(report, "capture: messages not committed or in the wrong stream", v.capture.unexpected, "messages");
-    zero(report, "capture: commit LSN going back within a stream", v.lsn_breaks, "messages");
+    zero(
+        report,
+        "capture: changes duplicated",
+        v.capture.duplicated,
+        "changes",
+    );
+    zero(
+        report,
+        "capture: changes out of order (per row)",
+        v.capture.reordered,
+        "changes",
+    );
+    zero(
+        report,
+        "capture: messages not committed or in the wrong stream",
+        v.capture.unexpected,
+        "messages",
+    );
+    zero(
+        report,
+        "capture: commit LSN going back within a stream",
+        v.lsn_breaks,
+        "messages",
+    );
     zero(report, "ingest: events lost", v.ingest.lost, "events");
-    zero(report, "ingest: events duplicated", v.ingest.duplicated, "events");
-    zero(report, "ingest: events out of stream order", v.ingest.reordered, "events");
-    zero(report, "ingest: rows of no event in the stream", v.ingest.unexpected, "rows");
+    zero(
+        report,
+        "ingest: events duplicated",
+        v.ingest.duplicated,
+        "events",
+    );
+    zero(
+        report,
+        "ingest: events out of stream order",
+        v.ingest.reordered,
+        "events",
+    );
+    zero(
+        report,
+        "ingest: rows of no event in the stream",
+        v.ingest.unexpected,
+        "rows",
+    );
     report.figure(
         "ingest: acknowledged events missing from the DS stream (the server's loss, included above)",
         v.acked_missing as f64,

@@ -96,8 +96,10 @@ impl<'a> Supervisor<'a> {
         };
         if let Err(BenchError::DsSyncExited { status, log }) = process.check_alive() {
             tracing::warn!(%status, "ds-sync exited on its own; starting it again");
-            self.own_exits
-                .push(format!("process {} exited ({status}):\n{log}", self.started));
+            self.own_exits.push(format!(
+                "process {} exited ({status}):\n{log}",
+                self.started
+            ));
             self.process = None;
             return self.start();
         }

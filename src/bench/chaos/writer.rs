@@ -94,7 +94,11 @@ pub(super) async fn create_tables(sql: &tokio_postgres::Client) -> Result<(), Be
              ALTER TABLE {t} REPLICA IDENTITY FULL;"
         );
     }
-    let _ = write!(ddl, "CREATE PUBLICATION chaos_pub FOR TABLE {}", TABLES.join(", "));
+    let _ = write!(
+        ddl,
+        "CREATE PUBLICATION chaos_pub FOR TABLE {}",
+        TABLES.join(", ")
+    );
     sql.batch_execute(&ddl)
         .await
         .map_err(|e| BenchError::sql("creating the chaos tables", &e))
@@ -134,16 +138,34 @@ impl Writer {
                     id % GROUPS
                 );
                 rows.insert((table, id));
-                Change { table, id, op: Op::Insert, rev }
+                Change {
+                    table,
+                    id,
+                    op: Op::Insert,
+                    rev,
+                }
             } else if self.rng.chance(70) {
                 let body = self.body(rev);
-                let _ = write!(sql, "UPDATE {t} SET rev = {rev}, body = '{body}' WHERE id = {id};");
-                Change { table, id, op: Op::Update, rev }
+                let _ = write!(
+                    sql,
+                    "UPDATE {t} SET rev = {rev}, body = '{body}' WHERE id = {id};"
+                );
+                Change {
+                    table,
+                    id,
+                    op: Op::Update,
+                    rev,
+                }
             } else {
                 let _ = write!(sql, "DELETE FROM {t} WHERE id = {id};");
                 rows.remove(&(table, id));
                 let rev = last_rev(&changes, table, id).unwrap_or(-1);
-                Change { table, id, op: Op::Delete, rev }
+                Change {
+                    table,
+                    id,
+                    op: Op::Delete,
+                    rev,
+                }
             };
             changes.push(change);
         }
@@ -261,15 +283,15 @@ async fn connect(stack: &Stack) -> Result<tokio_postgres::Client, BenchError> {
 
 /// Whether transaction `txn` committed, on a new connection (returned), asked again until
 /// PostgreSQL answers (it may go down again meanwhile).
-async fn resolve(
-    stack: &Stack,
-    txn: i64,
-) -> Result<(tokio_postgres::Client, bool), BenchError> {
+async fn resolve(stack: &Stack, txn: i64) -> Result<(tokio_postgres::Client, bool), BenchError> {
     let started = Instant::now();
     loop {
         let sql = connect(stack).await?;
         match sql
-            .query_one("SELECT EXISTS (SELECT 1 FROM chaos_txns WHERE id = $1)", &[&txn])
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM chaos_txns WHERE id = $1)",
+                &[&txn],
+            )
             .await
         {
             Ok(row) => return Ok((sql, row.get(0))),

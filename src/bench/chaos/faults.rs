@@ -164,7 +164,11 @@ pub(super) fn schedule(seed: u64, duration: Duration, plan: Plan) -> Vec<(Durati
 }
 
 fn alternate(i: u32) -> Side {
-    if i % 2 == 0 { Side::Postgres } else { Side::Ds }
+    if i.is_multiple_of(2) {
+        Side::Postgres
+    } else {
+        Side::Ds
+    }
 }
 
 /// How many faults of each kind were carried out.

@@ -391,7 +391,10 @@ struct Facts<'a> {
 }
 
 fn describe(ctx: &Ctx<'_>, report: &mut Report, f: &Facts<'_>, v: &Verdict) {
-    report.figure("seed", ctx.opts.seed as f64, "");
+    report.notes.push(format!(
+        "Seed {} (`--seed {}` gives the same fault schedule and load choices).",
+        ctx.opts.seed, ctx.opts.seed
+    ));
     report.figure("load with faults", f.load_secs, "s");
     match f.caught_up {
         Some(d) => report.figure("catch-up after the faults", d.as_secs_f64(), "s"),

@@ -45,7 +45,16 @@ pub(super) struct Supervisor<'a> {
     pub started: u32,
     /// Exits the bench did not cause, with the end of the log of each.
     pub own_exits: Vec<String>,
+    /// Own exits in a row of processes that ran less than [`QUICK_EXIT`].
+    quick_exits: u32,
 }
+
+/// A process that exits on its own sooner than this after its start counts towards
+/// [`QUICK_EXITS_LIMIT`].
+const QUICK_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Quick exits in a row that end the run: ds-sync cannot start at all (e.g. an argument
+/// after `--` it refuses), and restarting it would only loop.
+const QUICK_EXITS_LIMIT: u32 = 5;
 
 impl<'a> Supervisor<'a> {
     /// Ready to start ds-sync against the two proxies.
@@ -67,6 +76,7 @@ impl<'a> Supervisor<'a> {
             process: None,
             started: 0,
             own_exits: Vec::new(),
+            quick_exits: 0,
         })
     }
 
@@ -95,6 +105,14 @@ impl<'a> Supervisor<'a> {
             return self.start();
         };
         if let Err(BenchError::DsSyncExited { status, log }) = process.check_alive() {
+            if process.started.elapsed() < QUICK_EXIT {
+                self.quick_exits += 1;
+            } else {
+                self.quick_exits = 0;
+            }
+            if self.quick_exits >= QUICK_EXITS_LIMIT {
+                return Err(BenchError::DsSyncExited { status, log });
+            }
             tracing::warn!(%status, "ds-sync exited on its own; starting it again");
             self.own_exits.push(format!(
                 "process {} exited ({status}):\n{log}",

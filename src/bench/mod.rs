@@ -11,6 +11,8 @@
 //!   `ingest-latency` and `ingest-outage` (PostgreSQL stopped while events arrive).
 //! * [`snapshot`]: the initial snapshot (baseline: `psql \copy` of the same table).
 //! * [`failover`]: a standby taking over from a killed `run` under writes.
+//! * [`chaos`]: both directions under load through SIGKILLs, server restarts and network
+//!   faults ([`fault_proxy`]), then every change and event checked exactly once.
 //! * [`naive`]: the sync-layer document's example design on the same load.
 //! * [`report`]: table, JSON, Markdown and SVG charts.
 
@@ -19,7 +21,9 @@
 
 mod capture;
 mod capture_latency;
+mod chaos;
 mod failover;
+pub mod fault_proxy;
 mod ingest;
 mod latency;
 mod naive;
@@ -64,6 +68,10 @@ pub enum Scenario {
     /// SIGKILLed --runs times: time until the standby streams and until a new row arrives,
     /// every key exactly once and in order
     Failover,
+    /// Capture and ingest under load while ds-sync is SIGKILLed --kills times, PostgreSQL
+    /// restarted with -m immediate, the DS server restarted and connections cut and frozen,
+    /// for --duration s (seeded by --seed); then every change and event checked exactly once
+    Chaos,
 }
 
 impl Scenario {
@@ -78,6 +86,7 @@ impl Scenario {
             Scenario::Naive => "naive",
             Scenario::Snapshot => "snapshot",
             Scenario::Failover => "failover",
+            Scenario::Chaos => "chaos",
         }
     }
 }
@@ -119,6 +128,10 @@ pub struct BenchOptions {
     pub runs: u32,
     /// Forms of `session_events` `ingest-drain` measures, one drain each, in this order.
     pub table_forms: Vec<table_form::TableForm>,
+    /// SIGKILLs of the chaos run (its other faults are in proportion).
+    pub kills: u32,
+    /// Seed of the chaos run's fault schedule and load.
+    pub seed: u64,
 }
 
 /// Errors of the runner.
@@ -144,6 +157,8 @@ pub enum BenchError {
     Ceiling(String),
     #[error("cannot write the report: {0}")]
     Report(String),
+    #[error("{0}")]
+    ChecksFailed(String),
 }
 
 impl BenchError {
@@ -200,6 +215,7 @@ pub async fn run(opts: &BenchOptions) -> Result<(Report, PathBuf), BenchError> {
         Scenario::Naive => naive::run(&ctx, &mut report).await?,
         Scenario::Snapshot => snapshot::run(&ctx, &mut report).await?,
         Scenario::Failover => failover::run(&ctx, &mut report).await?,
+        Scenario::Chaos => chaos::run(&ctx, &mut report).await?,
     }
     report.duration_secs = started.elapsed().as_secs_f64();
     report.write(&dir)?;

@@ -33,7 +33,8 @@ const PG_SETTINGS: &[(&str, &str)] = &[
 /// A Postgres and a DS server, throwaway or given.
 pub(super) struct Stack {
     local_pg: Option<Arc<Mutex<LocalPostgres>>>,
-    ds_server: Option<DsServer>,
+    /// Behind a lock so that a scenario holding `&Stack` can restart it.
+    ds_server: Option<tokio::sync::Mutex<DsServer>>,
     target: PgTarget,
     pub ds_url: String,
     pub ds: DsClient,
@@ -80,6 +81,7 @@ impl Stack {
         };
         let ds_url =
             ds_url.unwrap_or_else(|| ds_server.as_ref().map(DsServer::url).unwrap_or_default());
+        let ds_server = ds_server.map(tokio::sync::Mutex::new);
         let ds = DsClient::new(
             &ds_url,
             ClientOptions {
@@ -109,11 +111,15 @@ impl Stack {
     /// A `key=value` connection string without the password (which goes in `PGPASSWORD`)
     /// and the TLS settings (which go in `PGSSL*`), so it never shows in a process listing.
     fn conninfo(&self) -> String {
+        self.conninfo_at(&self.target.host(), self.target.port())
+    }
+
+    /// [`conninfo`](Self::conninfo) for another address of the same server (a proxy in
+    /// front of it).
+    pub(super) fn conninfo_at(&self, host: &str, port: u16) -> String {
         let t = &self.target;
         format!(
-            "host={} port={} user={} dbname={}",
-            t.host(),
-            t.port(),
+            "host={host} port={port} user={} dbname={}",
             t.user(),
             t.dbname()
         )
@@ -145,6 +151,37 @@ impl Stack {
             .await
             .map_err(|e| BenchError::Setup(format!("starting PostgreSQL: {e}")))??;
         Ok(())
+    }
+
+    /// Stops the throwaway cluster the way `pg_ctl stop -m immediate` does (a crash: no
+    /// checkpoint, crash recovery at the next start); its data stays.
+    pub(super) async fn crash_postgres(&self) -> Result<(), BenchError> {
+        let pg = self.own_postgres()?;
+        tokio::task::spawn_blocking(move || lock(&pg).stop_immediately())
+            .await
+            .map_err(|e| BenchError::Setup(format!("stopping PostgreSQL: {e}")))
+    }
+
+    /// Stops the in-process DS server (open connections end, new ones are refused); its
+    /// streams stay for [`start_ds_server_again`](Self::start_ds_server_again).
+    pub(super) async fn stop_ds_server(&self) -> Result<(), BenchError> {
+        self.own_ds_server()?.lock().await.stop().await;
+        Ok(())
+    }
+
+    /// Serves the in-process DS server again on the same port, with the same streams.
+    pub(super) async fn start_ds_server_again(&self) -> Result<(), BenchError> {
+        Ok(self.own_ds_server()?.lock().await.start_again().await?)
+    }
+
+    fn own_ds_server(&self) -> Result<&tokio::sync::Mutex<DsServer>, BenchError> {
+        self.ds_server.as_ref().ok_or_else(|| {
+            BenchError::Setup(
+                "this scenario restarts the DS server, so it needs the in-process one: run it \
+                 without --ds-server-url"
+                    .into(),
+            )
+        })
     }
 
     fn own_postgres(&self) -> Result<Arc<Mutex<LocalPostgres>>, BenchError> {

@@ -225,12 +225,20 @@ pub async fn connect(
             }
         }
     }
-    // The TLS attempt's error says more than a plain connection's refusal.
-    let index = failed
+    Err(failed.swap_remove(reported(&failed)).1)
+}
+
+/// Which failed attempt [`connect`] reports. One that failed transiently (the connection
+/// broke: a server restarting, a cut) comes first, so that capture retries: a server that
+/// declined TLS and then lost the plain connection must not stop capture with the TLS
+/// attempt's definite "server does not support TLS". Otherwise the TLS attempt's error,
+/// which says more than a plain connection's refusal.
+fn reported(failed: &[(Step, CaptureError, bool)]) -> usize {
+    failed
         .iter()
-        .position(|(step, _, _)| *step != Step::Plain)
-        .unwrap_or(failed.len().saturating_sub(1));
-    Err(failed.swap_remove(index).1)
+        .rposition(|(_, e, _)| e.is_transient())
+        .or_else(|| failed.iter().position(|(step, _, _)| *step != Step::Plain))
+        .unwrap_or(failed.len().saturating_sub(1))
 }
 
 async fn start_stream(

@@ -357,7 +357,8 @@ pub struct BenchArgs {
     /// (figures only, no target; 0 skips it)
     #[arg(long, default_value_t = 10_000)]
     pub peak_rate: u32,
-    /// Seconds the latency scenarios run; seconds PostgreSQL is down (ingest-outage)
+    /// Seconds the latency scenarios run; seconds PostgreSQL is down (ingest-outage); seconds
+    /// of load under faults (chaos)
     #[arg(long, default_value_t = 20)]
     pub duration: u64,
     /// Writer connections of the latency scenarios
@@ -377,6 +378,15 @@ pub struct BenchArgs {
     /// unindexed (plain without the readers' indexes) [default: plain]
     #[arg(long, value_delimiter = ',', value_enum, value_name = "FORM,...")]
     pub table_forms: Vec<crate::bench::table_form::TableForm>,
+    /// SIGKILLs of ds-sync in the chaos run; its other faults are in proportion (a
+    /// PostgreSQL and a DS server restart per 10 kills, at least 3 each from 10 kills on; a
+    /// connection cut and a freeze per 5 kills)
+    #[arg(long, default_value_t = 50)]
+    pub kills: u32,
+    /// Seed of the chaos run's fault schedule and load [default: from the clock; the
+    /// report gives it]
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Passed to `ds-sync run`
     #[arg(last = true)]
     pub ds_sync_args: Vec<String>,

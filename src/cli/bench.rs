@@ -41,6 +41,8 @@ pub(super) async fn bench(args: &BenchArgs, settings: &Settings) -> Result<(), C
         } else {
             args.table_forms.clone()
         },
+        kills: args.kills,
+        seed: args.seed.unwrap_or_else(clock_seed),
     };
     if cfg!(debug_assertions) {
         eprintln!(
@@ -52,8 +54,23 @@ pub(super) async fn bench(args: &BenchArgs, settings: &Settings) -> Result<(), C
     println!("\nreport: {}", dir.join("report.md").display());
     if !report.targets_met() {
         println!("at least one target was MISSED (see the table above)");
+        if opts.scenario == bench::Scenario::Chaos {
+            return Err(bench::BenchError::ChecksFailed(format!(
+                "the chaos run failed a check (lost, duplicated or reordered data, or fewer \
+                 faults than planned); see {}",
+                dir.join("report.md").display()
+            ))
+            .into());
+        }
     }
     Ok(())
+}
+
+/// A seed from the clock, for a chaos run given none.
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
 }
 
 /// Options whose values may hold a secret.

@@ -34,13 +34,16 @@ pub(super) async fn config(
     args: &IngestArgs,
     settings: &Settings,
     target: &PgTarget,
+    shutdown: &CancellationToken,
 ) -> Result<Option<IngestConfig>, CliError> {
     if args.no_ingest {
         return Ok(None);
     }
     let streams = opts.streams.value.clone();
     if streams.is_empty() && !args.no_capture {
-        let client = target.connect().await?;
+        let Some(client) = connect_at_start(target, shutdown).await? else {
+            return Ok(None);
+        };
         if !store::has_subscriptions(&client).await? {
             return Ok(None);
         }
@@ -177,6 +180,32 @@ async fn observe(
     Ok(Some(crate::observe::Observer::start(cfg, shutdown).await?))
 }
 
+/// A connection for a start-up check of `run` (stored subscriptions, the loop guard).
+/// PostgreSQL that cannot be reached (down, restarting, a connection cut) is waited for the
+/// way the running directions wait for it, not taken as a reason to exit: retried with
+/// backoff, one line per attempt. `None` when a signal ends the wait (nothing is in flight
+/// yet, so `run` stops with code 0).
+async fn connect_at_start(
+    target: &PgTarget,
+    shutdown: &CancellationToken,
+) -> Result<Option<tokio_postgres::Client>, CliError> {
+    let mut backoff = crate::ds::Backoff::new(crate::ds::DEFAULT_INITIAL, crate::ds::DEFAULT_MAX);
+    loop {
+        match target.connect().await {
+            Ok(client) => return Ok(Some(client)),
+            Err(e) if e.is_transient() => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot reach PostgreSQL at start; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(None),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 async fn run_capture(
     c: &CaptureConfig,
     shutdown: &CancellationToken,
@@ -213,7 +242,9 @@ async fn directions(
         )),
         (Some(c), None) => run_capture(&c, shutdown, hard_stop).await,
         (None, Some(i)) => {
-            let client = i.target.connect().await?;
+            let Some(client) = connect_at_start(&i.target, shutdown).await? else {
+                return Ok(());
+            };
             if let Some(how) = ingest::guard::sink_published(&client, publication, &[]).await? {
                 tracing::warn!(%publication, %how, "public.session_events is in a capture publication: a capture process using it would echo ingested rows back into streams");
             }
@@ -221,7 +252,9 @@ async fn directions(
             run_ingest(&i, shutdown, hard_stop).await
         }
         (Some(c), Some(i)) => {
-            let client = i.target.connect().await?;
+            let Some(client) = connect_at_start(&i.target, shutdown).await? else {
+                return Ok(());
+            };
             ingest::guard::refuse_loop(&client, publication, &c.source.tables).await?;
             drop(client);
             let capture = async {

@@ -46,7 +46,14 @@ async fn run_until_stopped(
     stop: &Stop,
 ) -> Result<(), CliError> {
     let target = super::commands::target(settings)?;
-    let ingest = super::ingest::config(&opts.ingest, &args.ingest, settings, &target).await?;
+    let ingest = super::ingest::config(
+        &opts.ingest,
+        &args.ingest,
+        settings,
+        &target,
+        &stop.shutdown,
+    )
+    .await?;
     let maintenance = super::ingest::maintenance(&opts.ingest, &target, ingest.is_some());
     let cfg = if args.ingest.no_capture {
         None

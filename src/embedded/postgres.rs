@@ -447,6 +447,18 @@ impl LocalPostgres {
         let _ = child.wait();
     }
 
+    /// Immediate shutdown (what `pg_ctl stop -m immediate` sends: SIGQUIT to the postmaster):
+    /// every backend quits at once, nothing is checkpointed, and the next start runs crash
+    /// recovery. Committed transactions survive it; connections see no orderly end.
+    pub fn stop_immediately(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT);
+        let _ = child.wait();
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -399,3 +399,61 @@ async fn failover_smoke_run_counts_every_key_once() {
     assert_eq!(latencies.len(), 2, "{latencies:#?}");
     assert!(latencies.iter().all(|l| l["count"] == 2), "{latencies:#?}");
 }
+
+#[tokio::test]
+async fn chaos_smoke_run_loses_and_doubles_nothing_through_every_kind_of_fault() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let run = run_ds_sync(
+        &[
+            "bench",
+            "chaos",
+            "--duration",
+            "25",
+            "--kills",
+            "3",
+            "--seed",
+            "5",
+            "--out",
+            dir,
+        ],
+        &[],
+    )
+    .await
+    .ok();
+    let result = only_result(out.path());
+    assert_eq!(result["scenario"], "chaos", "{}", run.stdout);
+    for (name, at_least) in [
+        ("SIGKILLs of ds-sync", 3.0),
+        ("PostgreSQL restarts (-m immediate)", 1.0),
+        ("DS server restarts", 1.0),
+    ] {
+        assert!(check_value(&result, name) >= at_least, "{name}: {result:#}");
+    }
+    for name in [
+        "connection cuts, PostgreSQL",
+        "connection cuts, DS server",
+        "connection freezes, PostgreSQL",
+        "connection freezes, DS server",
+    ] {
+        assert!(figure(&result, name) >= 1.0, "{name}: {result:#}");
+    }
+    assert!(figure(&result, "row changes committed (capture)") > 0.0);
+    assert!(figure(&result, "events in the ingested streams (checked)") > 0.0);
+    for name in [
+        "capture: changes lost",
+        "capture: changes duplicated",
+        "capture: changes out of order (per row)",
+        "capture: messages not committed or in the wrong stream",
+        "capture: commit LSN going back within a stream",
+        "ingest: events lost",
+        "ingest: events duplicated",
+        "ingest: events out of stream order",
+        "ingest: rows of no event in the stream",
+    ] {
+        assert_eq!(check_value(&result, name), 0.0, "{name}: {result:#}");
+    }
+    let report = only_report_dir(out.path());
+    let faults = std::fs::read_to_string(report.join("faults.txt")).unwrap();
+    assert!(faults.starts_with("seed 5\n"), "{faults}");
+}

@@ -535,7 +535,7 @@ async fn a_catch_up_read_says_its_offset_first_and_splits_its_body() {
 #[tokio::test]
 async fn a_subscription_does_not_reuse_a_pooled_connection() {
     let ds = server(DsServerOptions::default()).await;
-    let proxy = FaultProxy::for_url(&ds.url()).await;
+    let proxy = FaultProxy::for_url(&ds.url()).await.expect("fault proxy");
     let c = DsClient::new(
         &proxy.url(),
         ClientOptions {

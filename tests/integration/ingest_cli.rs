@@ -305,3 +305,54 @@ async fn ingest_limits_that_cannot_hold_a_message_are_refused_at_start() {
         run.stderr
     );
 }
+
+/// `run` with both directions, started while PostgreSQL is down, waits for it (a line per
+/// attempt) and then captures and ingests. It used to exit with code 1 at its first start-up
+/// check (`bench chaos` found it: a start whose connection to PostgreSQL was cut).
+#[tokio::test]
+async fn run_started_while_postgres_is_down_waits_for_it() {
+    let server = ds_sync::embedded::DsServer::start(DsServerOptions::default())
+        .await
+        .unwrap();
+    let (mut pg, db) = crate::kit::own_cluster_db("run_pg_down").await;
+    db.client()
+        .await
+        .batch_execute("CREATE TABLE items (id BIGINT PRIMARY KEY, title TEXT)")
+        .await
+        .unwrap();
+    pg = tokio::task::spawn_blocking(move || {
+        pg.stop();
+        pg
+    })
+    .await
+    .unwrap();
+    let args = ["--tables", "items", "--ingest", "inbox"];
+    let process = CaptureProcess::start(&db, &server.url(), &args).await;
+    process.wait_log("cannot reach PostgreSQL at start").await;
+    assert_eq!(process.try_exit(), None, "{}", process.log());
+    let _pg = tokio::task::spawn_blocking(move || {
+        pg.start_again().expect("the cluster starts again");
+        pg
+    })
+    .await
+    .unwrap();
+    let s = crate::kit::ingest::Setup::from_parts(db, server).await;
+    s.ds.ensure_stream("inbox").await.unwrap();
+    s.post("inbox", r#"[{"key":"e1"}]"#).await;
+    s.sql
+        .batch_execute("INSERT INTO items VALUES (1, 'one')")
+        .await
+        .unwrap();
+    s.wait_rows("inbox", 1).await;
+    // The row comes by the initial snapshot or by streaming, whichever the slot's creation
+    // put it in; between the snapshot's controls (key -1) either way.
+    wait_until("row 1 in pg-items", PATIENCE, || async {
+        let keys = crate::kit::stream_keys(&s.ds, "pg-items").await;
+        let rows: Vec<i64> = keys.into_iter().filter(|k| *k != -1).collect();
+        assert!(rows.len() <= 1, "{rows:?}");
+        (rows == [1]).then_some(())
+    })
+    .await;
+    assert_eq!(process.try_exit(), None, "{}", process.log());
+    process.stop_ok().await;
+}

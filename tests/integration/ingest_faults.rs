@@ -48,7 +48,9 @@ async fn echo(s: &mut TcpStream, text: &[u8], within: Duration) -> Option<Vec<u8
 
 #[tokio::test]
 async fn the_fault_proxy_relays_freezes_delays_and_cuts() {
-    let proxy = FaultProxy::start(echo_server().await).await;
+    let proxy = FaultProxy::start(echo_server().await)
+        .await
+        .expect("fault proxy");
     let mut a = TcpStream::connect(proxy.addr()).await.unwrap();
     assert_eq!(
         echo(&mut a, b"one", PATIENCE).await.as_deref(),
@@ -103,7 +105,9 @@ async fn the_fault_proxy_relays_freezes_delays_and_cuts() {
 #[tokio::test]
 async fn a_silent_connection_is_reopened_and_the_event_lands_once() {
     let server = DsServer::start(DsServerOptions::default()).await.unwrap();
-    let proxy = FaultProxy::for_url(&server.url()).await;
+    let proxy = FaultProxy::for_url(&server.url())
+        .await
+        .expect("fault proxy");
     let db = test_db("ing_idle").await;
     let s = Setup::from_parts(db, server).await;
     s.ds.ensure_stream("quiet").await.unwrap();
@@ -173,7 +177,9 @@ async fn wait_lock_waiter(s: &Setup) {
 #[tokio::test]
 async fn a_control_during_a_commit_keeps_its_flags() {
     let server = DsServer::start(DsServerOptions::default()).await.unwrap();
-    let proxy = FaultProxy::for_url(&server.url()).await;
+    let proxy = FaultProxy::for_url(&server.url())
+        .await
+        .expect("fault proxy");
     let s = Setup::from_parts(test_db("ing_flags").await, server).await;
     s.ds.ensure_stream("flags").await.unwrap();
     let ingest = Ingest::start(&s.db, &proxy.url(), &["flags"], DEFAULT_MAX_EVENT_BYTES).await;

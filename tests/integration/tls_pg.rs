@@ -386,3 +386,53 @@ async fn sslmode_behaves_as_in_libpq() {
     );
     assert!(run.stderr.contains("sslmode=verify-full"), "{}", run.stderr);
 }
+
+/// With `sslmode=prefer`, a server that declines TLS and then breaks the plain connection
+/// (restarting, or a cut) is a transient failure that capture retries, not the TLS attempt's
+/// definite refusal. `bench chaos` found it: ds-sync exited with "server does not support
+/// TLS" when its connections to PostgreSQL were cut as it reconnected.
+#[tokio::test]
+async fn a_plain_attempt_broken_after_tls_was_declined_is_retried() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_pg, db) = crate::kit::own_cluster_db("prefer_broken").await;
+    let sql = db.client().await;
+    sql.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION broken_pub FOR TABLE t",
+    )
+    .await
+    .unwrap();
+    sql.batch_execute("SELECT pg_create_logical_replication_slot('broken_slot', 'pgoutput')")
+        .await
+        .unwrap();
+    // Declines every SSLRequest ('N'); closes every other connection on its first bytes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 8];
+                if socket.read_exact(&mut head).await.is_ok()
+                    && head == [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]
+                {
+                    let _ = socket.write_all(b"N").await;
+                    let _ = socket.read(&mut head).await;
+                }
+            });
+        }
+    });
+    let url = format!("postgres://postgres:pw@127.0.0.1:{port}/postgres?sslmode=prefer");
+    let cfg = SourceConfig {
+        target: PgTarget::parse(&url, None).unwrap(),
+        slot: "broken_slot".into(),
+        publication: "broken_pub".into(),
+        tables: Vec::new(),
+        insert_only: Vec::new(),
+        policy: Default::default(),
+        takeover: false,
+    };
+    let e = match replication_connect(&sql, &cfg, Lsn::ZERO).await {
+        Ok(_) => panic!("the fake server streams nothing"),
+        Err(e) => e,
+    };
+    assert!(e.is_transient(), "a broken connection is retried: {e}");
+}

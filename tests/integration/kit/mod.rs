@@ -15,7 +15,8 @@
 //! * [`ingest`]: ingest running in the test process ([`ingest::Ingest`]) and queries on what
 //!   it stored ([`ingest::Setup`]).
 //! * [`tls`]: certificates made by the test, a TLS-only cluster.
-//! * [`fault_proxy`]: a TCP proxy that freezes, partitions, delays and cuts connections.
+//! * [`fault_proxy`]: a TCP proxy that freezes, partitions, delays and cuts connections (the
+//!   library's, `ds_sync::bench::fault_proxy`, which `bench chaos` uses too).
 //! * [`official_client`]: the official TypeScript client as an oracle (node).
 //! * [`physical`]: a primary with a physical standby made by a base backup (failover slots).
 //! * [`prom`]: a strict parser of what `/metrics` serves.
@@ -36,7 +37,6 @@
 pub mod capture;
 pub mod cluster;
 pub mod ds_server;
-pub mod fault_proxy;
 pub mod http;
 pub mod ingest;
 pub mod official_client;
@@ -56,6 +56,7 @@ pub use cluster::{
     test_db, test_db_in,
 };
 pub use ds_server::TestServer;
+pub use ds_sync::bench::fault_proxy;
 pub use http::http;
 pub use process::{CaptureProcess, Run, run_ds_sync};
 pub use stream::{

@@ -14,8 +14,9 @@
 //! It works for any TCP protocol (HTTP to the DS server, PostgreSQL's wire protocol), counts
 //! the connections it accepted, keeps the last [`RECORDED`] bytes relayed each way so a test
 //! can see what went through (e.g. how many requests), and stops with its last handle.
-
-#![allow(dead_code)]
+//!
+//! The integration tests' fault tests and `bench chaos` share this one proxy (the tests build
+//! with the `bench` feature).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -68,7 +69,7 @@ impl Inner {
         } else {
             &self.upstream
         };
-        let mut log = log.lock().unwrap();
+        let mut log = lock(log);
         if log.len() + bytes.len() > RECORDED {
             let drop = (log.len() + bytes.len() - RECORDED).min(log.len());
             log.drain(..drop);
@@ -77,8 +78,14 @@ impl Inner {
     }
 }
 
+/// A lock that ignores poisoning: the proxy's state stays valid whatever a panicking holder
+/// left half done (a traffic log, a list of connections).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn occurrences(log: &Mutex<Vec<u8>>, needle: &[u8]) -> usize {
-    let log = log.lock().unwrap();
+    let log = lock(log);
     if needle.is_empty() {
         return 0;
     }
@@ -94,11 +101,13 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     /// Starts a proxy on a free loopback port in front of `target`.
-    pub async fn start(target: SocketAddr) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding the fault proxy");
-        let addr = listener.local_addr().expect("the proxy's address");
+    ///
+    /// # Errors
+    ///
+    /// No loopback port could be bound.
+    pub async fn start(target: SocketAddr) -> std::io::Result<FaultProxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
             target,
             conns: Mutex::new(Vec::new()),
@@ -110,23 +119,30 @@ impl FaultProxy {
             downstream: Mutex::new(Vec::new()),
         });
         let acceptor = tokio::spawn(accept(listener, Arc::clone(&inner)));
-        FaultProxy {
+        Ok(FaultProxy {
             addr,
             inner,
             acceptor,
-        }
+        })
     }
 
-    /// Starts a proxy in front of an `http://host:port` URL and returns it.
-    pub async fn for_url(url: &str) -> FaultProxy {
+    /// Starts a proxy in front of an `http://ip:port` URL and returns it.
+    ///
+    /// # Errors
+    ///
+    /// The URL is not `http://ip:port[/...]`, or no loopback port could be bound.
+    pub async fn for_url(url: &str) -> std::io::Result<FaultProxy> {
         let hostport = url
             .trim_start_matches("http://")
             .split('/')
             .next()
             .unwrap_or_default();
-        let target: SocketAddr = hostport
-            .parse()
-            .unwrap_or_else(|e| panic!("{url} is not http://ip:port: {e}"));
+        let target: SocketAddr = hostport.parse().map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{url} is not http://ip:port: {e}"),
+            )
+        })?;
         FaultProxy::start(target).await
     }
 
@@ -169,7 +185,7 @@ impl FaultProxy {
     /// Connections still open.
     pub fn open(&self) -> usize {
         self.prune();
-        self.inner.conns.lock().unwrap().len()
+        lock(&self.inner.conns).len()
     }
 
     /// Open connections stop relaying (and reading) without closing.
@@ -184,13 +200,13 @@ impl FaultProxy {
 
     /// Freezes open connections and every connection accepted until [`Self::heal`].
     pub fn partition(&self) {
-        *self.inner.new_mode.lock().unwrap() = Mode::Frozen;
+        *lock(&self.inner.new_mode) = Mode::Frozen;
         self.freeze();
     }
 
     /// Ends a partition: every connection relays again.
     pub fn heal(&self) {
-        *self.inner.new_mode.lock().unwrap() = Mode::Flow;
+        *lock(&self.inner.new_mode) = Mode::Flow;
         self.resume();
     }
 
@@ -206,22 +222,18 @@ impl FaultProxy {
 
     /// Every chunk, in both directions, is relayed after `delay` (zero: at once).
     pub fn set_delay(&self, delay: Duration) {
-        *self.inner.delay.lock().unwrap() = delay;
+        *lock(&self.inner.delay) = delay;
     }
 
     fn set_all(&self, mode: Mode) {
         self.prune();
-        for c in self.inner.conns.lock().unwrap().iter() {
+        for c in lock(&self.inner.conns).iter() {
             let _ = c.mode.send(mode);
         }
     }
 
     fn prune(&self) {
-        self.inner
-            .conns
-            .lock()
-            .unwrap()
-            .retain(|c| !c.mode.is_closed());
+        lock(&self.inner.conns).retain(|c| !c.mode.is_closed());
     }
 }
 
@@ -238,9 +250,9 @@ async fn accept(listener: TcpListener, inner: Arc<Inner>) {
             continue;
         };
         inner.accepted.fetch_add(1, Ordering::SeqCst);
-        let mode = *inner.new_mode.lock().unwrap();
+        let mode = *lock(&inner.new_mode);
         let (tx, rx) = watch::channel(mode);
-        inner.conns.lock().unwrap().push(Conn { mode: tx });
+        lock(&inner.conns).push(Conn { mode: tx });
         tokio::spawn(relay(client, Arc::clone(&inner), rx));
     }
 }
@@ -287,7 +299,7 @@ async fn pump(
             },
             _ = mode.changed() => continue,
         };
-        let delay = *inner.delay.lock().unwrap();
+        let delay = *lock(&inner.delay);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }

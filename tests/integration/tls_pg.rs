@@ -429,6 +429,7 @@ async fn a_plain_attempt_broken_after_tls_was_declined_is_retried() {
         insert_only: Vec::new(),
         policy: Default::default(),
         takeover: false,
+        failover: false,
     };
     let e = match replication_connect(&sql, &cfg, Lsn::ZERO).await {
         Ok(_) => panic!("the fake server streams nothing"),

@@ -520,6 +520,16 @@ pub struct IngestArgs {
         value_parser = crate::config::parse_duration
     )]
     pub ingest_idle_timeout: Option<std::time::Duration>,
+    /// Instances running ingest on one database share the subscriptions; one that stops
+    /// renewing its leases (hung, cut off) for this long loses its streams to the others (a
+    /// killed one loses them at once), e.g. 15s, 3s [default: 15s]
+    #[arg(
+        long,
+        env = "DS_SYNC_INGEST_LEASE_TTL",
+        value_name = "DURATION",
+        value_parser = crate::config::parse_duration
+    )]
+    pub ingest_lease_ttl: Option<std::time::Duration>,
     /// Prune session_events rows received longer ago than this, at every retention pass
     /// (as `ds-sync prune --older-than`), e.g. 30d, 12h, 2w [default: keep everything]
     #[arg(

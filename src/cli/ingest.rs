@@ -63,6 +63,7 @@ fn with_limits(mut cfg: IngestConfig, opts: &IngestOptions) -> Result<IngestConf
     };
     cfg.max_buffer_bytes = opts.max_buffer_bytes.value;
     cfg.idle_timeout = opts.idle_timeout.value.0;
+    cfg.lease_ttl = opts.lease_ttl.value.0;
     cfg.limits()?;
     Ok(cfg)
 }
@@ -373,6 +374,8 @@ fn table(lines: &[Line]) -> Table {
         "last event",
         "dead letters",
         "buffered (peak)",
+        "owner",
+        "lease until",
         "error",
     ]);
     let dash = || "-".to_owned();
@@ -396,10 +399,25 @@ fn table(lines: &[Line]) -> Table {
                 bytes(l.info.buffered_bytes),
                 bytes(l.info.peak_buffered_bytes)
             ),
+            owner(&l.info),
+            l.info.lease_until.clone().unwrap_or_else(dash),
             l.info.error.clone().unwrap_or_else(dash),
         ]);
     }
     table
+}
+
+/// The owning instance for people: `host/pid (id)`, marked when it is not live.
+fn owner(info: &SubscriptionInfo) -> String {
+    let Some(id) = &info.owner else {
+        return "-".to_owned();
+    };
+    let host = info.owner_host.as_deref().unwrap_or("?");
+    let pid = info
+        .owner_pid
+        .map_or_else(|| "?".to_owned(), |p| p.to_string());
+    let gone = if info.owner_live { "" } else { ", not live" };
+    format!("{host}/{pid} ({id}{gone})")
 }
 
 /// A byte count for people: B, KiB or MiB.

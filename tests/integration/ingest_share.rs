@@ -4,7 +4,7 @@
 //! one's streams move at once, a paused one's when its lease runs out; events POSTed
 //! throughout land exactly once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::kit::fault_proxy::FaultProxy;
 use crate::kit::ingest::{PATIENCE, Setup, setup};
-use crate::kit::{CaptureProcess, Wait, wait_until};
+use crate::kit::prom::Scrape;
+use crate::kit::{CaptureProcess, Wait, http, wait_until};
 
 /// Idle pooled connections one instance's DS client keeps (`max_idle_per_host`), on top of
 /// one SSE connection per stream it follows.
@@ -26,6 +27,8 @@ const POOL_IDLE: usize = 8;
 struct Instance {
     process: Option<CaptureProcess>,
     proxy: FaultProxy,
+    /// Where it serves `/metrics`.
+    metrics: String,
 }
 
 impl Instance {
@@ -38,12 +41,30 @@ impl Instance {
             list.as_str(),
             "--ingest-lease-ttl",
             ttl,
+            "--listen",
+            "127.0.0.1:0",
         ];
         let process = CaptureProcess::start(&s.db, &proxy.url(), &args).await;
+        let metrics = format!("http://{}/metrics", process.listen_addr().await);
         Instance {
             process: Some(process),
             proxy,
+            metrics,
         }
+    }
+
+    /// The streams it runs a subscription for: those with a status in its `/metrics`.
+    async fn followed(&self) -> Result<BTreeSet<String>, String> {
+        let (status, body) = http(hyper::Method::GET, &self.metrics, &[], b"").await;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        if status != 200 {
+            return Err(format!("/metrics answered {status}: {body}"));
+        }
+        let scrape = Scrape::parse(&body)?;
+        Ok(scrape
+            .samples("ds_sync_ingest_stream_status")
+            .filter_map(|s| s.labels.get("stream").cloned())
+            .collect())
     }
 
     fn pid(&self) -> i32 {
@@ -136,27 +157,41 @@ fn wait_owned<'a>(
     })
 }
 
-/// Waits until the instances hold, all together, about one SSE connection per stream:
-/// at least `streams` and at most `streams` plus their idle pools.
+/// The streams a live instance with process id `pid` owns.
+async fn owned_by(sql: &tokio_postgres::Client, pid: i32) -> Result<BTreeSet<String>, String> {
+    let rows = sql
+        .query(
+            "SELECT s.stream_name FROM ds_sync.subscriptions s \
+             JOIN ds_sync.live_ingest_instances l ON l.instance_id = s.owner WHERE l.pid = $1",
+            &[&pid],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Waits until each instance runs a subscription for exactly the streams it owns, and
+/// holds one connection to the DS server per stream it owns and at most its idle pool
+/// besides (about one SSE connection per stream in all, not one per stream and instance).
 #[track_caller]
-fn wait_connections<'a>(
-    instances: &'a [&'a Instance],
-    streams: usize,
-) -> impl Future<Output = ()> + 'a {
-    let most = streams + POOL_IDLE * instances.len();
-    wait_until(
-        format!("{streams}..={most} connections to the DS server in all"),
-        PATIENCE,
-        move || async move {
-            let open: Vec<usize> = instances.iter().map(|i| i.proxy.open()).collect();
-            let total: usize = open.iter().sum();
-            if (streams..=most).contains(&total) {
-                Ok(())
-            } else {
-                Err(format!("{total} open ({open:?} per instance)"))
-            }
-        },
-    )
+fn wait_followed<'a>(s: &'a Setup, instances: &'a [&'a Instance]) -> impl Future<Output = ()> + 'a {
+    Wait::new("each instance to follow exactly what it owns", PATIENCE).until(move || async move {
+        let mut seen = Vec::new();
+        let mut fits = true;
+        for i in instances {
+            let owned = owned_by(&s.sql, i.pid()).await?;
+            let followed = i.followed().await?;
+            let open = i.proxy.open();
+            let n = owned.len();
+            fits &= followed == owned && (n..=n + POOL_IDLE).contains(&open);
+            seen.push(format!(
+                "{n} owned, {} followed ({} not owned), {open} connections",
+                followed.len(),
+                followed.difference(&owned).count()
+            ));
+        }
+        if fits { Ok(()) } else { Err(seen.join("; ")) }
+    })
 }
 
 /// Waits until every posted event is stored, then checks each landed exactly once.
@@ -223,7 +258,7 @@ async fn instances_share_sixty_streams_and_a_killed_ones_move() {
         "the joining instance to take its share",
     )
     .await;
-    wait_connections(&[&a, &b, &c], 60).await;
+    wait_followed(&s, &[&a, &b, &c]).await;
 
     let before = posted.load(Ordering::Acquire);
     let killed = Instant::now();
@@ -239,7 +274,7 @@ async fn instances_share_sixty_streams_and_a_killed_ones_move() {
         "the killed instance's streams moved within {:?}",
         killed.elapsed()
     );
-    wait_connections(&[&a, &b], 60).await;
+    wait_followed(&s, &[&a, &b]).await;
     // Events posted after the kill to the streams it held land too.
     let after = before + 120;
     wait_until("events posted after the kill", PATIENCE, || async {

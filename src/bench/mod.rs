@@ -11,6 +11,7 @@
 //!   `ingest-latency` and `ingest-outage` (PostgreSQL stopped while events arrive).
 //! * [`snapshot`]: the initial snapshot (baseline: `psql \copy` of the same table).
 //! * [`failover`]: a standby taking over from a killed `run` under writes.
+//! * [`ingest_share`]: many subscriptions shared by several ingest instances, one killed.
 //! * [`naive`]: the sync-layer document's example design on the same load.
 //! * [`report`]: table, JSON, Markdown and SVG charts.
 
@@ -21,6 +22,7 @@ mod capture;
 mod capture_latency;
 mod failover;
 mod ingest;
+mod ingest_share;
 mod latency;
 mod naive;
 pub mod report;
@@ -64,6 +66,10 @@ pub enum Scenario {
     /// SIGKILLed --runs times: time until the standby streams and until a new row arrives,
     /// every key exactly once and in order
     Failover,
+    /// --streams subscriptions shared by --instances `run --no-capture`: connections per
+    /// instance, events/s under --writers POSTing for --duration s, time until a SIGKILLed
+    /// instance's streams are owned and connected again, every event exactly once
+    IngestShare,
 }
 
 impl Scenario {
@@ -78,6 +84,7 @@ impl Scenario {
             Scenario::Naive => "naive",
             Scenario::Snapshot => "snapshot",
             Scenario::Failover => "failover",
+            Scenario::IngestShare => "ingest-share",
         }
     }
 }
@@ -119,6 +126,10 @@ pub struct BenchOptions {
     pub runs: u32,
     /// Forms of `session_events` `ingest-drain` measures, one drain each, in this order.
     pub table_forms: Vec<table_form::TableForm>,
+    /// Subscriptions `ingest-share` shares out.
+    pub streams: usize,
+    /// Ingest instances `ingest-share` runs.
+    pub instances: usize,
 }
 
 /// Errors of the runner.
@@ -200,6 +211,7 @@ pub async fn run(opts: &BenchOptions) -> Result<(Report, PathBuf), BenchError> {
         Scenario::Naive => naive::run(&ctx, &mut report).await?,
         Scenario::Snapshot => snapshot::run(&ctx, &mut report).await?,
         Scenario::Failover => failover::run(&ctx, &mut report).await?,
+        Scenario::IngestShare => ingest_share::run(&ctx, &mut report).await?,
     }
     report.duration_secs = started.elapsed().as_secs_f64();
     report.write(&dir)?;

@@ -235,6 +235,11 @@ impl DsSyncProcess {
         })
     }
 
+    /// The process id.
+    pub(super) fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Resident memory now and at its peak, in kB, from `/proc/PID/status`.
     pub(super) fn memory_kb(&self) -> Option<(u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;

@@ -357,12 +357,20 @@ pub struct BenchArgs {
     /// (figures only, no target; 0 skips it)
     #[arg(long, default_value_t = 10_000)]
     pub peak_rate: u32,
-    /// Seconds the latency scenarios run; seconds PostgreSQL is down (ingest-outage)
+    /// Seconds the latency scenarios run; seconds PostgreSQL is down (ingest-outage);
+    /// seconds of POSTs under load (ingest-share)
     #[arg(long, default_value_t = 20)]
     pub duration: u64,
-    /// Writer connections of the latency scenarios
+    /// Writer connections of the latency scenarios; concurrent POSTing clients
+    /// (ingest-share)
     #[arg(long, default_value_t = 4)]
     pub writers: usize,
+    /// Subscriptions ingest-share shares out
+    #[arg(long, default_value_t = 10_000)]
+    pub streams: usize,
+    /// `ds-sync run --no-capture` instances ingest-share runs (at least 2)
+    #[arg(long, default_value_t = 4)]
+    pub instances: usize,
     /// Times the memory scenario drains its transaction (a fresh table each time; the
     /// report gives each peak and holds the worst to the target), or ingest-drain drains its
     /// backlog per table form next to its ceiling (alternating which goes first; the median

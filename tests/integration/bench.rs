@@ -359,3 +359,44 @@ async fn failover_smoke_run_counts_every_key_once() {
     assert_eq!(latencies.len(), 2, "{latencies:#?}");
     assert!(latencies.iter().all(|l| l["count"] == 2), "{latencies:#?}");
 }
+
+#[tokio::test]
+async fn ingest_share_smoke_run_stores_every_event_once() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let args = [
+        "bench",
+        "ingest-share",
+        "--streams",
+        "12",
+        "--instances",
+        "3",
+        "--duration",
+        "1",
+        "--out",
+        dir,
+    ];
+    let run = run_ds_sync(&args, &[]).await.ok();
+    let result = only_result(out.path());
+    assert_eq!(result["scenario"], "ingest-share", "{}", run.stdout);
+    assert_eq!(figure(&result, "streams"), 12.0);
+    for n in 0..3 {
+        let owned = figure(&result, &format!("instance {n}: subscriptions owned"));
+        assert_eq!(owned, 4.0, "a third of the streams each: {result:#}");
+        let held = figure(&result, &format!("instance {n}: DS connections"));
+        assert!(
+            held >= owned,
+            "an SSE connection per stream owned: {result:#}"
+        );
+    }
+    assert_eq!(figure(&result, "streams of the killed instance"), 4.0);
+    assert!(figure(&result, "events posted under load") > 0.0);
+    let checks = result["checks"].as_array().unwrap();
+    for name in ["events lost", "events stored twice"] {
+        let check = checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name:?}: {checks:#?}"));
+        assert_eq!(check["value"].as_f64(), Some(0.0), "{name}: {result:#}");
+    }
+}

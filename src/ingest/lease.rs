@@ -23,7 +23,8 @@
 //!
 //! Balance without thrash: an instance claims only while under its share and releases only
 //! while over it, at most a quarter of its share per tick, so the fleet settles with no
-//! instance over `ceil(n / live)` and stays there.
+//! instance over `ceil(n / live)` and stays there. A new instance claims from its second
+//! tick on, so that instances started together have seen each other by then.
 
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
@@ -186,6 +187,8 @@ pub struct Leases {
     ttl: Duration,
     /// When the last renewal that succeeded was sent.
     renewed_at: Option<Instant>,
+    /// When the first one was.
+    registered_at: Option<Instant>,
 }
 
 impl Leases {
@@ -195,6 +198,7 @@ impl Leases {
             instance,
             ttl,
             renewed_at: None,
+            registered_at: None,
         }
     }
 
@@ -235,7 +239,17 @@ impl Leases {
             .await
             .map_err(q("renewing this instance's ingest leases"))?;
         self.renewed_at = Some(sent);
+        self.registered_at.get_or_insert(sent);
         Ok(())
+    }
+
+    /// Whether this instance may claim: one tick after it registered, so that instances
+    /// started together see each other before they claim, instead of the first taking
+    /// everything and handing most of it back.
+    #[must_use]
+    pub fn may_claim(&self) -> bool {
+        self.registered_at
+            .is_some_and(|at| at.elapsed() >= tick_every(self.ttl))
     }
 
     /// Whether the leases may have run out: no renewal succeeded for a whole TTL (others

@@ -105,7 +105,7 @@ async fn round(
         let gone = mine.split_off(mine.len() - decision.release);
         release(c, leases, running, gone, counts).await?;
     }
-    if decision.claim > 0 {
+    if decision.claim > 0 && leases.may_claim() {
         mine.extend(claim(c, leases, decision.claim, counts).await?);
     }
     reconcile(c, running, mine, shared, shutdown).await;

@@ -3,8 +3,10 @@
 //! share the streams out, the subscriptions and DS connections each holds, the events per
 //! second they store while `--writers` clients POST one event at a time to streams in turn
 //! for `--duration` s, and, after one instance is SIGKILLed, how long until its streams
-//! have a live owner again and until the survivors hold a connection for each. At the end
-//! one more event goes to every stream, and every event must be stored exactly once.
+//! have a live owner again and until each streams from its new owner; then another is
+//! paused (SIGSTOP) until its lease runs out and its streams move, and resumed until the
+//! shares are even again. At the end one more event goes to every stream, and every event
+//! must be stored exactly once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -54,7 +56,7 @@ pub(super) async fn run(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchE
     )
     .await?;
     report.figure("time to share the streams out", secs(started), "s");
-    let held = wait_connections(ctx, &mut instances, streams).await?;
+    let held = wait_connections(ctx, &sql, &mut instances).await?;
     describe_holdings(report, &sql, &instances, &held).await?;
     let (posted, stored_in) = load(ctx, &sql, &names, &mut instances).await?;
     report.figure("events posted under load", posted as f64, "events");
@@ -63,30 +65,78 @@ pub(super) async fn run(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchE
         posted as f64 / stored_in,
         "events/s",
     );
-    let victim = instances.remove(0);
-    let (moved, at) = streams_of(&sql, victim.pid()).await?;
-    let owned = moved.len();
-    let killed = Instant::now();
-    victim.kill().await;
-    let survivors = instances.len();
-    wait_owned(
-        &sql,
-        &mut instances,
-        streams.div_ceil(survivors),
-        survivors,
-        "the killed instance's streams to move",
-    )
-    .await?;
-    let owned_again = killed.elapsed();
-    wait_streaming(&sql, &moved, &at, &mut instances).await?;
-    let reconnected = killed.elapsed();
-    describe_takeover(report, owned, owned_again, reconnected);
+    kill_one(report, &sql, &mut instances, streams).await?;
+    if instances.len() >= 2 {
+        pause_one(report, &sql, &mut instances, streams).await?;
+    }
     let last = post_round(ctx, &names, posted).await?;
     wait_stored(&sql, last, &mut instances).await?;
     audit(report, &sql, last).await?;
     for i in instances {
         i.stop().await?;
     }
+    Ok(())
+}
+
+/// SIGKILLs the first instance; measures until its streams have a live owner again and
+/// until each streams from it.
+async fn kill_one(
+    report: &mut Report,
+    sql: &tokio_postgres::Client,
+    instances: &mut Vec<DsSyncProcess>,
+    streams: usize,
+) -> Result<(), BenchError> {
+    let victim = instances.remove(0);
+    let (moved, at) = streams_of(sql, victim.pid()).await?;
+    let killed = Instant::now();
+    victim.kill().await;
+    let survivors = instances.len();
+    let share = streams.div_ceil(survivors);
+    let what = "the killed instance's streams to move";
+    wait_owned(sql, instances, share, survivors, what).await?;
+    let owned_again = killed.elapsed();
+    wait_streaming(sql, &moved, &at, instances).await?;
+    describe_takeover(report, moved.len(), owned_again, killed.elapsed());
+    Ok(())
+}
+
+/// SIGSTOPs the first instance (hung: its session lives on); measures until its streams
+/// have a live owner again (its lease ran out), then SIGCONTs it and measures until the
+/// shares are even again.
+async fn pause_one(
+    report: &mut Report,
+    sql: &tokio_postgres::Client,
+    instances: &mut [DsSyncProcess],
+    streams: usize,
+) -> Result<(), BenchError> {
+    let all = instances.len();
+    let (moved, _) = streams_of(sql, instances[0].pid()).await?;
+    instances[0].signal(nix::sys::signal::Signal::SIGSTOP);
+    let paused = Instant::now();
+    let what = "the paused instance's streams to move";
+    wait_owned(sql, instances, streams.div_ceil(all - 1), all - 1, what).await?;
+    let moved_after = paused.elapsed();
+    instances[0].signal(nix::sys::signal::Signal::SIGCONT);
+    let resumed = Instant::now();
+    let what = "the resumed instance to take its share back";
+    wait_owned(sql, instances, streams.div_ceil(all), all, what).await?;
+    report.figure(
+        "streams of the paused instance",
+        moved.len() as f64,
+        "streams",
+    );
+    report.check(
+        "SIGSTOP to every stream owned by a live instance",
+        moved_after.as_secs_f64() * 1000.0,
+        "ms",
+        Some(TAKEOVER_TARGET_MS),
+        true,
+    );
+    report.figure(
+        "SIGCONT to the shares even again",
+        resumed.elapsed().as_secs_f64() * 1000.0,
+        "ms",
+    );
     Ok(())
 }
 
@@ -243,22 +293,27 @@ async fn wait_owned(
     }
 }
 
-/// Waits until the instances hold at least one connection to the DS server per stream;
-/// returns the connections each holds.
+/// Waits until each instance holds at least one connection to the DS server per stream it
+/// owns; returns the connections each holds.
 async fn wait_connections(
     ctx: &Ctx<'_>,
+    sql: &tokio_postgres::Client,
     instances: &mut [DsSyncProcess],
-    streams: usize,
 ) -> Result<Vec<usize>, BenchError> {
     let port = ds_port(&ctx.stack.ds_url)?;
     let deadline = Instant::now() + WAIT_LIMIT;
     loop {
+        let owned = owned_by(sql).await?;
         let remote = sockets_to_port(port);
         let held: Vec<usize> = instances
             .iter()
             .map(|i| connections(i.pid(), &remote))
             .collect();
-        if held.iter().sum::<usize>() >= streams {
+        let enough = instances
+            .iter()
+            .zip(&held)
+            .all(|(i, h)| *h >= owned.get(&(i.pid() as i32)).copied().unwrap_or(0));
+        if enough {
             return Ok(held);
         }
         for i in instances.iter_mut() {
@@ -472,7 +527,8 @@ fn describe_takeover(
     report.notes.push(format!(
         "The instances run with --ingest-lease-ttl {LEASE_TTL}: a killed instance's session \
          ends with it, so its streams are free at once and taken at the survivors' next tick \
-         (about a second); a hung one's would move when its lease runs out."
+         (about a second); a paused (SIGSTOP) one's session lives on, so its streams move \
+         when its lease runs out (the TTL after its last renewal, plus a tick)."
     ));
 }
 

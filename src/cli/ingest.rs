@@ -434,3 +434,38 @@ fn emit(text: &str) -> Result<(), CliError> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{text}").map_err(|e| CliError::Output(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(owner: Option<&str>, live: bool) -> SubscriptionInfo {
+        SubscriptionInfo {
+            stream: "s".into(),
+            status: "streaming".into(),
+            error: None,
+            offset: None,
+            up_to_date: true,
+            last_event_at: None,
+            state_at: None,
+            dead_letters: 0,
+            buffered_bytes: 0,
+            peak_buffered_bytes: 0,
+            owner: owner.map(str::to_owned),
+            owner_host: owner.map(|_| "web-1".to_owned()),
+            owner_pid: owner.map(|_| 42),
+            lease_until: None,
+            owner_live: live,
+        }
+    }
+
+    #[test]
+    fn the_owner_reads_as_host_pid_and_id_marked_when_not_live() {
+        assert_eq!(owner(&info(None, false)), "-");
+        assert_eq!(owner(&info(Some("ab12"), true)), "web-1/42 (ab12)");
+        assert_eq!(
+            owner(&info(Some("ab12"), false)),
+            "web-1/42 (ab12, not live)"
+        );
+    }
+}

@@ -108,6 +108,7 @@ async fn round(
     if decision.claim > 0 && leases.may_claim() {
         mine.extend(claim(c, leases, decision.claim, counts).await?);
     }
+    crate::observe::ingest().leases(mine.len(), counts.live);
     reconcile(c, running, mine, shared, shutdown).await;
     Ok(())
 }

@@ -53,18 +53,20 @@ impl Instance {
         }
     }
 
-    /// The streams it runs a subscription for: those with a status in its `/metrics`.
-    async fn followed(&self) -> Result<BTreeSet<String>, String> {
+    /// The streams it runs a subscription for (those with a status in its `/metrics`), and
+    /// the subscriptions it says it owns.
+    async fn followed(&self) -> Result<(BTreeSet<String>, Option<f64>), String> {
         let (status, body) = http(hyper::Method::GET, &self.metrics, &[], b"").await;
         let body = String::from_utf8_lossy(&body).into_owned();
         if status != 200 {
             return Err(format!("/metrics answered {status}: {body}"));
         }
         let scrape = Scrape::parse(&body)?;
-        Ok(scrape
+        let followed = scrape
             .samples("ds_sync_ingest_stream_status")
             .filter_map(|s| s.labels.get("stream").cloned())
-            .collect())
+            .collect();
+        Ok((followed, scrape.value("ds_sync_ingest_owned_streams", &[])))
     }
 
     fn pid(&self) -> i32 {
@@ -180,10 +182,11 @@ fn wait_followed<'a>(s: &'a Setup, instances: &'a [&'a Instance]) -> impl Future
         let mut fits = true;
         for i in instances {
             let owned = owned_by(&s.sql, i.pid()).await?;
-            let followed = i.followed().await?;
+            let (followed, says) = i.followed().await?;
             let open = i.proxy.open();
             let n = owned.len();
-            fits &= followed == owned && (n..=n + POOL_IDLE).contains(&open);
+            fits &=
+                followed == owned && says == Some(n as f64) && (n..=n + POOL_IDLE).contains(&open);
             seen.push(format!(
                 "{n} owned, {} followed ({} not owned), {open} connections",
                 followed.len(),

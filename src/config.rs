@@ -78,6 +78,8 @@ pub struct IngestFile {
     pub max_buffer_bytes: Option<usize>,
     /// A duration such as `"60s"`, `"2m"` or `"500ms"` (see [`parse_duration`]).
     pub idle_timeout: Option<String>,
+    /// `run --ingest-lease-ttl`, e.g. `"15s"`.
+    pub lease_ttl: Option<String>,
     /// `run --retention`: a duration such as `"30d"` (see [`parse_duration`]).
     pub retention: Option<String>,
     /// `run --dead-letter-retention`, e.g. `"90d"`.

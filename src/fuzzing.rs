@@ -330,6 +330,7 @@ pub fn config_file(data: &[u8]) {
     let ingest = &file.ingest;
     for duration in [
         &ingest.idle_timeout,
+        &ingest.lease_ttl,
         &ingest.retention,
         &ingest.dead_letter_retention,
         &ingest.retention_interval,

@@ -70,6 +70,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "011_session_events_indexes",
         sql: include_str!("../sql/011_session_events_indexes.sql"),
     },
+    Migration {
+        version: 12,
+        name: "012_ingest_leases",
+        sql: include_str!("../sql/012_ingest_leases.sql"),
+    },
 ];
 
 /// Serializes concurrent `init` runs (the value spells "ds-sync" in ASCII).

@@ -13,6 +13,7 @@
 //! * [`failover`]: a standby taking over from a killed `run` under writes.
 //! * [`chaos`]: both directions under load through SIGKILLs, server restarts and network
 //!   faults ([`fault_proxy`]), then every change and event checked exactly once.
+//! * [`ingest_share`]: many subscriptions shared by several ingest instances, one killed.
 //! * [`naive`]: the sync-layer document's example design on the same load.
 //! * [`report`]: table, JSON, Markdown and SVG charts.
 
@@ -25,6 +26,7 @@ mod chaos;
 mod failover;
 pub mod fault_proxy;
 mod ingest;
+mod ingest_share;
 mod latency;
 mod naive;
 pub mod report;
@@ -72,6 +74,10 @@ pub enum Scenario {
     /// restarted with -m immediate, the DS server restarted and connections cut and frozen,
     /// for --duration s (seeded by --seed); then every change and event checked exactly once
     Chaos,
+    /// --streams subscriptions shared by --instances `run --no-capture`: connections per
+    /// instance, events/s under --writers POSTing for --duration s, time until a SIGKILLed
+    /// instance's streams are owned and connected again, every event exactly once
+    IngestShare,
 }
 
 impl Scenario {
@@ -87,6 +93,7 @@ impl Scenario {
             Scenario::Snapshot => "snapshot",
             Scenario::Failover => "failover",
             Scenario::Chaos => "chaos",
+            Scenario::IngestShare => "ingest-share",
         }
     }
 }
@@ -132,6 +139,10 @@ pub struct BenchOptions {
     pub kills: u32,
     /// Seed of the chaos run's fault schedule and load.
     pub seed: u64,
+    /// Subscriptions `ingest-share` shares out.
+    pub streams: usize,
+    /// Ingest instances `ingest-share` runs.
+    pub instances: usize,
 }
 
 /// Errors of the runner.
@@ -216,6 +227,7 @@ pub async fn run(opts: &BenchOptions) -> Result<(Report, PathBuf), BenchError> {
         Scenario::Snapshot => snapshot::run(&ctx, &mut report).await?,
         Scenario::Failover => failover::run(&ctx, &mut report).await?,
         Scenario::Chaos => chaos::run(&ctx, &mut report).await?,
+        Scenario::IngestShare => ingest_share::run(&ctx, &mut report).await?,
     }
     report.duration_secs = started.elapsed().as_secs_f64();
     report.write(&dir)?;

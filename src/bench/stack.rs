@@ -272,6 +272,16 @@ impl DsSyncProcess {
         })
     }
 
+    /// The process id.
+    pub(super) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Sends `signal` (SIGSTOP pauses the process as a hung one, SIGCONT resumes it).
+    pub(super) fn signal(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), signal);
+    }
+
     /// Resident memory now and at its peak, in kB, from `/proc/PID/status`.
     pub(super) fn memory_kb(&self) -> Option<(u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;

@@ -358,12 +358,19 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10_000)]
     pub peak_rate: u32,
     /// Seconds the latency scenarios run; seconds PostgreSQL is down (ingest-outage); seconds
-    /// of load under faults (chaos)
+    /// of load under faults (chaos); seconds of POSTs under load (ingest-share)
     #[arg(long, default_value_t = 20)]
     pub duration: u64,
-    /// Writer connections of the latency scenarios
+    /// Writer connections of the latency scenarios; concurrent POSTing clients
+    /// (ingest-share)
     #[arg(long, default_value_t = 4)]
     pub writers: usize,
+    /// Subscriptions ingest-share shares out
+    #[arg(long, default_value_t = 10_000)]
+    pub streams: usize,
+    /// `ds-sync run --no-capture` instances ingest-share runs (at least 2)
+    #[arg(long, default_value_t = 4)]
+    pub instances: usize,
     /// Times the memory scenario drains its transaction (a fresh table each time; the
     /// report gives each peak and holds the worst to the target), or ingest-drain drains its
     /// backlog per table form next to its ceiling (alternating which goes first; the median
@@ -535,6 +542,16 @@ pub struct IngestArgs {
         value_parser = crate::config::parse_duration
     )]
     pub ingest_idle_timeout: Option<std::time::Duration>,
+    /// Instances running ingest on one database share the subscriptions; one that stops
+    /// renewing its leases (hung, cut off) for this long loses its streams to the others (a
+    /// killed one loses them at once), e.g. 15s, 3s [default: 15s]
+    #[arg(
+        long,
+        env = "DS_SYNC_INGEST_LEASE_TTL",
+        value_name = "DURATION",
+        value_parser = crate::config::parse_duration
+    )]
+    pub ingest_lease_ttl: Option<std::time::Duration>,
     /// Prune session_events rows received longer ago than this, at every retention pass
     /// (as `ds-sync prune --older-than`), e.g. 30d, 12h, 2w [default: keep everything]
     #[arg(

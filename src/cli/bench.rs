@@ -36,6 +36,8 @@ pub(super) async fn bench(args: &BenchArgs, settings: &Settings) -> Result<(), C
         ds_sync_args: args.ds_sync_args.clone(),
         writers: args.writers.max(1),
         runs: args.runs.max(1),
+        streams: args.streams.max(1),
+        instances: args.instances.max(2),
         table_forms: if args.table_forms.is_empty() {
             vec![bench::table_form::TableForm::Plain]
         } else {

@@ -66,6 +66,7 @@ fn with_limits(mut cfg: IngestConfig, opts: &IngestOptions) -> Result<IngestConf
     };
     cfg.max_buffer_bytes = opts.max_buffer_bytes.value;
     cfg.idle_timeout = opts.idle_timeout.value.0;
+    cfg.lease_ttl = opts.lease_ttl.value.0;
     cfg.limits()?;
     Ok(cfg)
 }
@@ -406,6 +407,8 @@ fn table(lines: &[Line]) -> Table {
         "last event",
         "dead letters",
         "buffered (peak)",
+        "owner",
+        "lease until",
         "error",
     ]);
     let dash = || "-".to_owned();
@@ -429,10 +432,25 @@ fn table(lines: &[Line]) -> Table {
                 bytes(l.info.buffered_bytes),
                 bytes(l.info.peak_buffered_bytes)
             ),
+            owner(&l.info),
+            l.info.lease_until.clone().unwrap_or_else(dash),
             l.info.error.clone().unwrap_or_else(dash),
         ]);
     }
     table
+}
+
+/// The owning instance for people: `host/pid (id)`, marked when it is not live.
+fn owner(info: &SubscriptionInfo) -> String {
+    let Some(id) = &info.owner else {
+        return "-".to_owned();
+    };
+    let host = info.owner_host.as_deref().unwrap_or("?");
+    let pid = info
+        .owner_pid
+        .map_or_else(|| "?".to_owned(), |p| p.to_string());
+    let gone = if info.owner_live { "" } else { ", not live" };
+    format!("{host}/{pid} ({id}{gone})")
 }
 
 /// A byte count for people: B, KiB or MiB.
@@ -448,4 +466,39 @@ fn bytes(n: i64) -> String {
 fn emit(text: &str) -> Result<(), CliError> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{text}").map_err(|e| CliError::Output(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(owner: Option<&str>, live: bool) -> SubscriptionInfo {
+        SubscriptionInfo {
+            stream: "s".into(),
+            status: "streaming".into(),
+            error: None,
+            offset: None,
+            up_to_date: true,
+            last_event_at: None,
+            state_at: None,
+            dead_letters: 0,
+            buffered_bytes: 0,
+            peak_buffered_bytes: 0,
+            owner: owner.map(str::to_owned),
+            owner_host: owner.map(|_| "web-1".to_owned()),
+            owner_pid: owner.map(|_| 42),
+            lease_until: None,
+            owner_live: live,
+        }
+    }
+
+    #[test]
+    fn the_owner_reads_as_host_pid_and_id_marked_when_not_live() {
+        assert_eq!(owner(&info(None, false)), "-");
+        assert_eq!(owner(&info(Some("ab12"), true)), "web-1/42 (ab12)");
+        assert_eq!(
+            owner(&info(Some("ab12"), false)),
+            "web-1/42 (ab12, not live)"
+        );
+    }
 }

@@ -23,7 +23,8 @@ use crate::config::{
 };
 use crate::ds::ClientOptions;
 use crate::ingest::{
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BUFFER_BYTES, DEFAULT_MAX_EVENT_BYTES, WriterOptions,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_LEASE_TTL, DEFAULT_MAX_BUFFER_BYTES, DEFAULT_MAX_EVENT_BYTES,
+    WriterOptions,
 };
 use crate::publication::{IdentityPolicy, ToastMode};
 use crate::retention::maintain::Maintenance;
@@ -238,6 +239,7 @@ pub struct IngestOptions {
     pub batch_max_rows: Sourced<usize>,
     pub max_buffer_bytes: Sourced<usize>,
     pub idle_timeout: Sourced<Shown>,
+    pub lease_ttl: Sourced<Shown>,
     /// `None`: keep everything.
     pub retention: Sourced<Option<Shown>>,
     /// `None`: keep every dead letter.
@@ -287,6 +289,15 @@ impl IngestOptions {
                     &f.idle_timeout,
                 )?,
                 DEFAULT_IDLE_TIMEOUT,
+            ),
+            lease_ttl: required(
+                duration(
+                    "ingest_lease_ttl",
+                    a.ingest_lease_ttl,
+                    "lease_ttl",
+                    &f.lease_ttl,
+                )?,
+                DEFAULT_LEASE_TTL,
             ),
             retention: duration("retention", a.retention, "retention", &f.retention)?,
             dead_letter_retention: duration(
@@ -378,6 +389,7 @@ mod tests {
             "ingest_batch_max_rows" => ("77", "77"),
             "ingest_max_buffer_bytes" => ("65536", "65536"),
             "ingest_idle_timeout" => ("90s", r#""90s""#),
+            "ingest_lease_ttl" => ("5s", r#""5s""#),
             "retention" => ("30d", r#""30d""#),
             "dead_letter_retention" => ("90d", r#""90d""#),
             "retention_interval" => ("5m", r#""5m""#),

@@ -2,7 +2,8 @@
 //! `public.session_events`, exactly once, across restarts.
 //!
 //! ```text
-//!  ds_sync.subscriptions ──LISTEN/1 s──▶ supervisor ──spawns──▶ subscription (one per stream)
+//!  ds_sync.subscriptions ──LISTEN/1 s──▶ supervisor ──spawns──▶ subscription (one per stream
+//!  + ingest_instances      leases: owns a share    │             this instance owns)
 //!                                                                 │ catch-up reads (GET) from
 //!                                                                 │ the stored offset, then SSE;
 //!                                                                 │ messages: decode, hold
@@ -22,6 +23,11 @@
 //! there: nothing is lost, nothing is stored twice. The offset upsert checks the previous
 //! offset, so even two processes ingesting one stream cannot double a row.
 //!
+//! **Shared across instances**: several processes running ingest on one database each
+//! follow about their share of the subscriptions, one owner per subscription, by leases
+//! renewed with a heartbeat (see [`lease`]); a killed instance's streams move at once, a
+//! hung one's after `--ingest-lease-ttl`.
+//!
 //! **Memory is bounded** by `--ingest-max-buffer-bytes`, per stream and in total (see
 //! [`memory`]): at the bound a subscription stops reading its socket, and a data event that
 //! cannot be held until its control event is read again by a catch-up read. A connection
@@ -37,8 +43,8 @@
 //! bookkeeping), [`copy`] (binary COPY and the statements around it), [`writer`] (the
 //! transaction), [`subscription`] (one stream's SSE loop), [`catch_up`] (reads of what the
 //! stream holds; `lane` writes the large ones), [`memory`] (the bound), [`supervisor`] (tasks
-//! follow the table), [`store`] (the table), [`state`] (status reporting), [`guard`] (loop
-//! safety).
+//! follow the table), [`lease`] (who follows which subscription), [`store`] (the table),
+//! [`state`] (status reporting), [`guard`] (loop safety).
 
 pub mod catch_up;
 pub mod copy;
@@ -46,6 +52,7 @@ pub mod decode;
 mod error;
 pub mod guard;
 mod lane;
+pub mod lease;
 pub mod ledger;
 #[cfg(test)]
 mod ledger_props;
@@ -62,6 +69,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use error::IngestError;
+pub use lease::DEFAULT_LEASE_TTL;
 pub use memory::{DEFAULT_MAX_BUFFER_BYTES, MemoryLimits};
 pub use writer::WriterOptions;
 
@@ -91,6 +99,9 @@ pub struct IngestConfig {
     pub max_buffer_bytes: usize,
     /// A connection without a byte for this long is reopened.
     pub idle_timeout: Duration,
+    /// A subscription owned by an instance that stopped renewing its leases for this long
+    /// moves to another instance (see [`lease`]).
+    pub lease_ttl: Duration,
     pub writer: WriterOptions,
 }
 
@@ -120,6 +131,7 @@ impl IngestConfig {
             max_event_bytes: max_event_bytes.max(1),
             max_buffer_bytes: DEFAULT_MAX_BUFFER_BYTES,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            lease_ttl: DEFAULT_LEASE_TTL,
             writer: WriterOptions::default(),
         })
     }
@@ -194,9 +206,11 @@ pub async fn run(
         hard_stop.clone(),
     ));
     let stop = shutdown.child_token();
+    let leases = lease::Leases::new(lease::Instance::this_process(), cfg.lease_ttl);
     let supervisor = supervisor::supervise(
         cfg.target.with_application_name("ds-sync/ingest-listen"),
         shared,
+        leases,
         stop.clone(),
     );
     tokio::pin!(supervisor);

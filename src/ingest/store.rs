@@ -49,6 +49,15 @@ pub struct SubscriptionInfo {
     /// Bytes its subscription holds in memory, and the most it held since it started.
     pub buffered_bytes: i64,
     pub peak_buffered_bytes: i64,
+    /// The instance that follows it (`None`: none yet), where that runs, and until when its
+    /// lease holds without another heartbeat.
+    pub owner: Option<String>,
+    pub owner_host: Option<String>,
+    pub owner_pid: Option<i32>,
+    pub lease_until: Option<String>,
+    /// Whether the owner is live (its lease runs and its session is connected); a
+    /// subscription whose owner is not is taken by another instance at its next tick.
+    pub owner_live: bool,
 }
 
 /// Checks that a stream name can be subscribed: non-empty, no empty, `.` or `..` segment.
@@ -272,7 +281,7 @@ pub async fn has_subscriptions(client: &Client) -> Result<bool, PgError> {
     Ok(row.get(0))
 }
 
-/// Every subscription with its state, committed offset and dead-letter count.
+/// Every subscription with its state, committed offset, dead-letter count and owner.
 ///
 /// # Errors
 ///
@@ -283,8 +292,12 @@ pub async fn list(client: &Client) -> Result<Vec<SubscriptionInfo>, PgError> {
             "SELECT s.stream_name, s.status, s.error, o.ds_offset, s.up_to_date, \
                     s.last_event_at::text, s.state_at::text, \
                     (SELECT count(*) FROM ds_sync.dead_letters d WHERE d.stream_name = s.stream_name), \
-                    s.buffered_bytes, s.peak_buffered_bytes \
+                    s.buffered_bytes, s.peak_buffered_bytes, \
+                    s.owner, i.host, i.pid, i.lease_until::text, \
+                    s.owner IS NOT NULL AND s.owner IN \
+                        (SELECT instance_id FROM ds_sync.live_ingest_instances) \
              FROM ds_sync.subscriptions s LEFT JOIN ds_sync.stream_offsets o USING (stream_name) \
+             LEFT JOIN ds_sync.ingest_instances i ON i.instance_id = s.owner \
              ORDER BY s.stream_name",
             &[],
         )
@@ -303,6 +316,11 @@ pub async fn list(client: &Client) -> Result<Vec<SubscriptionInfo>, PgError> {
             dead_letters: r.get(7),
             buffered_bytes: r.get(8),
             peak_buffered_bytes: r.get(9),
+            owner: r.get(10),
+            owner_host: r.get(11),
+            owner_pid: r.get(12),
+            lease_until: r.get(13),
+            owner_live: r.get(14),
         })
         .collect())
 }

@@ -384,7 +384,7 @@ impl Subscription {
             };
             let budget = Arc::clone(&self.shared.budget);
             tokio::select! {
-                () = stop.cancelled() => return End::Stopped,
+                () = stop.cancelled() => return self.stopped(answer, &mut ledger).await,
                 landed = landed, if has_answer => {
                     answer = None;
                     match self.finish(landed, &mut ledger) {
@@ -503,6 +503,17 @@ impl Subscription {
             }
             CommitOutcome::Stopped => Err(End::Stopped),
         }
+    }
+
+    /// Asked to stop: the commit in flight is waited for (the writer answers it, or says it
+    /// stopped), so that the stored offset is final when the task ends and an instance that
+    /// takes the stream over starts from it.
+    async fn stopped(&mut self, answer: Option<Answer>, ledger: &mut Ledger) -> End {
+        if let Some(mut rx) = answer {
+            let landed = rx.landed().await;
+            let _ = self.finish(landed, ledger);
+        }
+        End::Stopped
     }
 
     /// Waits for the commit in flight, then commits what is ready; ends with `end` unless

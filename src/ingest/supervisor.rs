@@ -1,28 +1,30 @@
-//! The subscription supervisor: keeps one task per subscribed stream, following
-//! `ds_sync.subscriptions` as it changes.
+//! The subscription supervisor: keeps one task per subscribed stream this instance owns,
+//! following `ds_sync.subscriptions` as it changes and sharing it with the other instances
+//! (see [`lease`](super::lease)).
 //!
-//! It re-reads the table every second and whenever `ds-sync subscribe` / `unsubscribe`
-//! NOTIFY its LISTEN connection. A new row starts a task from the stored offset; a removed
-//! row stops its task (between commits; the offset stays stored); a row whose generation
-//! grew (subscribed again) restarts it from the stored offset. A task that finished (closed
-//! stream, 410) is left finished until its generation grows.
+//! Every tick (at most a second, three per lease TTL) and whenever `ds-sync subscribe` /
+//! `unsubscribe` NOTIFY its LISTEN connection, it renews its leases on that connection,
+//! reads the table with each row's owner, claims or releases subscriptions to keep its
+//! share, and reconciles its tasks with what it owns. A new row starts a task from the
+//! stored offset; a removed row, or one another instance owns now, stops its task (between
+//! commits; the offset stays stored); a row whose generation grew (subscribed again)
+//! restarts it from the stored offset. A task that finished (closed stream, 410) is left
+//! finished until its generation grows. When the leases could not be renewed for a whole
+//! TTL, every task stops until they are.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 
+use super::lease::{self, Counts, Leases};
 use super::store::{self, Wanted};
 use super::subscription::{self, Shared};
 use crate::ds::Backoff;
 use crate::pg::{PgError, PgTarget, describe};
-
-/// How often the table is re-read even without a notification.
-const REREAD_EVERY: Duration = Duration::from_secs(1);
 
 struct Running {
     generation: i64,
@@ -30,19 +32,30 @@ struct Running {
     handle: JoinHandle<()>,
 }
 
-/// Supervises subscriptions until `shutdown`, then stops every task and waits for them.
-pub async fn supervise(target: PgTarget, shared: Arc<Shared>, shutdown: CancellationToken) {
+/// Supervises subscriptions until `shutdown`, then stops every task, waits for them and
+/// gives the leases back.
+pub async fn supervise(
+    target: PgTarget,
+    shared: Arc<Shared>,
+    mut leases: Leases,
+    shutdown: CancellationToken,
+) {
     let wake = Arc::new(Notify::new());
     let mut client: Option<Client> = None;
     let mut running: HashMap<String, Running> = HashMap::new();
-    let mut tick = tokio::time::interval(REREAD_EVERY);
+    let mut tick = tokio::time::interval(lease::tick_every(leases.ttl()));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut outage = Outage::default();
+    tracing::info!(instance = %leases.instance().id, ttl = ?leases.ttl(), "ingest instance registering");
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = tick.tick() => {}
             () = wake.notified() => {}
+        }
+        if leases.lapsed() && !running.is_empty() {
+            tracing::warn!(ttl = ?leases.ttl(), streams = running.len(), "ingest leases not renewed for a whole ttl: other instances may take these streams; stopping them until the leases are renewed");
+            stop_all(running.drain().map(|(_, r)| r).collect()).await;
         }
         if client.as_ref().is_none_or(Client::is_closed) {
             if !outage.may_try() {
@@ -62,20 +75,99 @@ pub async fn supervise(target: PgTarget, shared: Arc<Shared>, shutdown: Cancella
             }
         }
         let Some(c) = client.as_ref() else { continue };
-        match store::wanted(c).await {
-            Ok(wanted) => {
-                outage.ended();
-                reconcile(c, &mut running, wanted, &shared, &shutdown).await;
-            }
+        match round(c, &mut leases, &mut running, &shared, &shutdown).await {
+            Ok(()) => outage.ended(),
             Err(e) => outage.failed(&e),
         }
     }
-    for r in running.values() {
-        r.stop.cancel();
+    stop_all(running.into_values().collect()).await;
+    if let Some(c) = client.as_ref().filter(|c| !c.is_closed())
+        && let Err(e) = leases.retire(c).await
+    {
+        tracing::warn!(error = %e, "cannot give the ingest leases back; other instances take them when they run out");
     }
-    for (_, r) in running {
-        let _ = r.handle.await;
+}
+
+/// One tick: renew, read, balance, reconcile.
+async fn round(
+    c: &Client,
+    leases: &mut Leases,
+    running: &mut HashMap<String, Running>,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+) -> Result<(), PgError> {
+    leases.renew(c).await?;
+    let view = leases.view(c).await?;
+    let counts = view.counts();
+    let decision = lease::decide(counts);
+    let mut mine = view.mine();
+    if decision.release > 0 {
+        let gone = mine.split_off(mine.len() - decision.release);
+        release(c, leases, running, gone, counts).await?;
     }
+    if decision.claim > 0 && leases.may_claim() {
+        mine.extend(claim(c, leases, decision.claim, counts).await?);
+    }
+    crate::observe::ingest().leases(mine.len(), counts.live);
+    reconcile(c, running, mine, shared, shutdown).await;
+    Ok(())
+}
+
+/// Stops the tasks of `gone` (each after its commit in flight), then gives their leases up.
+async fn release(
+    c: &Client,
+    leases: &Leases,
+    running: &mut HashMap<String, Running>,
+    gone: Vec<Wanted>,
+    counts: Counts,
+) -> Result<(), PgError> {
+    let names: Vec<String> = gone.into_iter().map(|w| w.stream).collect();
+    let stopping: Vec<Running> = names.iter().filter_map(|s| running.remove(s)).collect();
+    stop_all(stopping).await;
+    for s in &names {
+        crate::observe::ingest().forget(s);
+    }
+    leases.release(c, &names).await?;
+    tracing::info!(
+        released = names.len(),
+        owned = counts.mine - names.len(),
+        share = counts.share(),
+        live_instances = counts.live,
+        "released subscriptions over this instance's share"
+    );
+    Ok(())
+}
+
+/// Claims up to `n` free subscriptions; returns them with their stored offsets.
+async fn claim(
+    c: &Client,
+    leases: &Leases,
+    n: usize,
+    counts: Counts,
+) -> Result<Vec<Wanted>, PgError> {
+    let claimed = leases.claim(c, n).await?;
+    if claimed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: Vec<&str> = claimed.iter().map(|(s, _)| s.as_str()).collect();
+    let offsets = store::offsets(c, &names).await?;
+    leases.forget_gone(c).await?;
+    tracing::info!(
+        claimed = claimed.len(),
+        owned = counts.mine + claimed.len(),
+        share = counts.share(),
+        live_instances = counts.live,
+        "claimed subscriptions"
+    );
+    Ok(claimed
+        .into_iter()
+        .zip(offsets)
+        .map(|((stream, generation), offset)| Wanted {
+            stream,
+            generation,
+            offset,
+        })
+        .collect())
 }
 
 /// Reading the subscriptions failing: retried with backoff (not on every tick), said once
@@ -138,7 +230,7 @@ async fn listen(target: &PgTarget, wake: Arc<Notify>) -> Result<Client, PgError>
     Ok(client)
 }
 
-/// Starts, stops and restarts tasks so that they match `wanted`.
+/// Starts, stops and restarts tasks so that they match `wanted` (what this instance owns).
 async fn reconcile(
     client: &Client,
     running: &mut HashMap<String, Running>,
@@ -153,13 +245,15 @@ async fn reconcile(
         .filter(|s| !wanted.contains_key(*s))
         .cloned()
         .collect();
+    let mut stopping = Vec::with_capacity(removed.len());
     for stream in removed {
         if let Some(r) = running.remove(&stream) {
-            tracing::info!(%stream, "unsubscribed; stopping its ingest");
-            stop(r).await;
+            tracing::info!(%stream, "unsubscribed, or owned by another instance now; stopping its ingest");
+            stopping.push(r);
             crate::observe::ingest().forget(&stream);
         }
     }
+    stop_all(stopping).await;
     for (stream, w) in wanted {
         let offset = match running.get(&stream) {
             Some(r) if r.generation == w.generation => continue,
@@ -201,4 +295,14 @@ async fn reconcile(
 async fn stop(r: Running) {
     r.stop.cancel();
     let _ = r.handle.await;
+}
+
+/// Stops tasks together: each is told first, then each is waited for.
+async fn stop_all(tasks: Vec<Running>) {
+    for r in &tasks {
+        r.stop.cancel();
+    }
+    for r in tasks {
+        let _ = r.handle.await;
+    }
 }

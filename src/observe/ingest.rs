@@ -165,6 +165,10 @@ pub struct IngestMetrics {
     pub(super) lag_seconds: Family<StreamLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub(super) status: Family<StatusLabels, Gauge>,
     pub(super) reconnects: Family<ReconnectLabels, Counter>,
+    /// Subscriptions this instance owns, and the live instances it sees (see
+    /// [`crate::ingest::lease`]).
+    pub(super) owned: Gauge,
+    pub(super) live_instances: Gauge,
     streams: Mutex<HashMap<String, StreamState>>,
 }
 
@@ -180,8 +184,17 @@ impl IngestMetrics {
             lag_seconds: Family::default(),
             status: Family::default(),
             reconnects,
+            owned: Gauge::default(),
+            live_instances: Gauge::default(),
             streams: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A lease tick: the subscriptions this instance owns now, and the live instances.
+    pub fn leases(&self, owned: usize, live_instances: usize) {
+        self.owned.set(i64::try_from(owned).unwrap_or(i64::MAX));
+        self.live_instances
+            .set(i64::try_from(live_instances).unwrap_or(i64::MAX));
     }
 
     /// Ingest started: its writer and subscriptions run.

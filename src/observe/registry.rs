@@ -292,6 +292,16 @@ fn register_ingest(r: &mut Registry, i: &IngestMetrics) {
         "1 for each subscription's current status",
         i.status.clone(),
     );
+    r.register(
+        "ingest_owned_streams",
+        "Subscriptions this instance owns (ingest is shared among the instances on one database)",
+        i.owned.clone(),
+    );
+    r.register(
+        "ingest_live_instances",
+        "Ingest instances live on this database, as this one saw at its last lease tick",
+        i.live_instances.clone(),
+    );
 }
 
 #[cfg(test)]

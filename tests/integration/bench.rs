@@ -457,3 +457,44 @@ async fn chaos_smoke_run_loses_and_doubles_nothing_through_every_kind_of_fault()
     let faults = std::fs::read_to_string(report.join("faults.txt")).unwrap();
     assert!(faults.starts_with("seed 5\n"), "{faults}");
 }
+
+#[tokio::test]
+async fn ingest_share_smoke_run_stores_every_event_once() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let args = [
+        "bench",
+        "ingest-share",
+        "--streams",
+        "12",
+        "--instances",
+        "3",
+        "--duration",
+        "1",
+        "--out",
+        dir,
+    ];
+    let run = run_ds_sync(&args, &[]).await.ok();
+    let result = only_result(out.path());
+    assert_eq!(result["scenario"], "ingest-share", "{}", run.stdout);
+    assert_eq!(figure(&result, "streams"), 12.0);
+    for n in 0..3 {
+        let owned = figure(&result, &format!("instance {n}: subscriptions owned"));
+        assert_eq!(owned, 4.0, "a third of the streams each: {result:#}");
+        let held = figure(&result, &format!("instance {n}: DS connections"));
+        assert!(
+            held >= owned,
+            "an SSE connection per stream owned: {result:#}"
+        );
+    }
+    assert_eq!(figure(&result, "streams of the killed instance"), 4.0);
+    assert!(figure(&result, "events posted under load") > 0.0);
+    let checks = result["checks"].as_array().unwrap();
+    for name in ["events lost", "events stored twice"] {
+        let check = checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name:?}: {checks:#?}"));
+        assert_eq!(check["value"].as_f64(), Some(0.0), "{name}: {result:#}");
+    }
+}

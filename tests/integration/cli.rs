@@ -266,6 +266,7 @@ fn env_sample(id: &str) -> Option<&'static str> {
         "ingest_batch_max_rows" => "77",
         "ingest_max_buffer_bytes" => "65536",
         "ingest_idle_timeout" => "90s",
+        "ingest_lease_ttl" => "5s",
         "retention" => "30d",
         "dead_letter_retention" => "90d",
         "retention_interval" => "5m",

@@ -29,6 +29,7 @@ mod ingest_cli;
 mod ingest_faults;
 mod ingest_memory;
 mod ingest_scale;
+mod ingest_share;
 mod init;
 mod keepalive;
 mod logs;

@@ -193,7 +193,7 @@ pub(super) async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), Benc
          that its slot confirmed the backlog's end. The `v2` phase writes the large \
          transaction again, for three slots: pg_recvlogical with version 1, pg_recvlogical \
          with `proto_version=2, streaming=on`, and ds-sync `--pgoutput-protocol 2` (which \
-         holds the streamed blocks, spilling past 4 MiB, and sends them at the commit)."
+         holds the streamed blocks, spilling past 1 MiB, and sends them at the commit)."
             .into(),
     );
     Ok(())

@@ -17,6 +17,9 @@
 //!    replication worker keeps feedback flowing meanwhile, so the server does not time out).
 //!    A full buffer with nothing sendable makes open batches sendable (`Queues::relieve`),
 //!    so a transaction of any shape passes.
+//!    While a streamed transaction (`--pgoutput-protocol 2`) is replayed after its Stream
+//!    Commit, its held messages take the place of replication events, under the same bound,
+//!    and no event is read until the replay ends: transactions stay in commit order.
 //!
 //! LSN rules: a transaction is confirmed to the server only when all its messages, in every
 //! stream, are acknowledged by the DS server, and only after every earlier transaction is

@@ -476,7 +476,7 @@ pub struct CaptureArgs {
     pub on_slot_lost: Option<crate::capture::slot_lost::OnSlotLost>,
     /// The pgoutput protocol version: 1 (a transaction is sent whole after its commit) or 2
     /// (PostgreSQL 14+: a transaction larger than logical_decoding_work_mem is streamed while
-    /// it runs, held by ds-sync, spilled to a temporary file past 4 MiB, and sent at its
+    /// it runs, held by ds-sync, spilled to a temporary file past 1 MiB, and sent at its
     /// commit) [default: 1]
     #[arg(
         long,

@@ -83,6 +83,13 @@ pub fn split_streamed(buf: &[u8]) -> Result<StreamedChange<'_>, DecodeError> {
 /// unit tests run the same body over mutated recorded messages.
 pub fn fuzz_decode(data: &[u8]) {
     let _ = decode(&Bytes::copy_from_slice(data));
+    // The same bytes as a message of a stream block: split, then decoded as v1.
+    if let Ok(change) = split_streamed(data) {
+        let mut joined = Vec::with_capacity(data.len());
+        joined.push(change.kind.tag());
+        joined.extend_from_slice(change.body);
+        let _ = decode(&Bytes::from(joined));
+    }
 }
 
 fn begin(r: &mut Reader<'_>) -> Result<Begin, DecodeError> {

@@ -83,7 +83,7 @@ async fn a_transaction_larger_than_work_mem_is_held_until_commit_then_arrives_wh
     )
     .await;
     let writer = db.client().await;
-    // 100,000 rows: past the 4 MiB ds-sync holds in memory, so the transaction spills.
+    // 100,000 rows: past the 1 MiB ds-sync holds in memory, so the transaction spills.
     writer
         .batch_execute(
             "BEGIN; INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 100000) g",

@@ -397,3 +397,30 @@ pub async fn advance_slot(sql: &Client, slot_name: &str, lsn: Lsn) -> Result<(),
     tracing::warn!(slot = slot_name, delivered = %lsn, "the slot's position was not updated before exit; delivered changes after it will be skipped on the next start");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PgoutputProtocol;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct File {
+        pgoutput_protocol: PgoutputProtocol,
+    }
+
+    #[test]
+    fn the_protocol_is_a_number_in_the_file_and_only_1_or_2() {
+        let read = |text: &str| toml::from_str::<File>(text).map(|f| f.pgoutput_protocol);
+        assert_eq!(read("pgoutput_protocol = 2").unwrap(), PgoutputProtocol::V2);
+        assert_eq!(read("pgoutput_protocol = 1").unwrap(), PgoutputProtocol::V1);
+        let err = read("pgoutput_protocol = 3").unwrap_err().to_string();
+        assert!(
+            err.contains("pgoutput protocol 3 is not supported: use 1 or 2"),
+            "{err}"
+        );
+        assert_eq!(
+            PgoutputProtocol::default(),
+            super::SourceConfig::DEFAULT_PROTOCOL
+        );
+        assert_eq!(u8::from(PgoutputProtocol::V2), 2);
+    }
+}

@@ -241,8 +241,10 @@ async fn sigkill_mid_stream_and_mid_delivery_loses_and_duplicates_nothing() {
         "the kill came after the whole delivery ({delivered})"
     );
 
+    // The rest with the default batching: a slow machine only slows the wait.
     let stale = streaming_pid(&sql, &slot).await.unwrap();
-    let third = CaptureProcess::start(&db, &server.url(), &restart).await;
+    let last = [&["--tables", "k", "--takeover"][..], &V2].concat();
+    let third = CaptureProcess::start(&db, &server.url(), &last).await;
     wait_streaming_anew(&sql, &slot, stale).await;
     wait_keys_exactly(&client, "pg-k", 60_000).await;
     // Nothing more arrives: a message after these would be a duplicate.
@@ -251,4 +253,54 @@ async fn sigkill_mid_stream_and_mid_delivery_loses_and_duplicates_nothing() {
         .unwrap();
     wait_keys_exactly(&client, "pg-k", 60_001).await;
     third.stop_ok().await;
+}
+
+#[tokio::test]
+async fn a_restart_with_the_other_protocol_mid_delivery_keeps_exactly_once() {
+    let Scenario {
+        server,
+        client,
+        db,
+        sql,
+        pg: _pg,
+    } = streaming_scenario("v2_switch", "CREATE TABLE k (id int PRIMARY KEY, pad text)").await;
+    let slow = [
+        "--tables",
+        "k",
+        "--batch-max-messages",
+        "50",
+        "--max-in-flight",
+        "1",
+    ];
+    let slot = db.slot("cap");
+    let first = start_streaming(&db, &server.url(), &slow).await;
+    sql.batch_execute("INSERT INTO k SELECT g, repeat('p', 50) FROM generate_series(1, 30000) g")
+        .await
+        .unwrap();
+    let delivered = wait_until(
+        "some of the transaction delivered",
+        Duration::from_secs(60),
+        || async {
+            let n = stream_keys(&client, "pg-k").await.len();
+            (n > 0).then_some(n).ok_or("none yet".to_string())
+        },
+    )
+    .await;
+    // Version 1 delivered part of it; version 2 streams it again and sends the rest.
+    let log = first.kill().await;
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        delivered < 30_000,
+        "the kill came after the whole delivery ({delivered})"
+    );
+    let stale = streaming_pid(&sql, &slot).await.unwrap();
+    let restart = [&["--tables", "k", "--takeover"][..], &V2].concat();
+    let second = CaptureProcess::start(&db, &server.url(), &restart).await;
+    wait_streaming_anew(&sql, &slot, stale).await;
+    wait_keys_exactly(&client, "pg-k", 30_000).await;
+    assert!(
+        streamed_txns(&sql, &slot).await >= 1,
+        "version 2 streamed the transaction"
+    );
+    second.stop_ok().await;
 }

@@ -185,6 +185,7 @@ pub(super) async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), Benc
     report.series.push(small.series);
     let streamed = streaming_phase(ctx, report, "bench_big_v2", ctx.opts.rows).await?;
     report.series.push(streamed.series);
+    live_phase(ctx, report, ctx.opts.rows).await?;
     report.notes.push(
         "Each phase writes its backlog while two slots wait at the same position; \
          pg_recvlogical (pgoutput v1 to /dev/null, --endpos at the backlog's end) and \
@@ -193,7 +194,10 @@ pub(super) async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), Benc
          that its slot confirmed the backlog's end. The `v2` phase writes the large \
          transaction again, for three slots: pg_recvlogical with version 1, pg_recvlogical \
          with `proto_version=2, streaming=on`, and ds-sync `--pgoutput-protocol 2` (which \
-         holds the streamed blocks, spilling past 1 MiB, and sends them at the commit)."
+         holds the streamed blocks, spilling past 1 MiB, and sends them at the commit). \
+         The `live` figures write the large transaction while ds-sync already streams \
+         (version 1, then version 2, each on a table and slot of its own) and time its \
+         commit to the poll that sees its last message."
             .into(),
     );
     Ok(())
@@ -315,4 +319,81 @@ pub(super) async fn memory(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), Ben
             .into(),
     );
     Ok(())
+}
+
+/// The large transaction written while ds-sync streams, with version 1 and with version 2:
+/// from its COMMIT to its last message in the DS stream. Figures only: what version 2 saves
+/// is the walsender's decoding after the commit, which a drained backlog cannot show.
+async fn live_phase(ctx: &Ctx<'_>, report: &mut Report, rows: u64) -> Result<(), BenchError> {
+    let mut times = Vec::new();
+    for (version, table) in [("1", "bench_live_v1"), ("2", "bench_live_v2")] {
+        let sql = ctx.stack.sql().await?;
+        let phase = Phase::create(&sql, table).await?;
+        let slot = phase.slot(&sql, "dssync").await?;
+        let log = format!("ds-sync-{table}.log");
+        let extra = ["--pgoutput-protocol", version];
+        let mut process = spawn_run(ctx, &phase, &slot, &log, &extra)?;
+        wait_slot_active(&sql, &slot).await?;
+        tracing::info!(
+            "writing {rows} rows in one transaction while ds-sync (version {version}) streams"
+        );
+        phase.write_one_transaction(&sql, rows).await?;
+        let committed = std::time::Instant::now();
+        let label = format!("live ds-sync v{version}");
+        let drain = workload::wait_drained(
+            ctx.stack,
+            &phase.stream(),
+            rows,
+            committed,
+            Some(&mut process),
+            &label,
+            ctx.opts.progress,
+        )
+        .await?;
+        process.stop().await?;
+        let secs = drain.elapsed.as_secs_f64();
+        report.figure(
+            &format!(
+                "live: {rows} rows in one transaction: commit to delivered, ds-sync v{version}"
+            ),
+            secs,
+            "s",
+        );
+        times.push(secs);
+    }
+    if let [v1, v2] = times[..] {
+        report.figure(
+            &format!("live: {rows} rows in one transaction: ds-sync v1 / v2 commit to delivered"),
+            v1 / v2,
+            "x",
+        );
+    }
+    Ok(())
+}
+
+/// Waits until a consumer holds `slot` (ds-sync streams from it), so that what is written
+/// next is read as it is written.
+async fn wait_slot_active(sql: &tokio_postgres::Client, slot: &str) -> Result<(), BenchError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let active: bool = sql
+            .query_one(
+                "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| BenchError::sql("reading the slot", &e))?
+            .get(0);
+        if active {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(BenchError::Timeout {
+                what: format!("ds-sync streaming from {slot}"),
+                secs: 60,
+                detail: "the slot stayed inactive".into(),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

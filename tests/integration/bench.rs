@@ -76,6 +76,11 @@ async fn capture_drain_smoke_run_writes_a_complete_report() {
     ] {
         assert!(figure(&result, &format!("v2: 300 rows in one transaction: {what}")) > 0.0);
     }
+    for version in ["v1", "v2"] {
+        let name =
+            format!("live: 300 rows in one transaction: commit to delivered, ds-sync {version}");
+        assert!(figure(&result, &name) > 0.0);
+    }
     let checks = result["checks"].as_array().unwrap();
     // Each phase's ratio, and version 2's against pg_recvlogical v1 and v2.
     assert_eq!(checks.len(), 4, "{checks:#?}");

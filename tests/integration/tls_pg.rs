@@ -432,6 +432,7 @@ async fn a_plain_attempt_broken_after_tls_was_declined_is_retried() {
         policy: Default::default(),
         takeover: false,
         failover: false,
+        protocol: Default::default(),
     };
     let e = match replication_connect(&sql, &cfg, Lsn::ZERO).await {
         Ok(_) => panic!("the fake server streams nothing"),

@@ -137,6 +137,7 @@ pub struct CaptureFile {
     pub snapshot_workers: Option<usize>,
     pub snapshot_chunk_rows: Option<usize>,
     pub on_slot_lost: Option<crate::capture::slot_lost::OnSlotLost>,
+    pub pgoutput_protocol: Option<crate::capture::source::PgoutputProtocol>,
     pub metrics_stream_labels: Option<bool>,
     pub shutdown_timeout_ms: Option<u64>,
 }

@@ -18,6 +18,12 @@ pub(super) struct Ctx<'a> {
 
 /// Target: ds-sync drains at least this fraction of the `pg_recvlogical` rate.
 const DRAIN_TARGET: f64 = 0.8;
+/// Target: ds-sync with `--pgoutput-protocol 2` drains a large transaction at least this
+/// many times `pg_recvlogical`'s version-1 rate (which decodes the transaction whole first).
+const STREAMING_V1_TARGET: f64 = 1.5;
+/// Target: ds-sync with `--pgoutput-protocol 2` drains at least this fraction of
+/// `pg_recvlogical`'s rate with version 2 and streaming.
+const STREAMING_V2_TARGET: f64 = 0.9;
 /// Target: peak RSS while a 1M-row transaction passes, in MB.
 const RSS_TARGET_MB: f64 = 64.0;
 
@@ -30,13 +36,24 @@ pub(super) async fn ds_sync_drain(
     end_lsn: &str,
     label: &str,
 ) -> Result<Drain, BenchError> {
+    ds_sync_drain_with(ctx, phase, (slot, expected, end_lsn), label, &[]).await
+}
+
+/// As [`ds_sync_drain`], with `extra` arguments for `ds-sync run`.
+async fn ds_sync_drain_with(
+    ctx: &Ctx<'_>,
+    phase: &Phase,
+    (slot, expected, end_lsn): (&str, u64, &str),
+    label: &str,
+    extra: &[&str],
+) -> Result<Drain, BenchError> {
     let runner_cpu = super::stack::own_cpu_seconds();
     let mut process = spawn_run(
         ctx,
         phase,
         slot,
         &format!("ds-sync-{}.log", phase.table),
-        &[],
+        extra,
     )?;
     let started = process.started;
     let mut drain = workload::wait_drained(
@@ -166,15 +183,87 @@ pub(super) async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), Benc
     report.series.push(big.series);
     let small = drain_phase(ctx, report, "bench_small", ctx.opts.txns, false).await?;
     report.series.push(small.series);
+    let streamed = streaming_phase(ctx, report, "bench_big_v2", ctx.opts.rows).await?;
+    report.series.push(streamed.series);
+    live_phase(ctx, report, ctx.opts.rows).await?;
     report.notes.push(
         "Each phase writes its backlog while two slots wait at the same position; \
          pg_recvlogical (pgoutput v1 to /dev/null, --endpos at the backlog's end) and \
          ds-sync then drain one slot each. ds-sync's time runs from its start to the poll \
          that sees the last message in the DS stream (20 ms resolution); the run then checks \
-         that its slot confirmed the backlog's end."
+         that its slot confirmed the backlog's end. The `v2` phase writes the large \
+         transaction again, for three slots: pg_recvlogical with version 1, pg_recvlogical \
+         with `proto_version=2, streaming=on`, and ds-sync `--pgoutput-protocol 2` (which \
+         holds the streamed blocks, spilling past 1 MiB, and sends them at the commit). \
+         The `live` figures write the large transaction while ds-sync already streams \
+         (version 1, then version 2, each on a table and slot of its own) and time its \
+         commit to the poll that sees its last message."
             .into(),
     );
     Ok(())
+}
+
+/// The large transaction with pgoutput version 2's streaming: ds-sync `--pgoutput-protocol
+/// 2` next to `pg_recvlogical` with version 1 and with version 2, each on its own slot over
+/// the same WAL.
+async fn streaming_phase(
+    ctx: &Ctx<'_>,
+    report: &mut Report,
+    table: &str,
+    rows: u64,
+) -> Result<Drain, BenchError> {
+    let sql = ctx.stack.sql().await?;
+    let phase = Phase::create(&sql, table).await?;
+    let v1_slot = phase.slot(&sql, "ceiling").await?;
+    let v2_slot = phase.slot(&sql, "ceiling_v2").await?;
+    let ds_slot = phase.slot(&sql, "dssync").await?;
+    tracing::info!("writing the backlog: {rows} rows in one transaction, for version 2");
+    phase.write_one_transaction(&sql, rows).await?;
+    let end = workload::current_lsn(&sql).await?;
+    let publication = &phase.publication;
+    let v1 = workload::recvlogical_ceiling(ctx.stack, &v1_slot, publication, &end).await?;
+    let streaming = ["-o", "proto_version=2", "-o", "streaming=on"];
+    let v2 = workload::recvlogical_ceiling_with(ctx.stack, &v2_slot, publication, &end, &streaming)
+        .await?;
+    let label = "ds-sync --pgoutput-protocol 2";
+    let extra = ["--pgoutput-protocol", "2"];
+    let drain = ds_sync_drain_with(ctx, &phase, (&ds_slot, rows, &end), label, &extra).await?;
+    let (v1, v2, d) = (
+        v1.as_secs_f64(),
+        v2.as_secs_f64(),
+        drain.elapsed.as_secs_f64(),
+    );
+    let what = format!("v2: {rows} rows in one transaction");
+    report.figure(&format!("{what}: pg_recvlogical v1 time"), v1, "s");
+    report.figure(
+        &format!("{what}: pg_recvlogical v2 streaming time"),
+        v2,
+        "s",
+    );
+    report.figure(&format!("{what}: ds-sync v2 time"), d, "s");
+    report.figure(&format!("{what}: ds-sync v2"), rows as f64 / d, "rows/s");
+    if let Some(kb) = drain.peak_rss_kb {
+        report.figure(
+            &format!("{what}: ds-sync v2 peak RSS"),
+            kb as f64 / 1024.0,
+            "MB",
+        );
+    }
+    report.check(
+        &format!("{what}: ds-sync v2 / pg_recvlogical v1 throughput"),
+        v1 / d,
+        "x",
+        Some(STREAMING_V1_TARGET),
+        false,
+    );
+    report.check(
+        &format!("{what}: ds-sync v2 / pg_recvlogical v2 throughput"),
+        v2 / d,
+        "x",
+        Some(STREAMING_V2_TARGET),
+        false,
+    );
+    Ok(drain)
 }
 
 /// `memory`: RSS of ds-sync while one large transaction passes.
@@ -230,4 +319,81 @@ pub(super) async fn memory(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), Ben
             .into(),
     );
     Ok(())
+}
+
+/// The large transaction written while ds-sync streams, with version 1 and with version 2:
+/// from its COMMIT to its last message in the DS stream. Figures only: what version 2 saves
+/// is the walsender's decoding after the commit, which a drained backlog cannot show.
+async fn live_phase(ctx: &Ctx<'_>, report: &mut Report, rows: u64) -> Result<(), BenchError> {
+    let mut times = Vec::new();
+    for (version, table) in [("1", "bench_live_v1"), ("2", "bench_live_v2")] {
+        let sql = ctx.stack.sql().await?;
+        let phase = Phase::create(&sql, table).await?;
+        let slot = phase.slot(&sql, "dssync").await?;
+        let log = format!("ds-sync-{table}.log");
+        let extra = ["--pgoutput-protocol", version];
+        let mut process = spawn_run(ctx, &phase, &slot, &log, &extra)?;
+        wait_slot_active(&sql, &slot).await?;
+        tracing::info!(
+            "writing {rows} rows in one transaction while ds-sync (version {version}) streams"
+        );
+        phase.write_one_transaction(&sql, rows).await?;
+        let committed = std::time::Instant::now();
+        let label = format!("live ds-sync v{version}");
+        let drain = workload::wait_drained(
+            ctx.stack,
+            &phase.stream(),
+            rows,
+            committed,
+            Some(&mut process),
+            &label,
+            ctx.opts.progress,
+        )
+        .await?;
+        process.stop().await?;
+        let secs = drain.elapsed.as_secs_f64();
+        report.figure(
+            &format!(
+                "live: {rows} rows in one transaction: commit to delivered, ds-sync v{version}"
+            ),
+            secs,
+            "s",
+        );
+        times.push(secs);
+    }
+    if let [v1, v2] = times[..] {
+        report.figure(
+            &format!("live: {rows} rows in one transaction: ds-sync v1 / v2 commit to delivered"),
+            v1 / v2,
+            "x",
+        );
+    }
+    Ok(())
+}
+
+/// Waits until a consumer holds `slot` (ds-sync streams from it), so that what is written
+/// next is read as it is written.
+async fn wait_slot_active(sql: &tokio_postgres::Client, slot: &str) -> Result<(), BenchError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let active: bool = sql
+            .query_one(
+                "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| BenchError::sql("reading the slot", &e))?
+            .get(0);
+        if active {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(BenchError::Timeout {
+                what: format!("ds-sync streaming from {slot}"),
+                secs: 60,
+                detail: "the slot stayed inactive".into(),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -126,17 +126,34 @@ pub(super) async fn recvlogical_ceiling(
     publication: &str,
     end_lsn: &str,
 ) -> Result<Duration, BenchError> {
+    recvlogical_ceiling_with(
+        stack,
+        slot,
+        publication,
+        end_lsn,
+        &["-o", "proto_version=1"],
+    )
+    .await
+}
+
+/// As [`recvlogical_ceiling`], with the plugin options `protocol` (e.g. `-o proto_version=2
+/// -o streaming=on`) instead of version 1's.
+pub(super) async fn recvlogical_ceiling_with(
+    stack: &Stack,
+    slot: &str,
+    publication: &str,
+    end_lsn: &str,
+    protocol: &[&str],
+) -> Result<Duration, BenchError> {
     let publication = format!("publication_names={publication}");
     let args = ["--slot", slot, "--start", "--no-loop", "--endpos", end_lsn];
-    let output = [
-        "-f",
-        "/dev/null",
-        "-o",
-        "proto_version=1",
-        "-o",
-        &publication,
-    ];
-    run_client(stack, "pg_recvlogical", &[&args[..], &output[..]].concat()).await
+    let output = ["-f", "/dev/null", "-o", &publication];
+    run_client(
+        stack,
+        "pg_recvlogical",
+        &[&args[..], protocol, &output[..]].concat(),
+    )
+    .await
 }
 
 /// `psql -c COMMAND` (stopping at the first error); returns the wall time.

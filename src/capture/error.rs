@@ -66,6 +66,9 @@ pub enum CaptureError {
         u32::MAX
     )]
     TooManyMessages { tx: String },
+    /// A transaction streamed while it ran could not be held or replayed.
+    #[error("replication connection: {0}")]
+    Streamed(#[from] super::streamed::StreamedError),
     /// A change message could not be serialized as JSON.
     #[error("replication connection: cannot serialize a message: {0}")]
     Serialize(#[source] serde_json::Error),
@@ -229,6 +232,7 @@ impl CaptureError {
             CaptureError::Session(e) => e.is_transient(),
             CaptureError::SlotBusy { .. } | CaptureError::LockLost { .. } => true,
             CaptureError::Snapshot(e) => e.is_transient(),
+            CaptureError::Streamed(e) => e.is_transient(),
             _ => false,
         }
     }

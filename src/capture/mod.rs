@@ -15,6 +15,8 @@
 //! * [`batch`]: per-stream batching, one POST in flight per stream, recovery mode.
 //! * [`sender`]: one POST with retries until the server has it.
 //! * [`ledger`]: which WAL positions may be confirmed (pure).
+//! * [`streamed`]: transactions streamed while they run (`--pgoutput-protocol 2`), held
+//!   until their Stream Commit (replayed then as one transaction) or Stream Abort.
 //! * [`streams`]: what is recorded about a stream before capture writes to it (the table →
 //!   stream registry for TRUNCATE, the stream's tail for the source check).
 //! * [`identity`]: the source incarnation, so a 409 counts as "already written" only when
@@ -56,6 +58,7 @@ pub mod snapshot;
 pub mod source;
 pub mod standby;
 pub mod startup;
+pub mod streamed;
 pub mod streams;
 pub mod whole_rows;
 

@@ -17,6 +17,9 @@
 //!    replication worker keeps feedback flowing meanwhile, so the server does not time out).
 //!    A full buffer with nothing sendable makes open batches sendable (`Queues::relieve`),
 //!    so a transaction of any shape passes.
+//!    While a streamed transaction (`--pgoutput-protocol 2`) is replayed after its Stream
+//!    Commit, its held messages take the place of replication events, under the same bound,
+//!    and no event is read until the replay ends: transactions stay in commit order.
 //!
 //! LSN rules: a transaction is confirmed to the server only when all its messages, in every
 //! stream, are acknowledged by the DS server, and only after every earlier transaction is
@@ -33,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ds::{Backoff, DsClient};
 use crate::lsn::Lsn;
-use crate::pgoutput::{PgOutputMessage, Truncate, decode};
+use crate::pgoutput::{PgOutputMessage, StreamCommit, Truncate, decode};
 
 use super::batch::{Limits, OutMessage, Queues, Seq};
 use super::error::CaptureError;
@@ -48,6 +51,7 @@ use super::snapshot::incremental::{Decoded, Incremental};
 use super::source::{self, SourceConfig};
 use super::standby::SlotLock;
 use super::startup::{self, Ready, Resume};
+use super::streamed::{self, Replay, Streamed};
 use super::streams::StreamBook;
 
 /// Everything capture needs.
@@ -276,6 +280,11 @@ struct Session<'a> {
     keepalive: KeepaliveProbe,
     /// Cancelled when the slot lock is lost.
     lock_lost: CancellationToken,
+    /// Transactions streamed while they run (`--pgoutput-protocol 2`), until they end.
+    streamed: Streamed,
+    /// The streamed transaction being replayed after its Stream Commit: read in steps, under
+    /// the same buffer bound as the replication stream, which is not read meanwhile.
+    replay: Option<(Replay, StreamCommit)>,
 }
 
 impl<'a> Session<'a> {
@@ -313,6 +322,8 @@ impl<'a> Session<'a> {
             snap: incremental,
             keepalive,
             lock_lost,
+            streamed: Streamed::new(streamed::DEFAULT_MEMORY_BYTES, std::env::temp_dir()),
+            replay: None,
         }
     }
 
@@ -380,7 +391,10 @@ impl<'a> Session<'a> {
                 _ = sleep_until(probe_warning), if probe_warning.is_some() => {
                     self.keepalive.warn_missing();
                 }
-                event = repl.recv(), if reading => {
+                () = std::future::ready(()), if reading && self.replay.is_some() => {
+                    self.replay_some().await?;
+                }
+                event = repl.recv(), if reading && self.replay.is_none() => {
                     if let Some(end) = self.received(event, &mut repl).await? {
                         return Ok(end);
                     }
@@ -411,7 +425,11 @@ impl<'a> Session<'a> {
                 Err(e) => return Err(CaptureError::from(e)),
             }
             handled += 1;
-            if handled < READ_AHEAD && self.queues.buffered_bytes() < self.cfg.max_buffer_bytes {
+            // A Stream Commit's replay comes before any later event.
+            if handled < READ_AHEAD
+                && self.replay.is_none()
+                && self.queues.buffered_bytes() < self.cfg.max_buffer_bytes
+            {
                 next = poll_once(repl.recv());
             }
         }
@@ -435,46 +453,15 @@ impl<'a> Session<'a> {
                 final_lsn,
                 xid,
                 commit_time_micros,
-            } => {
-                let id = Lsn::from(final_lsn);
-                self.ledger.begin(id);
-                self.tx = Some(OpenTx {
-                    id,
-                    meta: TxMeta {
-                        xid,
-                        commit_lsn: id,
-                        commit_time_micros,
-                    },
-                    next_index: 0,
-                });
-            }
-            ReplicationEvent::Commit { end_lsn, .. } => {
-                if let Some(tx) = self.tx.take() {
-                    tracing::debug!(commit_lsn = %tx.id, messages = tx.next_index, "transaction read");
-                    crate::observe::timeline::received(tx.id, tx.meta.xid);
-                    let end_lsn = Lsn::from(end_lsn);
-                    crate::observe::capture().committed(
-                        end_lsn,
-                        tx.meta.commit_time_micros,
-                        tx.next_index,
-                    );
-                    if tx.next_index == 0 && self.keepalive.awaiting_probe() {
-                        // A transaction without messages (PostgreSQL before 15 sends one for
-                        // every commit, published or not) is a position like a keepalive's:
-                        // confirmed only once this session's probe came back.
-                        self.ledger.abandon_open();
-                    } else {
-                        self.ledger.commit(tx.id, end_lsn);
-                    }
-                    self.snap.committed(tx.id, end_lsn);
-                    self.queues.commit();
-                }
-            }
+            } => self.begin(final_lsn.into(), xid, commit_time_micros),
+            ReplicationEvent::Commit { end_lsn, .. } => self.commit(end_lsn.into()),
             ReplicationEvent::XLogData {
                 data, wal_start, ..
             } => self.xlog(&data, wal_start.into()).await?,
             ReplicationEvent::KeepAlive { wal_end, .. } => {
-                let tx_open = self.tx.is_some();
+                // A streamed transaction in progress counts as open: its position is
+                // confirmed with its commit, like a non-streamed one's.
+                let tx_open = self.tx.is_some() || !self.streamed.is_empty();
                 if let Some(lsn) =
                     self.keepalive
                         .confirmable(tx_open, &mut self.ledger, wal_end.into())
@@ -488,11 +475,100 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// Opens the transaction whose commit record is at `id` (a Begin, or a Stream Commit
+    /// before its replay).
+    fn begin(&mut self, id: Lsn, xid: u32, commit_time_micros: i64) {
+        self.ledger.begin(id);
+        self.tx = Some(OpenTx {
+            id,
+            meta: TxMeta {
+                xid,
+                commit_lsn: id,
+                commit_time_micros,
+            },
+            next_index: 0,
+        });
+    }
+
+    /// Closes the open transaction (a Commit, or the end of a streamed one's replay).
+    fn commit(&mut self, end_lsn: Lsn) {
+        let Some(tx) = self.tx.take() else {
+            return;
+        };
+        tracing::debug!(commit_lsn = %tx.id, messages = tx.next_index, "transaction read");
+        crate::observe::timeline::received(tx.id, tx.meta.xid);
+        crate::observe::capture().committed(end_lsn, tx.meta.commit_time_micros, tx.next_index);
+        if tx.next_index == 0 && self.keepalive.awaiting_probe() {
+            // A transaction without messages (PostgreSQL before 15 sends one for every
+            // commit, published or not) is a position like a keepalive's: confirmed only
+            // once this session's probe came back.
+            self.ledger.abandon_open();
+        } else {
+            self.ledger.commit(tx.id, end_lsn);
+        }
+        self.snap.committed(tx.id, end_lsn);
+        self.queues.commit();
+    }
+
+    /// One XLogData payload: a change of the open stream block is held (see `streamed`);
+    /// the stream markers move the held transactions; anything else is handled at once.
     async fn xlog(&mut self, data: &Bytes, at: Lsn) -> Result<(), CaptureError> {
+        if self.streamed.in_block() && data.first() != Some(&b'E') {
+            return Ok(self.streamed.append(data)?);
+        }
         let msg = decode(data).map_err(|source| CaptureError::Decode {
             lsn: at.to_string(),
             source,
         })?;
+        match msg {
+            PgOutputMessage::StreamStart(start) => self.streamed.start(start)?,
+            PgOutputMessage::StreamStop => self.streamed.stop()?,
+            PgOutputMessage::StreamAbort(abort) => self.streamed.abort(abort)?,
+            PgOutputMessage::StreamCommit(commit) => {
+                let replay = self.streamed.commit(commit.xid)?;
+                self.begin(
+                    Lsn::from_u64(commit.commit_lsn),
+                    commit.xid,
+                    commit.commit_time,
+                );
+                self.replay = Some((replay, commit));
+            }
+            msg => self.message(msg).await?,
+        }
+        Ok(())
+    }
+
+    /// Replays up to [`READ_AHEAD`] messages of the committed streamed transaction, while
+    /// held bytes stay under the buffer bound; commits it after its last message.
+    async fn replay_some(&mut self) -> Result<(), CaptureError> {
+        for _ in 0..READ_AHEAD {
+            if self.queues.buffered_bytes() >= self.cfg.max_buffer_bytes {
+                return Ok(());
+            }
+            let Some((replay, commit)) = self.replay.as_mut() else {
+                return Ok(());
+            };
+            let at = Lsn::from_u64(commit.commit_lsn);
+            match replay.next_message()? {
+                Some(data) => {
+                    let msg = decode(&data).map_err(|source| CaptureError::Decode {
+                        lsn: at.to_string(),
+                        source,
+                    })?;
+                    self.message(msg).await?;
+                }
+                None => {
+                    let end_lsn = Lsn::from_u64(commit.end_lsn);
+                    self.replay = None;
+                    self.commit(end_lsn);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One decoded message of a transaction (non-streamed, or replayed).
+    async fn message(&mut self, msg: PgOutputMessage) -> Result<(), CaptureError> {
         match msg {
             PgOutputMessage::Relation(rel) => {
                 let oid = rel.oid;

@@ -32,6 +32,8 @@ pub struct SourceConfig {
     /// Create the slot as a failover slot, or turn failover on for the existing one
     /// (PostgreSQL 17+).
     pub failover: bool,
+    /// The pgoutput protocol version to ask for (`--pgoutput-protocol`).
+    pub protocol: PgoutputProtocol,
 }
 
 impl SourceConfig {
@@ -39,6 +41,10 @@ impl SourceConfig {
     pub const DEFAULT_TAKEOVER: bool = false;
     /// Default of `--failover-slot`: an ordinary slot, which works on every version.
     pub const DEFAULT_FAILOVER: bool = false;
+    /// Default of `--pgoutput-protocol`: version 1, which decodes a transaction whole at its
+    /// commit. Version 2's streaming is opt-in: `bench capture-drain` showed it no faster
+    /// (delivery, not decoding, bounds a large transaction), see the README.
+    pub const DEFAULT_PROTOCOL: PgoutputProtocol = PgoutputProtocol::V1;
 
     /// How the slot is created.
     pub fn create_slot(&self) -> slot::CreateSlot {
@@ -46,6 +52,71 @@ impl SourceConfig {
             temporary: false,
             if_not_exists: true,
             failover: self.failover,
+        }
+    }
+}
+
+/// The pgoutput protocol version capture asks the walsender for.
+///
+/// With version 1 the walsender decodes a transaction whole before sending any of it, so
+/// one large transaction arrives at the speed of a single decoding pass after its commit.
+/// Version 2 with `streaming 'on'` (PostgreSQL 14+) sends a transaction larger than
+/// `logical_decoding_work_mem` while it runs; ds-sync holds it (see `streamed`) and sends
+/// it at its commit, with the same `Stream-Seq` values version 1 gives it.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
+#[serde(try_from = "u8", into = "u8")]
+pub enum PgoutputProtocol {
+    /// Version 1: transactions sent whole after their commit.
+    #[default]
+    #[value(name = "1")]
+    V1,
+    /// Version 2 with streaming of in-progress transactions (PostgreSQL 14+; version 1 on
+    /// older servers).
+    #[value(name = "2")]
+    V2,
+}
+
+impl PgoutputProtocol {
+    /// The first `server_version_num` with protocol version 2 (streaming).
+    pub const STREAMING_FROM: i32 = 140_000;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PgoutputProtocol::V1 => "1",
+            PgoutputProtocol::V2 => "2",
+        }
+    }
+}
+
+impl TryFrom<u8> for PgoutputProtocol {
+    type Error = String;
+
+    fn try_from(v: u8) -> Result<Self, Self::Error> {
+        match v {
+            1 => Ok(PgoutputProtocol::V1),
+            2 => Ok(PgoutputProtocol::V2),
+            other => Err(format!(
+                "pgoutput protocol {other} is not supported: use 1 or 2"
+            )),
+        }
+    }
+}
+
+impl From<PgoutputProtocol> for u8 {
+    fn from(p: PgoutputProtocol) -> u8 {
+        match p {
+            PgoutputProtocol::V1 => 1,
+            PgoutputProtocol::V2 => 2,
         }
     }
 }
@@ -198,6 +269,7 @@ pub async fn connect(
     claim_slot(sql, cfg).await?;
     // The publication and, when it exists, its insert-only companion.
     let publications = publication::decoded_names(sql, &cfg.publication).await?;
+    let streaming = streaming(sql, cfg.protocol).await?;
     let t = &cfg.target;
     let mut failed: Vec<(Step, CaptureError, bool)> = Vec::new();
     for &step in t.ssl().steps(t.is_unix_socket()) {
@@ -213,7 +285,7 @@ pub async fn connect(
                 .pgwire(&t.host())
                 .map_err(CaptureError::ReplicationTls)?,
         };
-        match start_stream(cfg, start, &publications, tls).await {
+        match start_stream(cfg, (start, streaming), &publications, tls).await {
             Ok(client) => return Ok(client),
             Err(e) => {
                 let failure = ReplicationFailure::new(e);
@@ -241,9 +313,23 @@ fn reported(failed: &[(Step, CaptureError, bool)]) -> usize {
         .unwrap_or(failed.len().saturating_sub(1))
 }
 
+/// Whether to stream in-progress transactions: asked for, and the server has version 2
+/// (an older one refuses `proto_version '2'`, so it gets version 1 and a warning).
+async fn streaming(sql: &Client, protocol: PgoutputProtocol) -> Result<bool, CaptureError> {
+    if protocol == PgoutputProtocol::V1 {
+        return Ok(false);
+    }
+    let version = crate::pg::server_version(sql).await?;
+    if version.num < PgoutputProtocol::STREAMING_FROM {
+        tracing::warn!(server = %version.text, "--pgoutput-protocol 2 needs PostgreSQL 14 or newer; using version 1");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 async fn start_stream(
     cfg: &SourceConfig,
-    start: Lsn,
+    (start, streaming): (Lsn, bool),
     publications: &[String],
     tls: TlsConfig,
 ) -> Result<ReplicationClient, pgwire_replication::PgWireError> {
@@ -263,6 +349,7 @@ async fn start_stream(
     .with_status_interval(Duration::from_secs(1))
     .with_wakeup_interval(Duration::from_secs(1))
     .with_buffer_size(4096)
+    .with_streaming(streaming)
     .with_application_name("ds-sync");
     let mut client = ReplicationClient::connect(repl_cfg).await?;
     client.wait_started().await?;
@@ -310,4 +397,31 @@ pub async fn advance_slot(sql: &Client, slot_name: &str, lsn: Lsn) -> Result<(),
     }
     tracing::warn!(slot = slot_name, delivered = %lsn, "the slot's position was not updated before exit; delivered changes after it will be skipped on the next start");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PgoutputProtocol;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct File {
+        pgoutput_protocol: PgoutputProtocol,
+    }
+
+    #[test]
+    fn the_protocol_is_a_number_in_the_file_and_only_1_or_2() {
+        let read = |text: &str| toml::from_str::<File>(text).map(|f| f.pgoutput_protocol);
+        assert_eq!(read("pgoutput_protocol = 2").unwrap(), PgoutputProtocol::V2);
+        assert_eq!(read("pgoutput_protocol = 1").unwrap(), PgoutputProtocol::V1);
+        let err = read("pgoutput_protocol = 3").unwrap_err().to_string();
+        assert!(
+            err.contains("pgoutput protocol 3 is not supported: use 1 or 2"),
+            "{err}"
+        );
+        assert_eq!(
+            PgoutputProtocol::default(),
+            super::SourceConfig::DEFAULT_PROTOCOL
+        );
+        assert_eq!(u8::from(PgoutputProtocol::V2), 2);
+    }
 }

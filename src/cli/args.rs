@@ -481,6 +481,17 @@ pub struct CaptureArgs {
     /// stream its tables wrote to, snapshot the tables again, stream on) [default: error]
     #[arg(long, env = "DS_SYNC_ON_SLOT_LOST", value_enum, value_name = "ACTION")]
     pub on_slot_lost: Option<crate::capture::slot_lost::OnSlotLost>,
+    /// The pgoutput protocol version: 1 (a transaction is sent whole after its commit) or 2
+    /// (PostgreSQL 14+: a transaction larger than logical_decoding_work_mem is streamed while
+    /// it runs, held by ds-sync, spilled to a temporary file past 1 MiB, and sent at its
+    /// commit) [default: 1]
+    #[arg(
+        long,
+        env = "DS_SYNC_PGOUTPUT_PROTOCOL",
+        value_enum,
+        value_name = "VERSION"
+    )]
+    pub pgoutput_protocol: Option<crate::capture::source::PgoutputProtocol>,
     /// Tables a snapshot reads in parallel [default: 4]
     #[arg(long, env = "DS_SYNC_SNAPSHOT_WORKERS", value_name = "N")]
     pub snapshot_workers: Option<usize>,

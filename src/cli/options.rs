@@ -17,7 +17,7 @@ use crate::capture::batch::Limits;
 use crate::capture::route::Router;
 use crate::capture::slot_lost::OnSlotLost;
 use crate::capture::snapshot::{SnapshotMode, SnapshotOptions};
-use crate::capture::source::SourceConfig;
+use crate::capture::source::{PgoutputProtocol, SourceConfig};
 use crate::config::{
     ArgSources, CaptureFile, CliValue, IngestFile, Source, Sourced, merge_or, parse_duration,
 };
@@ -80,6 +80,7 @@ pub struct CaptureOptions {
     pub snapshot_workers: Sourced<usize>,
     pub snapshot_chunk_rows: Sourced<usize>,
     pub on_slot_lost: Sourced<OnSlotLost>,
+    pub pgoutput_protocol: Sourced<PgoutputProtocol>,
     pub metrics_stream_labels: Sourced<bool>,
     pub shutdown_timeout_ms: Sourced<u64>,
 }
@@ -178,6 +179,11 @@ impl CaptureOptions {
                 cli.value("on_slot_lost", a.on_slot_lost),
                 f.on_slot_lost,
                 CaptureConfig::DEFAULT_ON_SLOT_LOST,
+            ),
+            pgoutput_protocol: merge_or(
+                cli.value("pgoutput_protocol", a.pgoutput_protocol),
+                f.pgoutput_protocol,
+                SourceConfig::DEFAULT_PROTOCOL,
             ),
             metrics_stream_labels: merge_or(
                 cli.value("metrics_stream_labels", Some(a.metrics_stream_labels)),
@@ -379,6 +385,7 @@ mod tests {
             "snapshot_workers" => ("2", "2"),
             "snapshot_chunk_rows" => ("50", "50"),
             "on_slot_lost" => ("recreate", r#""recreate""#),
+            "pgoutput_protocol" => ("2", "2"),
             "shutdown_timeout_ms" => ("2500", "2500"),
             "standby_takeover_after_ms" => ("4000", "4000"),
             "keep_replica_identity" | "takeover" | "failover_slot" | "metrics_stream_labels" => {

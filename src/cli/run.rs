@@ -116,6 +116,7 @@ fn capture_config(
             },
             takeover: opts.takeover.value,
             failover: opts.failover_slot.value,
+            protocol: opts.pgoutput_protocol.value,
         },
         ds,
         router: router(opts)?,

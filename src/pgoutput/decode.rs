@@ -10,7 +10,8 @@ use bytes::Bytes;
 use super::error::DecodeError;
 use super::messages::{
     Begin, Column, Commit, Delete, Insert, LogicalMessage, MessageKind, Origin, PgOutputMessage,
-    Relation, ReplicaIdentity, Truncate, TupleData, TupleValue, TypeMessage, Update,
+    Relation, ReplicaIdentity, StreamAbort, StreamCommit, StreamStart, StreamedChange, Truncate,
+    TupleData, TupleValue, TypeMessage, Update,
 };
 use super::reader::Reader;
 
@@ -18,7 +19,9 @@ use super::reader::Reader;
 /// type oid and type modifier.
 const MIN_COLUMN_LEN: usize = 1 + 1 + 4 + 4;
 
-/// Decodes one complete pgoutput v1 message (the payload of one XLogData).
+/// Decodes one complete pgoutput message (the payload of one XLogData): v1's, and the
+/// stream markers of v2. A message inside a stream block goes through [`split_streamed`]
+/// first.
 ///
 /// Column values and logical message contents are slices of `buf`. Fails on
 /// empty input, an unknown tag, any field past the end of `buf` and any byte
@@ -38,9 +41,39 @@ pub fn decode(buf: &Bytes) -> Result<PgOutputMessage, DecodeError> {
         MessageKind::Delete => PgOutputMessage::Delete(delete(&mut reader)?),
         MessageKind::Truncate => PgOutputMessage::Truncate(truncate(&mut reader)?),
         MessageKind::Message => PgOutputMessage::Message(logical_message(&mut reader)?),
+        MessageKind::StreamStart => PgOutputMessage::StreamStart(stream_start(&mut reader)?),
+        MessageKind::StreamStop => PgOutputMessage::StreamStop,
+        MessageKind::StreamCommit => PgOutputMessage::StreamCommit(stream_commit(&mut reader)?),
+        MessageKind::StreamAbort => PgOutputMessage::StreamAbort(stream_abort(&mut reader)?),
     };
     reader.finish()?;
     Ok(message)
+}
+
+/// Splits one message of a stream block (v2, between Stream Start and Stream Stop) into its
+/// kind, the (sub)transaction id after the tag, and the body; `tag` + `body` is the message
+/// as [`decode`] reads it. Only the body is left undecoded: the caller keeps it until the
+/// transaction commits. Fails on empty input, an unknown tag, a message that never carries
+/// an id (Begin, Commit, Origin, the stream markers) and an id cut short.
+pub fn split_streamed(buf: &[u8]) -> Result<StreamedChange<'_>, DecodeError> {
+    let &tag = buf.first().ok_or(DecodeError::Empty)?;
+    let kind = MessageKind::from_tag(tag).ok_or(DecodeError::UnknownTag { tag })?;
+    if !kind.streamable() {
+        return Err(DecodeError::NotStreamable { message: kind });
+    }
+    let Some((xid, body)) = buf[1..].split_first_chunk::<4>() else {
+        return Err(DecodeError::Truncated {
+            message: kind,
+            offset: 1,
+            needed: 4,
+            available: buf.len() - 1,
+        });
+    };
+    Ok(StreamedChange {
+        kind,
+        xid: u32::from_be_bytes(*xid),
+        body,
+    })
 }
 
 /// The body of a fuzz target: decodes arbitrary bytes and discards the result.
@@ -50,6 +83,13 @@ pub fn decode(buf: &Bytes) -> Result<PgOutputMessage, DecodeError> {
 /// unit tests run the same body over mutated recorded messages.
 pub fn fuzz_decode(data: &[u8]) {
     let _ = decode(&Bytes::copy_from_slice(data));
+    // The same bytes as a message of a stream block: split, then decoded as v1.
+    if let Ok(change) = split_streamed(data) {
+        let mut joined = Vec::with_capacity(data.len());
+        joined.push(change.kind.tag());
+        joined.extend_from_slice(change.body);
+        let _ = decode(&Bytes::from(joined));
+    }
 }
 
 fn begin(r: &mut Reader<'_>) -> Result<Begin, DecodeError> {
@@ -198,6 +238,30 @@ fn logical_message(r: &mut Reader<'_>) -> Result<LogicalMessage, DecodeError> {
         lsn: r.u64()?,
         prefix: r.cstring()?,
         content: r.length_prefixed()?,
+    })
+}
+
+fn stream_start(r: &mut Reader<'_>) -> Result<StreamStart, DecodeError> {
+    Ok(StreamStart {
+        xid: r.u32()?,
+        first_segment: r.u8()? == 1,
+    })
+}
+
+fn stream_commit(r: &mut Reader<'_>) -> Result<StreamCommit, DecodeError> {
+    Ok(StreamCommit {
+        xid: r.u32()?,
+        flags: r.u8()?,
+        commit_lsn: r.u64()?,
+        end_lsn: r.u64()?,
+        commit_time: r.i64()?,
+    })
+}
+
+fn stream_abort(r: &mut Reader<'_>) -> Result<StreamAbort, DecodeError> {
+    Ok(StreamAbort {
+        xid: r.u32()?,
+        subxact_xid: r.u32()?,
     })
 }
 

@@ -90,6 +90,10 @@ pub enum DecodeError {
         remaining: usize,
     },
 
+    /// A message that never carries a transaction id was found inside a stream block.
+    #[error("{message} message inside a stream block (between Stream Start and Stream Stop)")]
+    NotStreamable { message: MessageKind },
+
     /// A tuple's column count differs from its relation's.
     #[error(
         "tuple has {tuple_columns} columns but relation {relation} (oid {relation_oid}) has \

@@ -22,6 +22,10 @@ pub enum MessageKind {
     Delete,
     Truncate,
     Message,
+    StreamStart,
+    StreamStop,
+    StreamCommit,
+    StreamAbort,
 }
 
 impl MessageKind {
@@ -39,9 +43,37 @@ impl MessageKind {
         MessageKind::Message,
     ];
 
-    /// The kind for a tag byte, or `None` if pgoutput v1 has no such message.
+    /// The messages protocol version 2 adds for transactions streamed while they run
+    /// (`streaming 'on'`).
+    pub const STREAM: [MessageKind; 4] = [
+        MessageKind::StreamStart,
+        MessageKind::StreamStop,
+        MessageKind::StreamCommit,
+        MessageKind::StreamAbort,
+    ];
+
+    /// The kind for a tag byte, or `None` if pgoutput (v1, or v2's streaming) has no such
+    /// message.
     pub fn from_tag(tag: u8) -> Option<MessageKind> {
-        Self::ALL.into_iter().find(|kind| kind.tag() == tag)
+        Self::ALL
+            .into_iter()
+            .chain(Self::STREAM)
+            .find(|kind| kind.tag() == tag)
+    }
+
+    /// Whether a message of this kind carries a transaction id after its tag inside a
+    /// stream block (v2): the changes and what describes them.
+    pub fn streamable(self) -> bool {
+        matches!(
+            self,
+            MessageKind::Relation
+                | MessageKind::Type
+                | MessageKind::Insert
+                | MessageKind::Update
+                | MessageKind::Delete
+                | MessageKind::Truncate
+                | MessageKind::Message
+        )
     }
 
     /// The tag byte that starts this message on the wire.
@@ -57,6 +89,10 @@ impl MessageKind {
             MessageKind::Delete => b'D',
             MessageKind::Truncate => b'T',
             MessageKind::Message => b'M',
+            MessageKind::StreamStart => b'S',
+            MessageKind::StreamStop => b'E',
+            MessageKind::StreamCommit => b'c',
+            MessageKind::StreamAbort => b'A',
         }
     }
 
@@ -73,6 +109,10 @@ impl MessageKind {
             MessageKind::Delete => "Delete",
             MessageKind::Truncate => "Truncate",
             MessageKind::Message => "Message",
+            MessageKind::StreamStart => "Stream Start",
+            MessageKind::StreamStop => "Stream Stop",
+            MessageKind::StreamCommit => "Stream Commit",
+            MessageKind::StreamAbort => "Stream Abort",
         }
     }
 }
@@ -96,6 +136,10 @@ pub enum PgOutputMessage {
     Delete(Delete),
     Truncate(Truncate),
     Message(LogicalMessage),
+    StreamStart(StreamStart),
+    StreamStop,
+    StreamCommit(StreamCommit),
+    StreamAbort(StreamAbort),
 }
 
 impl PgOutputMessage {
@@ -112,6 +156,10 @@ impl PgOutputMessage {
             PgOutputMessage::Delete(_) => MessageKind::Delete,
             PgOutputMessage::Truncate(_) => MessageKind::Truncate,
             PgOutputMessage::Message(_) => MessageKind::Message,
+            PgOutputMessage::StreamStart(_) => MessageKind::StreamStart,
+            PgOutputMessage::StreamStop => MessageKind::StreamStop,
+            PgOutputMessage::StreamCommit(_) => MessageKind::StreamCommit,
+            PgOutputMessage::StreamAbort(_) => MessageKind::StreamAbort,
         }
     }
 }
@@ -280,6 +328,59 @@ impl LogicalMessage {
     pub fn transactional(&self) -> bool {
         self.flags & 1 != 0
     }
+}
+
+/// `S` (v2): a block of an in-progress transaction's changes follows, up to the next
+/// Stream Stop. Every change in the block carries the transaction id after its tag (see
+/// [`StreamedChange`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamStart {
+    /// The top-level transaction the block belongs to.
+    pub xid: u32,
+    /// The transaction's first block: nothing of it was sent before in this session.
+    pub first_segment: bool,
+}
+
+/// `c` (v2): the streamed transaction `xid` committed; its blocks, less what Stream Abort
+/// discarded, are the transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamCommit {
+    pub xid: u32,
+    /// Unused by PostgreSQL so far (always 0).
+    pub flags: u8,
+    /// The LSN of the commit record: what a non-streamed Begin calls `final_lsn`.
+    pub commit_lsn: u64,
+    /// The LSN just past the commit record: where to resume after it.
+    pub end_lsn: u64,
+    /// Commit time, microseconds since 2000-01-01 00:00:00 UTC.
+    pub commit_time: i64,
+}
+
+/// `A` (v2): the streamed transaction `xid` rolled back, whole (`subxact_xid == xid`) or one
+/// subtransaction of it (a `ROLLBACK TO SAVEPOINT`): only that subtransaction's changes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamAbort {
+    pub xid: u32,
+    pub subxact_xid: u32,
+}
+
+impl StreamAbort {
+    /// Whether the whole transaction rolled back rather than one subtransaction of it.
+    pub fn is_top_level(&self) -> bool {
+        self.xid == self.subxact_xid
+    }
+}
+
+/// One message of a stream block as sent: its tag, the (sub)transaction id that follows
+/// the tag, and the body after it. `tag` and `body` together are the message as a
+/// non-streamed transaction carries it, for [`decode`](super::decode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamedChange<'a> {
+    pub kind: MessageKind,
+    /// The (sub)transaction that made the change: a subtransaction's own id when it was
+    /// made under a SAVEPOINT, which Stream Abort then names.
+    pub xid: u32,
+    pub body: &'a [u8],
 }
 
 /// The column values of one row, in [`Relation::columns`] order.

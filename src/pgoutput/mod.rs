@@ -22,8 +22,11 @@
 //! * an unchanged TOAST value stays [`TupleValue::UnchangedToast`]: it was not
 //!   sent, and the caller must not pass it on as NULL.
 //!
-//! Only protocol version 1 is understood: the streaming messages of version 2
-//! (`S`, `E`, `c`, `A`) and later are unknown tags.
+//! Protocol version 1, and the streaming of version 2 (`streaming 'on'`): the
+//! markers Stream Start `S`, Stream Stop `E`, Stream Commit `c`, Stream Abort `A`
+//! decode like any message; a message inside a stream block carries a
+//! transaction id after its tag, which [`split_streamed`] takes off so that the
+//! rest decodes as v1. Later versions' messages are unknown tags.
 
 mod decode;
 mod error;
@@ -34,10 +37,11 @@ mod relation_cache;
 #[cfg(test)]
 mod tests;
 
-pub use decode::{decode, fuzz_decode};
+pub use decode::{decode, fuzz_decode, split_streamed};
 pub use error::DecodeError;
 pub use messages::{
     Begin, Column, Commit, Delete, Insert, LogicalMessage, MessageKind, Origin, PgOutputMessage,
-    Relation, ReplicaIdentity, Truncate, TupleData, TupleValue, TypeMessage, Update,
+    Relation, ReplicaIdentity, StreamAbort, StreamCommit, StreamStart, StreamedChange, Truncate,
+    TupleData, TupleValue, TypeMessage, Update,
 };
 pub use relation_cache::RelationCache;

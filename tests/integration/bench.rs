@@ -69,8 +69,21 @@ async fn capture_drain_smoke_run_writes_a_complete_report() {
         assert!(figure(&result, &format!("{what}: pg_recvlogical")) > 0.0);
         assert!(figure(&result, &format!("{what}: ds-sync peak RSS")) > 1.0);
     }
+    for what in [
+        "pg_recvlogical v1 time",
+        "pg_recvlogical v2 streaming time",
+        "ds-sync v2 time",
+    ] {
+        assert!(figure(&result, &format!("v2: 300 rows in one transaction: {what}")) > 0.0);
+    }
+    for version in ["v1", "v2"] {
+        let name =
+            format!("live: 300 rows in one transaction: commit to delivered, ds-sync {version}");
+        assert!(figure(&result, &name) > 0.0);
+    }
     let checks = result["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 2, "{checks:#?}");
+    // Each phase's ratio, and version 2's against pg_recvlogical v1 and v2.
+    assert_eq!(checks.len(), 4, "{checks:#?}");
     assert!(checks.iter().all(|c| c["value"].as_f64().unwrap() > 0.0));
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(md.contains("![throughput.svg](throughput.svg)"), "{md}");

@@ -258,6 +258,7 @@ fn env_sample(id: &str) -> Option<&'static str> {
         "snapshot_workers" => "2",
         "snapshot_chunk_rows" => "50",
         "on_slot_lost" => "recreate",
+        "pgoutput_protocol" => "2",
         "shutdown_timeout_ms" => "2500",
         "standby_takeover_after_ms" => "4000",
         "keep_replica_identity" | "takeover" | "failover_slot" | "metrics_stream_labels" => "true",

@@ -15,6 +15,7 @@ mod capture_fence;
 mod capture_groups;
 mod capture_source;
 mod capture_standby;
+mod capture_streaming;
 mod capture_truncate;
 mod cli;
 mod dev;

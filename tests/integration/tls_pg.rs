@@ -231,6 +231,7 @@ async fn a_certificate_of_another_ca_is_refused_on_every_connection_kind() {
             policy: Default::default(),
             takeover: false,
             failover: false,
+            protocol: Default::default(),
         };
         let e = match replication_connect(&good, &cfg, Lsn::ZERO).await {
             Ok(_) => panic!("{params}: the replication stream must refuse the certificate"),
@@ -340,6 +341,7 @@ async fn sslmode_behaves_as_in_libpq() {
             policy: Default::default(),
             takeover: false,
             failover: false,
+            protocol: Default::default(),
         };
         let mut stream = replication_connect(&sql, &cfg, Lsn::ZERO)
             .await
@@ -430,6 +432,7 @@ async fn a_plain_attempt_broken_after_tls_was_declined_is_retried() {
         policy: Default::default(),
         takeover: false,
         failover: false,
+        protocol: Default::default(),
     };
     let e = match replication_connect(&sql, &cfg, Lsn::ZERO).await {
         Ok(_) => panic!("the fake server streams nothing"),

@@ -4,6 +4,7 @@
 mod fuzz;
 mod malformed;
 mod recorded;
+mod streaming;
 
 use bytes::Bytes;
 

@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --features bench
 out=$(mktemp -d)
-scenarios=(capture-drain capture-latency memory snapshot ingest-drain ingest-latency ingest-outage naive failover)
+scenarios=(capture-drain capture-latency memory snapshot ingest-drain ingest-latency ingest-outage naive failover ingest-share chaos)
 # Sizes other than the defaults, per scenario (the issue's figures).
-declare -A args=([ingest-outage]="--rows 300000 --duration 15" [ingest-drain]="--table-forms plain,partitioned,unindexed --runs 5" [memory]="--runs 5" [snapshot]="--runs 5" [failover]="--runs 10 --rate 500")
+declare -A args=([ingest-outage]="--rows 300000 --duration 15" [ingest-drain]="--table-forms plain,partitioned,unindexed --runs 5" [memory]="--runs 5" [snapshot]="--runs 5" [failover]="--runs 10 --rate 500" [chaos]="--duration 300 --kills 50 --seed 20261202")
 for s in "${scenarios[@]}"; do
   echo "== $s" >&2
   # The previous scenario's writes are flushed first, so that no scenario pays for another's

@@ -23,8 +23,9 @@
 //!
 //! Balance without thrash: an instance claims only while under its share and releases only
 //! while over it, at most a quarter of its share per tick, so the fleet settles with no
-//! instance over `ceil(n / live)` and stays there. A new instance claims from its second
-//! tick on, so that instances started together have seen each other by then.
+//! instance over `ceil(n / live)` and stays there. A new instance that sees others live
+//! claims from its second tick on, so that instances started one after another have seen
+//! each other by then; a lone one claims at once (a single sidecar does not wait a tick).
 
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
@@ -243,13 +244,18 @@ impl Leases {
         Ok(())
     }
 
-    /// Whether this instance may claim: one tick after it registered, so that instances
-    /// started together see each other before they claim, instead of the first taking
-    /// everything and handing most of it back.
+    /// Whether this instance may claim, `live` instances being live by its last view: at
+    /// once when it is the only one (a lone instance, the usual sidecar, starts ingesting
+    /// without waiting), otherwise from its second tick on, so that instances started
+    /// together see each other before they claim, instead of the first taking everything
+    /// and handing most of it back. (The second tick may come a little under a tick after
+    /// the first: a tenth of one is allowed.)
     #[must_use]
-    pub fn may_claim(&self) -> bool {
-        self.registered_at
-            .is_some_and(|at| at.elapsed() >= tick_every(self.ttl))
+    pub fn may_claim(&self, live: usize) -> bool {
+        live <= 1
+            || self
+                .registered_at
+                .is_some_and(|at| at.elapsed() >= tick_every(self.ttl).mul_f64(0.9))
     }
 
     /// Whether the leases may have run out: no renewal succeeded for a whole TTL (others
@@ -488,6 +494,19 @@ mod tests {
         assert_eq!(
             tick_every(Duration::from_millis(10)),
             Duration::from_millis(100)
+        );
+    }
+
+    #[test]
+    fn a_lone_instance_claims_at_once_and_one_among_others_from_its_second_tick() {
+        let mut leases = Leases::new(Instance::this_process(), Duration::from_secs(15));
+        leases.registered_at = Some(std::time::Instant::now());
+        assert!(leases.may_claim(1), "alone: no wait");
+        assert!(!leases.may_claim(2), "among others: not on the first tick");
+        leases.registered_at = Some(std::time::Instant::now() - Duration::from_millis(950));
+        assert!(
+            leases.may_claim(2),
+            "the second tick may come a little early"
         );
     }
 

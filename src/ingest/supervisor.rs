@@ -105,7 +105,7 @@ async fn round(
         let gone = mine.split_off(mine.len() - decision.release);
         release(c, leases, running, gone, counts).await?;
     }
-    if decision.claim > 0 && leases.may_claim() {
+    if decision.claim > 0 && leases.may_claim(counts.live) {
         mine.extend(claim(c, leases, decision.claim, counts).await?);
     }
     crate::observe::ingest().leases(mine.len(), counts.live);

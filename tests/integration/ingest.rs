@@ -9,6 +9,7 @@ use ds_sync::ingest::DEFAULT_MAX_EVENT_BYTES;
 
 use crate::kit::http::{create_stream, post_raw, stream_request};
 use crate::kit::ingest::{Ingest, setup};
+use crate::kit::wait_until;
 
 /// payload text, event_key, event_type, operation
 type Stored = (String, Option<String>, Option<String>, Option<String>);
@@ -483,18 +484,27 @@ async fn lost_postgres_connections_lose_and_double_nothing() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if round % 2 == 0 {
-            // Every connection ingest holds, mid-stream.
-            let killed: i64 = s
-                .sql
-                .query_one(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND application_name LIKE 'ds-sync%'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            assert!(killed > 0, "ingest held no connection to terminate");
+            // Every connection ingest holds, mid-stream, once it has reconnected after the
+            // last round (its connections come back after a backoff).
+            wait_until(
+                "ingest to hold a PostgreSQL connection to terminate",
+                Duration::from_secs(30),
+                || async {
+                    let killed: i64 = s
+                        .sql
+                        .query_one(
+                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                             WHERE datname = current_database() \
+                               AND application_name LIKE 'ds-sync%'",
+                            &[],
+                        )
+                        .await
+                        .unwrap()
+                        .get(0);
+                    (killed > 0).then_some(killed)
+                },
+            )
+            .await;
         }
     }
     s.wait_rows("steady", id).await;

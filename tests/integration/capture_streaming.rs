@@ -13,6 +13,15 @@ use crate::kit::{
 };
 
 const V2: [&str; 2] = ["--pgoutput-protocol", "2"];
+/// Table `k` delivered in small POSTs one at a time, so that its delivery takes a while.
+const SLOW_K: [&str; 6] = [
+    "--tables",
+    "k",
+    "--batch-max-messages",
+    "50",
+    "--max-in-flight",
+    "1",
+];
 
 /// A [`scenario`] whose cluster streams any transaction past 64kB of decoded changes.
 async fn streaming_scenario(label: &str, ddl: &str) -> Scenario {
@@ -186,19 +195,7 @@ async fn sigkill_mid_stream_and_mid_delivery_loses_and_duplicates_nothing() {
         sql,
         pg: _pg,
     } = streaming_scenario("v2_kill", "CREATE TABLE k (id int PRIMARY KEY, pad text)").await;
-    // Small POSTs one at a time, so the delivery of the transaction takes a while.
-    let args = [
-        &[
-            "--tables",
-            "k",
-            "--batch-max-messages",
-            "50",
-            "--max-in-flight",
-            "1",
-        ][..],
-        &V2,
-    ]
-    .concat();
+    let args = [&SLOW_K[..], &V2].concat();
     let restart = [&args[..], &["--takeover"]].concat();
     let slot = db.slot("cap");
     let first = start_streaming(&db, &server.url(), &args).await;
@@ -264,14 +261,7 @@ async fn a_restart_with_the_other_protocol_mid_delivery_keeps_exactly_once() {
         sql,
         pg: _pg,
     } = streaming_scenario("v2_switch", "CREATE TABLE k (id int PRIMARY KEY, pad text)").await;
-    let slow = [
-        "--tables",
-        "k",
-        "--batch-max-messages",
-        "50",
-        "--max-in-flight",
-        "1",
-    ];
+    let slow = SLOW_K;
     let slot = db.slot("cap");
     let first = start_streaming(&db, &server.url(), &slow).await;
     sql.batch_execute("INSERT INTO k SELECT g, repeat('p', 50) FROM generate_series(1, 30000) g")

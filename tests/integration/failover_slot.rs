@@ -132,7 +132,12 @@ async fn capture_resumes_on_a_promoted_standby_from_the_failover_slot() {
     insert(&sql, 51..=60).await;
     wait_keys_exactly(&client, "pg-s", 60).await;
     pair.wait_replayed().await;
-    active.kill().await;
+    let active_log = active.kill().await;
+    // The primary waits for the standby (the kit sets synchronized_standby_slots): no warning.
+    assert!(
+        !active_log.contains("synchronized_standby_slots is empty"),
+        "{active_log}"
+    );
     drop(sql);
     pair.primary.stop();
     let standby = pair.standby_db.client().await;
@@ -147,6 +152,14 @@ async fn capture_resumes_on_a_promoted_standby_from_the_failover_slot() {
         resumed
             .log()
             .contains("promoted from the recorded timeline"),
+        "{}",
+        resumed.log()
+    );
+    // The promoted standby waits for no standby of its own: ds-sync says so.
+    assert!(
+        resumed
+            .log()
+            .contains("synchronized_standby_slots is empty"),
         "{}",
         resumed.log()
     );

@@ -195,6 +195,11 @@ pub(super) async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), Benc
          transaction again, for three slots: pg_recvlogical with version 1, pg_recvlogical \
          with `proto_version=2, streaming=on`, and ds-sync `--pgoutput-protocol 2` (which \
          holds the streamed blocks, spilling past 1 MiB, and sends them at the commit). \
+         Since nothing can be sent before the commit, the `v2` phase also times what \
+         delivery alone costs in the same run: the messages ds-sync wrote, read back and \
+         gathered into 1 MiB JSON arrays beforehand, POSTed one at a time to a new stream on \
+         the same DS server. The bound is ds-sync's time to its first message (the commit) \
+         plus that POST time: the best a path that delivers at the commit could do. \
          The `live` figures write the large transaction while ds-sync already streams \
          (version 1, then version 2, each on a table and slot of its own) and time its \
          commit to the poll that sees its last message."
@@ -228,10 +233,15 @@ async fn streaming_phase(
     let label = "ds-sync --pgoutput-protocol 2";
     let extra = ["--pgoutput-protocol", "2"];
     let drain = ds_sync_drain_with(ctx, &phase, (&ds_slot, rows, &end), label, &extra).await?;
-    let (v1, v2, d) = (
+    // What delivery alone costs: the same messages POSTed again, after the fact.
+    let batches = super::snapshot::read_back(ctx, &phase.stream()).await?;
+    let post_stream = format!("{}-post-ceiling", phase.stream());
+    let post = super::snapshot::post_ceiling(ctx, &batches, &post_stream).await?;
+    let (v1, v2, d, p) = (
         v1.as_secs_f64(),
         v2.as_secs_f64(),
         drain.elapsed.as_secs_f64(),
+        post.as_secs_f64(),
     );
     let what = format!("v2: {rows} rows in one transaction");
     report.figure(&format!("{what}: pg_recvlogical v1 time"), v1, "s");
@@ -241,6 +251,14 @@ async fn streaming_phase(
         "s",
     );
     report.figure(&format!("{what}: ds-sync v2 time"), d, "s");
+    report.figure(
+        &format!("{what}: POST of the same messages (1 MiB, one in flight) time"),
+        p,
+        "s",
+    );
+    if let Some(first) = drain.first_seen {
+        streaming_bound(report, &what, (v1, v2, d, p), first.as_secs_f64());
+    }
     report.figure(&format!("{what}: ds-sync v2"), rows as f64 / d, "rows/s");
     if let Some(kb) = drain.peak_rss_kb {
         report.figure(
@@ -264,6 +282,44 @@ async fn streaming_phase(
         false,
     );
     Ok(drain)
+}
+
+/// What delivering at the commit costs: nothing reaches DS before the Stream Commit, so
+/// after it comes at least the time the DS server takes to store the messages (`p`, the
+/// POST of the same arrays). The best ratios such a path could reach are those of ds-sync's
+/// own time to the commit (`first`: start to the first message in the stream) plus `p`.
+fn streaming_bound(
+    report: &mut Report,
+    what: &str,
+    (v1, v2, d, p): (f64, f64, f64, f64),
+    first: f64,
+) {
+    report.figure(
+        &format!("{what}: ds-sync v2 start to first message in the stream"),
+        first,
+        "s",
+    );
+    report.figure(
+        &format!("{what}: ds-sync v2 first message to last"),
+        d - first,
+        "s",
+    );
+    report.figure(
+        &format!("{what}: ds-sync v2 first message to last / POST of the same messages"),
+        (d - first) / p,
+        "x",
+    );
+    let bound = first + p;
+    report.figure(
+        &format!("{what}: bound if delivery cost only the POSTs, / pg_recvlogical v1"),
+        v1 / bound,
+        "x",
+    );
+    report.figure(
+        &format!("{what}: bound if delivery cost only the POSTs, / pg_recvlogical v2"),
+        v2 / bound,
+        "x",
+    );
 }
 
 /// `memory`: RSS of ds-sync while one large transaction passes.

@@ -184,7 +184,7 @@ fn report_run(
 
 /// Reads back every message of `stream` and gathers them into JSON arrays of at most
 /// [`POST_BYTES`] (a message larger than that goes alone), ready to POST.
-async fn read_back(ctx: &Ctx<'_>, stream: &str) -> Result<Vec<Bytes>, BenchError> {
+pub(super) async fn read_back(ctx: &Ctx<'_>, stream: &str) -> Result<Vec<Bytes>, BenchError> {
     let mut batches = Vec::new();
     let mut batch = BytesMut::with_capacity(POST_BYTES);
     let mut offset = crate::ds::OFFSET_START.to_owned();
@@ -232,7 +232,7 @@ fn close_array(batch: &mut BytesMut) -> Bytes {
 
 /// POSTs `batches` to a new stream one at a time; the time from the first POST to the last
 /// answer.
-async fn post_ceiling(
+pub(super) async fn post_ceiling(
     ctx: &Ctx<'_>,
     batches: &[Bytes],
     stream: &str,

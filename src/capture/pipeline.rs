@@ -78,7 +78,7 @@ pub struct CaptureConfig {
 impl CaptureConfig {
     /// Default of `--max-buffer-bytes`: the read-ahead that keeps the slot busy while
     /// batches are in flight, small enough for the peak RSS target (bench/NOTES.md).
-    pub const DEFAULT_MAX_BUFFER_BYTES: usize = 16 << 20;
+    pub const DEFAULT_MAX_BUFFER_BYTES: usize = 8 << 20;
     /// Default of `--max-in-flight`.
     pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
     /// Default of `--on-slot-lost`: stop, and let the operator decide.

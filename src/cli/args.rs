@@ -462,7 +462,7 @@ pub struct CaptureArgs {
     /// when the stream is idle; busy streams batch naturally]
     #[arg(long, env = "DS_SYNC_LINGER_MS", value_name = "MS")]
     pub linger_ms: Option<u64>,
-    /// Stop reading WAL while this many bytes of changes are held [default: 16777216]
+    /// Stop reading WAL while this many bytes of changes are held [default: 8388608]
     #[arg(long, env = "DS_SYNC_MAX_BUFFER_BYTES", value_name = "BYTES")]
     pub max_buffer_bytes: Option<usize>,
     /// POSTs in flight at once over all streams (one per stream) [default: 16]

@@ -12,21 +12,33 @@
 
 /// `2024-01-02 03:04:05.5` → `2024-01-02T03:04:05.5`; other text unchanged.
 pub(super) fn timestamp(text: &str) -> String {
-    match split(text) {
-        Some((date, time, "")) => format!("{date}T{time}"),
-        _ => text.to_owned(),
-    }
+    iso_timestamp(text).map_or_else(|| text.to_owned(), |parts| parts.concat())
 }
 
 /// `2024-01-02 03:04:05+00` → `2024-01-02T03:04:05+00:00`; other text unchanged.
 pub(super) fn timestamptz(text: &str) -> String {
-    let Some((date, time, offset)) = split(text) else {
-        return text.to_owned();
-    };
+    iso_timestamptz(text).map_or_else(|| text.to_owned(), |parts| parts.concat())
+}
+
+/// The pieces of a `timestamp`'s ISO-8601 form, in order, when `text` has the shape that
+/// is rewritten. Every piece is ASCII digits and separators: it needs no JSON escaping.
+pub(super) fn iso_timestamp(text: &str) -> Option<[&str; 4]> {
+    match split(text)? {
+        (date, time, "") => Some([date, "T", time, ""]),
+        _ => None,
+    }
+}
+
+/// As [`iso_timestamp`], for a `timestamptz`: the offset gets `:00` when it is a bare hour.
+pub(super) fn iso_timestamptz(text: &str) -> Option<[&str; 5]> {
+    let (date, time, offset) = split(text)?;
+    if !is_offset(offset) {
+        return None;
+    }
     match offset.len() {
-        3 if is_offset(offset) => format!("{date}T{time}{offset}:00"),
-        6 | 9 if is_offset(offset) => format!("{date}T{time}{offset}"),
-        _ => text.to_owned(),
+        3 => Some([date, "T", time, offset, ":00"]),
+        6 | 9 => Some([date, "T", time, offset, ""]),
+        _ => None,
     }
 }
 

@@ -17,7 +17,22 @@ fn check(cases: &[(u32, &str, Value)]) {
             "oid {oid} ({:?}) text {sent:?}",
             kind_of(*oid)
         );
+        writes_the_same_bytes(*oid, sent);
     }
+}
+
+/// [`write_text_as_json`] writes exactly the serialization of [`text_to_json`]'s value.
+fn writes_the_same_bytes(oid: u32, text: &str) {
+    let mut written = b"[".to_vec();
+    write_text_as_json(oid, text, &mut written);
+    let mut expected = b"[".to_vec();
+    serde_json::to_writer(&mut expected, &text_to_json(oid, text)).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&written),
+        String::from_utf8_lossy(&expected),
+        "oid {oid} ({:?}) text {text:?}",
+        kind_of(oid)
+    );
 }
 
 /// The value when it must stay the string PostgreSQL sent.
@@ -442,6 +457,8 @@ fn garbage_never_panics() {
         "BC",
         "T",
         "2024-01-02",
+        "2024-01-02 03:04:05.5+00",
+        "2024-01-02 03:04:05-08:30",
         "03:04:05",
         "+05:30",
         "\\377",
@@ -461,8 +478,8 @@ fn garbage_never_panics() {
             text = format!("{{{text}}}");
         }
         let oid = oids[round % oids.len()];
-        let _ = text_to_json(oid, &text);
-        let _ = text_to_json(oids[rng.below(oids.len())], &text);
+        writes_the_same_bytes(oid, &text);
+        writes_the_same_bytes(oids[rng.below(oids.len())], &text);
     }
     // Deep nesting is bounded, not recursed into.
     let deep = format!("{}{}", "{".repeat(100_000), "}".repeat(100_000));

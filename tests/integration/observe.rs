@@ -115,7 +115,7 @@ async fn metrics_count_the_work_capture_and_ingest_did() {
     assert_eq!(s.value("ds_sync_snapshot_running", &[]), Some(0.0));
     assert_eq!(
         s.value("ds_sync_capture_buffer_limit_bytes", &[]),
-        Some(16777216.0)
+        Some(8388608.0)
     );
 
     for statement in [

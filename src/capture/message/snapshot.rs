@@ -11,7 +11,7 @@
 //! and one written through the message tree cannot be told apart by a client.
 
 use crate::lsn::Lsn;
-use crate::values::text_to_json;
+use crate::values::write_text_as_json;
 
 use super::identity::encode_key;
 use super::{Cell, MessageError, Operation, TableInfo, format_commit_time};
@@ -96,11 +96,7 @@ impl SnapshotEncoder {
             out.extend_from_slice(name);
             match values[*index] {
                 None => out.extend_from_slice(b"null"),
-                Some(text) => {
-                    let value = text_to_json(columns[*index].type_oid, text);
-                    // Writing a `Value` to a `Vec` cannot fail.
-                    let _ = serde_json::to_writer(&mut *out, &value);
-                }
+                Some(text) => write_text_as_json(columns[*index].type_oid, text, out),
             }
         }
         out.extend_from_slice(b"}}");

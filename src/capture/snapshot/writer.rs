@@ -83,6 +83,10 @@ pub struct Writer<'a> {
     reset: bool,
     record: Option<StreamRecord<'a>>,
     book: Option<StreamBook>,
+    /// The table and stream key of the last row: a table's rows come in runs to one
+    /// stream, and a pair once touched needs nothing more (noting it again changes
+    /// nothing), so a run skips the look-ups.
+    last: Option<(Arc<str>, Arc<str>)>,
     pub rows: u64,
 }
 
@@ -111,6 +115,7 @@ impl<'a> Writer<'a> {
             reset,
             record,
             book,
+            last: None,
             rows: 0,
         }
     }
@@ -152,7 +157,14 @@ impl<'a> Writer<'a> {
         stream: &str,
         json: Bytes,
     ) -> Result<(), CaptureError> {
-        let key = self.touch(Some(table), stream).await?;
+        let key = match &self.last {
+            Some((t, key)) if **t == *table && **key == *stream => Arc::clone(key),
+            _ => {
+                let key = self.touch(Some(table), stream).await?;
+                self.last = Some((Arc::from(table), Arc::clone(&key)));
+                key
+            }
+        };
         let seq = self.seqs.next(&key)?;
         self.queues.push(
             &key,

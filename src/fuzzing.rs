@@ -41,7 +41,8 @@ pub const TARGETS: [(&str, Entry); 5] = [
 /// Replication messages, framed as `u16` big-endian length + bytes (a short tail is the
 /// last frame), decoded one by one as capture does: Relations kept by oid, row changes of a
 /// known relation turned into State Protocol messages and routed with the default
-/// template. Nothing may panic; decoding is deterministic; a built message serializes.
+/// template. Nothing may panic; decoding is deterministic; a built message serializes, to
+/// the very bytes the direct writer (`message::encode`) writes for it.
 pub fn pgoutput(data: &[u8]) {
     pgoutput::fuzz_decode(data);
     let router = Router::new(
@@ -102,11 +103,28 @@ fn relation_of(change: &ChangeRef<'_>) -> u32 {
 }
 
 fn build_rows(router: &Router, table: &TableInfo, change: &ChangeRef<'_>, meta: &TxMeta) {
-    let Ok(rows) = message::build(table, change, meta) else {
-        return;
+    let encoded = message::encode(table, change, &message::TxHeaders::new(meta));
+    let rows = match (message::build(table, change, meta), encoded) {
+        (Ok(rows), Ok(encoded)) => {
+            assert_eq!(
+                rows.len(),
+                encoded.len(),
+                "both writers write every message"
+            );
+            rows.into_iter().zip(encoded).collect::<Vec<_>>()
+        }
+        (Err(tree), Err(direct)) => {
+            assert_eq!(tree, direct, "both writers fail alike");
+            return;
+        }
+        (tree, direct) => panic!("the writers disagree: {tree:?} against {direct:?}"),
     };
-    for row in rows {
+    for (row, direct) in rows {
         let json = serde_json::to_vec(&row.message).expect("a built message serializes");
+        assert_eq!(
+            json, direct.json,
+            "the direct writer writes the tree's bytes"
+        );
         serde_json::from_slice::<Value>(&json).expect("a serialized message is JSON");
         if let Err(e) = router.stream_for(table, &row) {
             assert!(

@@ -16,13 +16,14 @@ pub(super) struct Ctx<'a> {
     pub dir: &'a Path,
 }
 
-/// Target: ds-sync drains at least this fraction of the `pg_recvlogical` rate.
+/// Target: ds-sync drains one-row transactions at least at this fraction of the
+/// `pg_recvlogical` rate.
 const DRAIN_TARGET: f64 = 0.8;
-/// Target: ds-sync with `--pgoutput-protocol 2` drains a large transaction at least this
+/// Target: ds-sync (with either protocol version) drains a large transaction at least this
 /// many times `pg_recvlogical`'s version-1 rate (which decodes the transaction whole first).
 const STREAMING_V1_TARGET: f64 = 1.5;
-/// Target: ds-sync with `--pgoutput-protocol 2` drains at least this fraction of
-/// `pg_recvlogical`'s rate with version 2 and streaming.
+/// Target: ds-sync (with either protocol version) drains a large transaction at least at
+/// this fraction of `pg_recvlogical`'s rate with version 2 and streaming.
 const STREAMING_V2_TARGET: f64 = 0.9;
 /// Target: peak RSS while a 1M-row transaction passes, in MB.
 const RSS_TARGET_MB: f64 = 64.0;
@@ -110,7 +111,8 @@ pub(super) fn spawn_run_with_env(
     DsSyncProcess::spawn_with_env(&ctx.opts.exe, ctx.stack, &args, &ctx.dir.join(log), env)
 }
 
-/// A backlog written while both slots wait, then drained by `pg_recvlogical` and by ds-sync.
+/// A backlog written while its slots wait, then drained by `pg_recvlogical` (with version 1,
+/// and for the large transaction with version 2 and streaming too) and by ds-sync.
 async fn drain_phase(
     ctx: &Ctx<'_>,
     report: &mut Report,
@@ -121,6 +123,10 @@ async fn drain_phase(
     let sql = ctx.stack.sql().await?;
     let phase = Phase::create(&sql, table).await?;
     let ceiling_slot = phase.slot(&sql, "ceiling").await?;
+    let v2_slot = match one_transaction {
+        true => Some(phase.slot(&sql, "ceiling_v2").await?),
+        false => None,
+    };
     let ds_slot = phase.slot(&sql, "dssync").await?;
     let what = if one_transaction {
         format!("{rows} rows in one transaction")
@@ -136,6 +142,19 @@ async fn drain_phase(
     let end = workload::current_lsn(&sql).await?;
     let ceiling =
         workload::recvlogical_ceiling(ctx.stack, &ceiling_slot, &phase.publication, &end).await?;
+    let streaming_ceiling = match &v2_slot {
+        Some(slot) => Some(
+            workload::recvlogical_ceiling_with(
+                ctx.stack,
+                slot,
+                &phase.publication,
+                &end,
+                &STREAMING,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let drain = ds_sync_drain(
         ctx,
         &phase,
@@ -167,15 +186,44 @@ async fn drain_phase(
             "MB",
         );
     }
+    // With version 1 nothing arrives before the walsender decoded the whole transaction.
+    if let (true, Some(first)) = (one_transaction, drain.first_seen) {
+        let first = first.as_secs_f64();
+        let label = format!("{what}: ds-sync start to first message in the stream");
+        report.figure(&label, first, "s");
+        let label = format!("{what}: ds-sync first message to last");
+        report.figure(&label, d - first, "s");
+    }
+    let v1_target = match one_transaction {
+        true => STREAMING_V1_TARGET,
+        false => DRAIN_TARGET,
+    };
     report.check(
         &format!("{what}: ds-sync / pg_recvlogical throughput"),
         c / d,
         "x",
-        Some(DRAIN_TARGET),
+        Some(v1_target),
         false,
     );
+    if let Some(v2) = streaming_ceiling.map(|t| t.as_secs_f64()) {
+        report.figure(
+            &format!("{what}: pg_recvlogical v2 streaming time"),
+            v2,
+            "s",
+        );
+        report.check(
+            &format!("{what}: ds-sync / pg_recvlogical v2 streaming throughput"),
+            v2 / d,
+            "x",
+            Some(STREAMING_V2_TARGET),
+            false,
+        );
+    }
     Ok(drain)
 }
+
+/// `pg_recvlogical`'s options for pgoutput version 2 with in-progress transactions streamed.
+const STREAMING: [&str; 4] = ["-o", "proto_version=2", "-o", "streaming=on"];
 
 /// `capture-drain`.
 pub(super) async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), BenchError> {
@@ -189,7 +237,9 @@ pub(super) async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), Benc
     report.notes.push(
         "Each phase writes its backlog while two slots wait at the same position; \
          pg_recvlogical (pgoutput v1 to /dev/null, --endpos at the backlog's end) and \
-         ds-sync then drain one slot each. ds-sync's time runs from its start to the poll \
+         ds-sync then drain one slot each; the first phase (the large transaction, drained \
+         by ds-sync with its default, version 1) has a third slot, drained by \
+         pg_recvlogical with `proto_version=2, streaming=on`. ds-sync's time runs from its start to the poll \
          that sees the last message in the DS stream (20 ms resolution); the run then checks \
          that its slot confirmed the backlog's end. The `v2` phase writes the large \
          transaction again, for three slots: pg_recvlogical with version 1, pg_recvlogical \
@@ -227,8 +277,7 @@ async fn streaming_phase(
     let end = workload::current_lsn(&sql).await?;
     let publication = &phase.publication;
     let v1 = workload::recvlogical_ceiling(ctx.stack, &v1_slot, publication, &end).await?;
-    let streaming = ["-o", "proto_version=2", "-o", "streaming=on"];
-    let v2 = workload::recvlogical_ceiling_with(ctx.stack, &v2_slot, publication, &end, &streaming)
+    let v2 = workload::recvlogical_ceiling_with(ctx.stack, &v2_slot, publication, &end, &STREAMING)
         .await?;
     let label = "ds-sync --pgoutput-protocol 2";
     let extra = ["--pgoutput-protocol", "2"];

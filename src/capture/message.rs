@@ -41,10 +41,12 @@ use crate::pgoutput::{
 };
 use crate::values::text_to_json;
 
+mod direct;
 mod identity;
 mod snapshot;
 mod time;
 
+pub use direct::{EncodedRow, TxHeaders, encode};
 pub use identity::{KEY_ENCODING_DOC, TableInfo};
 pub use snapshot::SnapshotEncoder;
 pub use time::{PG_EPOCH_UNIX_SECS, format_commit_time, pg_micros_at, pg_now_micros};
@@ -264,26 +266,57 @@ fn control_message(control: &str) -> Value {
 }
 
 /// The messages for one row change: one, or two (delete then insert) when an update
-/// changes the key.
+/// changes the key. [`encode`] writes the same messages as JSON without building them.
 pub fn build(
     table: &TableInfo,
     change: &ChangeRef<'_>,
     meta: &TxMeta,
 ) -> Result<Vec<RowMessage>, MessageError> {
+    let planned = plan(table, change)?;
+    Ok(planned
+        .into_iter()
+        .map(|p| match p {
+            Planned::Row {
+                operation,
+                key,
+                new,
+                old_value,
+            } => {
+                let old_value = old_value.map(|cells| to_object(table, &cells));
+                row_message(table, meta, operation, key, &new, old_value)
+            }
+            Planned::Delete { key, old } => delete_message(table, meta, key, &old),
+        })
+        .collect())
+}
+
+/// What a row change becomes, decided once for both writers ([`build`] and [`encode`]).
+enum Planned<'a> {
+    /// An insert or update: the new row (absent values filled from the old row where it
+    /// has them), and the whole old row when an update of the same key carries it.
+    Row {
+        operation: Operation,
+        key: String,
+        new: Vec<Cell<'a>>,
+        old_value: Option<Vec<Cell<'a>>>,
+    },
+    /// A delete of the old row's key.
+    Delete { key: String, old: OldRow<'a> },
+}
+
+fn plan<'a>(table: &TableInfo, change: &ChangeRef<'a>) -> Result<Vec<Planned<'a>>, MessageError> {
     match *change {
         ChangeRef::Insert(insert) => {
             let new = read_tuple(table, &insert.new_tuple, TupleRole::New)?;
             let key = encode_key(table, &new, Operation::Insert)?;
-            Ok(vec![row_message(
-                table,
-                meta,
-                Operation::Insert,
+            Ok(vec![Planned::Row {
+                operation: Operation::Insert,
                 key,
-                &new,
-                None,
-            )])
+                new,
+                old_value: None,
+            }])
         }
-        ChangeRef::Update(update) => build_update(table, update, meta),
+        ChangeRef::Update(update) => plan_update(table, update),
         ChangeRef::Delete(delete) => {
             let old = match (&delete.old_tuple, &delete.key_tuple) {
                 (Some(old), _) => OldRow::read(table, old, TupleRole::Old)?,
@@ -293,7 +326,8 @@ pub fn build(
                     return Err(MessageError::MissingOldTuple { table });
                 }
             };
-            Ok(vec![delete_message(table, meta, &old)?])
+            let key = encode_key(table, &old.cells, Operation::Delete)?;
+            Ok(vec![Planned::Delete { key, old }])
         }
     }
 }
@@ -342,11 +376,10 @@ pub fn snapshot_insert(
     Ok(message)
 }
 
-fn build_update(
+fn plan_update<'a>(
     table: &TableInfo,
-    update: &Update,
-    meta: &TxMeta,
-) -> Result<Vec<RowMessage>, MessageError> {
+    update: &'a Update,
+) -> Result<Vec<Planned<'a>>, MessageError> {
     let old = match (&update.old_tuple, &update.key_tuple) {
         (Some(old), _) => Some(OldRow::read(table, old, TupleRole::Old)?),
         (None, Some(key)) => Some(OldRow::read(table, key, TupleRole::Key)?),
@@ -358,29 +391,30 @@ fn build_update(
     }
     let new_key = encode_key(table, &new, Operation::Update)?;
     let Some(old) = old else {
-        return Ok(vec![row_message(
-            table,
-            meta,
-            Operation::Update,
-            new_key,
-            &new,
-            None,
-        )]);
+        return Ok(vec![Planned::Row {
+            operation: Operation::Update,
+            key: new_key,
+            new,
+            old_value: None,
+        }]);
     };
-    if encode_key(table, &old.cells, Operation::Update)? != new_key {
-        let delete = delete_message(table, meta, &old)?;
-        let insert = row_message(table, meta, Operation::Insert, new_key, &new, None);
-        return Ok(vec![delete, insert]);
+    let old_key = encode_key(table, &old.cells, Operation::Update)?;
+    if old_key != new_key {
+        let insert = Planned::Row {
+            operation: Operation::Insert,
+            key: new_key,
+            new,
+            old_value: None,
+        };
+        return Ok(vec![Planned::Delete { key: old_key, old }, insert]);
     }
-    let old_value = old.full.then(|| to_object(table, &old.cells));
-    Ok(vec![row_message(
-        table,
-        meta,
-        Operation::Update,
-        new_key,
-        &new,
+    let old_value = old.full.then_some(old.cells);
+    Ok(vec![Planned::Row {
+        operation: Operation::Update,
+        key: new_key,
+        new,
         old_value,
-    )])
+    }])
 }
 
 /// One column of a tuple, its text checked as UTF-8.
@@ -510,12 +544,7 @@ fn row_message(
 }
 
 /// A delete of the old row's key: no `value`, `old_value` only for a whole old row.
-fn delete_message(
-    table: &TableInfo,
-    meta: &TxMeta,
-    old: &OldRow<'_>,
-) -> Result<RowMessage, MessageError> {
-    let key = encode_key(table, &old.cells, Operation::Delete)?;
+fn delete_message(table: &TableInfo, meta: &TxMeta, key: String, old: &OldRow<'_>) -> RowMessage {
     let mut columns = to_object(table, &old.cells);
     let mut message = Map::new();
     message.insert("type".to_owned(), Value::String(table.type_name.clone()));
@@ -526,11 +555,11 @@ fn delete_message(
     }
     let headers = headers(Operation::Delete, meta);
     message.insert("headers".to_owned(), Value::Object(headers));
-    Ok(RowMessage {
+    RowMessage {
         operation: Operation::Delete,
         message: Value::Object(message),
         extra_columns: columns,
-    })
+    }
 }
 
 fn headers(operation: Operation, meta: &TxMeta) -> Map<String, Value> {

@@ -43,8 +43,8 @@ use super::error::CaptureError;
 use super::fence::Fence;
 use super::keepalive::KeepaliveProbe;
 use super::ledger::{Ledger, TxId};
-use super::message::{self, ChangeRef, RowMessage, TableInfo, TxMeta};
-use super::route::Router;
+use super::message::{self, ChangeRef, RowMessage, TableInfo, TxHeaders, TxMeta};
+use super::route::{RouteError, Router};
 use super::sender::{Deliveries, Landed};
 use super::slot_lost::{self, OnSlotLost};
 use super::snapshot::incremental::{Decoded, Incremental};
@@ -244,6 +244,8 @@ struct OpenTx {
     /// that the resets of one TRUNCATE share one: so the numbering depends on the WAL alone,
     /// never on which streams are known, and a replay numbers a transaction identically.
     next_index: u32,
+    /// The headers its messages share, written at its first change written straight to JSON.
+    headers: Option<TxHeaders>,
 }
 
 impl OpenTx {
@@ -256,6 +258,11 @@ impl OpenTx {
                 tx: self.id.to_string(),
             })?;
         Ok(index)
+    }
+
+    fn headers(&mut self) -> &TxHeaders {
+        self.headers
+            .get_or_insert_with(|| TxHeaders::new(&self.meta))
     }
 }
 
@@ -487,6 +494,7 @@ impl<'a> Session<'a> {
                 commit_time_micros,
             },
             next_index: 0,
+            headers: None,
         });
     }
 
@@ -624,6 +632,11 @@ impl<'a> Session<'a> {
 
     fn change(&mut self, oid: u32, change: ChangeRef<'_>) -> Result<(), CaptureError> {
         let table = self.table(oid)?;
+        if !self.snap.watches(oid)
+            && let Some(stream) = self.cfg.router.fixed_stream(&table)
+        {
+            return self.change_direct(&table, &change, stream);
+        }
         let meta = self.open_tx()?.meta;
         let name = table.qualified_name();
         for row in message::build(&table, &change, &meta)? {
@@ -632,6 +645,29 @@ impl<'a> Session<'a> {
             let stream = self.cfg.router.stream_for(&table, &row)?;
             let index = self.open_tx()?.take_index()?;
             self.enqueue(&name, &stream, &row, index)?;
+            crate::observe::capture().change(&table.type_name, row.operation);
+        }
+        Ok(())
+    }
+
+    /// A change written straight to JSON (`message::encode`, the same bytes as the message
+    /// trees of `change`): when its stream does not depend on the row and no incremental
+    /// snapshot window watches its table, nothing needs the message as a tree, and building
+    /// one per row was most of capture's CPU.
+    fn change_direct(
+        &mut self,
+        table: &TableInfo,
+        change: &ChangeRef<'_>,
+        stream: Result<String, RouteError>,
+    ) -> Result<(), CaptureError> {
+        let rows = message::encode(table, change, self.open_tx()?.headers())?;
+        // After the message, as in `change`: a change that fails both ways reports the same.
+        let stream = stream?;
+        for row in rows {
+            let whole_rows = &self.cfg.whole_rows;
+            whole_rows.unchanged(&self.cfg.source, table, &row.unchanged_toast);
+            let index = self.open_tx()?.take_index()?;
+            self.enqueue_json(table.qualified(), &stream, Bytes::from(row.json), index)?;
             crate::observe::capture().change(&table.type_name, row.operation);
         }
         Ok(())
@@ -719,6 +755,16 @@ impl<'a> Session<'a> {
         let json = serde_json::to_vec(&row.message)
             .map(Bytes::from)
             .map_err(CaptureError::Serialize)?;
+        self.enqueue_json(table, stream, json, index)
+    }
+
+    fn enqueue_json(
+        &mut self,
+        table: &str,
+        stream: &str,
+        json: Bytes,
+        index: u32,
+    ) -> Result<(), CaptureError> {
         let tx = self.open_tx()?;
         let id = tx.id;
         let seq = Seq {

@@ -276,16 +276,36 @@ impl Router {
 
     /// The stream `row` goes to, rendered from its table's template and `row.columns()`.
     pub fn stream_for(&self, table: &TableInfo, row: &RowMessage) -> Result<String, RouteError> {
+        self.render(table, row.operation, |column| row.columns().get(column))
+    }
+
+    /// The stream every row of `table` goes to when its template names no column, so that
+    /// the stream does not depend on the row (the default, `{schema}.{table}` and fixed
+    /// names); `None` when it names one. Capture then writes the rows without building
+    /// them as trees first.
+    pub fn fixed_stream(&self, table: &TableInfo) -> Option<Result<String, RouteError>> {
+        if self.template_for(table).columns().next().is_some() {
+            return None;
+        }
+        Some(self.render(table, Operation::Insert, |_| None))
+    }
+
+    fn render<'v>(
+        &self,
+        table: &TableInfo,
+        operation: Operation,
+        value_of: impl Fn(&str) -> Option<&'v Value>,
+    ) -> Result<String, RouteError> {
         let relation = &table.relation;
         let name = self.template_for(table).render(|part| match part {
             Part::Table => Ok(encode_text(&relation.name)),
             Part::Schema => Ok(encode_text(&relation.namespace)),
-            Part::Column(column) => match row.columns().get(column) {
+            Part::Column(column) => match value_of(column) {
                 Some(value) => Ok(encode_value(value)),
                 None => Err(RouteError::ColumnUnavailable {
                     table: table.qualified_name(),
                     column: column.clone(),
-                    operation: row.operation,
+                    operation,
                 }),
             },
             Part::Literal(text) => Ok(text.clone()),

@@ -89,12 +89,19 @@ impl WholeRows {
 
     /// Reports an update sent without unchanged TOASTed values, with `--toast complete`.
     pub fn change(&self, source: &SourceConfig, table: &TableInfo, row: &RowMessage) {
-        if source.policy.toast == ToastMode::Partial {
-            return;
-        }
         let Some(columns) = row.message["headers"]["unchanged_toast"].as_array() else {
             return;
         };
+        let columns: Vec<&str> = columns.iter().filter_map(|c| c.as_str()).collect();
+        self.unchanged(source, table, &columns);
+    }
+
+    /// As [`WholeRows::change`], for a message written straight to JSON: `columns` are the
+    /// names in its `headers.unchanged_toast` (none: nothing to report).
+    pub fn unchanged(&self, source: &SourceConfig, table: &TableInfo, columns: &[&str]) {
+        if source.policy.toast == ToastMode::Partial || columns.is_empty() {
+            return;
+        }
         let now = Instant::now();
         let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
         let entry = warned.entry(table.relation.oid).or_insert((None, 0));
@@ -107,7 +114,6 @@ impl WholeRows {
         }
         let count = std::mem::take(&mut entry.1);
         entry.0 = Some(now);
-        let columns: Vec<&str> = columns.iter().filter_map(|c| c.as_str()).collect();
         let name = table.qualified_name();
         tracing::warn!(
             table = %name,

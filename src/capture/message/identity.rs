@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use super::direct::JsonShape;
 use super::{Cell, MessageError, Operation};
 use crate::pgoutput::Relation;
 
@@ -29,6 +30,11 @@ pub struct TableInfo {
     /// Indexes into `relation.columns`, in table order for identity and all-column keys,
     /// in primary key order for primary keys.
     pub key_columns: Vec<usize>,
+    /// `schema.name`, as errors and logs show it: kept, since capture names the table of
+    /// every row it records.
+    qualified: String,
+    /// How its messages are written as JSON (see `direct`).
+    pub(super) json: JsonShape,
 }
 
 impl TableInfo {
@@ -60,16 +66,25 @@ impl TableInfo {
             "public" | "" => relation.name.clone(),
             schema => format!("{schema}.{}", relation.name),
         };
+        let names: Vec<&str> = relation.columns.iter().map(|c| c.name.as_str()).collect();
+        let json = JsonShape::new(&type_name, &names);
         TableInfo {
+            qualified: relation.qualified_name(),
             relation,
             type_name,
             key_columns,
+            json,
         }
     }
 
     /// `schema.name`, as errors show it.
     pub fn qualified_name(&self) -> String {
-        self.relation.qualified_name()
+        self.qualified.clone()
+    }
+
+    /// [`TableInfo::qualified_name`], borrowed.
+    pub fn qualified(&self) -> &str {
+        &self.qualified
     }
 }
 

@@ -42,7 +42,8 @@ fn recorded_messages(text: &str, primary_key: Option<Vec<String>>) -> Vec<RowMes
             meta.expect("begin first"),
         );
         assert_eq!(change.relation_oid(), table.relation.oid);
-        let built = build(table, &change, &meta).unwrap_or_else(|err| panic!("{err}"));
+        let built = super::tests::checked_build(table, &change, &meta)
+            .unwrap_or_else(|err| panic!("{err}"));
         for row in &built {
             assert_eq!(row.message["headers"]["lsn"], meta.commit_lsn.to_string());
             assert_eq!(row.message["headers"]["txid"], meta.xid.to_string());

@@ -11,8 +11,8 @@
 //! and one written through the message tree cannot be told apart by a client.
 
 use crate::lsn::Lsn;
-use crate::values::write_text_as_json;
 
+use super::direct::put_str;
 use super::identity::encode_key;
 use super::{Cell, MessageError, Operation, TableInfo, format_commit_time};
 
@@ -22,11 +22,6 @@ pub struct SnapshotEncoder {
     table: TableInfo,
     /// `{"headers":{...},"key":`: everything before the key.
     head: Vec<u8>,
-    /// `,"type":"...","value":{`: between the key and the first column.
-    middle: Vec<u8>,
-    /// Each column's index and its `"name":`, in the order a JSON map (sorted by name)
-    /// writes them.
-    columns: Vec<(usize, Vec<u8>)>,
 }
 
 impl SnapshotEncoder {
@@ -39,29 +34,9 @@ impl SnapshotEncoder {
         head.extend_from_slice(br#","timestamp":"#);
         put_str(&mut head, &format_commit_time(time_micros));
         head.extend_from_slice(br#"},"key":"#);
-        let mut middle = br#","type":"#.to_vec();
-        put_str(&mut middle, &table.type_name);
-        middle.extend_from_slice(br#","value":{"#);
-        let mut order: Vec<usize> = (0..table.relation.columns.len()).collect();
-        // By name; of two columns with one name (which PostgreSQL does not allow) the map
-        // keeps the later one's value, so the later one sorts first and the other goes.
-        let name = |i: usize| table.relation.columns[i].name.as_str();
-        order.sort_by(|&a, &b| name(a).cmp(name(b)).then(b.cmp(&a)));
-        order.dedup_by(|a, b| name(*a) == name(*b));
-        let columns = order
-            .into_iter()
-            .map(|i| {
-                let mut name = Vec::new();
-                put_str(&mut name, &table.relation.columns[i].name);
-                name.push(b':');
-                (i, name)
-            })
-            .collect();
         SnapshotEncoder {
             table: table.clone(),
             head,
-            middle,
-            columns,
         }
     }
 
@@ -88,26 +63,13 @@ impl SnapshotEncoder {
         let key = encode_key(&self.table, &cells, Operation::Insert)?;
         out.extend_from_slice(&self.head);
         put_str(out, &key);
-        out.extend_from_slice(&self.middle);
-        for (n, (index, name)) in self.columns.iter().enumerate() {
-            if n > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(name);
-            match values[*index] {
-                None => out.extend_from_slice(b"null"),
-                Some(text) => write_text_as_json(columns[*index].type_oid, text, out),
-            }
-        }
-        out.extend_from_slice(b"}}");
+        let shape = &self.table.json;
+        shape.write_type(out);
+        out.extend_from_slice(br#","value":"#);
+        shape.write_object(&self.table, &cells, out);
+        out.push(b'}');
         Ok(())
     }
-}
-
-/// Appends `text` as a JSON string, escaped as `serde_json` escapes it.
-fn put_str(out: &mut Vec<u8>, text: &str) {
-    // Writing a string to a `Vec` cannot fail.
-    let _ = serde_json::to_writer(out, text);
 }
 
 #[cfg(test)]

@@ -91,7 +91,36 @@ fn delete(key: Option<TupleData>, old: Option<TupleData>) -> Delete {
 
 /// The messages of one change, panicking with the error if it fails.
 fn messages(table: &TableInfo, change: ChangeRef<'_>) -> Vec<RowMessage> {
-    build(table, &change, &META).unwrap_or_else(|err| panic!("{change:?} failed: {err}"))
+    checked_build(table, &change, &META).unwrap_or_else(|err| panic!("{change:?} failed: {err}"))
+}
+
+/// [`build`], checked against [`encode`]: the same messages byte for byte (and the same
+/// `unchanged_toast` names), or the same error. Every case of these tests goes through it.
+pub(super) fn checked_build(
+    table: &TableInfo,
+    change: &ChangeRef<'_>,
+    meta: &TxMeta,
+) -> Result<Vec<RowMessage>, MessageError> {
+    let built = build(table, change, meta);
+    let encoded = encode(table, change, &TxHeaders::new(meta));
+    match (&built, encoded) {
+        (Ok(rows), Ok(encoded)) => {
+            assert_eq!(rows.len(), encoded.len(), "{change:?}");
+            for (row, direct) in rows.iter().zip(encoded) {
+                let tree = serde_json::to_string(&row.message).expect("serializes");
+                assert_eq!(String::from_utf8_lossy(&direct.json), tree);
+                assert_eq!(direct.operation, row.operation);
+                let named: Vec<&str> = row.message["headers"]["unchanged_toast"]
+                    .as_array()
+                    .map(|names| names.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                assert_eq!(direct.unchanged_toast, named);
+            }
+        }
+        (Err(tree), Err(direct)) => assert_eq!(tree, &direct),
+        (tree, direct) => panic!("the writers disagree: {tree:?} against {direct:?}"),
+    }
+    built
 }
 
 /// The only message of one change.
@@ -253,7 +282,7 @@ fn delete_has_no_value_and_old_value_only_for_a_whole_old_row() {
     });
     assert_eq!(row.message, expected);
 
-    let err = build(&items(), &ChangeRef::Delete(&delete(None, None)), &META);
+    let err = checked_build(&items(), &ChangeRef::Delete(&delete(None, None)), &META);
     assert_eq!(
         err,
         Err(MessageError::MissingOldTuple {
@@ -353,7 +382,8 @@ fn key_column_that_was_not_sent_is_an_error() {
         None,
         vec![TupleValue::UnchangedToast, text("b"), TupleValue::Null],
     );
-    let err = build(&items(), &ChangeRef::Update(&change), &META).expect_err("no key value");
+    let err =
+        checked_build(&items(), &ChangeRef::Update(&change), &META).expect_err("no key value");
     let expected = MessageError::KeyUnavailable {
         table: "public.items".to_owned(),
         column: "id".to_owned(),
@@ -369,7 +399,7 @@ fn key_column_that_was_not_sent_is_an_error() {
 #[test]
 fn invalid_utf8_binary_values_and_wrong_widths_are_typed_errors() {
     let bad = TupleValue::Text(Bytes::from_static(b"\xff\xfe"));
-    let err = build(
+    let err = checked_build(
         &items(),
         &ChangeRef::Insert(&insert(vec![text("1"), bad, TupleValue::Null])),
         &META,
@@ -390,7 +420,7 @@ fn invalid_utf8_binary_values_and_wrong_widths_are_typed_errors() {
         TupleValue::Null,
     ]);
     let change = update(None, Some(old), vec![text("1"), text("x")]);
-    let err = build(
+    let err = checked_build(
         &full_identity_table(Some("id")),
         &ChangeRef::Update(&change),
         &META,
@@ -405,7 +435,7 @@ fn invalid_utf8_binary_values_and_wrong_widths_are_typed_errors() {
         })
     );
 
-    let err = build(
+    let err = checked_build(
         &items(),
         &ChangeRef::Insert(&insert(vec![text("1")])),
         &META,
@@ -457,4 +487,37 @@ fn change_ref_reads_row_changes_only() {
         relation_oids: vec![1],
     });
     assert_eq!(ChangeRef::from_message(&truncate), None);
+}
+
+#[test]
+fn both_writers_agree_on_odd_names_and_a_name_sent_twice() {
+    // PostgreSQL does not allow two columns of one name, but a Relation message can say
+    // so: the map keeps the later sent value, and the bytes must follow it.
+    let columns = vec![
+        column("v", TEXT, false),
+        column("id", INT4, true),
+        column("v", TEXT, false),
+        column("ä \"q\"\n", JSONB, false),
+    ];
+    let table = TableInfo::new(relation("app", ReplicaIdentity::Full, columns), None);
+    let both = vec![text("a"), text("1"), text("b"), text(r#"{"k": [1, "x"]}"#)];
+    let row = one(&table, ChangeRef::Insert(&insert(both)));
+    assert_eq!(row.message["value"]["v"], "b");
+    let later_unsent = vec![
+        text("a"),
+        text("1"),
+        TupleValue::UnchangedToast,
+        TupleValue::Null,
+    ];
+    let row = one(&table, ChangeRef::Update(&update(None, None, later_unsent)));
+    assert_eq!(row.message["value"]["v"], "a");
+    assert_eq!(row.message["headers"]["unchanged_toast"], json!(["v"]));
+    let old = tuple(vec![text("o"), text("1"), text("p"), text("[]")]);
+    let change = update(
+        None,
+        Some(old),
+        vec![text("n"), text("1"), text("m"), text("2")],
+    );
+    let row = one(&table, ChangeRef::Update(&change));
+    assert_eq!(row.message["old_value"]["v"], "p");
 }

@@ -237,6 +237,14 @@ impl Incremental {
         }
     }
 
+    /// Whether changes of table `oid` must reach [`Incremental::change`] as messages: from
+    /// the low watermark of the table's first chunk on (the window decides what it keeps).
+    pub fn watches(&self, oid: u32) -> bool {
+        self.active
+            .as_ref()
+            .is_some_and(|a| a.table.info.relation.oid == oid && a.window.is_some())
+    }
+
     fn window_of(&mut self, oid: u32) -> Option<&mut Window> {
         let a = self.active.as_mut()?;
         if a.table.info.relation.oid != oid {

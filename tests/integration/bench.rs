@@ -81,9 +81,18 @@ async fn capture_drain_smoke_run_writes_a_complete_report() {
             format!("live: 300 rows in one transaction: commit to delivered, ds-sync {version}");
         assert!(figure(&result, &name) > 0.0);
     }
+    // The large transaction's first phase also has pg_recvlogical with version 2, and
+    // ds-sync's time to its first message.
+    for what in [
+        "pg_recvlogical v2 streaming time",
+        "ds-sync start to first message in the stream",
+    ] {
+        assert!(figure(&result, &format!("300 rows in one transaction: {what}")) > 0.0);
+    }
     let checks = result["checks"].as_array().unwrap();
-    // Each phase's ratio, and version 2's against pg_recvlogical v1 and v2.
-    assert_eq!(checks.len(), 4, "{checks:#?}");
+    // Each phase's ratio, the large transaction's (version 1 and version 2) against
+    // pg_recvlogical v2 streaming too.
+    assert_eq!(checks.len(), 5, "{checks:#?}");
     assert!(checks.iter().all(|c| c["value"].as_f64().unwrap() > 0.0));
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(md.contains("![throughput.svg](throughput.svg)"), "{md}");

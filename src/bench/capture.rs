@@ -123,9 +123,10 @@ async fn drain_phase(
     let sql = ctx.stack.sql().await?;
     let phase = Phase::create(&sql, table).await?;
     let ceiling_slot = phase.slot(&sql, "ceiling").await?;
-    let v2_slot = match one_transaction {
-        true => Some(phase.slot(&sql, "ceiling_v2").await?),
-        false => None,
+    let v2_slot = if one_transaction {
+        Some(phase.slot(&sql, "ceiling_v2").await?)
+    } else {
+        None
     };
     let ds_slot = phase.slot(&sql, "dssync").await?;
     let what = if one_transaction {
@@ -194,9 +195,10 @@ async fn drain_phase(
         let label = format!("{what}: ds-sync first message to last");
         report.figure(&label, d - first, "s");
     }
-    let v1_target = match one_transaction {
-        true => STREAMING_V1_TARGET,
-        false => DRAIN_TARGET,
+    let v1_target = if one_transaction {
+        STREAMING_V1_TARGET
+    } else {
+        DRAIN_TARGET
     };
     report.check(
         &format!("{what}: ds-sync / pg_recvlogical throughput"),
@@ -239,8 +241,9 @@ pub(super) async fn drain(ctx: &Ctx<'_>, report: &mut Report) -> Result<(), Benc
          pg_recvlogical (pgoutput v1 to /dev/null, --endpos at the backlog's end) and \
          ds-sync then drain one slot each; the first phase (the large transaction, drained \
          by ds-sync with its default, version 1) has a third slot, drained by \
-         pg_recvlogical with `proto_version=2, streaming=on`. ds-sync's time runs from its start to the poll \
-         that sees the last message in the DS stream (20 ms resolution); the run then checks \
+         pg_recvlogical with `proto_version=2, streaming=on`. ds-sync's time runs from its \
+         start to the poll that sees the last message in the DS stream (20 ms resolution); \
+         the run then checks \
          that its slot confirmed the backlog's end. The `v2` phase writes the large \
          transaction again, for three slots: pg_recvlogical with version 1, pg_recvlogical \
          with `proto_version=2, streaming=on`, and ds-sync `--pgoutput-protocol 2` (which \

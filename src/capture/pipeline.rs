@@ -292,6 +292,9 @@ struct Session<'a> {
     /// The streamed transaction being replayed after its Stream Commit: read in steps, under
     /// the same buffer bound as the replication stream, which is not read meanwhile.
     replay: Option<(Replay, StreamCommit)>,
+    /// The last table whose rows went straight to JSON and its stream (see
+    /// `Session::fixed_stream`), while that `TableInfo` is its relation's current one.
+    fixed: Option<(Arc<TableInfo>, Arc<str>)>,
 }
 
 impl<'a> Session<'a> {
@@ -331,6 +334,7 @@ impl<'a> Session<'a> {
             lock_lost,
             streamed: Streamed::new(streamed::DEFAULT_MEMORY_BYTES, std::env::temp_dir()),
             replay: None,
+            fixed: None,
         }
     }
 
@@ -633,21 +637,39 @@ impl<'a> Session<'a> {
     fn change(&mut self, oid: u32, change: ChangeRef<'_>) -> Result<(), CaptureError> {
         let table = self.table(oid)?;
         if !self.snap.watches(oid)
-            && let Some(stream) = self.cfg.router.fixed_stream(&table)
+            && let Some(stream) = self.fixed_stream(&table)
         {
             return self.change_direct(&table, &change, stream);
         }
         let meta = self.open_tx()?.meta;
-        let name = table.qualified_name();
+        let name = table.qualified();
         for row in message::build(&table, &change, &meta)? {
             self.cfg.whole_rows.change(&self.cfg.source, &table, &row);
             self.snap.change(oid, &row);
             let stream = self.cfg.router.stream_for(&table, &row)?;
             let index = self.open_tx()?.take_index()?;
-            self.enqueue(&name, &stream, &row, index)?;
+            self.enqueue(name, &stream, &row, index)?;
             crate::observe::capture().change(&table.type_name, row.operation);
         }
         Ok(())
+    }
+
+    /// The stream every row of `table` goes to when its route names no column
+    /// (`Router::fixed_stream`), rendered once per table instead of once per row. A Relation
+    /// message replaces the table's `TableInfo`, so the kept stream is used only while
+    /// `table` is the very one it was rendered for.
+    fn fixed_stream(&mut self, table: &Arc<TableInfo>) -> Option<Result<Arc<str>, RouteError>> {
+        if let Some((kept, stream)) = &self.fixed
+            && Arc::ptr_eq(kept, table)
+        {
+            return Some(Ok(Arc::clone(stream)));
+        }
+        let stream: Arc<str> = match self.cfg.router.fixed_stream(table)? {
+            Ok(stream) => Arc::from(stream),
+            Err(e) => return Some(Err(e)),
+        };
+        self.fixed = Some((Arc::clone(table), Arc::clone(&stream)));
+        Some(Ok(stream))
     }
 
     /// A change written straight to JSON (`message::encode`, the same bytes as the message
@@ -658,7 +680,7 @@ impl<'a> Session<'a> {
         &mut self,
         table: &TableInfo,
         change: &ChangeRef<'_>,
-        stream: Result<String, RouteError>,
+        stream: Result<Arc<str>, RouteError>,
     ) -> Result<(), CaptureError> {
         let rows = message::encode(table, change, self.open_tx()?.headers())?;
         // After the message, as in `change`: a change that fails both ways reports the same.

@@ -204,8 +204,8 @@ pub fn write_text_as_json(type_oid: u32, text: &str, out: &mut Vec<u8>) {
     let _ = serde_json::to_writer(out, &text_to_json(type_oid, text));
 }
 
-/// `text` as a JSON string, escaped as `serde_json` escapes a `Value::String`.
-fn write_str(text: &str, out: &mut Vec<u8>) {
+/// Appends `text` as a JSON string, escaped as `serde_json` escapes a `Value::String`.
+pub fn write_str(text: &str, out: &mut Vec<u8>) {
     // Writing a `str` to a `Vec` cannot fail.
     let _ = serde_json::to_writer(out, text);
 }

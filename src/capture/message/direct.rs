@@ -14,7 +14,7 @@
 //! for both writers, so they differ only in how they write; tests and the `pgoutput` fuzz
 //! target compare the bytes of the two.
 
-use crate::values::write_text_as_json;
+use crate::values::{write_str, write_text_as_json};
 
 use super::{Cell, ChangeRef, MessageError, Operation, Planned, TableInfo, TxMeta};
 use super::{format_commit_time, plan};
@@ -33,14 +33,14 @@ pub struct JsonShape {
 impl JsonShape {
     pub(super) fn new(type_name: &str, names: &[&str]) -> JsonShape {
         let mut type_member = br#","type":"#.to_vec();
-        put_str(&mut type_member, type_name);
+        write_str(type_name, &mut type_member);
         let mut order: Vec<usize> = (0..names.len()).collect();
         order.sort_by(|&a, &b| names[a].cmp(names[b]).then(b.cmp(&a)));
         let columns = order
             .into_iter()
             .map(|i| {
                 let mut name = Vec::with_capacity(names[i].len() + 3);
-                put_str(&mut name, names[i]);
+                write_str(names[i], &mut name);
                 name.push(b':');
                 (i, name)
             })
@@ -64,18 +64,20 @@ impl JsonShape {
         out.push(b'{');
         let mut last: Option<&[u8]> = None;
         for (index, name) in &self.columns {
-            let cell = cells.get(*index).copied().unwrap_or(Cell::Absent);
-            if cell == Cell::Absent || last == Some(name.as_slice()) {
-                continue;
-            }
+            let text = match cells.get(*index).copied().unwrap_or(Cell::Absent) {
+                Cell::Absent => continue,
+                _ if last == Some(name.as_slice()) => continue,
+                Cell::Null => None,
+                Cell::Text(text) => Some(text),
+            };
             if last.is_some() {
                 out.push(b',');
             }
             last = Some(name);
             out.extend_from_slice(name);
-            match cell {
-                Cell::Text(text) => write_text_as_json(columns[*index].type_oid, text, out),
-                Cell::Null | Cell::Absent => out.extend_from_slice(b"null"),
+            match text {
+                Some(text) => write_text_as_json(columns[*index].type_oid, text, out),
+                None => out.extend_from_slice(b"null"),
             }
         }
         out.push(b'}');
@@ -85,7 +87,6 @@ impl JsonShape {
 /// The headers every message of one transaction shares, written once per transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxHeaders {
-    meta: TxMeta,
     /// `{"headers":{"lsn":"...","operation":`
     head: Vec<u8>,
     /// `,"timestamp":"...","txid":"..."`
@@ -95,22 +96,13 @@ pub struct TxHeaders {
 impl TxHeaders {
     pub fn new(meta: &TxMeta) -> TxHeaders {
         let mut head = br#"{"headers":{"lsn":"#.to_vec();
-        put_str(&mut head, &meta.commit_lsn.to_string());
+        write_str(&meta.commit_lsn.to_string(), &mut head);
         head.extend_from_slice(br#","operation":"#);
         let mut tail = br#","timestamp":"#.to_vec();
-        put_str(&mut tail, &format_commit_time(meta.commit_time_micros));
+        write_str(&format_commit_time(meta.commit_time_micros), &mut tail);
         tail.extend_from_slice(br#","txid":"#);
-        put_str(&mut tail, &meta.xid.to_string());
-        TxHeaders {
-            meta: *meta,
-            head,
-            tail,
-        }
-    }
-
-    /// The transaction these headers are of.
-    pub fn meta(&self) -> &TxMeta {
-        &self.meta
+        write_str(&meta.xid.to_string(), &mut tail);
+        TxHeaders { head, tail }
     }
 }
 
@@ -143,95 +135,82 @@ pub fn encode<'t>(
                 key,
                 new,
                 old_value,
-            } => write_row(table, headers, operation, &key, &new, old_value.as_deref()),
+            } => {
+                let message = Message {
+                    operation,
+                    key: &key,
+                    old_value: old_value.as_deref(),
+                    value: Some(&new),
+                };
+                write(table, headers, &message)
+            }
             Planned::Delete { key, old } => {
-                let old_value = old.full.then_some(old.cells.as_slice());
-                write_delete(table, headers, &key, old_value)
+                let message = Message {
+                    operation: Operation::Delete,
+                    key: &key,
+                    old_value: old.full.then_some(old.cells.as_slice()),
+                    value: None,
+                };
+                write(table, headers, &message)
             }
         });
     }
     Ok(rows)
 }
 
-fn write_row<'t>(
+/// What one message holds besides the transaction's headers and the table's `type`.
+struct Message<'m, 'c> {
+    operation: Operation,
+    key: &'m str,
+    old_value: Option<&'m [Cell<'c>]>,
+    /// The new row; `None` for a delete, which has no `value`.
+    value: Option<&'m [Cell<'c>]>,
+}
+
+/// The members in the order a JSON map writes them: `headers` (with `unchanged_toast`
+/// naming the new row's absent columns), `key`, `old_value`, `type`, `value`.
+fn write<'t>(
     table: &'t TableInfo,
     headers: &TxHeaders,
-    operation: Operation,
-    key: &str,
-    new: &[Cell<'_>],
-    old_value: Option<&[Cell<'_>]>,
+    message: &Message<'_, '_>,
 ) -> EncodedRow<'t> {
     let shape = &table.json;
-    let unchanged_toast: Vec<&'t str> = (table.relation.columns.iter().zip(new))
-        .filter(|(_, cell)| **cell == Cell::Absent)
-        .map(|(column, _)| column.name.as_str())
-        .collect();
+    let unchanged_toast: Vec<&'t str> = match message.value {
+        Some(new) => (table.relation.columns.iter().zip(new))
+            .filter(|(_, cell)| **cell == Cell::Absent)
+            .map(|(column, _)| column.name.as_str())
+            .collect(),
+        None => Vec::new(),
+    };
     let mut out = Vec::with_capacity(256);
-    write_head(headers, operation, &mut out);
+    out.extend_from_slice(&headers.head);
+    write_str(message.operation.as_str(), &mut out);
+    out.extend_from_slice(&headers.tail);
     if !unchanged_toast.is_empty() {
         out.extend_from_slice(br#","unchanged_toast":["#);
         for (n, name) in unchanged_toast.iter().enumerate() {
             if n > 0 {
                 out.push(b',');
             }
-            put_str(&mut out, name);
+            write_str(name, &mut out);
         }
         out.push(b']');
     }
-    write_key(key, &mut out);
-    if let Some(old) = old_value {
+    out.extend_from_slice(br#"},"key":"#);
+    write_str(message.key, &mut out);
+    if let Some(old) = message.old_value {
         out.extend_from_slice(br#","old_value":"#);
         shape.write_object(table, old, &mut out);
     }
     shape.write_type(&mut out);
-    out.extend_from_slice(br#","value":"#);
-    shape.write_object(table, new, &mut out);
+    if let Some(new) = message.value {
+        out.extend_from_slice(br#","value":"#);
+        shape.write_object(table, new, &mut out);
+    }
     out.push(b'}');
     EncodedRow {
-        operation,
+        operation: message.operation,
         json: out,
         unchanged_toast,
     }
-}
-
-fn write_delete<'t>(
-    table: &'t TableInfo,
-    headers: &TxHeaders,
-    key: &str,
-    old_value: Option<&[Cell<'_>]>,
-) -> EncodedRow<'t> {
-    let mut out = Vec::with_capacity(160);
-    write_head(headers, Operation::Delete, &mut out);
-    write_key(key, &mut out);
-    if let Some(old) = old_value {
-        out.extend_from_slice(br#","old_value":"#);
-        table.json.write_object(table, old, &mut out);
-    }
-    table.json.write_type(&mut out);
-    out.push(b'}');
-    EncodedRow {
-        operation: Operation::Delete,
-        json: out,
-        unchanged_toast: Vec::new(),
-    }
-}
-
-/// `{"headers":{"lsn":..,"operation":..,"timestamp":..,"txid":..`, left open for
-/// `unchanged_toast`.
-fn write_head(headers: &TxHeaders, operation: Operation, out: &mut Vec<u8>) {
-    out.extend_from_slice(&headers.head);
-    put_str(out, operation.as_str());
-    out.extend_from_slice(&headers.tail);
-}
-
-/// Closes the headers and appends `,"key":"..."`.
-fn write_key(key: &str, out: &mut Vec<u8>) {
-    out.extend_from_slice(br#"},"key":"#);
-    put_str(out, key);
-}
-
-/// Appends `text` as a JSON string, escaped as `serde_json` escapes it.
-pub(super) fn put_str(out: &mut Vec<u8>, text: &str) {
-    // Writing a string to a `Vec` cannot fail.
-    let _ = serde_json::to_writer(out, text);
 }

@@ -12,7 +12,8 @@
 
 use crate::lsn::Lsn;
 
-use super::direct::put_str;
+use crate::values::write_str;
+
 use super::identity::encode_key;
 use super::{Cell, MessageError, Operation, TableInfo, format_commit_time};
 
@@ -28,11 +29,11 @@ impl SnapshotEncoder {
     /// The encoder of `table`'s rows, with the snapshot's position and time in their headers.
     pub fn new(table: &TableInfo, lsn: Lsn, time_micros: i64) -> SnapshotEncoder {
         let mut head = br#"{"headers":{"lsn":"#.to_vec();
-        put_str(&mut head, &lsn.to_string());
+        write_str(&lsn.to_string(), &mut head);
         head.extend_from_slice(br#","operation":"#);
-        put_str(&mut head, Operation::Insert.as_str());
+        write_str(Operation::Insert.as_str(), &mut head);
         head.extend_from_slice(br#","timestamp":"#);
-        put_str(&mut head, &format_commit_time(time_micros));
+        write_str(&format_commit_time(time_micros), &mut head);
         head.extend_from_slice(br#"},"key":"#);
         SnapshotEncoder {
             table: table.clone(),
@@ -62,7 +63,7 @@ impl SnapshotEncoder {
             .collect();
         let key = encode_key(&self.table, &cells, Operation::Insert)?;
         out.extend_from_slice(&self.head);
-        put_str(out, &key);
+        write_str(&key, out);
         let shape = &self.table.json;
         shape.write_type(out);
         out.extend_from_slice(br#","value":"#);

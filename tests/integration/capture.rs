@@ -233,6 +233,42 @@ async fn multi_table_transactions_arrive_in_commit_order_and_alter_table_just_wo
 }
 
 #[tokio::test]
+async fn a_table_renamed_while_streaming_sends_its_next_rows_to_its_new_stream() {
+    // The stream of a `{table}` route is rendered once per table, not per row: a rename
+    // (a new Relation message) must render it again, within one transaction too.
+    let Scenario {
+        server,
+        client,
+        db,
+        sql,
+        pg: _pg,
+    } = scenario(
+        "cap_rename",
+        "CREATE TABLE a (id int PRIMARY KEY, v text);",
+        DsServerOptions::default(),
+    )
+    .await;
+    let capture = start_streaming(&db, &server.url(), &["--tables", "a"]).await;
+    sql.batch_execute(
+        "INSERT INTO a VALUES (1, 'x'); \
+         BEGIN; INSERT INTO a VALUES (2, 'y'); ALTER TABLE a RENAME TO c; \
+         INSERT INTO c VALUES (3, 'z'); COMMIT; INSERT INTO c VALUES (4, 'w');",
+    )
+    .await
+    .unwrap();
+    // The rows written under the new name lead its stream (whatever ds-sync sends there
+    // after them, such as a snapshot of the table under its new name).
+    let renamed = wait_messages(&client, "pg-c", 2, &capture).await;
+    let keys: Vec<&str> = renamed.iter().map(|m| m["key"].as_str().unwrap()).collect();
+    assert_eq!(keys[..2], ["3", "4"], "{renamed:?}");
+    assert!(renamed.iter().all(|m| m["type"] == "c"), "{renamed:?}");
+    let before = wait_messages(&client, "pg-a", 2, &capture).await;
+    let keys: Vec<&str> = before.iter().map(|m| m["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["1", "2"]);
+    capture.stop_ok().await;
+}
+
+#[tokio::test]
 async fn with_partial_toast_an_unchanged_toast_value_is_left_out_never_null() {
     let Scenario { server, client, db, sql, pg: _pg } =
         scenario("cap_toast", "CREATE TABLE plain (id int PRIMARY KEY, n int, big text); \

@@ -246,6 +246,9 @@ struct OpenTx {
     next_index: u32,
     /// The headers its messages share, written at its first change written straight to JSON.
     headers: Option<TxHeaders>,
+    /// The relations it changed, each once: a snapshot chunk read while this transaction
+    /// was still invisible is checked against them (`Incremental::committed`).
+    tables: Vec<u32>,
 }
 
 impl OpenTx {
@@ -258,6 +261,13 @@ impl OpenTx {
                 tx: self.id.to_string(),
             })?;
         Ok(index)
+    }
+
+    /// Notes that a change of relation `oid` belongs to this transaction.
+    fn touch(&mut self, oid: u32) {
+        if self.tables.last() != Some(&oid) && !self.tables.contains(&oid) {
+            self.tables.push(oid);
+        }
     }
 
     fn headers(&mut self) -> &TxHeaders {
@@ -379,6 +389,7 @@ impl<'a> Session<'a> {
             let reading = !stopping && self.queues.buffered_bytes() < self.cfg.max_buffer_bytes;
             let linger = self.queues.next_linger_deadline();
             let probe_warning = self.keepalive.warning_at();
+            let snapshot_wake = self.snap.wake_at();
             tokio::select! {
                 biased;
                 done = self.deliveries.next(&mut self.queues), if !self.deliveries.is_empty() => {
@@ -402,6 +413,8 @@ impl<'a> Session<'a> {
                 _ = sleep_until(probe_warning), if probe_warning.is_some() => {
                     self.keepalive.warn_missing();
                 }
+                // A chunk to read again after its pause: `poll` at the top of the loop.
+                _ = sleep_until(snapshot_wake), if snapshot_wake.is_some() && !stopping => {}
                 () = std::future::ready(()), if reading && self.replay.is_some() => {
                     self.replay_some().await?;
                 }
@@ -499,6 +512,7 @@ impl<'a> Session<'a> {
             },
             next_index: 0,
             headers: None,
+            tables: Vec::new(),
         });
     }
 
@@ -518,7 +532,7 @@ impl<'a> Session<'a> {
         } else {
             self.ledger.commit(tx.id, end_lsn);
         }
-        self.snap.committed(tx.id, end_lsn);
+        self.snap.committed(tx.id, tx.meta.xid, &tx.tables, end_lsn);
         self.queues.commit();
     }
 
@@ -636,6 +650,7 @@ impl<'a> Session<'a> {
 
     fn change(&mut self, oid: u32, change: ChangeRef<'_>) -> Result<(), CaptureError> {
         let table = self.table(oid)?;
+        self.open_tx()?.touch(oid);
         if !self.snap.watches(oid)
             && let Some(stream) = self.fixed_stream(&table)
         {

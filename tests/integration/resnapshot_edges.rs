@@ -36,6 +36,15 @@ async fn request(sql: &tokio_postgres::Client, db: &TestDb, table: &str) {
     .unwrap();
 }
 
+/// A [`Scenario`] whose database has `items (id, v)` with rows 1 to `rows`, all `v = 0`.
+async fn items_scenario(label: &str, rows: i32) -> Scenario {
+    let ddl = format!(
+        "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL); \
+         INSERT INTO items SELECT g, 0 FROM generate_series(1, {rows}) g;"
+    );
+    scenario(label, &ddl, DsServerOptions::default()).await
+}
+
 async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
     c.query_one("SELECT pg_backend_pid()", &[])
         .await
@@ -140,13 +149,7 @@ async fn a_chunk_sent_again_after_a_reconnect_still_leaves_out_rows_changed_in_i
         db,
         sql,
         pg: _pg,
-    } = scenario(
-        "edge_resend",
-        "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL); \
-         INSERT INTO items SELECT g, 0 FROM generate_series(1, 20) g;",
-        DsServerOptions::default(),
-    )
-    .await;
+    } = items_scenario("edge_resend", 20).await;
     let args = ["--tables", "items", "--route", "items=items/{id}"];
     let capture = start_streaming(&db, &server.url(), &args).await;
     wait_initial_snapshot(&sql).await;
@@ -198,13 +201,7 @@ async fn a_truncate_between_a_chunks_watermarks_discards_the_chunk() {
         db,
         sql,
         pg: _pg,
-    } = scenario(
-        "edge_truncate",
-        "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL); \
-         INSERT INTO items SELECT g, 0 FROM generate_series(1, 50) g;",
-        DsServerOptions::default(),
-    )
-    .await;
+    } = items_scenario("edge_truncate", 50).await;
     let capture = start_streaming(&db, &server.url(), &["--tables", "items"]).await;
     wait_initial_snapshot(&sql).await;
     let gate = Gate::hold(&db, &sql, "items").await;
@@ -238,13 +235,7 @@ async fn a_finished_request_does_not_run_again_when_replayed_after_a_restart() {
         db,
         sql,
         pg: _pg,
-    } = scenario(
-        "edge_replay",
-        "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL); \
-         INSERT INTO items SELECT g, 0 FROM generate_series(1, 30) g;",
-        DsServerOptions::default(),
-    )
-    .await;
+    } = items_scenario("edge_replay", 30).await;
     let args = ["--tables", "items", "--snapshot-chunk-rows", "10"];
     let slot = db.slot("cap");
     let backup = db.slot("bak");
@@ -468,6 +459,78 @@ async fn an_unchanged_toast_value_inside_a_window_is_not_lost() {
         held.iter()
             .map(|(k, (v, b))| format!("{k}: v={v} body={}", &b[..b.len().min(12)]))
             .collect::<Vec<_>>(),
+        capture.log()
+    );
+    capture.stop_ok().await;
+}
+
+/// What capture logs when a chunk's read missed a commit that came before its low watermark.
+const NOT_VISIBLE: &str = "not yet visible to the chunk's read";
+
+/// PostgreSQL writes a commit to the WAL before it makes the commit visible to other
+/// sessions, and a commit waiting for a synchronous standby stays invisible for the whole
+/// wait while logical decoding already sends it. Such an update is streamed before a chunk's
+/// low watermark, yet the chunk's read still sees the row as it was before: placed at the high
+/// watermark, that older copy would overwrite the update in every client. The chunk is read
+/// again once the update is visible, and the client ends with the table's rows.
+#[tokio::test]
+async fn a_commit_streamed_before_a_chunk_but_not_visible_to_its_read_is_not_overwritten() {
+    let Scenario {
+        server,
+        client,
+        db,
+        sql,
+        pg: _pg,
+    } = items_scenario("edge_invisible", 20).await;
+    let capture = start_streaming(&db, &server.url(), &["--tables", "items"]).await;
+    wait_initial_snapshot(&sql).await;
+    // A standby that never connects: a commit of a session that asks for it waits forever,
+    // committed in the WAL and invisible. Every other session commits locally.
+    for setting in [
+        "ALTER SYSTEM SET synchronous_standby_names = 'never_connects'",
+        "ALTER SYSTEM SET synchronous_commit = 'local'",
+        "SELECT pg_reload_conf()",
+    ] {
+        sql.batch_execute(setting).await.unwrap();
+    }
+    let waiting = db.client().await;
+    let waiting_pid = backend_pid(&waiting).await;
+    let update = tokio::spawn(async move {
+        waiting
+            .batch_execute("SET synchronous_commit = on; UPDATE items SET v = 7 WHERE id <= 5")
+            .await
+    });
+    wait_until("the waiting update to reach the stream", LONG, || async {
+        (stream_v(&client, "pg-items", "1").await == Some(7)).then_some(())
+    })
+    .await;
+    let seen: i32 = sql
+        .query_one("SELECT v FROM items WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        seen, 0,
+        "the update is streamed but not visible yet (the case under test)"
+    );
+    let placed = capture.log_count(PLACED);
+    request(&sql, &db, "public.items").await;
+    wait_until("the chunk to be placed or read again", LONG, || async {
+        (capture.log_count(PLACED) > placed || capture.log().contains(NOT_VISIBLE)).then_some(())
+    })
+    .await;
+    sql.execute("SELECT pg_cancel_backend($1)", &[&waiting_pid])
+        .await
+        .unwrap();
+    update
+        .await
+        .unwrap()
+        .expect("a cancelled wait for a standby leaves the update committed");
+    wait_snapshot_done(&sql, "public.items", &capture).await;
+    wait_converged(&client, "pg-items", &sql, "items", &capture).await;
+    assert!(
+        capture.log().contains(NOT_VISIBLE),
+        "capture says why it read the chunk again:\n{}",
         capture.log()
     );
     capture.stop_ok().await;

@@ -43,6 +43,10 @@ pub enum SnapshotError {
     /// progress: this process lost track of its own signals.
     #[error("snapshot while streaming: a high watermark arrived with no chunk in progress")]
     HighWatermarkWithoutChunk,
+    /// A chunk's read returned something other than a transaction snapshot where
+    /// `txid_current_snapshot()` was asked for.
+    #[error("snapshot while streaming: reading a chunk of {table}: {reason}")]
+    BadChunkSnapshot { table: String, reason: String },
 }
 
 impl SnapshotError {
@@ -101,6 +105,14 @@ mod tests {
             (
                 SnapshotError::HighWatermarkWithoutChunk,
                 "snapshot while streaming: a high watermark arrived with no chunk in progress",
+                false,
+            ),
+            (
+                SnapshotError::BadChunkSnapshot {
+                    table: "public.items".into(),
+                    reason: "'x' is not a transaction snapshot (xmin:xmax:xip,...)".into(),
+                },
+                "snapshot while streaming: reading a chunk of public.items: 'x' is not a transaction snapshot",
                 false,
             ),
         ];

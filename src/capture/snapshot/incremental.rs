@@ -16,6 +16,11 @@
 //! by a re-snapshot, so rows deleted while a table was not captured stay in a client's
 //! state (see README, "Re-snapshot").
 //!
+//! It needs the chunk's read to see every transaction decoded before low. PostgreSQL makes a
+//! commit visible only after writing it to the WAL, so one that is still finishing (a wait
+//! for a synchronous standby keeps it there) can be decoded before low and missed by the read;
+//! such a chunk is read again (see `visibility`).
+//!
 //! **Exactly once.** Chunk rows take `Stream-Seq` `(high's commit LSN, i)`. The chunk is held
 //! until the DS server acknowledges high's transaction, so a reconnect that replays high
 //! re-sends the same rows with the same sequences. After a crash the chunk is gone: the
@@ -24,6 +29,7 @@
 //! everything already sent. Watermarks of an earlier process are ignored when replayed.
 
 use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -38,6 +44,7 @@ use super::super::source;
 use super::catalog::{self, SnapshotTable};
 use super::error::SnapshotError;
 use super::signals::{self, Mark, SignalKind, Unfinished};
+use super::visibility::{InProgress, RecentCommits};
 use super::window::Window;
 
 /// See the module documentation.
@@ -52,6 +59,8 @@ pub struct Incremental {
     queued: HashSet<i64>,
     known_tables: HashSet<String>,
     active: Option<Active>,
+    /// The tables the last decoded commits changed: what a chunk's read may have missed.
+    recent: RecentCommits,
     /// The backend of the current session's SQL connection, whose chunk reads can wait
     /// for locks (0: unknown), and the connection that looks up what they wait for.
     backend_pid: i32,
@@ -82,6 +91,10 @@ struct Active {
     /// The transaction that carries the chunk's rows, and its end once committed.
     emitted_in: Option<Lsn>,
     confirm_at: Option<Lsn>,
+    /// Chunks read again in a row because their read missed a commit, and when the next
+    /// read may start.
+    misses: u32,
+    not_before: Option<Instant>,
 }
 
 struct Chunk {
@@ -90,8 +103,13 @@ struct Chunk {
     rows: Vec<Vec<Option<String>>>,
     /// The chunk's last key; `None` when it was the table's last chunk.
     end: Option<Vec<String>>,
-    /// Its rows were not placed (the low watermark was never decoded): read it again.
+    /// Its rows were not placed (the low watermark was never decoded, or the read missed
+    /// a commit): read it again.
     again: bool,
+    /// The transactions the read could not see.
+    in_progress: InProgress,
+    /// Where the low watermark was decoded among the recent commits.
+    low_mark: Option<u64>,
 }
 
 impl Incremental {
@@ -121,6 +139,7 @@ impl Incremental {
             queue,
             known_tables: known,
             active: None,
+            recent: RecentCommits::default(),
             backend_pid: 0,
             monitor: Monitor::new(target),
         })
@@ -201,8 +220,9 @@ impl Incremental {
             }
             SignalKind::Low => {
                 if let Some(a) = &mut self.active
-                    && a.chunk.as_ref().is_some_and(|c| c.low == sig.id)
+                    && let Some(chunk) = a.chunk.as_mut().filter(|c| c.low == sig.id)
                 {
+                    chunk.low_mark = Some(self.recent.mark());
                     a.window.get_or_insert_with(Window::default).open();
                 }
                 Decoded::Other
@@ -235,6 +255,15 @@ impl Incremental {
                 window.truncate();
             }
         }
+    }
+
+    /// When [`Incremental::poll`] has a chunk to read again after a pause: the capture loop
+    /// wakes then even if nothing else happens.
+    pub fn wake_at(&self) -> Option<Instant> {
+        self.active
+            .as_ref()
+            .filter(|a| a.chunk.is_none())
+            .and_then(|a| a.not_before)
     }
 
     /// Whether changes of table `oid` must reach [`Incremental::change`] as messages: from
@@ -276,6 +305,24 @@ impl Incremental {
             return Ok((info.relation.oid, info, out));
         };
         window.close();
+        let missed = chunk.low_mark.map_or_else(Vec::new, |mark| {
+            self.recent
+                .missed(mark, info.relation.oid, &chunk.in_progress)
+        });
+        if !missed.is_empty() {
+            a.misses += 1;
+            tracing::warn!(
+                table = %info.qualified_name(),
+                transactions = ?missed,
+                reads = a.misses,
+                "a transaction streamed before the chunk's low watermark was not yet visible to the chunk's read \
+                 (committed in the WAL, still finishing: for example waiting for a synchronous standby); \
+                 reading the chunk again once it is, instead of sending rows older than the streamed change"
+            );
+            chunk.again = true;
+            return Ok((info.relation.oid, info, out));
+        }
+        a.misses = 0;
         for values in &chunk.rows {
             let values: Vec<Option<&str>> = values.iter().map(|v| v.as_deref()).collect();
             let msg = message::snapshot_insert(&info, &values, tx, time_micros)?;
@@ -288,8 +335,10 @@ impl Incremental {
         Ok((info.relation.oid, info, out))
     }
 
-    /// A transaction committed: the chunk's transaction now has an end to wait for.
-    pub fn committed(&mut self, tx: Lsn, end_lsn: Lsn) {
+    /// A transaction committed, having changed `tables`: the chunk's transaction now has
+    /// an end to wait for, and a later chunk's read can be checked against it.
+    pub fn committed(&mut self, tx: Lsn, xid: u32, tables: &[u32], end_lsn: Lsn) {
+        self.recent.committed(xid, tables);
         if let Some(a) = &mut self.active
             && a.emitted_in == Some(tx)
         {
@@ -317,8 +366,11 @@ impl Incremental {
                 a.emitted_in = None;
                 a.window = None;
                 match chunk {
-                    // `after` stays: the same chunk is read again.
-                    Some(c) if c.again => {}
+                    // `after` stays: the same chunk is read again, after a pause that grows
+                    // while its reads keep missing a commit.
+                    Some(c) if c.again => {
+                        a.not_before = Some(Instant::now() + retry_delay(a.misses));
+                    }
                     Some(Chunk { end: Some(end), .. }) => a.after = Some(end),
                     _ => {
                         let (request, table) = (a.request, a.table.info.qualified_name());
@@ -330,9 +382,10 @@ impl Incremental {
                     }
                 }
             }
-            if a.chunk.is_some() {
+            if a.chunk.is_some() || a.not_before.is_some_and(|t| Instant::now() < t) {
                 return Ok(());
             }
+            a.not_before = None;
             // A lock on the table (an ALTER TABLE, or one queued behind a long transaction)
             // holds the read, and capture with it: say who holds it.
             let (pid, monitor) = (self.backend_pid, &mut self.monitor);
@@ -385,6 +438,8 @@ impl Incremental {
                     window: None,
                     emitted_in: None,
                     confirm_at: None,
+                    misses: 0,
+                    not_before: None,
                 }))
             }
             (_, problem) => {
@@ -472,6 +527,16 @@ pub async fn chunkable(sql: &Client, table: &SnapshotTable) -> Result<Chunking, 
     Ok(Chunking::Possible)
 }
 
+/// The pause before reading a chunk again after `misses` reads in a row missed a commit:
+/// from 100 ms, doubling, at most 5 s (a commit waiting for a standby may wait long).
+fn retry_delay(misses: u32) -> Duration {
+    if misses == 0 {
+        return Duration::ZERO;
+    }
+    let ms = 100u64.saturating_mul(1 << misses.min(16).saturating_sub(1));
+    Duration::from_millis(ms.min(5_000))
+}
+
 /// Low watermark, the chunk's read, high watermark: three transactions, in this order.
 async fn issue(sql: &Client, slot: &str, a: &Active, limit: usize) -> Result<Chunk, CaptureError> {
     let name = a.table.info.qualified_name();
@@ -485,6 +550,7 @@ async fn issue(sql: &Client, slot: &str, a: &Active, limit: usize) -> Result<Chu
         .map(|&i| a.table.info.relation.columns[i].name.as_str())
         .collect();
     let query = signals::chunk_sql(&a.table.select, &keys, after, limit);
+    let mut snapshot = None;
     let rows: Vec<Vec<Option<String>>> = sql
         .simple_query(&query)
         .await
@@ -492,11 +558,22 @@ async fn issue(sql: &Client, slot: &str, a: &Active, limit: usize) -> Result<Chu
         .into_iter()
         .filter_map(|m| match m {
             SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                snapshot = snapshot.take().or_else(|| r.get(0).map(str::to_string));
+                Some((1..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
             }
             _ => None,
         })
         .collect();
+    // No rows, no snapshot: an empty chunk has nothing to overwrite anything with.
+    let in_progress = match snapshot {
+        Some(text) => {
+            InProgress::parse(&text).map_err(|reason| SnapshotError::BadChunkSnapshot {
+                table: name.clone(),
+                reason,
+            })?
+        }
+        None => InProgress::default(),
+    };
     let end = if rows.len() < limit {
         None
     } else {
@@ -521,5 +598,21 @@ async fn issue(sql: &Client, slot: &str, a: &Active, limit: usize) -> Result<Chu
         rows,
         end,
         again: false,
+        in_progress,
+        low_mark: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_read_again_waits_longer_each_time_up_to_five_seconds() {
+        let delays: Vec<u64> = [0, 1, 2, 3, 6, 7, 40, u32::MAX]
+            .into_iter()
+            .map(|misses| retry_delay(misses).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [0, 100, 200, 400, 3_200, 5_000, 5_000, 5_000]);
+    }
 }

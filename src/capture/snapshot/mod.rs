@@ -37,6 +37,7 @@ mod progress;
 mod reader;
 pub mod signals;
 mod state;
+mod visibility;
 mod window;
 mod writer;
 

@@ -315,11 +315,16 @@ pub async fn record_table(sql: &Client, slot: &str, table: &str) -> Result<(), P
 
 /// `SELECT` of the chunk after `after` (by key, ascending), at most `limit` rows, from the
 /// table's published-columns query. Key values are quoted literals of unknown type, which
-/// PostgreSQL reads as the key columns' types.
+/// PostgreSQL reads as the key columns' types. Each row starts with a column that only the
+/// first row fills: the statement's own snapshot (`txid_current_snapshot()`), which says
+/// what transactions the read could not see (see `visibility`).
 pub fn chunk_sql(select: &str, keys: &[&str], after: Option<&[String]>, limit: usize) -> String {
     let cols: Vec<String> = keys.iter().map(|k| format!("s.{}", quote(k))).collect();
     let cols = cols.join(", ");
-    let mut sql = format!("SELECT * FROM ({select}) s");
+    let mut sql = format!(
+        "SELECT CASE WHEN row_number() OVER (ORDER BY {cols}) = 1 \
+         THEN (SELECT txid_current_snapshot()::text) END, s.* FROM ({select}) s"
+    );
     if let Some(after) = after {
         let values: Vec<String> = after.iter().map(|v| literal(v)).collect();
         sql.push_str(&format!(" WHERE ROW({cols}) > ROW({})", values.join(", ")));
@@ -347,7 +352,8 @@ mod tests {
         );
         assert_eq!(
             first,
-            "SELECT * FROM (SELECT \"id\", \"v\" FROM \"public\".\"t\") s ORDER BY s.\"id\" LIMIT 10"
+            "SELECT CASE WHEN row_number() OVER (ORDER BY s.\"id\") = 1 THEN (SELECT txid_current_snapshot()::text) END, \
+             s.* FROM (SELECT \"id\", \"v\" FROM \"public\".\"t\") s ORDER BY s.\"id\" LIMIT 10"
         );
         let next = chunk_sql(
             "SELECT a, b FROM t",
@@ -357,7 +363,8 @@ mod tests {
         );
         assert_eq!(
             next,
-            "SELECT * FROM (SELECT a, b FROM t) s WHERE ROW(s.\"a\", s.\"b\") > ROW('1', 'it''s') \
+            "SELECT CASE WHEN row_number() OVER (ORDER BY s.\"a\", s.\"b\") = 1 THEN (SELECT txid_current_snapshot()::text) END, \
+             s.* FROM (SELECT a, b FROM t) s WHERE ROW(s.\"a\", s.\"b\") > ROW('1', 'it''s') \
              ORDER BY s.\"a\", s.\"b\" LIMIT 5"
         );
     }

@@ -3,9 +3,11 @@
 //! the publication while capture was stopped, and unchanged TOAST values inside a window.
 //!
 //! Where a change must fall between a chunk's watermarks, the test places it there with locks
-//! ([`Gate`]): capture's chunk read waits for a lock on the table, and its high watermark for
-//! a lock on `ds_sync.signals`, so the change commits after the chunk was read and before
-//! the high watermark, every time.
+//! ([`Gate`]): capture's low watermark waits for an advisory lock (taken by a test trigger),
+//! its chunk read for a lock on the table, and its high watermark for a lock on
+//! `ds_sync.signals`, so the change commits after the chunk was read and before the high
+//! watermark, every time. The low watermark is held first because capture's catalog look-up
+//! before it also waits for a lock on the table on PostgreSQL 16 and later.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -52,18 +54,20 @@ async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
         .get(0)
 }
 
-/// Waits until some session waits for a lock that `holder` holds.
+/// Waits until a statement containing `statement` waits for a lock that `holder` holds.
 async fn wait_blocked_by(
     sql: &tokio_postgres::Client,
     holder: &tokio_postgres::Client,
+    statement: &str,
     what: &str,
 ) {
     let pid = backend_pid(holder).await;
     wait_until(what, LONG, || async {
         let n: i64 = sql
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                &[&pid],
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE $1 = ANY(pg_blocking_pids(pid)) AND strpos(query, $2) > 0",
+                &[&pid, &statement],
             )
             .await
             .ok()?
@@ -71,6 +75,22 @@ async fn wait_blocked_by(
         (n > 0).then_some(())
     })
     .await;
+}
+
+/// The advisory lock a low watermark's insert waits for (see [`gate_low_sql`]).
+const LOW_LOCK: i64 = 7_217_001;
+
+/// A test trigger: inserting a low watermark waits for [`LOW_LOCK`] (held by [`Gate`] until
+/// the table is locked), so the chunk read that follows it is the one waiting for the table.
+fn gate_low_sql() -> String {
+    format!(
+        "CREATE OR REPLACE FUNCTION public.gate_low() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.kind = 'low' THEN PERFORM pg_advisory_xact_lock({LOW_LOCK}); END IF; \
+         RETURN NEW; END $$; \
+         DROP TRIGGER IF EXISTS gate_low ON ds_sync.signals; \
+         CREATE TRIGGER gate_low BEFORE INSERT ON ds_sync.signals \
+         FOR EACH ROW EXECUTE FUNCTION public.gate_low();"
+    )
 }
 
 /// A chunk of a requested snapshot held after its read and before its high watermark.
@@ -82,6 +102,19 @@ impl Gate {
     /// Requests a snapshot of `table` and returns once capture wrote the chunk's low
     /// watermark, read the chunk, and waits to write its high watermark.
     async fn hold(db: &TestDb, sql: &tokio_postgres::Client, table: &str) -> Gate {
+        sql.batch_execute(&gate_low_sql()).await.unwrap();
+        let low = db.client().await;
+        low.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock({LOW_LOCK})"))
+            .await
+            .unwrap();
+        request(sql, db, &format!("public.{table}")).await;
+        wait_blocked_by(
+            sql,
+            &low,
+            "ds_sync.signals",
+            "capture's low watermark to wait for the advisory lock",
+        )
+        .await;
         let reads = db.client().await;
         reads
             .batch_execute(&format!(
@@ -89,10 +122,11 @@ impl Gate {
             ))
             .await
             .unwrap();
-        request(sql, db, &format!("public.{table}")).await;
+        low.batch_execute("COMMIT").await.unwrap();
         wait_blocked_by(
             sql,
             &reads,
+            "txid_current_snapshot",
             "capture's chunk read to wait for the table lock",
         )
         .await;
@@ -104,6 +138,7 @@ impl Gate {
         wait_blocked_by(
             sql,
             &high,
+            "ds_sync.signals",
             "capture's high watermark to wait for the signal lock",
         )
         .await;

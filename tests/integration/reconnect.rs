@@ -133,17 +133,15 @@ async fn a_connection_lost_inside_a_snapshot_while_streaming_resumes_it() {
     lock.batch_execute("BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    db.ds_sync(&[
-        "snapshot",
-        "--table",
-        "items",
-        "--slot",
-        &db.slot("cap"),
-        "--publication",
-        "cap_pub",
-    ])
+    // The request row as `ds-sync snapshot` writes it: the command's own catalog look-up
+    // would wait for the lock too (PostgreSQL 16 on).
+    sql.execute(
+        "INSERT INTO ds_sync.signals (slot_name, kind, table_name) \
+         VALUES ($1, 'snapshot', 'public.items')",
+        &[&db.slot("cap")],
+    )
     .await
-    .ok();
+    .unwrap();
     let blocked = wait_until(
         "capture's chunk read to wait for the lock",
         LONG,
@@ -167,11 +165,18 @@ async fn a_connection_lost_inside_a_snapshot_while_streaming_resumes_it() {
         .await
         .unwrap()
         .get(0);
-    capture
-        .wait_log(&format!(
-            "reading a chunk of public.items waits for the transaction of pid {holder} "
-        ))
-        .await;
+    // Up to PostgreSQL 15 the chunk's read waits; from 16 on, the catalog look-up before
+    // it (`pg_publication_tables` locks the table).
+    let waits = format!(" waits for the transaction of pid {holder} ");
+    let said = [
+        format!("reading a chunk of public.items{waits}"),
+        format!("looking up public.items for its snapshot{waits}"),
+    ];
+    wait_until("capture to say who holds the lock", LONG, || async {
+        let log = capture.log();
+        said.iter().any(|s| log.contains(s.as_str())).then_some(())
+    })
+    .await;
     assert_eq!(terminate(&sql, &format!("a.pid = {blocked}")).await, 1);
     lock.batch_execute("COMMIT").await.unwrap();
     wait_until("the snapshot to finish", LONG, || async {

@@ -351,10 +351,17 @@ impl Incremental {
     pub async fn poll(&mut self, sql: &Client, confirmed: Lsn) -> Result<(), CaptureError> {
         loop {
             let Some(a) = &mut self.active else {
-                let Some(next) = self.queue.pop_front() else {
+                let Some(next) = self.queue.front().cloned() else {
                     return Ok(());
                 };
-                self.active = self.begin(sql, next).await?;
+                // Its catalog look-up waits for a lock on the table too (from PostgreSQL 16
+                // on). The request leaves the queue only once looked up: a connection lost
+                // meanwhile leaves it to the next session.
+                let what = format!("looking up {} for its snapshot", next.table);
+                let (pid, monitor) = (self.backend_pid, &mut self.monitor);
+                let starting = begin(sql, &self.publication, &self.slot, next);
+                self.active = report_lock_waits(starting, pid, monitor, &what).await?;
+                self.queue.pop_front();
                 continue;
             };
             if let Some(end) = a.confirm_at {
@@ -386,67 +393,81 @@ impl Incremental {
                 return Ok(());
             }
             a.not_before = None;
-            // A lock on the table (an ALTER TABLE, or one queued behind a long transaction)
-            // holds the read, and capture with it: say who holds it.
             let (pid, monitor) = (self.backend_pid, &mut self.monitor);
             let what = format!("reading a chunk of {}", a.table.info.qualified_name());
             let reading = issue(sql, &self.slot, a, self.chunk_rows);
-            let chunk = waits::reporting(reading, waits::REPORT_EVERY, async |waited| {
-                if pid != 0 {
-                    monitor
-                        .report(pid, None, &what, waited, waits::LOCK_ADVICE)
-                        .await;
-                }
-            })
-            .await?;
-            a.chunk = Some(chunk);
+            a.chunk = Some(report_lock_waits(reading, pid, monitor, &what).await?);
             return Ok(());
         }
     }
+}
 
-    /// Looks the request's table up; a table that is gone from the publication or cannot be
-    /// chunked ends the request with a warning (capture goes on).
-    async fn begin(&self, sql: &Client, req: Unfinished) -> Result<Option<Active>, CaptureError> {
-        // A request decoded again (a restart or reconnect resuming before its row) that was
-        // finished meanwhile is not run again.
-        if signals::is_done(sql, req.request).await? {
-            tracing::debug!(table = %req.table, request = req.request, "snapshot request already done");
-            return Ok(None);
+/// `work` on capture's SQL connection (backend `pid`), saying every
+/// [`waits::REPORT_EVERY`] who holds the lock it waits for: a lock on the table (an ALTER
+/// TABLE, or one queued behind a long transaction) holds it, and capture with it.
+async fn report_lock_waits<T>(
+    work: impl Future<Output = T>,
+    pid: i32,
+    monitor: &mut Monitor,
+    what: &str,
+) -> T {
+    waits::reporting(work, waits::REPORT_EVERY, async |waited| {
+        if pid != 0 {
+            monitor
+                .report(pid, None, what, waited, waits::LOCK_ADVICE)
+                .await;
         }
-        let found = catalog::published_tables(sql, &self.publication)
-            .await?
-            .into_iter()
-            .find(|t| t.info.qualified_name() == req.table);
-        let problem = match &found {
-            None => Some(format!(
-                "it is not in publication '{}' any more",
-                self.publication
-            )),
-            Some(t) => match chunkable(sql, t).await? {
-                Chunking::Possible => None,
-                Chunking::Impossible(why) => Some(why),
-            },
-        };
-        match (found, problem) {
-            (Some(table), None) => {
-                tracing::info!(table = %req.table, request = req.request, resume_after = ?req.resume_after, "snapshotting while streaming");
-                Ok(Some(Active {
-                    request: req.request,
-                    table,
-                    after: req.resume_after,
-                    chunk: None,
-                    window: None,
-                    emitted_in: None,
-                    confirm_at: None,
-                    misses: 0,
-                    not_before: None,
-                }))
-            }
-            (_, problem) => {
-                tracing::warn!(table = %req.table, request = req.request, reason = problem.unwrap_or_default(), "snapshot request skipped");
-                signals::mark(sql, Mark::done(&self.slot, &req.table, req.request)).await?;
-                Ok(None)
-            }
+    })
+    .await
+}
+
+/// Looks the request's table up; a table that is gone from the publication or cannot be
+/// chunked ends the request with a warning (capture goes on).
+async fn begin(
+    sql: &Client,
+    publication: &str,
+    slot: &str,
+    req: Unfinished,
+) -> Result<Option<Active>, CaptureError> {
+    // A request decoded again (a restart or reconnect resuming before its row) that was
+    // finished meanwhile is not run again.
+    if signals::is_done(sql, req.request).await? {
+        tracing::debug!(table = %req.table, request = req.request, "snapshot request already done");
+        return Ok(None);
+    }
+    let found = catalog::published_tables(sql, publication)
+        .await?
+        .into_iter()
+        .find(|t| t.info.qualified_name() == req.table);
+    let problem = match &found {
+        None => Some(format!(
+            "it is not in publication '{}' any more",
+            publication
+        )),
+        Some(t) => match chunkable(sql, t).await? {
+            Chunking::Possible => None,
+            Chunking::Impossible(why) => Some(why),
+        },
+    };
+    match (found, problem) {
+        (Some(table), None) => {
+            tracing::info!(table = %req.table, request = req.request, resume_after = ?req.resume_after, "snapshotting while streaming");
+            Ok(Some(Active {
+                request: req.request,
+                table,
+                after: req.resume_after,
+                chunk: None,
+                window: None,
+                emitted_in: None,
+                confirm_at: None,
+                misses: 0,
+                not_before: None,
+            }))
+        }
+        (_, problem) => {
+            tracing::warn!(table = %req.table, request = req.request, reason = problem.unwrap_or_default(), "snapshot request skipped");
+            signals::mark(sql, Mark::done(slot, &req.table, req.request)).await?;
+            Ok(None)
         }
     }
 }

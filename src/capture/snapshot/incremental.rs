@@ -551,11 +551,10 @@ pub async fn chunkable(sql: &Client, table: &SnapshotTable) -> Result<Chunking, 
 /// The pause before reading a chunk again after `misses` reads in a row missed a commit:
 /// from 100 ms, doubling, at most 5 s (a commit waiting for a standby may wait long).
 fn retry_delay(misses: u32) -> Duration {
-    if misses == 0 {
-        return Duration::ZERO;
+    match misses {
+        0 => Duration::ZERO,
+        n => Duration::from_millis((100u64 << (n - 1).min(6)).min(5_000)),
     }
-    let ms = 100u64.saturating_mul(1 << misses.min(16).saturating_sub(1));
-    Duration::from_millis(ms.min(5_000))
 }
 
 /// Low watermark, the chunk's read, high watermark: three transactions, in this order.

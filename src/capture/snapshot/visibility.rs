@@ -90,6 +90,8 @@ impl RecentCommits {
             .filter(|&&(xid, oid)| oid == table && in_progress.contains(xid))
             .map(|&(xid, _)| xid)
             .collect();
+        // A reconnect's replay records a transaction again, not next to its first record.
+        missed.sort_unstable();
         missed.dedup();
         missed
     }
@@ -124,6 +126,14 @@ mod tests {
         assert_eq!(recent.missed(mark, 500, &running), vec![11]);
         assert_eq!(recent.missed(mark, 600, &running), vec![11, 12]);
         assert!(recent.missed(mark, 700, &running).is_empty());
+        let mut replayed = RecentCommits::default();
+        replayed.committed(11, &[500]);
+        replayed.committed(12, &[500]);
+        replayed.committed(11, &[500]);
+        assert_eq!(
+            replayed.missed(replayed.mark(), 500, &running),
+            vec![11, 12]
+        );
         // After the mark: inside the window, which handles it.
         assert!(recent.missed(0, 500, &running).is_empty());
         assert!(recent.missed(mark, 500, &InProgress::default()).is_empty());

@@ -198,6 +198,23 @@ impl Monitor {
             ),
         }
     }
+
+    /// Runs `work` on the connection of backend `pid`, saying every [`REPORT_EVERY`] who
+    /// holds the lock it waits for: a lock on a table (an ALTER TABLE, or one queued behind
+    /// a long transaction) holds up whatever reads it. `pid` 0 (unknown) reports nothing.
+    pub async fn report_lock_waits<T>(
+        &mut self,
+        work: impl Future<Output = T>,
+        pid: i32,
+        what: &str,
+    ) -> T {
+        reporting(work, REPORT_EVERY, async |waited| {
+            if pid != 0 {
+                self.report(pid, None, what, waited, LOCK_ADVICE).await;
+            }
+        })
+        .await
+    }
 }
 
 /// What to do about a transaction that holds up slot creation.

@@ -71,9 +71,48 @@ async fn ds_sync_drain_with(
         .zip(runner_cpu)
         .map(|(now, before)| now - before);
     let sql = ctx.stack.sql().await?;
+    drain.walsender_cpu_secs = walsender_cpu(&sql, slot).await?;
     workload::wait_confirmed(&sql, slot, end_lsn).await?;
     process.stop().await?;
     Ok(drain)
+}
+
+/// Runs `work` (a client draining `slot`) and samples its walsender's CPU every 100 ms: the
+/// walsender exits with the client, so the figure is the last sample (up to 100 ms short).
+async fn sampling_walsender<T>(
+    sql: &tokio_postgres::Client,
+    slot: &str,
+    work: impl std::future::Future<Output = T>,
+) -> (T, Option<f64>) {
+    let mut work = std::pin::pin!(work);
+    let mut last = None;
+    loop {
+        tokio::select! {
+            out = &mut work => return (out, last),
+            () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
+                if let Ok(Some(cpu)) = walsender_cpu(sql, slot).await {
+                    last = Some(cpu);
+                }
+            }
+        }
+    }
+}
+
+/// CPU seconds used so far by the walsender serving `slot` (it started when ds-sync
+/// connected, so this is its share of the drain); `None` when the slot has no walsender now.
+async fn walsender_cpu(
+    sql: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<Option<f64>, BenchError> {
+    let row = sql
+        .query_opt(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| BenchError::sql("reading the slot's walsender", &e))?;
+    let pid: Option<i32> = row.and_then(|r| r.get(0));
+    Ok(pid.and_then(super::stack::pid_cpu_seconds))
 }
 
 /// Starts `ds-sync run` on `phase`'s publication and `slot`, streaming to `bench-{table}`,
@@ -141,8 +180,10 @@ async fn drain_phase(
         phase.write_transactions(&sql, rows).await?;
     }
     let end = workload::current_lsn(&sql).await?;
-    let ceiling =
-        workload::recvlogical_ceiling(ctx.stack, &ceiling_slot, &phase.publication, &end).await?;
+    let ceiling_run =
+        workload::recvlogical_ceiling(ctx.stack, &ceiling_slot, &phase.publication, &end);
+    let (ceiling, ceiling_walsender) = sampling_walsender(&sql, &ceiling_slot, ceiling_run).await;
+    let ceiling = ceiling?;
     let streaming_ceiling = match &v2_slot {
         Some(slot) => Some(
             workload::recvlogical_ceiling_with(
@@ -179,6 +220,14 @@ async fn drain_phase(
     }
     if let (Some(cpu), true) = (drain.runner_cpu_secs, ctx.stack.embedded_ds()) {
         report.figure(&format!("{what}: DS server (in-process) CPU"), cpu, "s");
+    }
+    if let (true, Some(cpu)) = (one_transaction, ceiling_walsender) {
+        let label = format!("{what}: walsender CPU (pg_recvlogical's slot, sampled)");
+        report.figure(&label, cpu, "s");
+    }
+    // With an external DS server its CPU is not the runner's, and the bound is unknown.
+    if one_transaction && ctx.stack.embedded_ds() {
+        cpu_bound(report, &what, &drain, c);
     }
     if let Some(kb) = drain.peak_rss_kb {
         report.figure(
@@ -222,6 +271,46 @@ async fn drain_phase(
         );
     }
     Ok(drain)
+}
+
+/// The CPU the drain needed, set against the machine: ds-sync, the DS server and the
+/// walsender together, spread over every core, is the shortest the drain could take at this
+/// CPU cost, so `ceiling` (`pg_recvlogical`'s time) over it is the best ratio reachable
+/// without spending less CPU somewhere. With version 1 there is a tighter bound: until the
+/// first message the walsender decodes alone (one process: at most one core), so at most
+/// that long of the CPU can have been spent before it, and the rest is spread from there.
+fn cpu_bound(report: &mut Report, what: &str, drain: &Drain, ceiling: f64) {
+    let Some(walsender) = drain.walsender_cpu_secs else {
+        return;
+    };
+    report.figure(
+        &format!("{what}: walsender CPU (ds-sync's slot)"),
+        walsender,
+        "s",
+    );
+    let (Some(own), Some(server)) = (drain.cpu_secs, drain.runner_cpu_secs) else {
+        return;
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let total = own + server + walsender;
+    report.figure(
+        &format!("{what}: CPU of ds-sync + DS server + walsender / {cores} cores"),
+        total / cores,
+        "s",
+    );
+    report.figure(
+        &format!("{what}: best ds-sync / pg_recvlogical at this CPU, every core busy"),
+        ceiling * cores / total,
+        "x",
+    );
+    if let Some(first) = drain.first_seen.map(|f| f.as_secs_f64()) {
+        let bound = first + (total - first.min(total)) / cores;
+        report.figure(
+            &format!("{what}: best at this CPU, the walsender alone until the first message"),
+            ceiling / bound,
+            "x",
+        );
+    }
 }
 
 /// `pg_recvlogical`'s options for pgoutput version 2 with in-progress transactions streamed.

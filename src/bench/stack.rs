@@ -205,6 +205,12 @@ pub(super) fn own_cpu_seconds() -> Option<f64> {
     proc_cpu_seconds("self")
 }
 
+/// CPU time (user + system) process `pid` has used (another user's process too: `/proc/PID/stat`
+/// is world-readable).
+pub(super) fn pid_cpu_seconds(pid: i32) -> Option<f64> {
+    proc_cpu_seconds(&pid.to_string())
+}
+
 fn proc_cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit_once(')')?.1;

@@ -230,6 +230,8 @@ pub(super) struct Drain {
     pub cpu_secs: Option<f64>,
     /// CPU seconds of the runner (the in-process DS server, and the polling) meanwhile.
     pub runner_cpu_secs: Option<f64>,
+    /// CPU seconds of the walsender that served the consumer's slot (ds-sync only).
+    pub walsender_cpu_secs: Option<f64>,
 }
 
 /// Polls `stream` until it holds `expected` messages; the time is that of the poll that
@@ -299,6 +301,7 @@ pub(super) async fn wait_drained(
                 rss,
                 cpu_secs,
                 runner_cpu_secs: None,
+                walsender_cpu_secs: None,
             });
         }
         if now.duration_since(last_change) > STALL {

@@ -293,38 +293,58 @@ fn config_show(
 }
 
 /// `ds-sync snapshot --table T`: checks T can be snapshotted while streaming and writes the
-/// request; the capture on the slot acts on it when it decodes it.
+/// request; the capture on the slot acts on it when it decodes it. Reading T's publication
+/// entry waits for a lock on T from PostgreSQL 16 on, so a wait names who holds it.
 async fn request_snapshot(
     args: &super::args::SnapshotArgs,
     settings: &Settings,
     out: &Printer,
 ) -> Result<(), CliError> {
-    use crate::capture::snapshot::{incremental, published_tables, signals};
     let slot = settings.slot.value.clone();
-    let publication = settings.publication.value.clone();
-    let mut client = target(settings)?.connect().await?;
+    let target = target(settings)?;
+    let mut client = target.connect().await?;
     schema::apply(&mut client).await?;
-    let table = crate::pg::ident::resolve_table(&client, &args.table)
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map_err(|e| crate::pg::PgError::query("reading the backend pid", &e))?
+        .get(0);
+    let what = format!("checking {} for a snapshot", args.table);
+    let mut monitor = crate::waits::Monitor::new(&target);
+    let checking = check_and_request(&client, args, settings);
+    let (name, id) = monitor.report_lock_waits(checking, pid, &what).await?;
+    out.message(
+        &format!("requested a snapshot of {name} (request {id}); capture on slot {slot} sends it"),
+        &id.to_string(),
+    )
+}
+
+/// The checks of `ds-sync snapshot` and its request row: the table's name and the request id.
+async fn check_and_request(
+    client: &tokio_postgres::Client,
+    args: &super::args::SnapshotArgs,
+    settings: &Settings,
+) -> Result<(String, i64), CliError> {
+    use crate::capture::snapshot::{incremental, published_tables, signals};
+    let publication = &settings.publication.value;
+    let table = crate::pg::ident::resolve_table(client, &args.table)
         .await
         .map_err(|e| CliError::Invalid(format!("--table {}: {e}", args.table)))?;
-    let tables = published_tables(&client, &publication).await?;
+    let tables = published_tables(client, publication).await?;
     let Some(found) = tables.iter().find(|t| t.info.relation.oid == table.oid) else {
         return Err(CliError::Invalid(format!(
             "table {} is not in publication '{publication}'; add it with `ds-sync publication add {publication} --tables {}`",
             args.table, args.table
         )));
     };
-    if let incremental::Chunking::Impossible(why) = incremental::chunkable(&client, found).await? {
+    if let incremental::Chunking::Impossible(why) = incremental::chunkable(client, found).await? {
         return Err(CliError::Invalid(format!(
             "table {} cannot be snapshotted while streaming: {why}",
             args.table
         )));
     }
-    signals::ensure_published(&client, &publication).await?;
+    signals::ensure_published(client, publication).await?;
     let name = found.info.qualified_name();
-    let id = signals::request(&client, &slot, &name).await?;
-    out.message(
-        &format!("requested a snapshot of {name} (request {id}); capture on slot {slot} sends it"),
-        &id.to_string(),
-    )
+    let id = signals::request(client, &settings.slot.value, &name).await?;
+    Ok((name, id))
 }

@@ -18,25 +18,14 @@ use ds_sync::ds::DsClient;
 use ds_sync::embedded::DsServerOptions;
 
 use crate::kit::{
-    Scenario, TestDb, control, materialize_by_key, read, scenario, start_streaming, wait_converged,
-    wait_snapshot_done, wait_until,
+    Scenario, TestDb, backend_pid, control, materialize_by_key, read, request_snapshot, scenario,
+    start_streaming, wait_converged, wait_snapshot_done, wait_until,
 };
 
 const LONG: Duration = Duration::from_secs(60);
 
 /// The debug line capture logs when it placed a chunk at its high watermark.
 const PLACED: &str = "chunk placed at its high watermark";
-
-/// A snapshot request for `table` (`schema.name`), as `ds-sync snapshot` writes it. Written
-/// directly, because the command reads the catalog while a test holds a table lock.
-async fn request(sql: &tokio_postgres::Client, db: &TestDb, table: &str) {
-    sql.execute(
-        "INSERT INTO ds_sync.signals (slot_name, kind, table_name) VALUES ($1, 'snapshot', $2)",
-        &[&db.slot("cap"), &table],
-    )
-    .await
-    .unwrap();
-}
 
 /// A [`Scenario`] whose database has `items (id, v)` with rows 1 to `rows`, all `v = 0`.
 async fn items_scenario(label: &str, rows: i32) -> Scenario {
@@ -45,13 +34,6 @@ async fn items_scenario(label: &str, rows: i32) -> Scenario {
          INSERT INTO items SELECT g, 0 FROM generate_series(1, {rows}) g;"
     );
     scenario(label, &ddl, DsServerOptions::default()).await
-}
-
-async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
-    c.query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 /// Waits until a statement containing `statement` waits for a lock that `holder` holds.
@@ -107,7 +89,7 @@ impl Gate {
         low.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock({LOW_LOCK})"))
             .await
             .unwrap();
-        request(sql, db, &format!("public.{table}")).await;
+        request_snapshot(sql, db, &format!("public.{table}")).await;
         wait_blocked_by(
             sql,
             &low,
@@ -284,7 +266,7 @@ async fn a_finished_request_does_not_run_again_when_replayed_after_a_restart() {
     )
     .await
     .unwrap();
-    request(&sql, &db, "public.items").await;
+    request_snapshot(&sql, &db, "public.items").await;
     let capture = start_streaming(&db, &server.url(), &args).await;
     wait_snapshot_done(&sql, "public.items", &capture).await;
     capture.stop_ok().await;
@@ -549,7 +531,7 @@ async fn a_commit_streamed_before_a_chunk_but_not_visible_to_its_read_is_not_ove
         "the update is streamed but not visible yet (the case under test)"
     );
     let placed = capture.log_count(PLACED);
-    request(&sql, &db, "public.items").await;
+    request_snapshot(&sql, &db, "public.items").await;
     wait_until("the chunk to be placed or read again", LONG, || async {
         (capture.log_count(PLACED) > placed || capture.log().contains(NOT_VISIBLE)).then_some(())
     })

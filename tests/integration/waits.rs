@@ -17,11 +17,7 @@ async fn open_transaction(db: &crate::kit::TestDb) -> (tokio_postgres::Client, i
         .batch_execute("SET application_name = 'app-worker'; BEGIN; INSERT INTO items VALUES (1)")
         .await
         .unwrap();
-    let pid: i32 = blocker
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid = crate::kit::backend_pid(&blocker).await;
     (blocker, pid)
 }
 
@@ -107,4 +103,64 @@ async fn stop_within(process: CaptureProcess, bound: Duration) -> (i32, String) 
         started.elapsed()
     );
     (code, log)
+}
+
+/// `ds-sync snapshot --table` behind a lock on the table. From PostgreSQL 16 on, its check
+/// of the table's publication entry waits for that lock: the command names the holder every
+/// few seconds and goes on once it is released. Before 16 the check does not wait.
+#[tokio::test]
+async fn a_snapshot_request_behind_a_table_lock_names_the_holder() {
+    let db = crate::kit::test_db("wait_snap_request").await;
+    let sql = db.client().await;
+    sql.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY); CREATE PUBLICATION lock_pub FOR TABLE items",
+    )
+    .await
+    .unwrap();
+    let holder = db.client().await;
+    holder
+        .batch_execute(
+            "SET application_name = 'app-migration'; BEGIN; \
+             LOCK TABLE items IN ACCESS EXCLUSIVE MODE",
+        )
+        .await
+        .unwrap();
+    let pid = crate::kit::backend_pid(&holder).await;
+    let request = CaptureProcess::spawn(
+        &db,
+        &["snapshot", "--table", "items", "--publication", "lock_pub"],
+        &[],
+    );
+    if crate::kit::server_major(&sql).await >= 16 {
+        let needle = format!("{WAITS} {pid} ");
+        request.wait_log(&needle).await;
+        let log = request.log();
+        let line = log.lines().find(|l| l.contains(&needle)).unwrap();
+        for part in [
+            "checking items for a snapshot",
+            "app-migration",
+            "pg_terminate_backend",
+        ] {
+            assert!(line.contains(part), "{part:?} missing from: {line}");
+        }
+        assert_eq!(
+            request.try_exit(),
+            None,
+            "it returned while the lock was held"
+        );
+        holder.batch_execute("COMMIT").await.unwrap();
+    }
+    let code = request.wait_exit("after its request").await;
+    assert_eq!(code, 0, "{}", request.log());
+    let requests: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM ds_sync.signals \
+             WHERE kind = 'snapshot' AND table_name = 'public.items'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(requests, 1);
+    holder.batch_execute("COMMIT").await.unwrap();
 }

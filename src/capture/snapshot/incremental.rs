@@ -36,7 +36,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 use crate::lsn::Lsn;
 use crate::pg::{PgError, PgTarget};
 use crate::pgoutput::{Relation, TupleData, TupleValue};
-use crate::waits::{self, Monitor};
+use crate::waits::Monitor;
 
 use super::super::error::CaptureError;
 use super::super::message::{self, RowMessage};
@@ -360,7 +360,7 @@ impl Incremental {
                 let what = format!("looking up {} for its snapshot", next.table);
                 let (pid, monitor) = (self.backend_pid, &mut self.monitor);
                 let starting = begin(sql, &self.publication, &self.slot, next);
-                self.active = report_lock_waits(starting, pid, monitor, &what).await?;
+                self.active = monitor.report_lock_waits(starting, pid, &what).await?;
                 self.queue.pop_front();
                 continue;
             };
@@ -396,29 +396,10 @@ impl Incremental {
             let (pid, monitor) = (self.backend_pid, &mut self.monitor);
             let what = format!("reading a chunk of {}", a.table.info.qualified_name());
             let reading = issue(sql, &self.slot, a, self.chunk_rows);
-            a.chunk = Some(report_lock_waits(reading, pid, monitor, &what).await?);
+            a.chunk = Some(monitor.report_lock_waits(reading, pid, &what).await?);
             return Ok(());
         }
     }
-}
-
-/// `work` on capture's SQL connection (backend `pid`), saying every
-/// [`waits::REPORT_EVERY`] who holds the lock it waits for: a lock on the table (an ALTER
-/// TABLE, or one queued behind a long transaction) holds it, and capture with it.
-async fn report_lock_waits<T>(
-    work: impl Future<Output = T>,
-    pid: i32,
-    monitor: &mut Monitor,
-    what: &str,
-) -> T {
-    waits::reporting(work, waits::REPORT_EVERY, async |waited| {
-        if pid != 0 {
-            monitor
-                .report(pid, None, what, waited, waits::LOCK_ADVICE)
-                .await;
-        }
-    })
-    .await
 }
 
 /// Looks the request's table up; a table that is gone from the publication or cannot be

@@ -164,6 +164,18 @@ pub async fn scenario(label: &str, ddl: &str, ds: ds_sync::embedded::DsServerOpt
     }
 }
 
+/// A snapshot request for `table` (`schema.name`) on capture's slot, as `ds-sync snapshot`
+/// writes it. Written directly where a test holds a lock on the table: the command's own
+/// catalog check waits for it too (PostgreSQL 16 on).
+pub async fn request_snapshot(sql: &tokio_postgres::Client, db: &TestDb, table: &str) {
+    sql.execute(
+        "INSERT INTO ds_sync.signals (slot_name, kind, table_name) VALUES ($1, 'snapshot', $2)",
+        &[&db.slot("cap"), &table],
+    )
+    .await
+    .unwrap();
+}
+
 /// Waits until a requested snapshot of `table` is done (its `done` signal is written;
 /// panics after 180 s); fails at once if capture exits meanwhile.
 #[track_caller]

@@ -140,6 +140,15 @@ impl TestDb {
     }
 }
 
+/// The pid of `client`'s backend (a session a test holds a lock or a transaction in).
+pub async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("reading the backend pid")
+        .get(0)
+}
+
 /// The major version of the server `client` is connected to (the matrix in `.ci/run` runs the
 /// end-to-end tests on several).
 pub async fn server_major(client: &tokio_postgres::Client) -> i32 {

@@ -48,12 +48,13 @@ pub mod tls;
 pub mod wait;
 
 pub use capture::{
-    Scenario, scenario, slot_passed, start_streaming, streaming_pid, wait_confirmed,
-    wait_slot_streaming, wait_snapshot_done, wait_streaming, wait_streaming_anew, wal_now,
+    Scenario, request_snapshot, scenario, slot_passed, start_streaming, streaming_pid,
+    wait_confirmed, wait_slot_streaming, wait_snapshot_done, wait_streaming, wait_streaming_anew,
+    wal_now,
 };
 pub use cluster::{
-    NEEDS_PG15, TestDb, connect, has_row_filters, own_cluster_db, server_major, start_cluster,
-    test_db, test_db_in,
+    NEEDS_PG15, TestDb, backend_pid, connect, has_row_filters, own_cluster_db, server_major,
+    start_cluster, test_db, test_db_in,
 };
 pub use ds_server::TestServer;
 pub use ds_sync::bench::fault_proxy;

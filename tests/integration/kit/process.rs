@@ -97,14 +97,21 @@ impl CaptureProcess {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> CaptureProcess {
+        let mut all = vec!["run", "--slot", slot, "--publication", publication];
+        all.extend_from_slice(args);
+        let mut env = env.to_vec();
+        env.insert(0, ("DS_SERVER_URL", ds_url));
+        Self::spawn(db, &all, &env)
+    }
+
+    /// Any `ds-sync` command for `db` in the background, its log kept like `run`'s (one
+    /// that waits, e.g. `snapshot` behind a table lock).
+    pub fn spawn(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> CaptureProcess {
         let log = tempfile::NamedTempFile::new().expect("capture log file");
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ds-sync"));
-        cmd.arg("run")
-            .args(["--slot", slot, "--publication", publication])
-            .args(args)
+        cmd.args(args)
             .env_remove("DATABASE_URL")
             .env("POSTGRES_URL", &db.url)
-            .env("DS_SERVER_URL", ds_url)
             .env(
                 "RUST_LOG",
                 std::env::var("DS_SYNC_TEST_LOG").unwrap_or_else(|_| "ds_sync=debug".into()),
@@ -113,7 +120,7 @@ impl CaptureProcess {
             .stdout(std::process::Stdio::null())
             .stderr(log.reopen().expect("capture log file"))
             .kill_on_drop(true);
-        let child = cmd.spawn().expect("starting ds-sync run");
+        let child = cmd.spawn().expect("starting ds-sync");
         CaptureProcess {
             child: std::sync::Mutex::new(child),
             log,

@@ -347,11 +347,7 @@ async fn create_waiting(
     name: &str,
     how: CreateSlot,
 ) -> Result<Created, SlotError> {
-    let pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .map_err(|e| PgError::query("reading the backend pid", &e))?
-        .get(0);
+    let pid = waits::backend_pid(client).await?;
     let mut monitor = waits::Monitor::new(target);
     let what = creating(name);
     waits::reporting(

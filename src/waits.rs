@@ -155,6 +155,15 @@ pub fn log_blockers(what: &str, waited: Duration, blockers: &[Blocker], advice: 
     }
 }
 
+/// The pid of `client`'s backend: the one a [`Monitor`] reports the waits of.
+pub async fn backend_pid(client: &Client) -> Result<i32, PgError> {
+    let row = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map_err(|e| PgError::query("reading the backend pid", &e))?;
+    Ok(row.get(0))
+}
+
 /// A connection of its own for looking up what a wait depends on (the waiting connection is
 /// busy), opened at the first report.
 pub struct Monitor {

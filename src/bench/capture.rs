@@ -98,7 +98,7 @@ async fn sampling_walsender<T>(
     }
 }
 
-/// CPU seconds used so far by the walsender serving `slot` (it started when ds-sync
+/// CPU seconds used so far by the walsender serving `slot` (it started when its client
 /// connected, so this is its share of the drain); `None` when the slot has no walsender now.
 async fn walsender_cpu(
     sql: &tokio_postgres::Client,

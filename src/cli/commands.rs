@@ -304,11 +304,7 @@ async fn request_snapshot(
     let target = target(settings)?;
     let mut client = target.connect().await?;
     schema::apply(&mut client).await?;
-    let pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .map_err(|e| crate::pg::PgError::query("reading the backend pid", &e))?
-        .get(0);
+    let pid = crate::waits::backend_pid(&client).await?;
     let what = format!("checking {} for a snapshot", args.table);
     let mut monitor = crate::waits::Monitor::new(&target);
     let checking = check_and_request(&client, args, settings);

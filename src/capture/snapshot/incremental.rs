@@ -148,11 +148,7 @@ impl Incremental {
     /// A new session's SQL connection: its backend is the one whose chunk reads can wait
     /// for locks, named in reports of such waits.
     pub async fn attach(&mut self, sql: &Client) -> Result<(), CaptureError> {
-        let row = sql
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .map_err(|e| PgError::query("reading the backend pid", &e))?;
-        self.backend_pid = row.get(0);
+        self.backend_pid = crate::waits::backend_pid(sql).await?;
         Ok(())
     }
 

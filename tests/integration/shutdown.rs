@@ -191,13 +191,27 @@ fn signal(pid: i32, signal: nix::sys::signal::Signal) {
 /// position) never returns: the shutdown timeout ends it, and the process exits all the same.
 #[tokio::test(flavor = "multi_thread")]
 async fn capture_with_postgres_stalled_still_stops_within_a_bound() {
-    let Scenario { server, db, pg, .. } = scenario(
+    let Scenario {
+        server,
+        client,
+        db,
+        sql,
+        pg,
+    } = scenario(
         "stop_cap_stall",
         "CREATE TABLE s (id int PRIMARY KEY)",
         DsServerOptions::default(),
     )
     .await;
     let capture = start_streaming(&db, &server.url(), &["--tables", "s"]).await;
+    // The slot is held from its creation on, before the initial snapshot is sent: a stop
+    // there writes nothing to Postgres. A row in the stream shows capture streams.
+    sql.batch_execute("INSERT INTO s VALUES (1)").await.unwrap();
+    wait_until("the row in the stream", Duration::from_secs(60), || async {
+        let rows = crate::kit::materialize_by_key(&crate::kit::read(&client, "pg-s").await);
+        (rows.len() == 1).then_some(())
+    })
+    .await;
     let frozen = Frozen::cluster(&pg);
     // The shutdown timeout (10 s), then the watchdog's 5 s at most.
     let (code, took, log) = sigterm(capture, Duration::from_secs(20)).await;
